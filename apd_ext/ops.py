@@ -1,0 +1,226 @@
+"""Public APD sampling ops: input checks, RNG defaults and the choice of backend.
+
+The math of both ops is apd_ext/reference.py's (the executable spec); this module only checks what
+callers pass, fills in defaults and hands normalised arguments to one backend (apd_ext/backends.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from apd_ext import backends
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_logits(name: str, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape [B, K, V], got {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+    if min(x.shape) == 0:
+        raise ValueError(f"{name} must have non-zero B, K and V, got {tuple(x.shape)}")
+    if x.stride(-1) != 1:  # rows are read in place; only a strided vocabulary needs a copy
+        x = x.contiguous()
+    return x
+
+
+def _check_filter(temperature: float, top_k: int, top_p: float) -> None:
+    if not temperature >= 0.0:  # also rejects NaN
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature != 0.0 and not (1.0 / temperature) < float("inf"):
+        raise ValueError(f"temperature {temperature} is too small; use 0 for greedy")
+    if int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0, got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _rng_arg(name: str, value, batch: int, device: torch.device, per_row_ok: bool):
+    """(tensor or None, int) for a seed/offset given as an int or an int64 tensor."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.int64:
+            raise TypeError(f"{name} tensor must be int64, got {value.dtype}")
+        if value.device != device:
+            raise ValueError(f"{name} tensor is on {value.device}, the logits on {device}")
+        n = value.numel()
+        if not (n == 1 or (per_row_ok and n == batch)):
+            allowed = f"1 or B={batch}" if per_row_ok else "1"
+            raise ValueError(f"{name} tensor must hold {allowed} values, got shape {tuple(value.shape)}")
+        return value.reshape(-1).contiguous(), 0
+    if isinstance(value, bool) or int(value) != value:
+        raise TypeError(f"{name} must be an int or an int64 tensor, got {value!r}")
+    value = int(value)
+    if not -(2**63) <= value < 2**64:
+        raise ValueError(f"{name} must fit in 64 bits, got {value}")
+    return None, value - 2**64 if value >= 2**63 else value
+
+
+def _rng(seed, offset, batch: int, device: torch.device):
+    if seed is None:
+        # One draw from torch's generator of this device (advancing it); no host sync on CUDA.
+        seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device)
+    seed_t, seed_v = _rng_arg("seed", seed, batch, device, per_row_ok=True)
+    offset_t, offset_v = _rng_arg("offset", 0 if offset is None else offset, batch, device, False)
+    return seed_t, seed_v, offset_t, offset_v
+
+
+def _check_noise(noise, batch: int, window: int, vocab: int, device: torch.device):
+    if noise is None:
+        return None
+    if noise.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"noise must be float32 or float64 uniforms, got {noise.dtype}")
+    if noise.dim() != 3 or noise.shape[0] != batch or noise.shape[1] != window or noise.shape[2] < vocab:
+        raise ValueError(f"noise must have shape [{batch}, {window}, >={vocab}], got {tuple(noise.shape)}")
+    if noise.device != device:
+        raise ValueError(f"noise is on {noise.device}, the logits on {device}")
+    return noise if noise.stride(-1) == 1 else noise.contiguous()
+
+
+def _vocab(vocab_size, *sizes: int, names: tuple[str, ...]) -> int:
+    if vocab_size is None:
+        if len(set(sizes)) != 1:
+            desc = ", ".join(f"{n} has {s}" for n, s in zip(names, sizes))
+            raise ValueError(f"vocabulary sizes differ ({desc}); pass vocab_size= the shared vocabulary")
+        return sizes[0]
+    if int(vocab_size) != vocab_size or vocab_size <= 0:
+        raise ValueError(f"vocab_size must be a positive integer, got {vocab_size}")
+    for n, s in zip(names, sizes):
+        if vocab_size > s:
+            raise ValueError(f"vocab_size={vocab_size} exceeds the {s} entries of {n}")
+    return int(vocab_size)
+
+
+def sample_draft(
+    dllm_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    vocab_size: int | None = None,
+    seed=None,
+    offset=None,
+    noise: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draft one token per window position from the dLLM's marginals (APD_SPEC step 1).
+
+    Args:
+        dllm_logits: [B, K, V] float32/float16/bfloat16; row (b, i) holds the dLLM logits of window
+            position i. Read in place (rows must be contiguous; batch/window strides are free).
+        temperature: T >= 0. Tokens are ``argmax_v(D / T + g)``; T = 0 is greedy (no noise).
+        top_k, top_p: restrict the draft distribution (0 and 1 disable them); top-p mass is taken
+            from ``softmax(D / T)`` after top-k. See reference.py for ties.
+        vocab_size: use only the first vocab_size entries of each row (default V).
+        seed: int, or int64 tensor of 1 or B values on the logits' device (graph-safe). Row b's
+            seed is ``seed + b`` (one value) or ``seed[b]``. Default: drawn from torch's generator.
+        offset: int or one-element int64 tensor; with the seed it picks the noise (default 0).
+        noise: optional [B, K, >= vocab] float32/float64 uniforms in (0, 1) replacing the generator.
+        backend: "auto", "cpu", "cuda", "triton" or "reference".
+
+    Returns:
+        tokens int64 [B, K]; logprobs float32 [B, K], ``log softmax(D)[token]`` at temperature 1 over
+        the entries the filters keep.
+
+    NaN logits count as -inf (never drawn). To couple the draft with :func:`mixture_accept`, pass
+    both ops the same seed and offset (or noise).
+    """
+    dllm_logits = _check_logits("dllm_logits", dllm_logits)
+    B, K, V = dllm_logits.shape
+    vocab = _vocab(vocab_size, V, names=("dllm_logits",))
+    _check_filter(temperature, top_k, top_p)
+    device = dllm_logits.device
+    noise = _check_noise(noise, B, K, vocab, device)
+    seed_t, seed_v, offset_t, offset_v = _rng(seed, offset, B, device)
+    impl = backends.get(backend, device)
+    return impl.sample_draft(
+        dllm_logits, vocab, float(temperature), int(top_k), float(top_p),
+        seed_t, seed_v, offset_t, offset_v, noise,
+    )
+
+
+def mixture_accept(
+    dllm_logits: torch.Tensor,
+    verifier_logits: torch.Tensor,
+    draft_tokens: torch.Tensor,
+    *,
+    mixture_weight: float,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    vocab_size: int | None = None,
+    valid_lengths: torch.Tensor | None = None,
+    greedy_target: bool = False,
+    seed=None,
+    offset=None,
+    noise: torch.Tensor | None = None,
+    backend: str = "auto",
+):
+    """Sample the APD target and find the accepted prefix (APD_SPEC steps 3-4) in one pass.
+
+    Args:
+        dllm_logits: [B, K, V] dLLM logits of the K window positions (those the draft came from).
+        verifier_logits: [B, K, V2] verifier logits aligned with them (row i predicts position i).
+        draft_tokens: int64 [B, K], usually sample_draft's tokens.
+        mixture_weight: w in [0, 1]; the target samples ``p_dllm^w * p_verifier^(1-w)``.
+        temperature, top_k, top_p: as in :func:`sample_draft`; the filters also restrict the target.
+        vocab_size: shared vocabulary; required when V != V2, at most min(V, V2).
+        valid_lengths: optional int64 [B]: row b has only valid_lengths[b] real positions.
+        greedy_target: the authors' released code: target = argmax(w D + (1-w) A), no noise.
+        seed, offset, noise: must be those of the draft, so both use the same Gumbel noise.
+        backend: "auto", "cpu", "cuda", "triton" or "reference".
+
+    Returns:
+        num_accepted int64 [B] (1 <= n <= K for rows with valid positions), target_tokens int64 [B, K]
+        (-1 past valid_lengths), logp_dllm, logp_verifier, logp_mixture float32 [B, K]: log-probs of the
+        draft tokens at temperature 1 under the filtered dLLM, the verifier, and the normalised mixture.
+    """
+    dllm_logits = _check_logits("dllm_logits", dllm_logits)
+    verifier_logits = _check_logits("verifier_logits", verifier_logits)
+    B, K, V = dllm_logits.shape
+    if verifier_logits.shape[:2] != (B, K):
+        raise ValueError(
+            f"verifier_logits must be [B={B}, K={K}, V2], got {tuple(verifier_logits.shape)}"
+        )
+    device = dllm_logits.device
+    if verifier_logits.device != device:
+        raise ValueError(f"verifier_logits is on {verifier_logits.device}, dllm_logits on {device}")
+    vocab = _vocab(vocab_size, V, verifier_logits.shape[2], names=("dllm_logits", "verifier_logits"))
+    if not isinstance(draft_tokens, torch.Tensor) or draft_tokens.dtype != torch.int64:
+        raise TypeError("draft_tokens must be an int64 tensor")
+    if tuple(draft_tokens.shape) != (B, K):
+        raise ValueError(f"draft_tokens must have shape [{B}, {K}], got {tuple(draft_tokens.shape)}")
+    if draft_tokens.device != device:
+        raise ValueError(f"draft_tokens is on {draft_tokens.device}, the logits on {device}")
+    if draft_tokens.stride(-1) != 1:
+        draft_tokens = draft_tokens.contiguous()
+    if device.type == "cpu" and bool(((draft_tokens < 0) | (draft_tokens >= vocab)).any()):
+        bad = draft_tokens[(draft_tokens < 0) | (draft_tokens >= vocab)][0].item()
+        raise ValueError(f"draft_tokens holds {bad}, outside the vocabulary [0, {vocab})")
+    if not 0.0 <= mixture_weight <= 1.0:
+        raise ValueError(f"mixture_weight must be in [0, 1], got {mixture_weight}")
+    _check_filter(temperature, top_k, top_p)
+    if valid_lengths is not None:
+        if valid_lengths.dtype != torch.int64 or tuple(valid_lengths.shape) != (B,):
+            raise ValueError(f"valid_lengths must be int64 [{B}], got {valid_lengths.dtype} {tuple(valid_lengths.shape)}")
+        if valid_lengths.device != device:
+            raise ValueError(f"valid_lengths is on {valid_lengths.device}, the logits on {device}")
+        if device.type == "cpu" and bool(((valid_lengths < 0) | (valid_lengths > K)).any()):
+            raise ValueError(f"valid_lengths must lie in [0, {K}], got {valid_lengths.tolist()}")
+        valid_lengths = valid_lengths.contiguous()
+    noise = _check_noise(noise, B, K, vocab, device)
+    needs_noise = temperature > 0 and not greedy_target and noise is None
+    if needs_noise and seed is None:
+        raise ValueError(
+            "mixture_accept needs the seed and offset (or noise) that drew the draft: the target "
+            "must reuse the draft's Gumbel noise (APD_SPEC step 3)"
+        )
+    seed_t, seed_v, offset_t, offset_v = _rng(0 if seed is None else seed, offset, B, device)
+    impl = backends.get(backend, device)
+    return impl.mixture_accept(
+        dllm_logits, verifier_logits, draft_tokens, vocab, float(mixture_weight), float(temperature),
+        int(top_k), float(top_p), valid_lengths, bool(greedy_target),
+        seed_t, seed_v, offset_t, offset_v, noise,
+    )

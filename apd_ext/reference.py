@@ -1,0 +1,248 @@
+"""The executable specification of apd_ext's ops, in plain PyTorch.
+
+Every backend (CPU C++, CUDA, Triton) computes these functions; the tests compare them with this
+file. It favours clarity over speed: it materialises [B, K, V] tensors that the kernels never do.
+The math is ../shared/APD_SPEC.md's; the choices that document leaves open are fixed here:
+
+* Noise. ``g[b, i, v] = -log(-log(u))`` with ``u`` from Philox4x32-10 (see :func:`noise_uniform`):
+  counter ``(v >> 2, i, offset_lo, offset_hi)``, key ``(seed_lo, seed_hi)`` of the row seed, word
+  ``v & 3``, ``u = ((bits >> 9) + 0.5) * 2**-23``. A scalar seed ``s`` gives row ``b`` the seed
+  ``s + b``; a ``[B]`` seed tensor gives each row its own. An explicit uniform tensor replaces the
+  generator (golden replays); it is transformed in its own precision (float64 stays float64).
+* NaN logits count as ``-inf`` everywhere: never drawn, no probability mass.
+* Filters restrict the dLLM distribution: ``top_k`` keeps entries ``>=`` the k-th largest (ties at
+  the threshold are kept); ``top_p`` then keeps entry v when the probability mass of strictly larger
+  kept entries is ``< top_p``, the mass taken from ``softmax(D / T)`` over the top-k set (``softmax(D)``
+  when T = 0). The same support restricts the target: the mixture lives where the filtered dLLM
+  has mass, so ``mixture_weight = 1`` accepts every draft.
+* ``mixture_weight`` w: the mixture logit is ``w * D + (1 - w) * A``, a zero-weight term dropping
+  out (so ``-inf`` never meets ``0``). It differs from ``w * logp_D + (1 - w) * logp_A`` by a per-row
+  constant, which changes no argmax.
+* Log-probs are reported at temperature 1 over the filtered support: ``logp_dllm = log_softmax(D)``
+  restricted to the kept entries, ``logp_verifier = log_softmax(A)`` over the shared vocabulary,
+  ``logp_mixture = log_softmax(w * D + (1 - w) * A)`` over the kept entries, each at the draft token.
+* ``greedy_target=True`` (the authors' released code): target = first argmax of the raw mixture
+  ``w * D + (1 - w) * A`` over the whole shared vocabulary, with no noise, temperature or filter.
+* Acceptance: ``a_0 = 1``, ``a_i = [d_i == s_i]``, n = leading ones, capped by ``valid_lengths[b]``
+  (0 gives n = 0). A draft token outside ``[0, vocab_size)`` ends the prefix before it (even at i = 0);
+  the ops raise on such tokens when they can check without a device sync. Positions at or beyond
+  ``valid_lengths[b]`` get target -1 and log-probs 0.
+* A row whose scores are all ``-inf`` draws token 0; its log-probs are not meaningful.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M0 = 0xD2511F53
+_PHILOX_M1 = 0xCD9E8D57
+_PHILOX_W0 = 0x9E3779B9
+_PHILOX_W1 = 0xBB67AE85
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """hi and lo 32-bit words of a * b for a constant a < 2^32 and int64 tensor b in [0, 2^32).
+
+    Products are split into 16-bit halves so that nothing overflows int64.
+    """
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    p_lo = b * a_lo  # < 2^48
+    p_hi = b * a_hi  # < 2^48
+    mid = p_hi + (p_lo >> 16)  # < 2^49
+    hi = (mid >> 16) & _MASK32
+    lo = ((mid & 0xFFFF) << 16 | (p_lo & 0xFFFF)) & _MASK32
+    return hi, lo
+
+
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 on int64 tensors holding uint32 values; returns the four output words."""
+    c0, c1, c2, c3 = (torch.as_tensor(c) for c in (c0, c1, c2, c3))
+    k0, k1 = torch.as_tensor(k0), torch.as_tensor(k1)
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(_PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _PHILOX_W0) & _MASK32
+        k1 = (k1 + _PHILOX_W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def row_seeds(seed, batch: int, device) -> torch.Tensor:
+    """int64 [batch] row seeds: ``seed + b`` for an int or one-element tensor, else the [B] tensor."""
+    s = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(-1)
+    if s.numel() == batch and batch != 1:
+        return s
+    if s.numel() != 1:
+        raise ValueError(f"seed must hold 1 or {batch} values, got {s.numel()}")
+    return s + torch.arange(batch, dtype=torch.int64, device=device)
+
+
+def noise_uniform(seed, offset, batch: int, window: int, vocab: int, device="cpu") -> torch.Tensor:
+    """float32 [batch, window, vocab] uniforms in [2^-24, 1 - 2^-24] from the counter-based generator."""
+    seeds = row_seeds(seed, batch, device).view(batch, 1, 1)
+    off = int(torch.as_tensor(offset).item()) & 0xFFFFFFFFFFFFFFFF
+    v = torch.arange(vocab, dtype=torch.int64, device=device).view(1, 1, vocab)
+    i = torch.arange(window, dtype=torch.int64, device=device).view(1, window, 1)
+    c0 = (v >> 2).expand(batch, window, vocab)
+    c1 = i.expand(batch, window, vocab)
+    c2 = torch.full_like(c0, off & _MASK32)
+    c3 = torch.full_like(c0, off >> 32)
+    k0 = (seeds & _MASK32).expand_as(c0)
+    k1 = ((seeds >> 32) & _MASK32).expand_as(c0)
+    words = torch.stack(philox4x32_10(c0, c1, c2, c3, k0, k1), dim=-1)  # [B, K, V, 4]
+    bits = torch.gather(words, -1, (v & 3).expand(batch, window, vocab).unsqueeze(-1)).squeeze(-1)
+    return ((bits >> 9).to(torch.float32) + 0.5) * (2.0**-23)
+
+
+def gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    """-log(-log(u)) in u's precision."""
+    return -torch.log(-torch.log(uniform))
+
+
+def _clean(x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    x = x[..., :vocab_size].to(torch.float32)
+    return torch.nan_to_num(x, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
+def _inv_temperature(temperature: float) -> torch.Tensor:
+    return torch.tensor(1.0 / temperature, dtype=torch.float32)
+
+
+def scaled(dllm: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``D / T`` as every backend computes it: ``D * float32(1 / T)``; ``D`` itself when T = 0."""
+    if temperature == 0:
+        return dllm
+    return dllm * _inv_temperature(temperature).to(dllm.device)
+
+
+def filter_threshold(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """float32 [...]: per row of scaled logits ``x`` [..., V], the smallest value kept by top-k then
+    top-p; the kept set is ``x >= threshold`` (``-inf`` keeps everything)."""
+    V = x.shape[-1]
+    tau = torch.full(x.shape[:-1], float("-inf"), dtype=torch.float32, device=x.device)
+    if 0 < top_k < V:
+        tau = torch.topk(x, top_k, dim=-1).values[..., -1]
+    if top_p < 1.0:
+        masked = torch.where(x >= tau.unsqueeze(-1), x, float("-inf"))
+        vals, _ = torch.sort(masked, dim=-1, descending=True)
+        cum = torch.cumsum(torch.softmax(vals, dim=-1), dim=-1)
+        # entries strictly greater than each sorted value (equal values share the count)
+        n_greater = torch.searchsorted((-vals).contiguous(), (-vals).contiguous(), right=False)
+        mass_greater = torch.where(
+            n_greater > 0, torch.gather(cum, -1, (n_greater - 1).clamp(min=0)), torch.zeros_like(cum)
+        )
+        kept = (mass_greater < top_p) & (vals > float("-inf"))
+        tau_p = torch.where(kept, vals, float("inf")).amin(dim=-1)
+        tau = torch.maximum(tau, tau_p)
+    return tau
+
+
+def _prepare_noise(noise, seed, offset, shape, device) -> torch.Tensor | None:
+    B, K, V = shape
+    if noise is not None:
+        u = noise[..., :V]
+        return gumbel(u).to(torch.float32)
+    if seed is None or offset is None:
+        raise ValueError("reference: seed and offset (or noise) are required when temperature > 0")
+    return gumbel(noise_uniform(seed, offset, B, K, V, device))
+
+
+def sample_draft(
+    dllm_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    vocab_size: int | None = None,
+    seed=None,
+    offset=None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draft tokens int64 [B, K] and their log-probs float32 [B, K] (APD_SPEC step 1).
+
+    ``d = argmax_v(x[v] + g[v])`` over the filtered support with ``x = D / T`` (plain argmax when
+    T = 0); log-prob of ``d`` under ``softmax(D)`` restricted to the support.
+    """
+    B, K, _ = dllm_logits.shape
+    V = dllm_logits.shape[-1] if vocab_size is None else vocab_size
+    D = _clean(dllm_logits, V)
+    x = scaled(D, temperature)
+    keep = x >= filter_threshold(x, top_k, top_p).unsqueeze(-1)
+    score = x if temperature == 0 else x + _prepare_noise(noise, seed, offset, (B, K, V), D.device)
+    score = torch.where(keep, score, float("-inf"))
+    tokens = torch.argmax(score, dim=-1)
+    logp = torch.log_softmax(torch.where(keep, D, float("-inf")), dim=-1)
+    return tokens, torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _mix(D: torch.Tensor, A: torch.Tensor, w: float) -> torch.Tensor:
+    if w == 1.0:
+        return D
+    if w == 0.0:
+        return A
+    return torch.tensor(w, dtype=torch.float32) * D + torch.tensor(1.0 - w, dtype=torch.float32) * A
+
+
+def accepted_prefix(draft: torch.Tensor, target: torch.Tensor, vocab_size: int,
+                    valid_lengths: torch.Tensor | None) -> torch.Tensor:
+    """int64 [B]: APD_SPEC step 4, capped by valid_lengths; an out-of-range draft ends the prefix."""
+    B, K = draft.shape
+    in_range = (draft >= 0) & (draft < vocab_size)
+    agree = (draft == target) & in_range
+    agree[:, 0] = in_range[:, 0]
+    n = torch.cumprod(agree.to(torch.int64), dim=1).sum(dim=1)
+    if valid_lengths is not None:
+        n = torch.minimum(n, valid_lengths.to(torch.int64).clamp(0, K))
+    return n
+
+
+def mixture_accept(
+    dllm_logits: torch.Tensor,
+    verifier_logits: torch.Tensor,
+    draft_tokens: torch.Tensor,
+    *,
+    mixture_weight: float,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    vocab_size: int | None = None,
+    valid_lengths: torch.Tensor | None = None,
+    greedy_target: bool = False,
+    seed=None,
+    offset=None,
+    noise: torch.Tensor | None = None,
+):
+    """APD_SPEC steps 3-4: (num_accepted [B], target_tokens [B, K], logp_dllm, logp_verifier,
+    logp_mixture [B, K]); see the module docstring for every convention."""
+    B, K, _ = dllm_logits.shape
+    V = vocab_size if vocab_size is not None else dllm_logits.shape[-1]
+    D = _clean(dllm_logits, V)
+    A = _clean(verifier_logits, V)
+    x = scaled(D, temperature)
+    keep = (x >= filter_threshold(x, top_k, top_p).unsqueeze(-1)) & (D > float("-inf"))
+    mix = _mix(D, A, mixture_weight)
+    mix_kept = torch.where(keep, mix, float("-inf"))
+    if greedy_target:
+        target = torch.argmax(torch.nan_to_num(mix, nan=float("-inf")), dim=-1)
+    elif temperature == 0:
+        target = torch.argmax(mix_kept, dim=-1)
+    else:
+        g = _prepare_noise(noise, seed, offset, (B, K, V), D.device)
+        target = torch.argmax(scaled(mix_kept, temperature) + g, dim=-1)
+    draft = draft_tokens.to(torch.int64)
+    safe = draft.clamp(0, V - 1).unsqueeze(-1)
+
+    def at_draft(logits):
+        lp = torch.gather(torch.log_softmax(logits, dim=-1), -1, safe).squeeze(-1)
+        return torch.where((draft >= 0) & (draft < V), lp, float("nan"))
+
+    logp_d = at_draft(torch.where(keep, D, float("-inf")))
+    logp_a = at_draft(A)
+    logp_m = at_draft(mix_kept)
+    n = accepted_prefix(draft, target, V, valid_lengths)
+    if valid_lengths is not None:
+        pad = torch.arange(K, device=D.device).unsqueeze(0) >= valid_lengths.to(D.device).view(B, 1)
+        target = torch.where(pad, -1, target)
+        logp_d, logp_a, logp_m = (torch.where(pad, 0.0, t) for t in (logp_d, logp_a, logp_m))
+    return n, target, logp_d, logp_a, logp_m

@@ -1,0 +1,118 @@
+/* apd_ext C ABI: the Adaptive Parallel Decoding sampling ops for engines that do not use PyTorch.
+ *
+ * Semantics are apd_ext/reference.py's (the executable spec) and ../shared/APD_SPEC.md's:
+ *   apd_sample_draft:   draft tokens d[b,i] = argmax_v(D[b,i,v] / T + g[b,i,v]) over the filtered
+ *                       vocabulary, plus log softmax(D)[d] over that support.
+ *   apd_mixture_accept: target tokens s[b,i] = argmax_v((w D + (1-w) A) / T + g) with the same g,
+ *                       accepted prefix length n[b], and the three log-probs of the draft tokens.
+ * Layout: logits are [batch, window, vocab] rows of contiguous entries; stride_b and stride_k are
+ * element strides between batch rows and window rows. Outputs are dense [batch] / [batch, window].
+ * Pointers of the _cpu functions are host memory; those of the _cuda functions device memory
+ * (seed/offset pointers included), and the call is asynchronous on `stream`.
+ */
+#ifndef APD_APD_H_
+#define APD_APD_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum apd_dtype {
+  APD_FLOAT32 = 0,
+  APD_FLOAT16 = 1,
+  APD_BFLOAT16 = 2,
+  APD_FLOAT64 = 3 /* uniform noise only */
+} apd_dtype;
+
+typedef enum apd_status {
+  APD_OK = 0,
+  APD_ERROR_INVALID_ARGUMENT = 1,
+  APD_ERROR_UNSUPPORTED = 2, /* e.g. a CUDA entry point of a build without CUDA */
+  APD_ERROR_CUDA = 3,
+  APD_ERROR_WORKSPACE_TOO_SMALL = 4
+} apd_status;
+
+/* A [batch, window, vocab] logit tensor read in place. */
+typedef struct apd_logits {
+  const void* data;
+  apd_dtype dtype; /* FLOAT32, FLOAT16 or BFLOAT16 */
+  int64_t stride_b;
+  int64_t stride_k;
+} apd_logits;
+
+/* Where the noise comes from. With uniform == NULL, g[b,i,v] is the counter-based Gumbel noise of
+ * (row seed, offset, i, v) (csrc/include/apd/philox.h). The row seed of batch row b is seeds[b]
+ * when seed_per_row, else (seeds ? seeds[0] : seed_value) + b. The offset is *offset when offset
+ * is not NULL (a device pointer stays graph-safe), else offset_value. With uniform != NULL,
+ * g = -log(-log(u)) of the given [batch, window, >= vocab] uniforms (FLOAT32 or FLOAT64). */
+typedef struct apd_noise {
+  const int64_t* seeds;
+  int64_t seed_value;
+  int32_t seed_per_row;
+  const int64_t* offset;
+  int64_t offset_value;
+  const void* uniform;
+  apd_dtype uniform_dtype;
+  int64_t uniform_stride_b;
+  int64_t uniform_stride_k;
+} apd_noise;
+
+/* Sampling filters of the dLLM distribution; top_k = 0 and top_p = 1 disable them. */
+typedef struct apd_filter {
+  double temperature; /* >= 0; 0 is greedy (no noise) */
+  int64_t top_k;      /* >= 0 */
+  double top_p;       /* in (0, 1] */
+} apd_filter;
+
+typedef struct apd_sample_draft_args {
+  int64_t batch, window, vocab; /* vocab: entries used from each row (the shared vocabulary) */
+  apd_logits dllm;
+  apd_filter filter;
+  apd_noise noise;
+  int64_t* tokens;  /* out [batch, window] */
+  float* logprobs;  /* out [batch, window] */
+} apd_sample_draft_args;
+
+typedef struct apd_mixture_accept_args {
+  int64_t batch, window, vocab;
+  apd_logits dllm;
+  apd_logits verifier;
+  const int64_t* draft_tokens; /* [batch, window], row stride draft_stride_b */
+  int64_t draft_stride_b;
+  const int64_t* valid_lengths; /* [batch] or NULL (all rows have `window` positions) */
+  double mixture_weight;        /* in [0, 1] */
+  int32_t greedy_target;        /* 1: target = argmax(w D + (1-w) A), the authors' released code */
+  apd_filter filter;
+  apd_noise noise;
+  int64_t* num_accepted;  /* out [batch] */
+  int64_t* target_tokens; /* out [batch, window]; -1 at positions >= valid_lengths[b] */
+  float* logp_dllm;       /* out [batch, window] */
+  float* logp_verifier;   /* out [batch, window] */
+  float* logp_mixture;    /* out [batch, window] */
+} apd_mixture_accept_args;
+
+const char* apd_status_string(apd_status status);
+
+apd_status apd_sample_draft_cpu(const apd_sample_draft_args* args);
+apd_status apd_mixture_accept_cpu(const apd_mixture_accept_args* args);
+
+/* CUDA entry points. cudaStream_t is declared here so that this header needs no CUDA headers. */
+typedef struct CUstream_st* cudaStream_t;
+
+/* Bytes of device workspace the _cuda calls need for these sizes (the same for both ops). */
+size_t apd_workspace_bytes(int64_t batch, int64_t window, int64_t vocab);
+/* 1 when this library was built with CUDA kernels. */
+int apd_has_cuda(void);
+apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, void* workspace,
+                                 size_t workspace_bytes, cudaStream_t stream);
+apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* args, void* workspace,
+                                   size_t workspace_bytes, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* APD_APD_H_ */

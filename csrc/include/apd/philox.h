@@ -1,0 +1,85 @@
+// Counter-based noise shared by every backend (host and device).
+//
+// g[b, i, v] = gumbel(uniform(philox4x32_10(counter, key))[v & 3]) with
+//   counter = (v >> 2, i, offset & 0xffffffff, offset >> 32)
+//   key     = (row_seed & 0xffffffff, row_seed >> 32)
+//   row_seed = seed[b] when one seed per row is given, else seed + b (two's complement wrap).
+// apd_ext/reference.py, apd_ext/triton/noise.py and csrc/cuda implement the same function;
+// python_tests/test_noise.py checks them against each other and against the Random123 answers.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define APD_HD __host__ __device__ __forceinline__
+#else
+#define APD_HD inline
+#endif
+
+namespace apd {
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+struct Philox4 {
+  uint32_t x[4];
+};
+
+APD_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+#endif
+}
+
+// Philox4x32 with 10 rounds (Salmon et al., SC'11), the generator of cuRAND and Triton.
+APD_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                             uint32_t k1) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = mulhi32(kPhiloxM0, c0);
+    const uint32_t lo0 = kPhiloxM0 * c0;
+    const uint32_t hi1 = mulhi32(kPhiloxM1, c2);
+    const uint32_t lo1 = kPhiloxM1 * c2;
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  return Philox4{{c0, c1, c2, c3}};
+}
+
+// 23 random bits -> a float32 in [2^-24, 1 - 2^-24]; every value is exact, never 0 or 1,
+// so -log(-log(u)) is finite.
+APD_HD float uniform_from_bits(uint32_t bits) {
+  return (static_cast<float>(bits >> 9) + 0.5f) * 1.1920928955078125e-07f;  // 2^-23
+}
+
+// Bounds of gumbel(uniform_from_bits(.)) over all 2^23 values (exact: -2.8114, 16.6355),
+// widened by a margin that covers any log approximation used by the kernels. Used to skip
+// noise for logits that cannot win a Gumbel-max.
+constexpr float kGumbelMax = 16.75f;
+constexpr float kGumbelMin = -2.85f;
+
+// Row seed of batch row b: seeds[b] when per_row, else seed + b.
+APD_HD uint64_t row_seed(const int64_t* seeds, int64_t seed_value, bool per_row, int64_t b) {
+  if (seeds != nullptr) {
+    return per_row ? static_cast<uint64_t>(seeds[b]) : static_cast<uint64_t>(seeds[0]) + b;
+  }
+  return static_cast<uint64_t>(seed_value) + static_cast<uint64_t>(b);
+}
+
+// The four uniforms' bits for vocabulary entries v0..v0+3 (v0 % 4 == 0) of window position i.
+APD_HD Philox4 noise_bits4(uint64_t seed, uint64_t offset, uint32_t i, uint32_t v0) {
+  return philox4x32_10(v0 >> 2, i, static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+}  // namespace apd
