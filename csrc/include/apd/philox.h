@@ -8,6 +8,7 @@
 // python_tests/test_noise.py checks them against each other and against the Random123 answers.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -67,6 +68,18 @@ APD_HD float uniform_from_bits(uint32_t bits) {
 // noise for logits that cannot win a Gumbel-max.
 constexpr float kGumbelMax = 16.75f;
 constexpr float kGumbelMin = -2.85f;
+
+// Smallest 23-bit uniform rank k = bits >> 9 whose Gumbel noise could exceed `needed` (with a
+// margin for the log approximations): an entry with a smaller rank cannot gain `needed` from its
+// noise, so its logs can be skipped. 0 when every rank might, 2^23 when none can.
+APD_HD uint32_t min_rank_for_gumbel_above(float needed) {
+  const double c = static_cast<double>(needed) - 1e-3;
+  if (c <= static_cast<double>(kGumbelMin)) return 0;
+  if (c >= static_cast<double>(kGumbelMax)) return 1u << 23;
+  const double u = exp(-exp(-c));               // the uniform whose Gumbel is exactly c
+  const double k = floor(u * 8388608.0 - 0.5);  // ranks above this have u_k > u
+  return k <= 0.0 ? 0u : static_cast<uint32_t>(k);
+}
 
 // Row seed of batch row b: seeds[b] when per_row, else seed + b.
 APD_HD uint64_t row_seed(const int64_t* seeds, int64_t seed_value, bool per_row, int64_t b) {

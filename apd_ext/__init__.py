@@ -1,0 +1,15 @@
+"""apd_ext: fused Adaptive Parallel Decoding sampling ops for diffusion LLMs.
+
+    tokens, logprobs = apd_ext.sample_draft(dllm_logits, seed=s, offset=o)
+    n, target, lp_d, lp_v, lp_m = apd_ext.mixture_accept(dllm_logits, verifier_logits, tokens,
+                                                         mixture_weight=0.7, seed=s, offset=o)
+
+Backends: "cpu" and "cuda" (the compiled extension apd_ext._C), "triton", and "reference"
+(apd_ext/reference.py, the executable spec). See apd_ext/backends.py for how "auto" chooses.
+"""
+
+from apd_ext.backends import available as available_backends
+from apd_ext.ops import mixture_accept, sample_draft
+
+__all__ = ["sample_draft", "mixture_accept", "available_backends"]
+__version__ = "0.1.0"

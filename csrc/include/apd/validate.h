@@ -1,0 +1,62 @@
+// Argument checks shared by every C++ entry point (C ABI and torch bindings): each returns
+// nullptr when the arguments are usable, else a message naming the bad argument.
+#pragma once
+
+#include <cmath>
+
+#include "apd/apd.h"
+
+namespace apd {
+
+inline bool is_logit_dtype(apd_dtype t) {
+  return t == APD_FLOAT32 || t == APD_FLOAT16 || t == APD_BFLOAT16;
+}
+
+inline const char* check_filter(const apd_filter& f) {
+  if (!(f.temperature >= 0.0)) return "temperature must be >= 0";
+  if (f.temperature > 0.0 && !std::isfinite(static_cast<float>(1.0 / f.temperature)))
+    return "temperature is too small (use 0 for greedy)";
+  if (f.top_k < 0) return "top_k must be >= 0";
+  if (!(f.top_p > 0.0 && f.top_p <= 1.0)) return "top_p must be in (0, 1]";
+  return nullptr;
+}
+
+inline const char* check_noise(const apd_noise& n, bool needed) {
+  if (n.uniform != nullptr) {
+    if (n.uniform_dtype != APD_FLOAT32 && n.uniform_dtype != APD_FLOAT64)
+      return "noise.uniform must be float32 or float64";
+    return nullptr;
+  }
+  if (needed && n.seed_per_row && n.seeds == nullptr) return "seed_per_row needs a seeds pointer";
+  return nullptr;
+}
+
+inline const char* check_sizes(int64_t batch, int64_t window, int64_t vocab) {
+  if (batch <= 0 || window <= 0 || vocab <= 0) return "batch, window and vocab must be positive";
+  if (vocab > (int64_t{1} << 34)) return "vocab is too large for the noise counter";
+  if (window > (int64_t{1} << 31)) return "window is too large for the noise counter";
+  return nullptr;
+}
+
+inline const char* check_args(const apd_sample_draft_args& a) {
+  if (const char* e = check_sizes(a.batch, a.window, a.vocab)) return e;
+  if (a.dllm.data == nullptr || a.tokens == nullptr || a.logprobs == nullptr) return "null pointer argument";
+  if (!is_logit_dtype(a.dllm.dtype)) return "dllm logits must be float32, float16 or bfloat16";
+  if (const char* e = check_filter(a.filter)) return e;
+  return check_noise(a.noise, a.filter.temperature > 0.0);
+}
+
+inline const char* check_args(const apd_mixture_accept_args& a) {
+  if (const char* e = check_sizes(a.batch, a.window, a.vocab)) return e;
+  if (a.dllm.data == nullptr || a.verifier.data == nullptr || a.draft_tokens == nullptr ||
+      a.num_accepted == nullptr || a.target_tokens == nullptr || a.logp_dllm == nullptr ||
+      a.logp_verifier == nullptr || a.logp_mixture == nullptr)
+    return "null pointer argument";
+  if (!is_logit_dtype(a.dllm.dtype)) return "dllm logits must be float32, float16 or bfloat16";
+  if (!is_logit_dtype(a.verifier.dtype)) return "verifier logits must be float32, float16 or bfloat16";
+  if (!(a.mixture_weight >= 0.0 && a.mixture_weight <= 1.0)) return "mixture_weight must be in [0, 1]";
+  if (const char* e = check_filter(a.filter)) return e;
+  return check_noise(a.noise, a.filter.temperature > 0.0 && !a.greedy_target);
+}
+
+}  // namespace apd

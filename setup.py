@@ -1,0 +1,69 @@
+"""Builds apd_ext._C: the CPU ops always, the CUDA ops when a CUDA toolkit and a CUDA build of
+torch are present. APD_EXT_CUDA=1 forces CUDA (and fails without it), APD_EXT_CUDA=0 skips it.
+APD_EXT_CUDA_ARCHS overrides the targets (default "80;90", plus PTX of the newest for later GPUs).
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _rel(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _want_cuda() -> bool:
+    forced = os.environ.get("APD_EXT_CUDA")
+    if forced == "0":
+        return False
+    import torch
+
+    found = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and (
+        shutil.which("nvcc") or os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    )
+    if forced == "1" and not found:
+        raise RuntimeError("APD_EXT_CUDA=1 but no CUDA toolkit (CUDA_HOME/nvcc) or CUDA build of torch")
+    return bool(found)
+
+
+def _cuda_arch_flags() -> list[str]:
+    archs = [a.strip() for a in os.environ.get("APD_EXT_CUDA_ARCHS", "80;90").split(";") if a.strip()]
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    flags.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
+    return flags
+
+
+def _extension():
+    include = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
+    sources = _rel("csrc/cpu/*.cpp") + _rel("csrc/capi/*.cpp") + ["csrc/torch_ops/bindings.cpp"]
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    link = ["-fopenmp"]
+    if not _want_cuda():
+        return cpp_extension.CppExtension(
+            "apd_ext._C", sources, include_dirs=include,
+            extra_compile_args={"cxx": cxx}, extra_link_args=link,
+        )
+    sources += ["csrc/torch_ops/cuda_ops.cpp"] + _rel("csrc/cuda/*.cu")
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DAPD_WITH_CUDA"]
+    return cpp_extension.CUDAExtension(
+        "apd_ext._C", sources, include_dirs=include,
+        extra_compile_args={"cxx": cxx + ["-DAPD_WITH_CUDA"], "nvcc": nvcc + _cuda_arch_flags()},
+        extra_link_args=link,
+    )
+
+
+setup(
+    name="apd_ext",
+    version="0.1.0",
+    description="Fused Adaptive Parallel Decoding kernels for diffusion LLMs (CPU, CUDA, Triton)",
+    packages=find_packages(include=["apd_ext", "apd_ext.*"]),
+    python_requires=">=3.11",
+    install_requires=["torch>=2.11", "numpy"],
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
