@@ -8,9 +8,39 @@ import os
 import shutil
 
 from setuptools import find_packages, setup
-from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find_cuda_home() -> str | None:
+    """The toolkit root above nvcc's bin/, following links and wrapper scripts (torch's own guess
+    stops at a wrapper's directory, e.g. /usr/local for /usr/local/bin/nvcc)."""
+    nvcc = shutil.which("nvcc")
+    candidates = []
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        try:
+            with open(nvcc, "rb") as f:
+                head = f.read(4096)
+            if head.startswith(b"#!"):
+                for word in head.decode(errors="ignore").split():
+                    if word.endswith("/bin/nvcc") and os.path.isabs(word):
+                        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(word))))
+        except OSError:
+            pass
+    candidates.append("/usr/local/cuda")
+    for c in candidates:
+        if os.path.exists(os.path.join(c, "include", "cuda_runtime.h")):
+            return os.path.realpath(c)
+    return None
+
+
+if not os.environ.get("CUDA_HOME") and os.environ.get("APD_EXT_CUDA") != "0":
+    _home = _find_cuda_home()
+    if _home:
+        os.environ["CUDA_HOME"] = _home
+
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 
 
 def _rel(pattern: str) -> list[str]:

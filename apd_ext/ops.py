@@ -30,7 +30,7 @@ def _check_logits(name: str, x: torch.Tensor) -> torch.Tensor:
 def _check_filter(temperature: float, top_k: int, top_p: float) -> None:
     if not temperature >= 0.0:  # also rejects NaN
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature != 0.0 and not (1.0 / temperature) < float("inf"):
+    if temperature != 0.0 and 1.0 / temperature > torch.finfo(torch.float32).max:
         raise ValueError(f"temperature {temperature} is too small; use 0 for greedy")
     if int(top_k) != top_k or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0, got {top_k}")

@@ -1,0 +1,46 @@
+# apd_ext: `make test` builds everything and runs the tests; `make demo` runs the main job on CPU.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MAX_JOBS ?= 2
+export MAX_JOBS
+
+.PHONY: all build test pytest cpp-test demo bench gpu-check clean
+
+all: test
+
+$(VENV)/.installed: requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# The CPU ops always; the CUDA ops too when nvcc and a CUDA build of torch are present
+# (a CUDA compile error fails the build: CI is where the CUDA code is compile-checked).
+build: $(VENV)/.installed
+	$(PY) setup.py -q build_ext --inplace
+
+test: build cpp-test pytest
+
+pytest: build
+	$(PY) -m pytest -q python_tests
+
+# libapd (the C ABI) and its C++ tests, CPU build.
+cpp-test: $(VENV)/.installed
+	$(VENV)/bin/cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
+	$(VENV)/bin/cmake --build build/cmake -j $(MAX_JOBS)
+	$(VENV)/bin/ctest --test-dir build/cmake --output-on-failure
+
+demo: build
+	$(PY) -m apd_ext demo
+
+bench: build
+	$(PY) bench/bench_ops.py
+
+# On a GPU machine (no package registry needed): build against the installed torch, run every
+# test including the CUDA ones and the op benchmark, and save the output under bench/results/.
+gpu-check:
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf build apd_ext/_C*.so *.egg-info

@@ -1,0 +1,191 @@
+// C++ tests of libapd through its C ABI and shared headers (no torch): the noise generator's
+// known answers, the math helpers, and both CPU ops against brute force on small inputs.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "apd/apd.h"
+#include "apd/math.h"
+#include "apd/philox.h"
+
+static int g_failed = 0, g_passed = 0;
+#define CHECK(cond)                                                        \
+  do {                                                                     \
+    if (cond) {                                                            \
+      ++g_passed;                                                          \
+    } else {                                                               \
+      ++g_failed;                                                          \
+      std::fprintf(stderr, "FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                      \
+  } while (0)
+
+static void test_philox_known_answers() {
+  // Random123's kat_vectors for philox4x32_10.
+  apd::Philox4 a = apd::philox4x32_10(0, 0, 0, 0, 0, 0);
+  CHECK(a.x[0] == 0x6627e8d5u && a.x[1] == 0xe169c58du && a.x[2] == 0xbc57ac4cu && a.x[3] == 0x9b00dbd8u);
+  const uint32_t f = 0xffffffffu;
+  apd::Philox4 b = apd::philox4x32_10(f, f, f, f, f, f);
+  CHECK(b.x[0] == 0x408f276du && b.x[1] == 0x41c83b0eu && b.x[2] == 0xa20bc7c6u && b.x[3] == 0x6d5451fdu);
+  apd::Philox4 c = apd::philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u, 0x299f31d0u);
+  CHECK(c.x[0] == 0xd16cfe09u && c.x[1] == 0x94fdccebu && c.x[2] == 0x5001e420u && c.x[3] == 0x24126ea1u);
+}
+
+static void test_uniform_and_gumbel_range() {
+  CHECK(apd::uniform_from_bits(0u) == std::ldexp(1.0f, -24));
+  CHECK(apd::uniform_from_bits(0xffffffffu) == 1.0f - std::ldexp(1.0f, -24));
+  const float gmin = apd::gumbel_from_uniform(apd::uniform_from_bits(0u));
+  const float gmax = apd::gumbel_from_uniform(apd::uniform_from_bits(0xffffffffu));
+  CHECK(std::isfinite(gmin) && std::isfinite(gmax));
+  CHECK(gmin >= apd::kGumbelMin && gmax <= apd::kGumbelMax);
+}
+
+static void test_fast_math() {
+  double worst_log = 0.0, worst_exp = 0.0;
+  for (double x = 1e-30; x < 1e30; x *= 1.0137) {
+    const float xf = static_cast<float>(x);
+    const double err = std::fabs(apd::fast_log(xf) - std::log(static_cast<double>(xf)));
+    worst_log = std::max(worst_log, err / std::max(1.0, std::fabs(std::log(static_cast<double>(xf)))));
+  }
+  for (float x = -87.0f; x <= 0.0f; x += 0.00731f) {
+    const double ref = std::exp(static_cast<double>(x));
+    worst_exp = std::max(worst_exp, std::fabs(apd::fast_exp_nonpos(x) - ref) / ref);
+  }
+  CHECK(worst_log < 3e-7);
+  CHECK(worst_exp < 3e-7);
+  CHECK(apd::fast_exp_nonpos(-std::numeric_limits<float>::infinity()) == 0.0f);
+  // half / bfloat16 conversions
+  CHECK(apd::f16_bits_to_float(0x3c00) == 1.0f);
+  CHECK(apd::f16_bits_to_float(0xc000) == -2.0f);
+  CHECK(apd::f16_bits_to_float(0x0001) == std::ldexp(1.0f, -24));
+  CHECK(std::isinf(apd::f16_bits_to_float(0x7c00)) && apd::f16_bits_to_float(0xfc00) < 0);
+  CHECK(std::isnan(apd::f16_bits_to_float(0x7e00)));
+  CHECK(apd::bf16_bits_to_float(0x3f80) == 1.0f);
+}
+
+static void test_min_rank_is_conservative() {
+  for (float needed = -4.0f; needed < 18.0f; needed += 0.37f) {
+    const uint32_t k = apd::min_rank_for_gumbel_above(needed);
+    if (k == 0) continue;
+    // every rank below k has noise below `needed`
+    const float g_below = apd::gumbel_from_uniform(apd::uniform_from_bits((k - 1) << 9));
+    CHECK(g_below < needed);
+  }
+}
+
+static float gumbel_at(uint64_t seed, uint64_t offset, uint32_t i, uint32_t v) {
+  const apd::Philox4 p = apd::noise_bits4(seed, offset, i, v & ~3u);
+  return apd::gumbel_from_uniform(apd::uniform_from_bits(p.x[v & 3]));
+}
+
+static void test_sample_draft_brute_force() {
+  const int64_t B = 2, K = 3, V = 203;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> logits(B * K * V);
+  for (float& x : logits) x = normal(rng);
+  std::vector<int64_t> tokens(B * K);
+  std::vector<float> logprobs(B * K);
+  for (double T : {0.0, 0.5, 1.0}) {
+    apd_sample_draft_args a{};
+    a.batch = B, a.window = K, a.vocab = V;
+    a.dllm = apd_logits{logits.data(), APD_FLOAT32, K * V, V};
+    a.filter = apd_filter{T, 0, 1.0};
+    a.noise.seed_value = 77;
+    a.noise.offset_value = 5;
+    a.tokens = tokens.data();
+    a.logprobs = logprobs.data();
+    CHECK(apd_sample_draft_cpu(&a) == APD_OK);
+    const float inv_t = T == 0.0 ? 1.0f : static_cast<float>(1.0 / T);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < K; ++i) {
+        const float* row = &logits[(b * K + i) * V];
+        int64_t best = 0;
+        float best_score = -std::numeric_limits<float>::infinity();
+        double z = 0.0;
+        for (int64_t v = 0; v < V; ++v) {
+          float s = row[v] * inv_t;
+          if (T > 0) s += gumbel_at(77 + b, 5, static_cast<uint32_t>(i), static_cast<uint32_t>(v));
+          if (s > best_score) best_score = s, best = v;
+          z += std::exp(static_cast<double>(row[v]));
+        }
+        CHECK(tokens[b * K + i] == best);
+        CHECK(std::fabs(logprobs[b * K + i] - (row[best] - std::log(z))) < 1e-4);
+      }
+  }
+}
+
+static void test_mixture_accept_prefix_and_lengths() {
+  const int64_t B = 2, K = 4, V = 16;
+  std::vector<float> d(B * K * V, 0.0f), a(B * K * V, -4.0f);
+  const int64_t target[4] = {3, 4, 5, 6};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < K; ++i) a[(b * K + i) * V + target[i]] = 4.0f;
+  std::vector<int64_t> draft = {9, 4, 1, 6,   // n = 2: position 2 disagrees
+                                3, 4, 5, 99};  // out of range at 3, but valid_lengths caps at 2
+  std::vector<int64_t> valid = {4, 2};
+  std::vector<int64_t> n(B), tgt(B * K);
+  std::vector<float> lpd(B * K), lpa(B * K), lpm(B * K);
+  apd_mixture_accept_args m{};
+  m.batch = B, m.window = K, m.vocab = V;
+  m.dllm = apd_logits{d.data(), APD_FLOAT32, K * V, V};
+  m.verifier = apd_logits{a.data(), APD_FLOAT32, K * V, V};
+  m.draft_tokens = draft.data();
+  m.draft_stride_b = K;
+  m.valid_lengths = valid.data();
+  m.mixture_weight = 0.25;
+  m.greedy_target = 1;
+  m.filter = apd_filter{1.0, 0, 1.0};
+  m.num_accepted = n.data(), m.target_tokens = tgt.data();
+  m.logp_dllm = lpd.data(), m.logp_verifier = lpa.data(), m.logp_mixture = lpm.data();
+  CHECK(apd_mixture_accept_cpu(&m) == APD_OK);
+  CHECK(n[0] == 2 && n[1] == 2);
+  CHECK(tgt[0] == 3 && tgt[3] == 6 && tgt[K + 1] == 4 && tgt[K + 2] == -1 && tgt[K + 3] == -1);
+  CHECK(std::fabs(lpd[0] + std::log(16.0f)) < 1e-5);  // uniform dLLM row
+  valid[1] = 4;  // now the out-of-range token at position 3 ends the prefix there
+  CHECK(apd_mixture_accept_cpu(&m) == APD_OK);
+  CHECK(n[1] == 3 && std::isnan(lpa[K + 3]));
+}
+
+static void test_invalid_arguments() {
+  float x[4] = {0, 1, 2, 3};
+  int64_t tok;
+  float lp;
+  apd_sample_draft_args a{};
+  a.batch = 1, a.window = 1, a.vocab = 4;
+  a.dllm = apd_logits{x, APD_FLOAT32, 4, 4};
+  a.filter = apd_filter{1.0, 0, 1.0};
+  a.tokens = &tok, a.logprobs = &lp;
+  CHECK(apd_sample_draft_cpu(&a) == APD_OK);
+  apd_sample_draft_args bad = a;
+  bad.filter.temperature = -1.0;
+  CHECK(apd_sample_draft_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  bad = a, bad.filter.top_p = 0.0;
+  CHECK(apd_sample_draft_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  bad = a, bad.vocab = 0;
+  CHECK(apd_sample_draft_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  bad = a, bad.dllm.dtype = APD_FLOAT64;
+  CHECK(apd_sample_draft_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  bad = a, bad.tokens = nullptr;
+  CHECK(apd_sample_draft_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  CHECK(apd_sample_draft_cpu(nullptr) == APD_ERROR_INVALID_ARGUMENT);
+  CHECK(std::strcmp(apd_status_string(APD_ERROR_INVALID_ARGUMENT), "invalid argument") == 0);
+#if !defined(APD_WITH_CUDA)
+  CHECK(apd_has_cuda() == 0);
+  CHECK(apd_sample_draft_cuda(&a, nullptr, 0, nullptr) == APD_ERROR_UNSUPPORTED);
+#endif
+}
+
+int main() {
+  test_philox_known_answers();
+  test_uniform_and_gumbel_range();
+  test_fast_math();
+  test_min_rank_is_conservative();
+  test_sample_draft_brute_force();
+  test_mixture_accept_prefix_and_lengths();
+  test_invalid_arguments();
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
