@@ -23,7 +23,7 @@ build: $(VENV)/.installed
 test: build cpp-test pytest
 
 pytest: build
-	$(PY) -m pytest -q python_tests
+	APD_EXT_REQUIRE_EXTENSION=1 $(PY) -m pytest -q python_tests
 
 # libapd (the C ABI) and its C++ tests, CPU build.
 cpp-test: $(VENV)/.installed

@@ -69,8 +69,11 @@ def extension():
     """The compiled extension module, or None when it is not built (then only Python backends run)."""
     try:
         from apd_ext import _C  # noqa: F401  (importing registers torch.ops.apd_ext.*)
-    except ImportError:
-        return None
+    except ModuleNotFoundError as e:
+        if e.name != "apd_ext._C":
+            raise
+        return None  # not built: the Python backends still run
+    # Any other ImportError (a build that does not load) propagates: never fall back silently.
     from apd_ext import fake  # noqa: F401  (fake implementations for torch.compile)
     return _C
 

@@ -10,7 +10,7 @@ import apd_ext
 from apd_ext import backends, reference
 from helpers import assert_logprobs_close, assert_same_argmax, draft_scores
 
-pytestmark = pytest.mark.skipif(backends.extension() is None, reason="extension apd_ext._C not built")
+needs_ext = pytest.mark.skipif(backends.extension() is None, reason="extension apd_ext._C not built")
 
 
 def _args():
@@ -21,6 +21,7 @@ def _args():
     return D, A, d
 
 
+@needs_ext
 def test_opcheck_sample_draft():
     D, _, _ = _args()
     torch.library.opcheck(torch.ops.apd_ext.sample_draft.default,
@@ -28,12 +29,14 @@ def test_opcheck_sample_draft():
     torch.library.opcheck(torch.ops.apd_ext.sample_draft.default, (D.bfloat16(), 33, 0.7, 5, 0.9, None, 3, None, 1, None))
 
 
+@needs_ext
 def test_opcheck_mixture_accept():
     D, A, d = _args()
     torch.library.opcheck(torch.ops.apd_ext.mixture_accept.default,
                           (D, A, d, 40, 0.7, 1.0, 0, 1.0, torch.tensor([3, 1]), False, None, 5, None, 2, None))
 
 
+@needs_ext
 def test_fake_tensors_have_the_right_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -48,6 +51,7 @@ def test_fake_tensors_have_the_right_shapes():
     assert out[0].dtype == torch.int64 and out[1].dtype == torch.int64
 
 
+@needs_ext
 def test_torch_compile_runs_the_ops():
     D, A, _ = _args()
     seed, offset = torch.tensor([7]), torch.tensor([3])
@@ -63,6 +67,7 @@ def test_torch_compile_runs_the_ops():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+@needs_ext
 def test_offset_tensor_value_is_read_at_call_time():
     """A captured step replays with fresh noise when the offset tensor's value changes."""
     D, _, _ = _args()
@@ -74,6 +79,7 @@ def test_offset_tensor_value_is_read_at_call_time():
     assert not torch.equal(a, b)
 
 
+@needs_ext
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     B=st.integers(1, 3), K=st.integers(1, 9), V=st.integers(1, 700),
@@ -100,3 +106,14 @@ def test_property_cpu_matches_reference(B, K, V, dtype, T, top_k, top_p, w, gree
         assert torch.equal(out[0], ref[0])
         for got, exp in zip(out[2:], ref[2:]):
             assert_logprobs_close(got, exp, atol=5e-4)
+
+
+def test_extension_is_built_when_required():
+    """`make test` sets APD_EXT_REQUIRE_EXTENSION=1: a missing build must fail, not skip."""
+    import os
+
+    if os.environ.get("APD_EXT_REQUIRE_EXTENSION") != "1":
+        pytest.skip("APD_EXT_REQUIRE_EXTENSION is not set")
+    assert "cpu" in apd_ext.available_backends("cpu")
+    if torch.cuda.is_available():
+        assert backends.has_cuda_kernels(), "CUDA is present but the extension has no CUDA kernels"

@@ -6,6 +6,10 @@
 #include <cmath>
 #include <cstdint>
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#endif
+
 #include "apd/math.h"
 #include "apd/philox.h"
 
@@ -28,7 +32,9 @@ struct F16 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #define APD_VARIANT avx2
+#define APD_VARIANT_AVX2 1
 #include "cpu/row_kernels.inc"
+#undef APD_VARIANT_AVX2
 #undef APD_VARIANT
 #pragma GCC pop_options
 #endif

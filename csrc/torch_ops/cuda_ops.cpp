@@ -1,6 +1,6 @@
 // CUDA implementations of the torch ops: the kernels of csrc/cuda run on torch's current stream
 // with a workspace from torch's caching allocator (no cudaMalloc after warm-up, capture-safe).
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> sample_draft_cuda(const at::Tensor& dllm, int
       sample_draft_call(dllm, vocab, temperature, top_k, top_p, seed, seed_value, offset, offset_value, noise);
   at::Tensor ws = workspace(dllm, c.args.batch, c.args.window, vocab);
   const apd_status st = apd_sample_draft_cuda(&c.args, ws.data_ptr(), static_cast<size_t>(ws.numel()),
-                                              at::cuda::getCurrentCUDAStream().stream());
+                                              c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(st == APD_OK, "apd_ext.sample_draft (cuda): ", apd_status_string(st));
   return {c.tokens, c.logprobs};
 }
@@ -42,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_a
                                             offset_value, noise);
   at::Tensor ws = workspace(dllm, c.args.batch, c.args.window, vocab);
   const apd_status st = apd_mixture_accept_cuda(&c.args, ws.data_ptr(), static_cast<size_t>(ws.numel()),
-                                                at::cuda::getCurrentCUDAStream().stream());
+                                                c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(st == APD_OK, "apd_ext.mixture_accept (cuda): ", apd_status_string(st));
   return {c.num_accepted, c.target_tokens, c.logp_dllm, c.logp_verifier, c.logp_mixture};
 }
