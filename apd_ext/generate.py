@@ -1,0 +1,326 @@
+"""`apd_ext.generate`: Adaptive Parallel Decoding of a diffusion LLM with an autoregressive verifier.
+
+One step per batch (APD_SPEC "One decoding step"), every tensor on the models' device and of a
+static shape: the window has `max_lookahead` positions for every row (rows near their end or
+finished get `valid` < K and scratch positions), the dLLM input has a fixed length, positions,
+accepted counts and the RNG offset are tensors. The step is a function of tensors (`_apd_step`),
+which is what a CUDA graph can capture; the host learns progress through one copy per step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from apd_ext import ops, reference
+from apd_ext.models.runners import DllmRunner, VerifierRunner
+
+POLICIES = ("apd", "dllm_fixed", "ar")
+
+
+@dataclass
+class GenerateOutput:
+    """sequences int64 [B, L]: prompt then generated tokens, `pad` after each row's end (mask
+    tokens in authors_compat mode, as the released code leaves them); num_generated int64 [B];
+    stats: forward counts, tokens per step, timings (see `generate`)."""
+
+    sequences: torch.Tensor
+    num_generated: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    canvas: torch.Tensor  # int64 [B, L + 1]; column L is scratch
+    curr: torch.Tensor  # int64 [B] first uncommitted position
+    row_end: torch.Tensor  # int64 [B] prompt_len + max_new_tokens (<= L)
+    n_prev: torch.Tensor  # int64 [B] tokens accepted by the previous step
+    done: torch.Tensor  # bool [B]
+    prev_row: torch.Tensor | None  # float32 [B, V_verifier] verifier logits predicting position curr
+    offset: torch.Tensor  # int64 [1] RNG offset (= step index)
+    seeds: torch.Tensor  # int64 [B]
+
+
+class _Clock:
+    """Per-phase wall time; on CUDA through events read once at the end (no sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.totals: dict[str, float] = {}
+        self.events: list[tuple[str, object, object]] = []
+
+    def phase(self, name):
+        clock = self
+
+        class _P:
+            def __enter__(self):
+                if clock.cuda:
+                    self.a = torch.cuda.Event(enable_timing=True)
+                    self.a.record()
+                else:
+                    self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if clock.cuda:
+                    b = torch.cuda.Event(enable_timing=True)
+                    b.record()
+                    clock.events.append((name, self.a, b))
+                else:
+                    clock.totals[name] = clock.totals.get(name, 0.0) + time.perf_counter() - self.t
+
+        return _P()
+
+    def result(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            for name, a, b in self.events:
+                self.totals[name] = self.totals.get(name, 0.0) + a.elapsed_time(b) / 1e3
+        return dict(self.totals)
+
+
+def _check_models(dllm: DllmRunner, verifier: VerifierRunner, vocab_size, eos_token_id, policy):
+    if dllm.device != verifier.device:
+        raise ValueError(f"dllm is on {dllm.device}, verifier on {verifier.device}: put both on one device")
+    if vocab_size is None:
+        if dllm.vocab_size != verifier.vocab_size:
+            raise ValueError(
+                f"dLLM vocabulary ({dllm.vocab_size}) and verifier vocabulary ({verifier.vocab_size}) differ; "
+                f"pass vocab_size= the size of the tokenizer they share (e.g. 151936 for Dream + Qwen2.5)"
+            )
+        vocab_size = dllm.vocab_size
+    if not 0 < vocab_size <= min(dllm.vocab_size, verifier.vocab_size):
+        raise ValueError(f"vocab_size={vocab_size} exceeds a model's vocabulary")
+    if eos_token_id is None:
+        d_eos, v_eos = dllm.config.eos_ids, verifier.config.eos_ids
+        if d_eos and v_eos and set(d_eos) != set(v_eos) and policy == "apd":
+            raise ValueError(f"EOS tokens disagree: dLLM {d_eos}, verifier {v_eos}; pass eos_token_id=")
+        eos = d_eos or v_eos
+    else:
+        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if dllm.mask_token_id < vocab_size and policy != "ar":
+        pass  # the mask token may be inside the shared vocabulary (Dream's is); it is never a prompt token
+    return vocab_size, eos
+
+
+def _prompts(input_ids, attention_mask, device) -> tuple[list[list[int]], int]:
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, P], got {tuple(input_ids.shape)}")
+        rows = input_ids.tolist()
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError("attention_mask must have input_ids' shape")
+            rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, attention_mask.tolist())]
+    else:
+        rows = [list(r) for r in input_ids]
+    if not rows:
+        raise ValueError("empty batch: input_ids has no rows")
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token")
+    return rows, max(len(r) for r in rows)
+
+
+def generate(
+    dllm: DllmRunner,
+    verifier: VerifierRunner,
+    input_ids,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 256,
+    mixture_weight: float = 0.7,
+    kv_window: int | None = 16,
+    max_lookahead: int | None = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    seed=None,
+    eos_token_id=None,
+    policy: str = "apd",
+    k: int = 1,
+    stream=None,
+    authors_compat: bool = False,
+    vocab_size: int | None = None,
+    noise_fn=None,
+    backend: str = "auto",
+) -> GenerateOutput:
+    """Decode continuations of `input_ids` with APD (or a baseline policy).
+
+    Args:
+        dllm, verifier: DllmRunner / VerifierRunner on the same device (apd_ext.models.runners).
+        input_ids: int64 [B, P] (with `attention_mask` [B, P] marking real tokens, left or right
+            padded) or a list of token lists. Rows may differ in length.
+        max_new_tokens: per row; the canvas holds P_max + max_new_tokens positions.
+        mixture_weight: w in [0, 1]; kv_window: R recomputed positions before the window (None: no
+            dLLM cache, every step recomputes the whole prefix); max_lookahead: M masked positions the
+            dLLM sees (None: everything up to the row's end).
+        temperature, top_k, top_p: sampling knobs of the ops. top_k=None means 0 (no filter), or 50 in
+            authors_compat mode, as the released code inherits; pass 0 to disable it there.
+        seed: int (row b uses seed + b) or int64 tensor of B seeds; a row's text depends only on its
+            prompt, the knobs and its seed.
+        eos_token_id: int or list; default: the models' EOS (which must agree).
+        policy: "apd"; "dllm_fixed" (k tokens per step from the dLLM alone); "ar" (the verifier alone).
+        stream: callable(list of per-row lists of newly committed tokens), called once per step.
+        authors_compat: reproduce the authors' released code (APD_SPEC, last section): drafts at T^2,
+            top_k 50 unless given, greedy target; EOS keeps the rest of its block; masks left in place.
+        vocab_size: the shared vocabulary when the models' differ (Dream 152064 vs Qwen2.5 151936).
+        noise_fn: optional callable(step, valid [B]) -> uniforms [B, K, V] replacing the generator
+            (golden replays).
+
+    Returns: GenerateOutput(sequences [B, L], num_generated [B], stats) with stats keys
+        steps, dllm_forwards, verifier_forwards, tokens_per_step (mean), tokens_per_step_histogram,
+        time_s {dllm, verifier, sampling, other, total}, tokens_per_s.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if not 0.0 <= mixture_weight <= 1.0:
+        raise ValueError(f"mixture_weight must be in [0, 1], got {mixture_weight}")
+    if kv_window is not None and kv_window < 1:
+        raise ValueError(f"kv_window must be >= 1 or None, got {kv_window}")
+    if max_lookahead is not None and max_lookahead < 1:
+        raise ValueError(f"max_lookahead must be >= 1 or None, got {max_lookahead}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if policy == "dllm_fixed" and k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if top_k is None:  # not given: the released code inherits top_k = 50 from legacy defaults
+        top_k = 50 if authors_compat else 0
+    ops._check_filter(temperature, top_k, top_p)
+    vocab, eos = _check_models(dllm, verifier, vocab_size, eos_token_id, policy)
+    device = dllm.device
+    rows, P = _prompts(input_ids, attention_mask, device)
+    B = len(rows)
+    L = P + max_new_tokens
+    if L > min(dllm.config.max_position_embeddings, verifier.config.max_position_embeddings):
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds the models' maximum length")
+    mask_id = dllm.mask_token_id
+    if any(mask_id in r for r in rows):
+        raise ValueError(f"a prompt contains the mask token {mask_id}")
+    if any(t < 0 or t >= min(dllm.vocab_size, verifier.vocab_size) for r in rows for t in r):
+        raise ValueError("a prompt token is outside the models' vocabulary")
+    M = max_new_tokens if max_lookahead is None else min(max_lookahead, max_new_tokens)
+
+    canvas = torch.full((B, L + 1), mask_id, dtype=torch.int64)
+    for b, r in enumerate(rows):
+        canvas[b, : len(r)] = torch.tensor(r)
+    prompt_len = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)))
+    seeds = reference.row_seeds(seed.cpu() if isinstance(seed, torch.Tensor) else seed, B, "cpu")
+    st = _State(
+        canvas=canvas.to(device), curr=prompt_len.to(device), row_end=(prompt_len + max_new_tokens).to(device),
+        n_prev=torch.zeros(B, dtype=torch.int64, device=device), done=torch.zeros(B, dtype=torch.bool, device=device),
+        prev_row=None, offset=torch.zeros(1, dtype=torch.int64, device=device), seeds=seeds.to(device),
+    )
+    eos_t = torch.tensor(eos or [-1], dtype=torch.int64, device=device)
+    clock = _Clock(device)
+    counts = {"dllm_forwards": 0, "verifier_forwards": 0, "steps": 0}
+    accepted: list[torch.Tensor] = []
+    t0 = time.perf_counter()
+
+    verifier.setup(B, L) if policy != "dllm_fixed" else None
+    dllm.setup(B, L) if policy != "ar" else None
+    if policy != "dllm_fixed":
+        with clock.phase("verifier"):
+            st.prev_row = verifier.prefill(st.canvas, st.curr, P)
+        counts["verifier_forwards"] += 1
+    knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    draft_t = temperature * temperature if authors_compat else temperature
+    step = 0
+    while True:
+        if bool(st.done.all()):
+            break
+        valid = torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, M))
+        if policy == "ar":
+            n, committed = _ar_step(st, verifier, valid, vocab, knobs, clock, backend)
+            counts["verifier_forwards"] += 1
+        else:
+            n, committed = _window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k,
+                                        mixture_weight, knobs, draft_t, authors_compat, noise_fn, clock, backend)
+            counts["dllm_forwards"] += 1
+            counts["verifier_forwards"] += policy == "apd"
+        # EOS: the row ends at its first EOS inside the accepted block
+        pos = torch.arange(committed.shape[1], device=device).view(1, -1)
+        is_eos = torch.isin(committed, eos_t) & (pos < n.view(-1, 1))
+        hit = is_eos.any(dim=1)
+        if not authors_compat:
+            n = torch.where(hit, is_eos.int().argmax(dim=1) + 1, n)
+        with clock.phase("other"):
+            write = torch.where(pos < n.view(-1, 1), st.curr.view(-1, 1) + pos, L)
+            st.canvas.scatter_(1, write, committed)
+            st.curr = st.curr + n
+            st.n_prev = n
+            st.done = st.done | hit | (st.curr >= st.row_end)
+            st.offset += 1
+        accepted.append(n)
+        if stream is not None:
+            nh = n.cpu()
+            stream([committed[b, : int(nh[b])].tolist() for b in range(B)])
+        step += 1
+    counts["steps"] = step
+    out_len = st.curr - prompt_len.to(device)
+    seq = st.canvas[:, :L].clone()
+    if not authors_compat:  # paper semantics: nothing after a row's end
+        pad = dllm.config.pad_token_id if dllm.config.pad_token_id is not None else (eos[0] if eos else mask_id)
+        seq = torch.where(torch.arange(L, device=device).view(1, -1) >= st.curr.view(-1, 1), pad, seq)
+    total = time.perf_counter() - t0
+    acc = torch.stack(accepted, 1).cpu() if accepted else torch.zeros(B, 0, dtype=torch.int64)
+    times = clock.result()
+    times["total"] = total
+    times["other"] = max(0.0, total - sum(v for k_, v in times.items() if k_ not in ("total", "other")))
+    gen = int(out_len.sum())
+    stats = dict(
+        counts,
+        acceptance_counts=acc,
+        tokens_per_step=float(acc[acc > 0].float().mean()) if (acc > 0).any() else 0.0,
+        tokens_per_step_histogram=torch.bincount(acc[acc > 0].flatten()).tolist() if (acc > 0).any() else [],
+        time_s=times,
+        tokens_per_s=gen / total if total > 0 else 0.0,
+    )
+    return GenerateOutput(sequences=seq.cpu(), num_generated=out_len.cpu(), stats=stats)
+
+
+def _window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k, w, knobs, draft_t,
+                 authors_compat, noise_fn, clock, backend):
+    """One APD (or dllm_fixed) step; returns (n [B], draft [B, M])."""
+    device = st.curr.device
+    right = st.curr + valid
+    if kv_window is None or step == 0:
+        left = torch.zeros_like(st.curr)
+        size = L
+    else:
+        left = (st.curr - kv_window - st.n_prev + 1).clamp(min=0)
+        size = kv_window + 2 * M - 1
+    with clock.phase("dllm"):
+        D = dllm.window_logits(st.canvas, left, right, st.curr, M, size)
+    noise = noise_fn(step, valid) if noise_fn is not None else None
+    rng = dict(seed=st.seeds, offset=st.offset, noise=noise)
+    with clock.phase("sampling"):
+        draft, _ = ops.sample_draft(D, temperature=draft_t, top_k=knobs["top_k"], top_p=knobs["top_p"],
+                                    vocab_size=vocab, backend=backend, **rng)
+    if policy == "dllm_fixed":
+        return torch.minimum(valid, torch.full_like(valid, k)), draft
+    with clock.phase("verifier"):
+        A_rest = verifier.step(draft, st.curr, valid)  # row r predicts position curr + r + 1
+    A = torch.cat([st.prev_row.unsqueeze(1), A_rest[:, :-1]], dim=1)
+    with clock.phase("sampling"):
+        n, *_ = ops.mixture_accept(D, A, draft, mixture_weight=w, vocab_size=vocab, valid_lengths=valid,
+                                   greedy_target=authors_compat, backend=backend, **knobs, **rng)
+    idx = (n - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, A_rest.shape[-1])
+    st.prev_row = torch.where((n > 0).view(-1, 1), torch.gather(A_rest, 1, idx).squeeze(1), st.prev_row)
+    return n, draft
+
+
+def _ar_step(st, verifier, valid, vocab, knobs, clock, backend):
+    """One token from the verifier alone."""
+    with clock.phase("sampling"):
+        tok, _ = ops.sample_draft(st.prev_row[:, None, :vocab].contiguous(), vocab_size=vocab, seed=st.seeds,
+                                  offset=st.offset, backend=backend, **knobs)
+    n = (valid > 0).to(torch.int64)
+    with clock.phase("verifier"):
+        logits = verifier.step(tok, st.curr, n)
+    st.prev_row = torch.where((n > 0).view(-1, 1), logits[:, 0], st.prev_row)
+    return n, tok

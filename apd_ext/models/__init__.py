@@ -1,0 +1,1 @@
+"""Model runners: Hugging Face checkpoints loaded into native PyTorch transformers."""

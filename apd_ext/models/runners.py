@@ -1,0 +1,142 @@
+"""Model runners: what the decoding loop asks of a dLLM and of a verifier, with static shapes.
+
+Positions index a static KV cache of `max_len + 1` slots per row; slot `max_len` is scratch: rows
+of a fixed-size input that a batch row does not need (its window is shorter, it has finished) write
+there and nothing attends to it. So every call has the same shapes whatever each row is doing.
+
+dLLM (`DllmRunner`): one forward over a window `[left, right)` of the canvas, the K/V of positions
+before `left` coming from the cache (an approximation: attention is bidirectional), positions at or
+beyond `right` absent. Dream's logits at position j predict token j + 1 (`shifted=True`); LLaDA-style
+models are unshifted. The runner returns D [B, K, V]: the logits of canvas positions curr..curr+K-1.
+
+Verifier (`VerifierRunner`): causal; `prefill` writes the prompt, `step` runs K draft tokens at
+positions curr..curr+K-1 and returns the logits predicting positions curr+1..curr+K.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from apd_ext.models.checkpoint import load_weights
+from apd_ext.models.config import ModelConfig
+from apd_ext.models.transformer import Transformer
+
+DLLM_TYPES = {"dream": True, "llada": False}  # model_type -> logits shifted by one
+VERIFIER_TYPES = {"qwen2", "llama", "qwen3"}
+
+
+def _load(path, device, dtype) -> tuple[Transformer, ModelConfig]:
+    config = ModelConfig.from_pretrained(path)
+    if dtype is not None:
+        config.dtype = dtype
+    with torch.device("meta"):
+        model = Transformer(config)
+    model = model.to_empty(device=device).to(config.dtype)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    load_weights(model, path)
+    return model.eval(), config
+
+
+class _Runner:
+    model: Transformer
+    config: ModelConfig
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def setup(self, batch: int, max_len: int) -> None:
+        """Allocate caches for `batch` rows of canvases up to `max_len` tokens (+1 scratch slot)."""
+        self.max_len = max_len
+        self.model.setup_cache(batch, max_len + 1)
+        self._slots = torch.arange(max_len + 1, device=self.device)
+
+    def _positions(self, start: torch.Tensor, size: int, end: torch.Tensor) -> torch.Tensor:
+        """int64 [B, size]: start_b + s where < end_b, else the scratch slot."""
+        pos = start.view(-1, 1) + torch.arange(size, device=self.device).view(1, -1)
+        return torch.where(pos < end.view(-1, 1), pos, self.max_len)
+
+    def _gather_ids(self, canvas: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return torch.gather(canvas, 1, positions.clamp(max=canvas.shape[1] - 1))
+
+
+class DllmRunner(_Runner):
+    """A bidirectional masked-diffusion LM (Dream, LLaDA) in native PyTorch."""
+
+    def __init__(self, model: Transformer, config: ModelConfig, shifted: bool):
+        self.model, self.config, self.shifted = model, config, shifted
+        if config.mask_token_id is None:
+            raise ValueError("the dLLM config has no mask_token_id")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> "DllmRunner":
+        model, config = _load(path, device, dtype)
+        kind = config.model_type.lower()
+        if kind not in DLLM_TYPES:
+            raise ValueError(f"{path}: model_type {config.model_type!r} is not a supported dLLM ({sorted(DLLM_TYPES)})")
+        return cls(model, config, DLLM_TYPES[kind])
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.mask_token_id
+
+    @torch.no_grad()
+    def window_logits(self, canvas: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+                      curr: torch.Tensor, window: int, size: int) -> torch.Tensor:
+        """D float32 [B, window, V]: logits for positions curr..curr+window-1.
+
+        canvas: int64 [B, L]; left, right, curr: int64 [B] with left <= curr - shifted, right <= L;
+        size: the static input length (>= max over rows of right - left).
+        """
+        pos = self._positions(left, size, right)  # [B, size]
+        ids = self._gather_ids(canvas, pos)
+        # query s attends cache slots j < right_b (cache + window; never the scratch slot)
+        mask = (self._slots.view(1, 1, -1) < right.view(-1, 1, 1)).unsqueeze(1)
+        mask = mask.expand(-1, 1, size, -1)
+        first = curr - left - (1 if self.shifted else 0)
+        rows = (first.view(-1, 1) + torch.arange(window, device=self.device).view(1, -1)).clamp(0, size - 1)
+        return self.model(ids, pos, mask, logit_rows=rows)
+
+
+class VerifierRunner(_Runner):
+    """A causal LM (Qwen2 family) with a static KV cache."""
+
+    def __init__(self, model: Transformer, config: ModelConfig):
+        self.model, self.config = model, config
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> "VerifierRunner":
+        model, config = _load(path, device, dtype)
+        if config.model_type.lower() not in VERIFIER_TYPES:
+            raise ValueError(f"{path}: model_type {config.model_type!r} is not a supported verifier {sorted(VERIFIER_TYPES)}")
+        return cls(model, config)
+
+    def _causal_mask(self, pos: torch.Tensor) -> torch.Tensor:
+        # query at position p attends slots j <= p; scratch rows (p = max_len) attend every real
+        # slot, so that no row is fully masked (its junk output stays finite and goes to scratch)
+        return (self._slots.view(1, 1, -1) <= pos.unsqueeze(-1)) & (self._slots.view(1, 1, -1) < self.max_len)
+
+    @torch.no_grad()
+    def prefill(self, canvas: torch.Tensor, prompt_len: torch.Tensor, size: int) -> torch.Tensor:
+        """Write the prompts' K/V; float32 [B, V]: the logits predicting position prompt_len_b."""
+        pos = self._positions(torch.zeros_like(prompt_len), size, prompt_len)
+        ids = self._gather_ids(canvas, pos)
+        mask = self._causal_mask(pos).unsqueeze(1)
+        rows = (prompt_len - 1).clamp(min=0).view(-1, 1)
+        return self.model(ids, pos, mask, logit_rows=rows)[:, 0]
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, curr: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """float32 [B, K, V]: logits after each of the K tokens written at positions curr..curr+K-1
+        (row r predicts position curr + r + 1). Rows r >= valid_b go to the scratch slot."""
+        K = tokens.shape[1]
+        pos = self._positions(curr, K, curr + valid)
+        mask = self._causal_mask(pos).unsqueeze(1)
+        return self.model(tokens, pos, mask)
