@@ -41,6 +41,7 @@ class _State:
     prev_row: torch.Tensor | None  # float32 [B, V_verifier] verifier logits predicting position curr
     offset: torch.Tensor  # int64 [1] RNG offset (= step index)
     seeds: torch.Tensor  # int64 [B]
+    windows: list = field(default_factory=list)  # per step: int64 [B, 2] dLLM window [left, right)
 
 
 class _Clock:
@@ -171,8 +172,9 @@ def generate(
             (golden replays).
 
     Returns: GenerateOutput(sequences [B, L], num_generated [B], stats) with stats keys
-        steps, dllm_forwards, verifier_forwards, tokens_per_step (mean), tokens_per_step_histogram,
-        time_s {dllm, verifier, sampling, other, total}, tokens_per_s.
+        steps, dllm_forwards, verifier_forwards, acceptance_counts [B, steps], tokens_per_step (mean
+        over rows still decoding), tokens_per_step_histogram, windows [B, steps, 2] (the dLLM's
+        [left, right) per step), time_s {dllm, verifier, sampling, other, total}, tokens_per_s.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -277,6 +279,7 @@ def generate(
         acceptance_counts=acc,
         tokens_per_step=float(acc[acc > 0].float().mean()) if (acc > 0).any() else 0.0,
         tokens_per_step_histogram=torch.bincount(acc[acc > 0].flatten()).tolist() if (acc > 0).any() else [],
+        windows=torch.stack(st.windows, 1).cpu() if st.windows else None,
         time_s=times,
         tokens_per_s=gen / total if total > 0 else 0.0,
     )
@@ -294,6 +297,7 @@ def _window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy
     else:
         left = (st.curr - kv_window - st.n_prev + 1).clamp(min=0)
         size = kv_window + 2 * M - 1
+    st.windows.append(torch.stack([left, right], dim=1))
     with clock.phase("dllm"):
         D = dllm.window_logits(st.canvas, left, right, st.curr, M, size)
     noise = noise_fn(step, valid) if noise_fn is not None else None

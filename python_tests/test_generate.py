@@ -1,0 +1,153 @@
+"""apd_ext.generate: golden replays of the authors' runs, batching, policies, EOS, errors."""
+
+import pytest
+import torch
+
+import golden
+from apd_ext.generate import generate
+from apd_ext.models.runners import DllmRunner, VerifierRunner
+
+V = 384
+
+
+@pytest.fixture(scope="module")
+def models():
+    return (DllmRunner.from_pretrained(golden.path("dream_tiny")),
+            VerifierRunner.from_pretrained(golden.path("qwen2_tiny")))
+
+
+def _replay_noise(t, width):
+    """noise_fn handing each step the authors' recorded uniforms (rows past K are unused)."""
+    U, km = t["uniform_noise"], t["step_num_masked"]
+    starts = torch.cumsum(km, 0) - km
+
+    def noise_fn(step, valid):
+        out = torch.full((1, width, V), 0.5, dtype=torch.float64)
+        k = int(km[step])
+        out[0, :k] = U[int(starts[step]) : int(starts[step]) + k]
+        return out
+
+    return noise_fn
+
+
+@pytest.mark.parametrize("run", golden.runs(), ids=lambda r: r["file"].removesuffix(".safetensors"))
+def test_golden_runs_replay_exactly(models, run):
+    t, meta = golden.load("apd_runs/" + run["file"])
+    P = t["input_ids"].shape[1]
+    L = run["max_length"]
+    width = min(run["max_lookahead"] or L, L - P)
+    T = run["temperature"]
+    out = generate(*models, t["input_ids"], max_new_tokens=L - P, mixture_weight=run["apd_mixture_weight"],
+                   kv_window=run["kv_window"], max_lookahead=run["max_lookahead"], temperature=T,
+                   top_k=None if not run["top_k_passed"] else 0, authors_compat=True,
+                   noise_fn=_replay_noise(t, width) if T > 0 else None, seed=0)
+    s = out.stats
+    assert s["acceptance_counts"][0].tolist() == t["acceptance_counts"].tolist()
+    assert s["dllm_forwards"] == int(t["num_forward_evals"]) == s["steps"]
+    assert s["windows"][0, :, 0].tolist() == t["step_left_idx"].tolist()
+    assert s["windows"][0, :, 1].tolist() == t["step_right_idx"].tolist()
+    seq, ref = out.sequences[0], t["sequences"][0]
+    gen = ref[P:]
+    eos_at = (gen == 382).nonzero()
+    end = P + (int(eos_at[0]) + 1 if len(eos_at) else len(gen))
+    assert seq[:end].tolist() == ref[:end].tolist()
+    assert bool(len(eos_at)) == (meta.get("eos_hit") == "True" or run["eos_hit"])
+
+
+def _prompts(n, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [[381] + torch.randint(0, 381, (length + 3 * i,), generator=g).tolist() for i in range(n)]
+
+
+@pytest.mark.parametrize("kv_window,max_lookahead", [(4, 8), (None, None), (2, 3)])
+def test_batch_rows_equal_single_runs(models, kv_window, max_lookahead):
+    prompts = _prompts(3, 10, 1)
+    kw = dict(max_new_tokens=12, mixture_weight=0.8, kv_window=kv_window, max_lookahead=max_lookahead, seed=100)
+    batch = generate(*models, prompts, **kw)
+    for b, p in enumerate(prompts):
+        single = generate(*models, [p], **{**kw, "seed": 100 + b})
+        n = int(single.num_generated[0])
+        assert int(batch.num_generated[b]) == n
+        assert batch.sequences[b, : len(p) + n].tolist() == single.sequences[0, : len(p) + n].tolist()
+
+
+def test_per_row_seed_tensor_and_padding_mask(models):
+    prompts = _prompts(2, 8, 2)
+    P = max(len(p) for p in prompts)
+    ids = torch.full((2, P), 382)
+    mask = torch.zeros(2, P, dtype=torch.bool)
+    for b, p in enumerate(prompts):  # left padding
+        ids[b, P - len(p):] = torch.tensor(p)
+        mask[b, P - len(p):] = True
+    a = generate(*models, ids, attention_mask=mask, max_new_tokens=8, seed=torch.tensor([5, 9]))
+    b = generate(*models, prompts, max_new_tokens=8, seed=torch.tensor([5, 9]))
+    assert torch.equal(a.sequences, b.sequences)
+
+
+def test_weight_one_accepts_whole_windows(models):
+    out = generate(*models, _prompts(2, 6, 3), max_new_tokens=15, mixture_weight=1.0, kv_window=4,
+                   max_lookahead=5, seed=1, eos_token_id=[])
+    acc = out.stats["acceptance_counts"]
+    assert acc[:, :3].tolist() == [[5, 5, 5], [5, 5, 5]]
+    assert out.stats["steps"] == 3 and out.num_generated.tolist() == [15, 15]
+
+
+def test_eos_ends_a_row_and_pads_after_it(models):
+    # a tiny vocabulary EOS gets ~2% of the mass: with many rows some stop early
+    prompts = _prompts(6, 5, 4)
+    out = generate(*models, prompts, max_new_tokens=20, mixture_weight=0.7, seed=3)
+    stopped = 0
+    for b, p in enumerate(prompts):
+        n = int(out.num_generated[b])
+        gen = out.sequences[b, len(p) : len(p) + n].tolist()
+        if 382 in gen:
+            stopped += 1
+            assert gen.index(382) == n - 1  # nothing committed after the EOS
+        assert (out.sequences[b, len(p) + n :] == 382).all()  # pad after the row's end
+    assert stopped >= 1
+
+
+@pytest.mark.parametrize("policy,k", [("ar", 1), ("dllm_fixed", 1), ("dllm_fixed", 3), ("apd", 1)])
+def test_policies(models, policy, k):
+    out = generate(*models, _prompts(2, 6, 5), max_new_tokens=9, policy=policy, k=k, seed=2, eos_token_id=[])
+    acc = out.stats["acceptance_counts"]
+    assert out.num_generated.tolist() == [9, 9]
+    if policy == "ar":
+        assert (acc == 1).all() and out.stats["dllm_forwards"] == 0 and out.stats["verifier_forwards"] == 10
+    elif policy == "dllm_fixed":
+        assert acc[:, 0].tolist() == [k, k] and out.stats["verifier_forwards"] == 0
+    assert out.stats["time_s"]["total"] > 0 and out.stats["tokens_per_s"] > 0
+
+
+def test_stream_receives_every_committed_token(models):
+    chunks = []
+    prompts = _prompts(2, 6, 6)
+    out = generate(*models, prompts, max_new_tokens=10, seed=4, stream=chunks.append, eos_token_id=[])
+    for b, p in enumerate(prompts):
+        streamed = [t for step in chunks for t in step[b]]
+        assert streamed == out.sequences[b, len(p) : len(p) + 10].tolist()
+
+
+def test_bad_input_fails_before_any_work(models, tmp_path):
+    d, v = models
+    ok = _prompts(1, 4, 7)
+    with pytest.raises(ValueError, match="mask token"):
+        generate(d, v, [[1, 2, 383]])
+    with pytest.raises(ValueError, match="empty batch"):
+        generate(d, v, [])
+    with pytest.raises(ValueError, match="maximum length"):
+        generate(d, v, ok, max_new_tokens=600)
+    with pytest.raises(ValueError, match="mixture_weight"):
+        generate(d, v, ok, mixture_weight=1.5)
+    with pytest.raises(ValueError, match="kv_window"):
+        generate(d, v, ok, kv_window=0)
+    with pytest.raises(ValueError, match="max_lookahead"):
+        generate(d, v, ok, max_lookahead=0)
+    with pytest.raises(ValueError, match="policy"):
+        generate(d, v, ok, policy="beam")
+    with pytest.raises(ValueError, match="temperature"):
+        generate(d, v, ok, temperature=-1)
+    with pytest.raises(ValueError, match="outside the models' vocabulary"):
+        generate(d, v, [[1, 999]])
+    with pytest.raises(ValueError, match="vocab_size"):
+        generate(d, v, ok, vocab_size=500)
