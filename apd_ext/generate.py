@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 from apd_ext import ops, reference
+from apd_ext.steps import DIFFUSION_ALGS, Clock, State, ar_step, diffusion_generate, window_step
 from apd_ext.models.runners import DllmRunner, VerifierRunner
 
-POLICIES = ("apd", "dllm_fixed", "ar")
+POLICIES = ("apd", "dllm_fixed", "ar", "diffusion")
 
 
 @dataclass
@@ -29,56 +30,6 @@ class GenerateOutput:
     sequences: torch.Tensor
     num_generated: torch.Tensor
     stats: dict = field(default_factory=dict)
-
-
-@dataclass
-class _State:
-    canvas: torch.Tensor  # int64 [B, L + 1]; column L is scratch
-    curr: torch.Tensor  # int64 [B] first uncommitted position
-    row_end: torch.Tensor  # int64 [B] prompt_len + max_new_tokens (<= L)
-    n_prev: torch.Tensor  # int64 [B] tokens accepted by the previous step
-    done: torch.Tensor  # bool [B]
-    prev_row: torch.Tensor | None  # float32 [B, V_verifier] verifier logits predicting position curr
-    offset: torch.Tensor  # int64 [1] RNG offset (= step index)
-    seeds: torch.Tensor  # int64 [B]
-    windows: list = field(default_factory=list)  # per step: int64 [B, 2] dLLM window [left, right)
-
-
-class _Clock:
-    """Per-phase wall time; on CUDA through events read once at the end (no sync per step)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.totals: dict[str, float] = {}
-        self.events: list[tuple[str, object, object]] = []
-
-    def phase(self, name):
-        clock = self
-
-        class _P:
-            def __enter__(self):
-                if clock.cuda:
-                    self.a = torch.cuda.Event(enable_timing=True)
-                    self.a.record()
-                else:
-                    self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                if clock.cuda:
-                    b = torch.cuda.Event(enable_timing=True)
-                    b.record()
-                    clock.events.append((name, self.a, b))
-                else:
-                    clock.totals[name] = clock.totals.get(name, 0.0) + time.perf_counter() - self.t
-
-        return _P()
-
-    def result(self) -> dict[str, float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            for name, a, b in self.events:
-                self.totals[name] = self.totals.get(name, 0.0) + a.elapsed_time(b) / 1e3
-        return dict(self.totals)
 
 
 def _check_models(dllm: DllmRunner, verifier: VerifierRunner, vocab_size, eos_token_id, policy):
@@ -142,6 +93,8 @@ def generate(
     eos_token_id=None,
     policy: str = "apd",
     k: int = 1,
+    diffusion_steps: int | None = None,
+    diffusion_alg: str = "confidence",
     stream=None,
     authors_compat: bool = False,
     vocab_size: int | None = None,
@@ -163,7 +116,10 @@ def generate(
         seed: int (row b uses seed + b) or int64 tensor of B seeds; a row's text depends only on its
             prompt, the knobs and its seed.
         eos_token_id: int or list; default: the models' EOS (which must agree).
-        policy: "apd"; "dllm_fixed" (k tokens per step from the dLLM alone); "ar" (the verifier alone).
+        policy: "apd"; "dllm_fixed" (k tokens per step, left to right, from the dLLM alone; k = 1 is
+            the quality reference); "ar" (the verifier alone); "diffusion" (the dLLM's own schedule:
+            `diffusion_steps` full forwards (default max_new_tokens), each unmasking the answer
+            positions chosen by `diffusion_alg`: "confidence", "entropy" or "random").
         stream: callable(list of per-row lists of newly committed tokens), called once per step.
         authors_compat: reproduce the authors' released code (APD_SPEC, last section): drafts at T^2,
             top_k 50 unless given, greedy target; EOS keeps the rest of its block; masks left in place.
@@ -188,6 +144,10 @@ def generate(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if policy == "dllm_fixed" and k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if diffusion_alg not in DIFFUSION_ALGS:
+        raise ValueError(f"diffusion_alg must be one of {DIFFUSION_ALGS}, got {diffusion_alg!r}")
+    if diffusion_steps is not None and diffusion_steps < 1:
+        raise ValueError(f"diffusion_steps must be >= 1, got {diffusion_steps}")
     if top_k is None:  # not given: the released code inherits top_k = 50 from legacy defaults
         top_k = 50 if authors_compat else 0
     ops._check_filter(temperature, top_k, top_p)
@@ -212,24 +172,38 @@ def generate(
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
     seeds = reference.row_seeds(seed.cpu() if isinstance(seed, torch.Tensor) else seed, B, "cpu")
-    st = _State(
+    st = State(
         canvas=canvas.to(device), curr=prompt_len.to(device), row_end=(prompt_len + max_new_tokens).to(device),
         n_prev=torch.zeros(B, dtype=torch.int64, device=device), done=torch.zeros(B, dtype=torch.bool, device=device),
         prev_row=None, offset=torch.zeros(1, dtype=torch.int64, device=device), seeds=seeds.to(device),
     )
     eos_t = torch.tensor(eos or [-1], dtype=torch.int64, device=device)
-    clock = _Clock(device)
+    clock = Clock(device)
     counts = {"dllm_forwards": 0, "verifier_forwards": 0, "steps": 0}
     accepted: list[torch.Tensor] = []
     t0 = time.perf_counter()
 
+    pad = dllm.config.pad_token_id if dllm.config.pad_token_id is not None else (eos[0] if eos else mask_id)
+    knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    if policy == "diffusion":
+        dllm.setup(B, L)
+        canvas, n_gen, forwards = diffusion_generate(
+            dllm, st.canvas, st.curr, st.row_end, L, max_new_tokens, diffusion_steps or max_new_tokens,
+            diffusion_alg, vocab, knobs, st.seeds, eos_t, clock, backend, pad)
+        total = time.perf_counter() - t0
+        times = clock.result()
+        times["total"] = total
+        times["other"] = max(0.0, total - sum(v for k_, v in times.items() if k_ not in ("total", "other")))
+        stats = dict(steps=forwards, dllm_forwards=forwards, verifier_forwards=0,
+                     tokens_per_step=float(n_gen.sum()) / max(1, forwards * B), time_s=times,
+                     tokens_per_s=float(n_gen.sum()) / total if total > 0 else 0.0)
+        return GenerateOutput(sequences=canvas[:, :L].cpu(), num_generated=n_gen.cpu(), stats=stats)
     verifier.setup(B, L) if policy != "dllm_fixed" else None
     dllm.setup(B, L) if policy != "ar" else None
     if policy != "dllm_fixed":
         with clock.phase("verifier"):
             st.prev_row = verifier.prefill(st.canvas, st.curr, P)
         counts["verifier_forwards"] += 1
-    knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     draft_t = temperature * temperature if authors_compat else temperature
     step = 0
     while True:
@@ -237,10 +211,10 @@ def generate(
             break
         valid = torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, M))
         if policy == "ar":
-            n, committed = _ar_step(st, verifier, valid, vocab, knobs, clock, backend)
+            n, committed = ar_step(st, verifier, valid, vocab, knobs, clock, backend)
             counts["verifier_forwards"] += 1
         else:
-            n, committed = _window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k,
+            n, committed = window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k,
                                         mixture_weight, knobs, draft_t, authors_compat, noise_fn, clock, backend)
             counts["dllm_forwards"] += 1
             counts["verifier_forwards"] += policy == "apd"
@@ -266,7 +240,6 @@ def generate(
     out_len = st.curr - prompt_len.to(device)
     seq = st.canvas[:, :L].clone()
     if not authors_compat:  # paper semantics: nothing after a row's end
-        pad = dllm.config.pad_token_id if dllm.config.pad_token_id is not None else (eos[0] if eos else mask_id)
         seq = torch.where(torch.arange(L, device=device).view(1, -1) >= st.curr.view(-1, 1), pad, seq)
     total = time.perf_counter() - t0
     acc = torch.stack(accepted, 1).cpu() if accepted else torch.zeros(B, 0, dtype=torch.int64)
@@ -284,47 +257,3 @@ def generate(
         tokens_per_s=gen / total if total > 0 else 0.0,
     )
     return GenerateOutput(sequences=seq.cpu(), num_generated=out_len.cpu(), stats=stats)
-
-
-def _window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k, w, knobs, draft_t,
-                 authors_compat, noise_fn, clock, backend):
-    """One APD (or dllm_fixed) step; returns (n [B], draft [B, M])."""
-    device = st.curr.device
-    right = st.curr + valid
-    if kv_window is None or step == 0:
-        left = torch.zeros_like(st.curr)
-        size = L
-    else:
-        left = (st.curr - kv_window - st.n_prev + 1).clamp(min=0)
-        size = kv_window + 2 * M - 1
-    st.windows.append(torch.stack([left, right], dim=1))
-    with clock.phase("dllm"):
-        D = dllm.window_logits(st.canvas, left, right, st.curr, M, size)
-    noise = noise_fn(step, valid) if noise_fn is not None else None
-    rng = dict(seed=st.seeds, offset=st.offset, noise=noise)
-    with clock.phase("sampling"):
-        draft, _ = ops.sample_draft(D, temperature=draft_t, top_k=knobs["top_k"], top_p=knobs["top_p"],
-                                    vocab_size=vocab, backend=backend, **rng)
-    if policy == "dllm_fixed":
-        return torch.minimum(valid, torch.full_like(valid, k)), draft
-    with clock.phase("verifier"):
-        A_rest = verifier.step(draft, st.curr, valid)  # row r predicts position curr + r + 1
-    A = torch.cat([st.prev_row.unsqueeze(1), A_rest[:, :-1]], dim=1)
-    with clock.phase("sampling"):
-        n, *_ = ops.mixture_accept(D, A, draft, mixture_weight=w, vocab_size=vocab, valid_lengths=valid,
-                                   greedy_target=authors_compat, backend=backend, **knobs, **rng)
-    idx = (n - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, A_rest.shape[-1])
-    st.prev_row = torch.where((n > 0).view(-1, 1), torch.gather(A_rest, 1, idx).squeeze(1), st.prev_row)
-    return n, draft
-
-
-def _ar_step(st, verifier, valid, vocab, knobs, clock, backend):
-    """One token from the verifier alone."""
-    with clock.phase("sampling"):
-        tok, _ = ops.sample_draft(st.prev_row[:, None, :vocab].contiguous(), vocab_size=vocab, seed=st.seeds,
-                                  offset=st.offset, backend=backend, **knobs)
-    n = (valid > 0).to(torch.int64)
-    with clock.phase("verifier"):
-        logits = verifier.step(tok, st.curr, n)
-    st.prev_row = torch.where((n > 0).view(-1, 1), logits[:, 0], st.prev_row)
-    return n, tok

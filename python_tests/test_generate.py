@@ -151,3 +151,48 @@ def test_bad_input_fails_before_any_work(models, tmp_path):
         generate(d, v, [[1, 999]])
     with pytest.raises(ValueError, match="vocab_size"):
         generate(d, v, ok, vocab_size=500)
+
+
+def test_slow_adapter_for_model_objects_matches_native_runners(models):
+    """A transformers model in memory works through the slow adapter and gives the same text."""
+    transformers = pytest.importorskip("transformers")
+    from apd_ext.models.hf_adapter import HFDllm, HFVerifier
+
+    d, v = models
+    hf_verifier = transformers.Qwen2ForCausalLM.from_pretrained(str(golden.path("qwen2_tiny"))).eval()
+
+    class DreamAsCallable(torch.nn.Module):  # the native Dream model behind a forward(input_ids) API
+        def __init__(self, runner):
+            super().__init__()
+            self.runner = runner
+
+        def forward(self, ids):
+            S = ids.shape[1]
+            self.runner.setup(1, S)
+            pos = torch.arange(S).unsqueeze(0)
+            mask = (torch.arange(S + 1) < S).view(1, 1, 1, -1).expand(1, 1, S, -1)
+            return self.runner.model(ids, pos, mask)
+
+    hd = HFDllm(DreamAsCallable(DllmRunner.from_pretrained(golden.path("dream_tiny"))), vocab_size=V,
+                mask_token_id=383, eos_token_id=382, pad_token_id=382)
+    hv = HFVerifier(hf_verifier, vocab_size=V, eos_token_id=382)
+    prompts = _prompts(2, 6, 8)
+    kw = dict(max_new_tokens=8, mixture_weight=0.8, kv_window=None, max_lookahead=4, seed=6)
+    native = generate(d, v, prompts, **kw)
+    slow = generate(hd, hv, prompts, **kw)
+    assert torch.equal(native.sequences, slow.sequences)
+
+
+@pytest.mark.parametrize("alg", ["confidence", "entropy", "random"])
+def test_diffusion_policy_fills_the_answer(models, alg):
+    prompts = _prompts(2, 6, 9)
+    out = generate(*models, prompts, max_new_tokens=10, policy="diffusion", diffusion_steps=4,
+                   diffusion_alg=alg, seed=5)
+    assert out.stats["dllm_forwards"] == 4 and out.stats["verifier_forwards"] == 0
+    for b, p in enumerate(prompts):
+        n = int(out.num_generated[b])
+        answer = out.sequences[b, len(p) : len(p) + n]
+        assert 1 <= n <= 10 and not (answer == 383).any()  # every kept position was unmasked
+        assert (answer[:-1] != 382).all()  # the answer ends at its first EOS
+    with pytest.raises(ValueError, match="diffusion_alg"):
+        generate(*models, prompts, policy="diffusion", diffusion_alg="best")

@@ -1,0 +1,103 @@
+"""Slow adapters: any model object whose forward(input_ids) returns logits (a transformers model
+already in memory, say) drives `generate` without conversion. No KV cache: every call recomputes
+the whole prefix, one batch row at a time, so it is for checking and small runs, not for speed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from apd_ext.models.config import ModelConfig
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    out = model(ids)
+    out = getattr(out, "logits", out)
+    if not isinstance(out, torch.Tensor) or out.dim() != 3:
+        raise TypeError("the model's forward(input_ids) must return logits [B, S, V] (or an object with .logits)")
+    return out.float()
+
+
+def _device_of(model, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _config(model_type, vocab_size, mask_token_id=None, eos_token_id=None, pad_token_id=None,
+            max_length=1 << 20) -> ModelConfig:
+    return ModelConfig(model_type=model_type, vocab_size=vocab_size, hidden_size=1, intermediate_size=1,
+                       num_hidden_layers=0, num_attention_heads=1, num_key_value_heads=1,
+                       max_position_embeddings=max_length, mask_token_id=mask_token_id,
+                       eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+
+
+class HFDllm:
+    """A dLLM given as a callable model. shifted=True for Dream-style logits (row j predicts j+1)."""
+
+    def __init__(self, model, *, vocab_size: int, mask_token_id: int, eos_token_id=None, pad_token_id=None,
+                 shifted: bool = True, device=None):
+        self.model, self.shifted = model, shifted
+        self.config = _config("hf-dllm", vocab_size, mask_token_id, eos_token_id, pad_token_id)
+        self._device = _device_of(model, device)
+
+    device = property(lambda self: self._device)
+    vocab_size = property(lambda self: self.config.vocab_size)
+    mask_token_id = property(lambda self: self.config.mask_token_id)
+
+    def setup(self, batch: int, max_len: int) -> None:
+        self.max_len = max_len
+
+    @torch.no_grad()
+    def window_logits(self, canvas, left, right, curr, window, size):
+        B = canvas.shape[0]
+        out = torch.zeros(B, window, self.vocab_size, device=canvas.device)
+        for b in range(B):
+            r, c = int(right[b]), int(curr[b])
+            if r <= c:
+                continue
+            logits = _logits(self.model, canvas[b : b + 1, :r])[0, :, : self.vocab_size]
+            first = c - (1 if self.shifted else 0)
+            n = min(window, r - c)
+            out[b, :n] = logits[first : first + n]
+        return out
+
+
+class HFVerifier:
+    """A causal LM given as a callable model; keeps its own token buffer instead of a KV cache."""
+
+    def __init__(self, model, *, vocab_size: int, eos_token_id=None, device=None):
+        self.model = model
+        self.config = _config("hf-verifier", vocab_size, eos_token_id=eos_token_id)
+        self._device = _device_of(model, device)
+
+    device = property(lambda self: self._device)
+    vocab_size = property(lambda self: self.config.vocab_size)
+
+    def setup(self, batch: int, max_len: int) -> None:
+        self.max_len = max_len
+        self.tokens = torch.zeros(batch, max_len + 1, dtype=torch.int64, device=self._device)
+
+    @torch.no_grad()
+    def prefill(self, canvas, prompt_len, size):
+        self.tokens[:, : canvas.shape[1]] = canvas[:, : self.tokens.shape[1]]
+        rows = []
+        for b in range(canvas.shape[0]):
+            p = int(prompt_len[b])
+            rows.append(_logits(self.model, self.tokens[b : b + 1, :p])[0, -1, : self.vocab_size])
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def step(self, tokens, curr, valid):
+        B, K = tokens.shape
+        out = torch.zeros(B, K, self.vocab_size, device=tokens.device)
+        for b in range(B):
+            c, v = int(curr[b]), int(valid[b])
+            if v == 0:
+                continue
+            self.tokens[b, c : c + v] = tokens[b, :v]
+            logits = _logits(self.model, self.tokens[b : b + 1, : c + v])[0, :, : self.vocab_size]
+            out[b, :v] = logits[c : c + v]
+        return out
