@@ -6,10 +6,16 @@
 
 Backends: "cpu" and "cuda" (the compiled extension apd_ext._C), "triton", and "reference"
 (apd_ext/reference.py, the executable spec). See apd_ext/backends.py for how "auto" chooses.
+
+    dllm, verifier = apd_ext.DllmRunner.from_pretrained(d), apd_ext.VerifierRunner.from_pretrained(v)
+    out = apd_ext.generate(dllm, verifier, input_ids, max_new_tokens=256, mixture_weight=0.7)
 """
 
 from apd_ext.backends import available as available_backends
 from apd_ext.ops import mixture_accept, sample_draft
+from apd_ext.generate import GenerateOutput, generate  # noqa: E402  (the function shadows the module name)
+from apd_ext.models import DllmRunner, HFDllm, HFVerifier, VerifierRunner
 
-__all__ = ["sample_draft", "mixture_accept", "available_backends"]
+__all__ = ["sample_draft", "mixture_accept", "generate", "GenerateOutput", "available_backends",
+           "DllmRunner", "VerifierRunner", "HFDllm", "HFVerifier"]
 __version__ = "0.1.0"

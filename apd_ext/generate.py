@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from apd_ext import ops, reference
-from apd_ext.steps import DIFFUSION_ALGS, Clock, State, ar_step, diffusion_generate, window_step
+from apd_ext.steps import DIFFUSION_ALGS, Clock, Progress, State, ar_step, diffusion_generate, window_step
 from apd_ext.models.runners import DllmRunner, VerifierRunner
 
 POLICIES = ("apd", "dllm_fixed", "ar", "diffusion")
@@ -206,9 +206,8 @@ def generate(
         counts["verifier_forwards"] += 1
     draft_t = temperature * temperature if authors_compat else temperature
     step = 0
-    while True:
-        if bool(st.done.all()):
-            break
+    progress = Progress(device)
+    while not progress.finished():
         valid = torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, M))
         if policy == "ar":
             n, committed = ar_step(st, verifier, valid, vocab, knobs, clock, backend)
@@ -235,7 +234,16 @@ def generate(
         if stream is not None:
             nh = n.cpu()
             stream([committed[b, : int(nh[b])].tolist() for b in range(B)])
+        progress.post(st.done)
         step += 1
+    # On CUDA the host reads progress one step late: drop the trailing steps where every row had
+    # already finished (they accepted nothing and changed nothing).
+    while accepted and step > 1 and not bool(accepted[-1].any()) and progress.lagged:
+        accepted.pop()
+        step -= 1
+        counts["dllm_forwards"] -= policy != "ar"
+        counts["verifier_forwards"] -= policy in ("apd", "ar")
+        st.windows = st.windows[:step] if st.windows else st.windows
     counts["steps"] = step
     out_len = st.curr - prompt_len.to(device)
     seq = st.canvas[:, :L].clone()

@@ -24,6 +24,35 @@ class State:
     windows: list = field(default_factory=list)  # per step: int64 [B, 2] dLLM window [left, right)
 
 
+class Progress:
+    """What the host knows of the rows' progress: one asynchronous device-to-host copy of the done
+    flags per step. On CUDA the loop checks the copy of the step before last, so the next step is
+    queued while the current one runs (a finished batch costs at most one idle step, which the loop
+    then drops from its counts); on CPU the check is immediate."""
+
+    def __init__(self, device: torch.device):
+        self.lagged = device.type == "cuda"
+        self.pending: list = []
+        self.done = False
+
+    def post(self, done: torch.Tensor) -> None:
+        if not self.lagged:
+            self.done = bool(done.all())
+            return
+        host = torch.empty(done.shape, dtype=torch.bool, pin_memory=True)
+        host.copy_(done, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((host, event))
+
+    def finished(self) -> bool:
+        if self.lagged and len(self.pending) >= 2:
+            host, event = self.pending.pop(0)
+            event.synchronize()
+            self.done = bool(host.all())
+        return self.done
+
+
 class Clock:
     """Per-phase wall time; on CUDA through events read once at the end (no sync per step)."""
 

@@ -196,3 +196,32 @@ def test_diffusion_policy_fills_the_answer(models, alg):
         assert (answer[:-1] != 382).all()  # the answer ends at its first EOS
     with pytest.raises(ValueError, match="diffusion_alg"):
         generate(*models, prompts, policy="diffusion", diffusion_alg="best")
+
+
+def test_different_vocabularies_need_vocab_size(models, tmp_path):
+    """A verifier whose head has extra rows (as Dream's 152064 vs Qwen2.5's 151936): an error unless
+    the caller names the shared vocabulary, then the same text as the matching pair."""
+    from apd_ext.models.checkpoint import save_checkpoint
+
+    d, v = models
+    big = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"))
+    cfg = big.config
+    cfg.vocab_size = V + 16
+    from apd_ext.models.transformer import Transformer
+
+    wide = Transformer(cfg)
+    with torch.no_grad():
+        for (name, p), (_, q) in zip(wide.named_parameters(), big.model.named_parameters()):
+            if p.shape == q.shape:
+                p.copy_(q)
+            else:
+                p.zero_()
+                p[:V].copy_(q)
+    save_checkpoint(wide, cfg, tmp_path / "wide")
+    wide_runner = VerifierRunner.from_pretrained(tmp_path / "wide")
+    prompts = _prompts(1, 6, 10)
+    with pytest.raises(ValueError, match="vocabulary .* differ.*vocab_size"):
+        generate(d, wide_runner, prompts, max_new_tokens=6)
+    a = generate(d, wide_runner, prompts, max_new_tokens=6, vocab_size=V, seed=1)
+    b = generate(d, v, prompts, max_new_tokens=6, seed=1)
+    assert torch.equal(a.sequences, b.sequences)
