@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: all build test pytest cpp-test demo bench gpu-check clean
+.PHONY: all build test pytest cpp-test cuda-emu-test demo bench bench-loop gpu-check clean
 
 all: test
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements-dev.txt
 build: $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace
 
-test: build cpp-test pytest
+test: build cpp-test cuda-emu-test pytest
 
 pytest: build
 	APD_EXT_REQUIRE_EXTENSION=1 $(PY) -m pytest -q python_tests
@@ -31,11 +31,19 @@ cpp-test: $(VENV)/.installed
 	$(VENV)/bin/cmake --build build/cmake -j $(MAX_JOBS)
 	$(VENV)/bin/ctest --test-dir build/cmake --output-on-failure
 
+# The CUDA kernels compiled as host code under a small CUDA emulator (csrc/cuda/emu), checked
+# against the CPU backend on random cases: the kernels' logic runs even on machines without a GPU.
+cuda-emu-test:
+	bash csrc/cuda/emu/run.sh 150 12345
+
 demo: build
 	$(PY) -m apd_ext demo
 
 bench: build
-	$(PY) bench/bench_ops.py
+	PYTHONPATH=. $(PY) bench/bench_ops.py
+
+bench-loop: build
+	PYTHONPATH=. $(PY) bench/bench_loop.py
 
 # On a GPU machine (no package registry needed): build against the installed torch, run every
 # test including the CUDA ones and the op benchmark, and save the output under bench/results/.

@@ -76,7 +76,12 @@ extern "C" apd_status apd_sample_draft_cpu(const apd_sample_draft_args* args) {
                                       a.filter.top_k, a.filter.top_p);
     const DraftRow out = draft_row(row, a.dllm.dtype, a.vocab, rm, noise_row(a.noise, b, i));
     a.tokens[r] = out.token;
-    a.logprobs[r] = load_entry(row, a.dllm.dtype, out.token) - out.lse_kept;
+    // The token is outside the kept set only when every score is -inf (token 0): then -inf - lse,
+    // as reference.py's log_softmax over the kept entries gives.
+    const float d = load_entry(row, a.dllm.dtype, out.token);
+    const float x = rm.greedy ? d : d * rm.inv_temperature;
+    const bool keep = x >= rm.threshold && d > apd::kNegInf;
+    a.logprobs[r] = (keep ? d : apd::kNegInf) - out.lse_kept;
   }
   return APD_OK;
 }

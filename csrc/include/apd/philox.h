@@ -90,8 +90,9 @@ APD_HD uint64_t row_seed(const int64_t* seeds, int64_t seed_value, bool per_row,
 }
 
 // The four uniforms' bits for vocabulary entries v0..v0+3 (v0 % 4 == 0) of window position i.
-APD_HD Philox4 noise_bits4(uint64_t seed, uint64_t offset, uint32_t i, uint32_t v0) {
-  return philox4x32_10(v0 >> 2, i, static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+// v0 is 64-bit so that vocabularies up to 2^34 entries (validate.h) keep distinct counters.
+APD_HD Philox4 noise_bits4(uint64_t seed, uint64_t offset, uint32_t i, uint64_t v0) {
+  return philox4x32_10(static_cast<uint32_t>(v0 >> 2), i, static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 

@@ -1,0 +1,230 @@
+// The CUDA entry points of the C ABI (apd/apd.h): argument checks (apd/validate.h), the split
+// plan, the workspace layout, and the launches. Asynchronous on `stream`: no host sync, no
+// allocation; a failed launch returns APD_ERROR_CUDA.
+//
+// Splits: a row is split across S blocks so that rows * S >= kBlocksPerSm * #SMs (the SM count
+// is queried once per device and cached), with at least kMinChunksPerSplit chunks per split and
+// S <= split_cap(rows, vocab) (<= kMaxSplits), which bounds the workspace independently of the
+// device. Example, H100 (132 SMs), B*K = 100, V = 151936 bf16: 18992 chunks of 8, S = 6 splits of 3166.
+//
+// Workspace layout (from the first 256-byte aligned address of `workspace`):
+//   [tau: rows floats, padded to 256 B; only with an active filter]
+//   [partials: rows * S DraftPartial / MixPartial; sample_draft needs none when S == 1]
+// apd_workspace_bytes returns the largest size any call with these sizes needs (256 B of slack
+// for the alignment, tau, rows * split_cap * sizeof(MixPartial)).
+#include <atomic>
+#include <climits>
+
+#include "apd/apd.h"
+#include "apd/validate.h"
+#include "kernels.cuh"
+
+namespace apd::cuda {
+namespace {
+
+constexpr size_t kAlign = 256;
+constexpr size_t kPartialBytes = sizeof(MixPartial) > sizeof(DraftPartial) ? sizeof(MixPartial) : sizeof(DraftPartial);
+
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// rows = batch * window, or -1 when it overflows or exceeds what one grid dimension can launch.
+int64_t rows_of(int64_t batch, int64_t window) {
+  if (batch > INT32_MAX / window) return -1;
+  return batch * window;
+}
+
+// SM count of the current device, cached per device (cudaDeviceGetAttribute is not a sync, and
+// is legal during stream capture).
+cudaError_t sm_count(int* out) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev >= 0 && dev < kMaxDevices) {
+    const int n = cache[dev].load(std::memory_order_relaxed);
+    if (n > 0) {
+      *out = n;
+      return cudaSuccess;
+    }
+  }
+  int n = 0;
+  e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+  if (e != cudaSuccess) return e;
+  if (n < 1) n = 1;
+  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(n, std::memory_order_relaxed);
+  *out = n;
+  return cudaSuccess;
+}
+
+struct Plan {
+  int splits;
+  int64_t chunks_per_split;
+};
+
+Plan plan_splits(int64_t rows, int64_t vocab, int chunk_width, int sms) {
+  const int64_t nchunks = ceil_div(vocab, chunk_width);
+  int64_t s = ceil_div(static_cast<int64_t>(kBlocksPerSm) * sms, rows);
+  const int64_t by_vocab = ceil_div(nchunks, kMinChunksPerSplit);
+  const int64_t cap = split_cap(rows, vocab);
+  s = s < by_vocab ? s : by_vocab;
+  s = s < cap ? s : cap;
+  s = s < 1 ? 1 : s;
+  Plan plan;
+  plan.chunks_per_split = ceil_div(nchunks, s);
+  plan.splits = static_cast<int>(ceil_div(nchunks, plan.chunks_per_split));  // no empty split
+  return plan;
+}
+
+bool filter_active(const apd_filter& f, int64_t vocab) {
+  return (f.top_k > 0 && f.top_k < vocab) || f.top_p < 1.0;
+}
+
+// Carves the workspace; returns APD_OK and sets tau / partials (null when not needed).
+apd_status carve(void* workspace, size_t workspace_bytes, int64_t rows, bool filtered, int64_t partials,
+                 size_t partial_bytes, float** tau, void** part) {
+  *tau = nullptr;
+  *part = nullptr;
+  const size_t tau_bytes = filtered ? align_up(static_cast<size_t>(rows) * sizeof(float)) : 0;
+  const size_t part_bytes = static_cast<size_t>(partials) * partial_bytes;
+  if (tau_bytes + part_bytes == 0) return APD_OK;
+  if (workspace == nullptr) return workspace_bytes == 0 ? APD_ERROR_WORKSPACE_TOO_SMALL : APD_ERROR_INVALID_ARGUMENT;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(workspace);
+  const uintptr_t base = (start + kAlign - 1) / kAlign * kAlign;
+  const size_t needed = static_cast<size_t>(base - start) + tau_bytes + part_bytes;
+  if (workspace_bytes < needed) return APD_ERROR_WORKSPACE_TOO_SMALL;
+  char* p = reinterpret_cast<char*>(base);
+  if (filtered) *tau = reinterpret_cast<float*>(p);
+  if (part_bytes > 0) *part = p + tau_bytes;
+  return APD_OK;
+}
+
+float inv_temperature(double t) { return t == 0.0 ? 1.0f : static_cast<float>(1.0 / t); }
+
+FilterParams filter_params(const apd_logits& l, int64_t window, int64_t vocab, const apd_filter& f,
+                           const int64_t* valid_lengths, float* tau) {
+  FilterParams fp{};
+  fp.logits = l.data;
+  fp.stride_b = l.stride_b;
+  fp.stride_k = l.stride_k;
+  fp.window = window;
+  fp.vocab = vocab;
+  fp.valid_lengths = valid_lengths;
+  fp.inv_t = inv_temperature(f.temperature);
+  fp.top_k = f.top_k > 0 && f.top_k < vocab ? f.top_k : 0;
+  fp.top_p = f.top_p;
+  fp.tau = tau;
+  return fp;
+}
+
+}  // namespace
+}  // namespace apd::cuda
+
+extern "C" size_t apd_workspace_bytes(int64_t batch, int64_t window, int64_t vocab) {
+  using namespace apd::cuda;
+  if (apd::check_sizes(batch, window, vocab) != nullptr) return 0;
+  const int64_t rows = rows_of(batch, window);
+  if (rows < 0) return 0;
+  return kAlign + align_up(static_cast<size_t>(rows) * sizeof(float)) +
+         static_cast<size_t>(rows) * static_cast<size_t>(split_cap(rows, vocab)) * kPartialBytes;
+}
+
+extern "C" int apd_has_cuda(void) { return 1; }
+
+extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, void* workspace,
+                                            size_t workspace_bytes, cudaStream_t stream) {
+  using namespace apd::cuda;
+  if (args == nullptr || apd::check_args(*args) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  const apd_sample_draft_args& a = *args;
+  const int64_t rows = rows_of(a.batch, a.window);
+  if (rows < 0) return APD_ERROR_INVALID_ARGUMENT;
+  int sms = 0;
+  if (sm_count(&sms) != cudaSuccess) return APD_ERROR_CUDA;
+  const Plan plan = plan_splits(rows, a.vocab, chunk_width_of(a.dllm.dtype), sms);
+  if (rows * plan.splits > INT32_MAX) return APD_ERROR_INVALID_ARGUMENT;
+  const bool filtered = filter_active(a.filter, a.vocab);
+  float* tau = nullptr;
+  void* part = nullptr;
+  const apd_status st = carve(workspace, workspace_bytes, rows, filtered, plan.splits > 1 ? rows * plan.splits : 0,
+                              sizeof(DraftPartial), &tau, &part);
+  if (st != APD_OK) return st;
+
+  if (filtered) {
+    const FilterParams fp = filter_params(a.dllm, a.window, a.vocab, a.filter, nullptr, tau);
+    if (launch_filter(a.dllm.dtype, fp, rows, stream) != cudaSuccess) return APD_ERROR_CUDA;
+  }
+  DraftParams p{};
+  p.logits = a.dllm.data;
+  p.stride_b = a.dllm.stride_b;
+  p.stride_k = a.dllm.stride_k;
+  p.window = a.window;
+  p.vocab = a.vocab;
+  p.inv_t = inv_temperature(a.filter.temperature);
+  p.tau = tau;
+  p.noise = noise_args(a.noise);
+  p.splits = plan.splits;
+  p.chunks_per_split = plan.chunks_per_split;
+  p.partials = static_cast<DraftPartial*>(part);
+  p.tokens = a.tokens;
+  p.logprobs = a.logprobs;
+  const bool sampled = a.filter.temperature > 0.0;
+  if (launch_sample_draft(a.dllm.dtype, sampled, p, rows, stream) != cudaSuccess) return APD_ERROR_CUDA;
+  return APD_OK;
+}
+
+extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* args, void* workspace,
+                                              size_t workspace_bytes, cudaStream_t stream) {
+  using namespace apd::cuda;
+  if (args == nullptr || apd::check_args(*args) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  const apd_mixture_accept_args& a = *args;
+  const int64_t rows = rows_of(a.batch, a.window);
+  if (rows < 0) return APD_ERROR_INVALID_ARGUMENT;
+  int sms = 0;
+  if (sm_count(&sms) != cudaSuccess) return APD_ERROR_CUDA;
+  const Plan plan = plan_splits(rows, a.vocab, mixture_chunk_width(a.dllm.dtype, a.verifier.dtype), sms);
+  if (rows * plan.splits > INT32_MAX) return APD_ERROR_INVALID_ARGUMENT;
+  const bool filtered = filter_active(a.filter, a.vocab);
+  float* tau = nullptr;
+  void* part = nullptr;
+  const apd_status st =
+      carve(workspace, workspace_bytes, rows, filtered, rows * plan.splits, sizeof(MixPartial), &tau, &part);
+  if (st != APD_OK) return st;
+
+  if (filtered) {
+    const FilterParams fp = filter_params(a.dllm, a.window, a.vocab, a.filter, a.valid_lengths, tau);
+    if (launch_filter(a.dllm.dtype, fp, rows, stream) != cudaSuccess) return APD_ERROR_CUDA;
+  }
+  MixParams p{};
+  p.dllm = a.dllm.data;
+  p.d_stride_b = a.dllm.stride_b;
+  p.d_stride_k = a.dllm.stride_k;
+  p.verifier = a.verifier.data;
+  p.a_stride_b = a.verifier.stride_b;
+  p.a_stride_k = a.verifier.stride_k;
+  p.batch = a.batch;
+  p.window = a.window;
+  p.vocab = a.vocab;
+  p.valid_lengths = a.valid_lengths;
+  p.draft_tokens = a.draft_tokens;
+  p.draft_stride_b = a.draft_stride_b;
+  p.inv_t = inv_temperature(a.filter.temperature);
+  p.wf = static_cast<float>(a.mixture_weight);
+  p.omwf = static_cast<float>(1.0 - a.mixture_weight);
+  p.w_mode = a.mixture_weight == 1.0 ? kWeightOne : a.mixture_weight == 0.0 ? kWeightZero : kWeightMix;
+  p.tau = tau;
+  p.noise = noise_args(a.noise);
+  p.splits = plan.splits;
+  p.chunks_per_split = plan.chunks_per_split;
+  p.partials = static_cast<MixPartial*>(part);
+  p.num_accepted = a.num_accepted;
+  p.target_tokens = a.target_tokens;
+  p.logp_dllm = a.logp_dllm;
+  p.logp_verifier = a.logp_verifier;
+  p.logp_mixture = a.logp_mixture;
+  const int target_mode = a.greedy_target       ? kTargetArgmaxMix
+                          : a.filter.temperature == 0.0 ? kTargetArgmaxKept
+                                                        : kTargetSampled;
+  if (launch_mixture_accept(a.dllm.dtype, a.verifier.dtype, target_mode, p, stream) != cudaSuccess)
+    return APD_ERROR_CUDA;
+  return APD_OK;
+}

@@ -1,0 +1,266 @@
+// Runs the CUDA kernels of csrc/cuda on the host (fiber emulator, include/) and compares them
+// with the CPU backend (csrc/cpu) on random cases: dtypes (also mixed), vocab sizes 1..151936,
+// unaligned rows and strides, NaN / -inf / +-0 / tied logits, every noise source, filters,
+// mixture weights 0 / 1 / other, greedy targets, valid_lengths, out-of-range drafts, and SM
+// counts that change the split plan. Tokens, targets and num_accepted must match exactly,
+// log-probs to 2e-4 relative. Usage: test_vs_cpu [cases [seed [big]]]. Build: run.sh.
+#include <immintrin.h>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+#include "cuda_runtime.h"
+#include "apd/apd.h"
+
+static std::mt19937_64 rng(12345);
+static int failures = 0, checks = 0;
+static double urand() { return std::uniform_real_distribution<double>(0, 1)(rng); }
+static int64_t irand(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); }
+
+static size_t esize(apd_dtype t) { return t == APD_FLOAT32 ? 4 : t == APD_FLOAT64 ? 8 : 2; }
+static uint16_t to_bf16(float f) {
+  uint32_t u; memcpy(&u, &f, 4);
+  if (std::isnan(f)) return 0x7fc0;
+  u += 0x7fff + ((u >> 16) & 1);
+  return (uint16_t)(u >> 16);
+}
+static uint16_t to_f16(float f) { return _cvtss_sh(f, 0); }
+
+struct Buf {
+  std::vector<unsigned char> raw;
+  unsigned char* p;
+  explicit Buf(size_t bytes, size_t misalign = 0) : raw(bytes + 256 + misalign) {
+    uintptr_t a = (reinterpret_cast<uintptr_t>(raw.data()) + 255) / 256 * 256;
+    p = reinterpret_cast<unsigned char*>(a) + misalign;
+  }
+};
+
+// logits [B, K, >= V] with row stride sk = V + pad, batch stride sb.
+struct Logits {
+  Buf buf;
+  apd_logits l;
+  Logits(apd_dtype dt, int64_t B, int64_t K, int64_t V, int64_t pad, int64_t misalign, const std::string& kind)
+      : buf((size_t)(B * (K * (V + pad) + 3) + 8) * esize(dt), (size_t)misalign * esize(dt)) {
+    const int64_t sk = V + pad, sb = K * sk + 3;
+    l.data = buf.p; l.dtype = dt; l.stride_b = sb; l.stride_k = sk;
+    const int64_t n = B * sb + 8;
+    for (int64_t e = 0; e < n; ++e) {
+      double x = std::normal_distribution<double>(0, kind == "flat" ? 0.5 : 3.0)(rng);
+      if (kind == "peaky" && urand() < 0.002) x += 15;
+      if (kind == "ties") x = std::round(x * 2) / 2;
+      const double r = urand();
+      float f = (float)x;
+      if (kind != "clean") {
+        if (r < 0.01) f = NAN;
+        else if (r < 0.02) f = -INFINITY;
+        else if (r < 0.025) f = -0.0f;
+        else if (r < 0.03) f = 0.0f;
+      }
+      if (kind == "allneg" ) f = (r < 0.5) ? -INFINITY : NAN;
+      if (dt == APD_FLOAT32) memcpy(buf.p + e * 4, &f, 4);
+      else { uint16_t h = dt == APD_BFLOAT16 ? to_bf16(f) : to_f16(f); memcpy(buf.p + e * 2, &h, 2); }
+    }
+  }
+};
+
+static bool close(float a, float b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  if (std::isinf(a) || std::isinf(b)) return a == b;
+  return std::fabs(a - b) <= 2e-4 * std::max(1.0f, std::fabs(b));
+}
+
+static void fail(const std::string& what) {
+  ++failures;
+  if (failures < 40) printf("FAIL %s\n", what.c_str());
+}
+
+struct Noise {
+  std::vector<int64_t> seeds;
+  int64_t off = 0;
+  Buf* ubuf = nullptr;
+  apd_noise n{};
+};
+
+static void make_noise(Noise& nz, int64_t B, int64_t K, int64_t V, int mode) {
+  nz.n = apd_noise{};
+  nz.seeds.resize(B);
+  for (auto& s : nz.seeds) s = (int64_t)rng();
+  nz.off = (int64_t)rng();
+  switch (mode) {
+    case 0: nz.n.seed_value = (int64_t)rng(); nz.n.offset_value = (int64_t)rng(); break;
+    case 1: nz.n.seeds = nz.seeds.data(); nz.n.seed_per_row = 1; nz.n.offset = &nz.off; break;
+    case 2: nz.n.seeds = nz.seeds.data(); nz.n.seed_per_row = 0; nz.n.offset_value = 7; break;
+    case 3: case 4: {
+      const bool f64 = mode == 4;
+      const int64_t sk = V + 5, sb = K * sk + 1;
+      nz.ubuf = new Buf((size_t)(B * sb + 8) * (f64 ? 8 : 4));
+      for (int64_t e = 0; e < B * sb + 8; ++e) {
+        double u = std::min(std::max(urand(), 1e-7), 1 - 1e-7);
+        if (f64) memcpy(nz.ubuf->p + e * 8, &u, 8); else { float f = (float)u; memcpy(nz.ubuf->p + e * 4, &f, 4); }
+      }
+      nz.n.uniform = nz.ubuf->p; nz.n.uniform_dtype = f64 ? APD_FLOAT64 : APD_FLOAT32;
+      nz.n.uniform_stride_b = sb; nz.n.uniform_stride_k = sk;
+      break;
+    }
+  }
+}
+
+static const char* dn(apd_dtype t) { return t == APD_FLOAT32 ? "f32" : t == APD_FLOAT16 ? "f16" : "bf16"; }
+
+static void run_case(apd_dtype dt, apd_dtype dta, int64_t B, int64_t K, int64_t V, double T, int64_t topk, double topp,
+                     double w, bool greedy_target, int noise_mode, int sms, const std::string& kind, bool use_vl,
+                     int64_t pad, int64_t misalign) {
+  char desc[512];
+  snprintf(desc, sizeof desc, "%s/%s B=%ld K=%ld V=%ld T=%g k=%ld p=%g w=%g gt=%d noise=%d sms=%d kind=%s vl=%d pad=%ld mis=%ld",
+           dn(dt), dn(dta), (long)B, (long)K, (long)V, T, (long)topk, topp, w, (int)greedy_target, noise_mode, sms,
+           kind.c_str(), (int)use_vl, (long)pad, (long)misalign);
+  emu::g_sm_count = sms;
+  emu::g_device = sms % 64;
+  Logits D(dt, B, K, V, pad, misalign, kind);
+  Logits A(dta, B, K, V, pad + 1, (misalign + 1) % 3, kind == "allneg" ? "normal" : kind);
+  Noise nz;
+  make_noise(nz, B, K, V, noise_mode);
+  const size_t wsb = apd_workspace_bytes(B, K, V);
+  Buf ws(wsb + 64);
+  unsigned char* wsp = ws.p + irand(0, 3) * 8;  // unaligned workspace start
+  // ---- sample_draft
+  apd_sample_draft_args sa{};
+  sa.batch = B; sa.window = K; sa.vocab = V; sa.dllm = D.l; sa.filter = apd_filter{T, topk, topp}; sa.noise = nz.n;
+  std::vector<int64_t> tok_c(B * K, -7), tok_g(B * K, -7);
+  std::vector<float> lp_c(B * K), lp_g(B * K);
+  sa.tokens = tok_c.data(); sa.logprobs = lp_c.data();
+  apd_status s1 = apd_sample_draft_cpu(&sa);
+  sa.tokens = tok_g.data(); sa.logprobs = lp_g.data();
+  apd_status s2 = apd_sample_draft_cuda(&sa, wsp, wsb, nullptr);
+  ++checks;
+  if (s1 != APD_OK || s2 != APD_OK) { fail(std::string("status draft ") + desc); return; }
+  for (int64_t r = 0; r < B * K; ++r) {
+    if (tok_c[r] != tok_g[r]) { fail(std::string("draft token r=") + std::to_string(r) + " cpu=" + std::to_string(tok_c[r]) + " gpu=" + std::to_string(tok_g[r]) + " " + desc); break; }
+    if (!close(lp_c[r], lp_g[r])) { fail(std::string("draft logprob r=") + std::to_string(r) + " cpu=" + std::to_string(lp_c[r]) + " gpu=" + std::to_string(lp_g[r]) + " " + desc); break; }
+  }
+  // ---- mixture_accept: drafts = CPU drafts with a few out-of-range ones, strided
+  const int64_t dsb = K + 2;
+  std::vector<int64_t> draft(B * dsb, 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < K; ++i) {
+      int64_t t = tok_c[b * K + i];
+      const double r = urand();
+      if (r < 0.03) t = -1; else if (r < 0.06) t = V; else if (r < 0.1) t = irand(0, V - 1);
+      draft[b * dsb + i] = t;
+    }
+  std::vector<int64_t> vl(B);
+  for (auto& x : vl) x = irand(-1, K + 1);
+  apd_mixture_accept_args ma{};
+  ma.batch = B; ma.window = K; ma.vocab = V; ma.dllm = D.l; ma.verifier = A.l;
+  ma.draft_tokens = draft.data(); ma.draft_stride_b = dsb; ma.valid_lengths = use_vl ? vl.data() : nullptr;
+  ma.mixture_weight = w; ma.greedy_target = greedy_target; ma.filter = apd_filter{T, topk, topp}; ma.noise = nz.n;
+  std::vector<int64_t> n_c(B, -9), n_g(B, -9), t_c(B * K, -9), t_g(B * K, -9);
+  std::vector<float> ld_c(B * K), ld_g(B * K), la_c(B * K), la_g(B * K), lm_c(B * K), lm_g(B * K);
+  ma.num_accepted = n_c.data(); ma.target_tokens = t_c.data(); ma.logp_dllm = ld_c.data(); ma.logp_verifier = la_c.data(); ma.logp_mixture = lm_c.data();
+  s1 = apd_mixture_accept_cpu(&ma);
+  ma.num_accepted = n_g.data(); ma.target_tokens = t_g.data(); ma.logp_dllm = ld_g.data(); ma.logp_verifier = la_g.data(); ma.logp_mixture = lm_g.data();
+  s2 = apd_mixture_accept_cuda(&ma, wsp, wsb, nullptr);
+  ++checks;
+  if (s1 != APD_OK || s2 != APD_OK) { fail(std::string("status mix ") + desc); return; }
+  for (int64_t b = 0; b < B; ++b)
+    if (n_c[b] != n_g[b]) { fail("num_accepted b=" + std::to_string(b) + " cpu=" + std::to_string(n_c[b]) + " gpu=" + std::to_string(n_g[b]) + " " + desc); break; }
+  for (int64_t r = 0; r < B * K; ++r) {
+    if (t_c[r] != t_g[r]) { fail("target r=" + std::to_string(r) + " cpu=" + std::to_string(t_c[r]) + " gpu=" + std::to_string(t_g[r]) + " " + desc); break; }
+    if (!close(ld_c[r], ld_g[r]) || !close(la_c[r], la_g[r]) || !close(lm_c[r], lm_g[r])) {
+      char m[256]; snprintf(m, sizeof m, "mix logps r=%ld cpu=(%g %g %g) gpu=(%g %g %g) ", (long)r, ld_c[r], la_c[r], lm_c[r], ld_g[r], la_g[r], lm_g[r]);
+      fail(m + std::string(desc)); break;
+    }
+  }
+  delete nz.ubuf;
+}
+
+// Argument and workspace errors of the CUDA entry points.
+static void status_checks() {
+  std::vector<uint16_t> D(4 * 100, 0);
+  std::vector<int64_t> tok(4, 0), n(2, 0);
+  std::vector<float> f(4, 0);
+  apd_sample_draft_args a{};
+  a.batch = 2; a.window = 2; a.vocab = 100; a.dllm = apd_logits{D.data(), APD_BFLOAT16, 200, 100};
+  a.filter = apd_filter{1.0, 0, 1.0}; a.tokens = tok.data(); a.logprobs = f.data();
+  const size_t wsb = apd_workspace_bytes(2, 2, 100);
+  Buf ws(wsb);
+  auto expect = [](apd_status got, apd_status want, const char* what) {
+    ++checks;
+    if (got != want) fail(std::string("status ") + what + ": " + apd_status_string(got));
+  };
+  expect(apd_sample_draft_cuda(nullptr, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "null args");
+  expect(apd_sample_draft_cuda(&a, ws.p, wsb, nullptr), APD_OK, "draft ok");
+  a.filter.top_k = 5;  // needs tau in the workspace
+  expect(apd_sample_draft_cuda(&a, nullptr, 0, nullptr), APD_ERROR_WORKSPACE_TOO_SMALL, "no workspace");
+  expect(apd_sample_draft_cuda(&a, ws.p, 16, nullptr), APD_ERROR_WORKSPACE_TOO_SMALL, "small workspace");
+  expect(apd_sample_draft_cuda(&a, ws.p, wsb, nullptr), APD_OK, "filtered ok");
+  a.filter.top_k = -1;
+  expect(apd_sample_draft_cuda(&a, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "top_k < 0");
+  a.filter = apd_filter{-1.0, 0, 1.0};
+  expect(apd_sample_draft_cuda(&a, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "T < 0");
+  a.filter = apd_filter{1.0, 0, 1.5};
+  expect(apd_sample_draft_cuda(&a, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "top_p > 1");
+  a.filter = apd_filter{1.0, 0, 1.0};
+  a.dllm.dtype = APD_FLOAT64;
+  expect(apd_sample_draft_cuda(&a, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "f64 logits");
+  a.dllm.dtype = APD_BFLOAT16;
+  a.noise.uniform = D.data(); a.noise.uniform_dtype = APD_BFLOAT16;
+  expect(apd_sample_draft_cuda(&a, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "bf16 uniforms");
+  apd_mixture_accept_args m{};
+  m.batch = 2; m.window = 2; m.vocab = 100; m.dllm = m.verifier = apd_logits{D.data(), APD_BFLOAT16, 200, 100};
+  m.draft_tokens = tok.data(); m.draft_stride_b = 2; m.mixture_weight = 0.5; m.filter = apd_filter{1.0, 0, 1.0};
+  m.num_accepted = n.data(); m.target_tokens = tok.data(); m.logp_dllm = m.logp_verifier = m.logp_mixture = f.data();
+  expect(apd_mixture_accept_cuda(&m, nullptr, 0, nullptr), APD_ERROR_WORKSPACE_TOO_SMALL, "mix no workspace");
+  m.mixture_weight = 1.5;
+  expect(apd_mixture_accept_cuda(&m, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "w > 1");
+  m.mixture_weight = 0.5; m.vocab = 0;
+  expect(apd_mixture_accept_cuda(&m, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "vocab 0");
+  m.vocab = 100;
+  expect(apd_mixture_accept_cuda(&m, ws.p, wsb, nullptr), APD_OK, "mix ok");
+  expect(apd_has_cuda() == 1 ? APD_OK : APD_ERROR_UNSUPPORTED, APD_OK, "has_cuda");
+}
+
+int main(int argc, char** argv) {
+  status_checks();
+  const int n = argc > 1 ? atoi(argv[1]) : 200;
+  if (argc > 2) rng.seed(atoll(argv[2]));
+  const apd_dtype dts[3] = {APD_FLOAT32, APD_FLOAT16, APD_BFLOAT16};
+  const int64_t Vs[] = {1, 2, 3, 5, 8, 9, 111, 1000, 4099, 20000};
+  const char* kinds[] = {"normal", "peaky", "ties", "flat", "clean", "allneg"};
+  if (argc > 3 && std::string(argv[3]) == "big") {
+    const double Ts[] = {1.0, 0.7, 0.0};
+    for (int c = 0; c < n; ++c) {
+      const apd_dtype dt = dts[c % 3];
+      const char* kind = c % 2 ? "peaky" : "normal";
+      int64_t topk = c % 4 == 1 ? 50 : 0; double topp = c % 4 == 2 ? 0.9 : 1.0;
+      run_case(dt, dt, 1, 3, 151936, Ts[c % 3], topk, topp, std::vector<double>{0.5, 1.0, 0.0, 0.9}[c % 4], false,
+               (int)(c % 5), 132, kind, c % 2 == 0, c % 3 == 0 ? 0 : 3, c % 2);
+    }
+    printf("%d checks, %d failures, %ld launches\n", checks, failures, emu::g_launches);
+    return failures != 0;
+  }
+  for (int c = 0; c < n; ++c) {
+    const apd_dtype dt = dts[irand(0, 2)];
+    const apd_dtype dta = urand() < 0.6 ? dt : dts[irand(0, 2)];
+    const int64_t V = Vs[irand(0, 9)];
+    const int64_t B = irand(1, 3), K = irand(1, 5);
+    const double Ts[] = {0.0, 1.0, 0.7, 2.5};
+    const double T = Ts[irand(0, 3)];
+    int64_t topk = 0; double topp = 1.0;
+    const double r = urand();
+    if (r < 0.25) topk = std::vector<int64_t>{1, 5, 50, V - 1, V, V + 5}[irand(0, 5)];
+    else if (r < 0.45) topp = std::vector<double>{0.5, 0.9, 1e-6, 0.999}[irand(0, 3)];
+    else if (r < 0.6) { topk = std::vector<int64_t>{1, 5, 50, V - 1}[irand(0, 3)]; topp = std::vector<double>{0.5, 0.9, 0.3}[irand(0, 2)]; }
+    if (topk < 0) topk = 0;
+    const double w = std::vector<double>{0.0, 1.0, 0.3, 0.5, 0.9}[irand(0, 4)];
+    const bool gt = urand() < 0.2;
+    const int noise_mode = (int)irand(0, 4);
+    const int sms = std::vector<int>{1, 3, 8, 132}[irand(0, 3)];
+    const std::string kind = urand() < 0.05 ? "allneg" : kinds[irand(0, 4)];
+    run_case(dt, dta, B, K, V, T, topk, topp, w, gt, noise_mode, sms, kind, urand() < 0.5, irand(0, 1) ? 0 : irand(1, 9),
+             irand(0, 1) ? 0 : irand(1, 7));
+  }
+  printf("%d checks, %d failures, %ld launches\n", checks, failures, emu::g_launches);
+  return failures != 0;
+}

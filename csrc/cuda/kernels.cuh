@@ -1,0 +1,123 @@
+// Parameters and launchers of the CUDA kernels; capi.cu (the C ABI) is the only caller.
+//
+// Pipeline of one op call, everything on the caller's stream, no host sync, no allocation:
+//   1. filter_kernel (filter.cu), only when top_k / top_p is active: one block per row computes
+//      the threshold tau of the row in x = D * inv_T units into the workspace.
+//   2. *_partial_kernel: grid rows * splits, each block scans one contiguous range of chunks of
+//      one row (split s of row r is block r * splits + s) and writes a partial state.
+//   3. a small finalize kernel merges the splits of each row in split order and writes the
+//      outputs (sample_draft skips it when splits == 1: the partial kernel writes the outputs).
+//      mixture_accept's finalize runs one block per batch row and also computes the accepted
+//      prefix length.
+//
+// Performance design (H100 figures; the floor is one read of each logit row):
+// * mixture_accept at (B, K, V) = (1, 100, 151936) bf16 reads 61 MB, ~20 us at ~3 TB/s. With
+//   132 SMs, rows * splits >= 4 * #SMs gives S = 6 splits of 3166 chunks (25k entries) per row,
+//   600 blocks of 256 threads, 3 resident per SM (launch bounds: <= 80 registers); 16-byte
+//   loads, 2 chunks of each row in flight per thread (4 x 16 B), ~32 KB in flight per SM.
+// * Per entry the mixture does ~30 FP32/INT instructions and 3 MUFU ex2 (three online
+//   log-sum-exps, chunk max then one ex2 per entry), ~15 us of issue and ~12 us of MUFU time
+//   over the row set: below the memory time, so the kernel stays memory-bound while noise
+//   is skipped.
+// * Noise (Philox + two fast_logs per entry, ~65 instructions) would dominate; noise.cuh skips
+//   it exactly: groups that cannot reach the best known score skip Philox, entries whose
+//   upper-bounded noise cannot reach it skip the logs. The best known score is seeded with the
+//   score of the draft token (mixture_accept: usually the target), a per-warp pilot (the
+//   warp's largest value, scored once), and shared across the block. On peaky (LLM-like) rows
+//   nearly all of a row skips Philox; on flat N(0, 1) rows Philox remains (~15 instructions
+//   per entry), the logs do not.
+// * sample_draft reads one row (10 us floor) with 4 chunks in flight (2 when sampled).
+// * The filter (top-k / top-p) is a separate one-block-per-row kernel, 8 radix passes per
+//   phase over the row (from L2); the unfiltered path never launches it, and the mixture kernel
+//   has an unfiltered instantiation without the threshold test.
+// * Everything is deterministic: merges in fixed orders, no float atomics (the only atomic, a
+//   shared-memory max of skip bounds, changes how much work is skipped, never a result).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "apd/apd.h"
+#include "common.cuh"
+#include "noise.cuh"
+
+namespace apd::cuda {
+
+// ---- filter (filter.cu) ----------------------------------------------------------------------
+struct FilterParams {
+  const void* logits;
+  int64_t stride_b, stride_k;
+  int64_t window, vocab;
+  const int64_t* valid_lengths;  // rows (b, i) with i >= valid length are skipped; null: none
+  float inv_t;                   // x = D * inv_t (1 when T == 0)
+  int64_t top_k;                 // in [1, vocab), or 0 when top-k is inactive
+  double top_p;                  // in (0, 1); 1 when top-p is inactive
+  float* tau;                    // out [rows]
+};
+// grid: rows blocks (rows <= INT32_MAX).
+cudaError_t launch_filter(apd_dtype dtype, const FilterParams& p, int64_t rows, cudaStream_t stream);
+
+// ---- sample_draft (sample_draft.cu) ------------------------------------------------------------
+struct DraftPartial {
+  Lse lse;  // log-sum-exp of the kept D
+  Best best;
+};
+
+struct DraftParams {
+  const void* logits;
+  int64_t stride_b, stride_k;
+  int64_t window, vocab;
+  float inv_t;       // 1 when T == 0
+  const float* tau;  // [rows] thresholds, or null (no filter)
+  NoiseArgs noise;   // used when sampled (T > 0)
+  int splits;
+  int64_t chunks_per_split;  // in chunks of chunk_width<F>() entries
+  DraftPartial* partials;    // [rows * splits] when splits > 1
+  int64_t* tokens;           // out [rows]
+  float* logprobs;           // out [rows]
+};
+cudaError_t launch_sample_draft(apd_dtype dtype, bool sampled, const DraftParams& p, int64_t rows,
+                                cudaStream_t stream);
+
+// ---- mixture_accept (mixture_accept.cu) --------------------------------------------------------
+enum WeightMode : int { kWeightMix = 0, kWeightOne = 1, kWeightZero = 2 };
+enum TargetMode : int { kTargetSampled = 0, kTargetArgmaxKept = 1, kTargetArgmaxMix = 2 };
+
+struct MixPartial {
+  Lse ld, la, lm;  // log-sum-exp of kept D, of all A, of the kept mixture
+  Best best;       // target
+};
+
+struct MixParams {
+  const void* dllm;
+  int64_t d_stride_b, d_stride_k;
+  const void* verifier;
+  int64_t a_stride_b, a_stride_k;
+  int64_t batch, window, vocab;
+  const int64_t* valid_lengths;  // [batch] or null
+  const int64_t* draft_tokens;
+  int64_t draft_stride_b;
+  float inv_t;  // 1 when T == 0
+  float wf, omwf;  // float32(w), float32(1 - w)
+  int w_mode;      // WeightMode
+  const float* tau;
+  NoiseArgs noise;
+  int splits;
+  int64_t chunks_per_split;  // in chunks of mixture_chunk_width() entries
+  MixPartial* partials;      // [rows * splits]
+  int64_t* num_accepted;
+  int64_t* target_tokens;
+  float *logp_dllm, *logp_verifier, *logp_mixture;
+};
+cudaError_t launch_mixture_accept(apd_dtype dllm_dtype, apd_dtype verifier_dtype, int target_mode,
+                                  const MixParams& p, cudaStream_t stream);
+
+// Entries per chunk (host side): 16 bytes of the widest logit dtype involved.
+inline int chunk_width_of(apd_dtype t) { return t == APD_FLOAT32 ? 4 : 8; }
+inline int mixture_chunk_width(apd_dtype d, apd_dtype a) {
+  const int wd = chunk_width_of(d), wa = chunk_width_of(a);
+  return wd < wa ? wd : wa;
+}
+
+}  // namespace apd::cuda

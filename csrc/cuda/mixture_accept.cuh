@@ -1,0 +1,222 @@
+// mixture_accept (reference.py: mixture_accept): per row (b, i) with i < L(b), with
+//   x = D * inv_T, keep = x >= tau && D > -inf, mix = w*D + (1-w)*A (D when w == 1, A when
+//   w == 0, NaN -> -inf), mix_kept = keep ? mix : -inf,
+// the target (first argmax of mix [greedy_target], of mix_kept [T == 0], or of
+// mix_kept * inv_T + g [the draft's g]) and the three log-sum-exps (kept D, all A, mix_kept);
+// then per batch row the draft tokens' log-probs and the accepted prefix length.
+//
+// Grid of the partial kernel: rows * splits blocks of kThreads; block (row, split) reads chunk
+// range [split * chunks_per_split, ...) of both rows (one 16-byte load per row and chunk when
+// aligned, U chunks in flight per thread) and writes one MixPartial. The finalize kernel runs one
+// block per batch row: each thread merges the splits of its positions in split order, writes
+// target / log-probs, and a block min over the first failing position gives num_accepted.
+// Rows at i >= L(b) are not read at all.
+//
+// The two logit tensors may have different dtypes (all 9 pairs are instantiated); a chunk is
+// then 4 entries (16 bytes of the float32 row, 8 of the 16-bit one).
+#pragma once
+
+#include "kernels.cuh"
+
+namespace apd::cuda {
+
+constexpr int kMixUnroll = 2;  // chunks per thread in flight, per row
+
+template <class FD, class FA>
+constexpr int mix_cw() {
+  return chunk_width<FD>() < chunk_width<FA>() ? chunk_width<FD>() : chunk_width<FA>();
+}
+
+__device__ __forceinline__ float mix_value(const MixParams& p, float d, float a) {
+  if (p.w_mode == kWeightOne) return d;
+  if (p.w_mode == kWeightZero) return a;
+  return fmaxf(__fadd_rn(__fmul_rn(p.wf, d), __fmul_rn(p.omwf, a)), kNegInf);  // NaN -> -inf
+}
+
+// One entry (D = d, A = a, NaN already -inf): kept D, mix_kept and the value whose argmax is the
+// target (mix, mix_kept, or mix_kept * inv_T to which the noise is added).
+struct MixEntry {
+  float dk, mk, tt;
+};
+
+// kFiltered = false: tau is -inf, so keep = (D > -inf) and kept D is D itself.
+template <int kTarget, bool kFiltered = true>
+__device__ __forceinline__ MixEntry mix_entry(const MixParams& p, float d, float a, float tau, float inv_t) {
+  const bool keep = kFiltered ? __fmul_rn(d, inv_t) >= tau && d > kNegInf : d > kNegInf;
+  const float mix = mix_value(p, d, a);
+  MixEntry e;
+  e.dk = kFiltered ? (keep ? d : kNegInf) : d;
+  e.mk = keep ? mix : kNegInf;
+  if constexpr (kTarget == kTargetArgmaxMix)
+    e.tt = mix;
+  else if constexpr (kTarget == kTargetArgmaxKept)
+    e.tt = e.mk;
+  else
+    e.tt = __fmul_rn(e.mk, inv_t);
+  return e;
+}
+
+// kFiltered = false only when p.tau is null (no top-k / top-p).
+template <class FD, class FA, int kTarget, bool kFiltered>
+__global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixParams p) {
+  constexpr int CW = mix_cw<FD, FA>();
+  constexpr int U = kMixUnroll;
+  constexpr bool kSampled = kTarget == kTargetSampled;
+
+  const int64_t row = blockIdx.x / p.splits;
+  const int split = static_cast<int>(blockIdx.x - row * p.splits);
+  const int64_t b = row / p.window, i = row - b * p.window;
+  if (i >= valid_length(p.valid_lengths, b, p.window)) return;  // block-uniform
+  const auto* rowd = row_pointer<FD>(p.dllm, p.d_stride_b, p.d_stride_k, b, i);
+  const auto* rowa = row_pointer<FA>(p.verifier, p.a_stride_b, p.a_stride_k, b, i);
+  const bool vec_d = vector_ok<FD, CW>(rowd), vec_a = vector_ok<FA, CW>(rowa);
+  const int64_t V = p.vocab;
+  const float tau = p.tau != nullptr ? p.tau[row] : kNegInf;
+  const float inv_t = p.inv_t;
+  const int64_t nchunks = ceil_div(V, CW);
+  const int64_t c0 = split * p.chunks_per_split;
+  const int64_t c1 = c0 + p.chunks_per_split < nchunks ? c0 + p.chunks_per_split : nchunks;
+  RowNoise rn{};
+  if constexpr (kSampled) rn = row_noise(p.noise, b, i);
+
+  Lse st[3] = {lse_init(), lse_init(), lse_init()};  // kept D, A, kept mix
+  Best best = best_init();
+  // Noise skipping bound (noise.cuh), seeded with the draft token's own target score: when the
+  // draft is accepted that is the row's best score, and nearly every group is skipped.
+  __shared__ unsigned s_bound;
+  float bound = kNegInf;
+  if constexpr (kSampled) {
+    if (threadIdx.x == 0) {
+      float hint = kNegInf;
+      const int64_t dt = p.draft_tokens[b * p.draft_stride_b + i];
+      if (rn.generated() && dt >= 0 && dt < V) {
+        const MixEntry e = mix_entry<kTarget, kFiltered>(p, load_entry<FD>(rowd, dt), load_entry<FA>(rowa, dt), tau, inv_t);
+        hint = score_hint(e.tt, rn, dt);
+      }
+      s_bound = ordered_key(hint);
+    }
+    __syncthreads();
+    bound = key_to_float(s_bound);
+  }
+
+  for (int64_t base = c0; base < c1; base += static_cast<int64_t>(U) * kThreads) {
+    float d[U][CW], a[U][CW];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = base + u * kThreads + threadIdx.x;
+      if (c < c1) {
+        load_chunk<FD, CW>(rowd, c, V, vec_d, d[u]);
+        load_chunk<FA, CW>(rowa, c, V, vec_a, a[u]);
+      }
+    }
+    if constexpr (kSampled) {
+      if (base == c0 && rn.generated()) {  // block-uniform
+        float tm = kNegInf;
+        int64_t vm = 0;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int64_t c = base + u * kThreads + threadIdx.x;
+          if (c >= c1) continue;
+#pragma unroll
+          for (int j = 0; j < CW; ++j) {
+            const float t = mix_entry<kTarget, kFiltered>(p, d[u][j], a[u][j], tau, inv_t).tt;
+            if (t > tm) {
+              tm = t;
+              vm = c * CW + j;
+            }
+          }
+        }
+        bound = fmaxf(bound, warp_pilot(tm, vm, rn));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = base + u * kThreads + threadIdx.x;
+      if (c >= c1) continue;
+      float dk[CW], mk[CW], tt[CW];
+#pragma unroll
+      for (int j = 0; j < CW; ++j) {
+        const MixEntry e = mix_entry<kTarget, kFiltered>(p, d[u][j], a[u][j], tau, inv_t);
+        dk[j] = e.dk;
+        mk[j] = e.mk;
+        tt[j] = e.tt;
+      }
+      lse_add(st[0], dk);
+      lse_add(st[1], a[u]);
+      if (p.w_mode != kWeightOne) lse_add(st[2], mk);  // w == 1: mix_kept == kept D
+      if constexpr (kSampled) {
+#pragma unroll
+        for (int g = 0; g < CW / 4; ++g) gumbel_max_group(best, tt + 4 * g, c * CW + 4 * g, rn, bound);
+      } else {
+        best_add(best, tt, c * CW);
+      }
+    }
+    if constexpr (kSampled) bound = share_bound(best.score, bound, &s_bound);
+  }
+
+  block_reduce<3>(st, best);
+  if (threadIdx.x == 0) {
+    if (p.w_mode == kWeightOne) st[2] = st[0];
+    p.partials[row * p.splits + split] = MixPartial{st[0], st[1], st[2], best};
+  }
+}
+
+// One block per batch row b.
+template <class FD, class FA>
+__global__ void __launch_bounds__(kThreads) mixture_finalize_kernel(const MixParams p) {
+  const int64_t b = blockIdx.x;
+  const int64_t K = p.window, V = p.vocab;
+  const int64_t L = valid_length(p.valid_lengths, b, K);
+  const float nan = __int_as_float(0x7fc00000);
+  int64_t first_fail = L;  // first position i < L whose draft token is not accepted
+
+  for (int64_t i = threadIdx.x; i < K; i += kThreads) {
+    const int64_t r = b * K + i;
+    if (i >= L) {
+      p.target_tokens[r] = -1;
+      p.logp_dllm[r] = p.logp_verifier[r] = p.logp_mixture[r] = 0.0f;
+      continue;
+    }
+    const MixPartial* q = p.partials + r * p.splits;
+    MixPartial m = q[0];
+    for (int s = 1; s < p.splits; ++s) {
+      m.ld = lse_combine(m.ld, q[s].ld);
+      m.la = lse_combine(m.la, q[s].la);
+      m.lm = lse_combine(m.lm, q[s].lm);
+      m.best = best_combine(m.best, q[s].best);
+    }
+    const int64_t target = m.best.index;
+    p.target_tokens[r] = target;
+    const int64_t tok = p.draft_tokens[b * p.draft_stride_b + i];
+    const bool in_range = tok >= 0 && tok < V;
+    if (in_range) {
+      const float d = load_entry<FD>(row_pointer<FD>(p.dllm, p.d_stride_b, p.d_stride_k, b, i), tok);
+      const float a = load_entry<FA>(row_pointer<FA>(p.verifier, p.a_stride_b, p.a_stride_k, b, i), tok);
+      const float tau = p.tau != nullptr ? p.tau[r] : kNegInf;
+      const MixEntry e = mix_entry<kTargetArgmaxKept>(p, d, a, tau, p.inv_t);
+      p.logp_dllm[r] = e.dk - lse_final(m.ld);
+      p.logp_verifier[r] = a - lse_final(m.la);
+      p.logp_mixture[r] = e.mk - lse_final(m.lm);
+    } else {
+      p.logp_dllm[r] = p.logp_verifier[r] = p.logp_mixture[r] = nan;
+    }
+    const bool ok = in_range && (i == 0 || tok == target);
+    if (!ok && i < first_fail) first_fail = i;
+  }
+
+  __shared__ long long s_min[kWarps];
+  long long m = first_fail;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const long long t = __shfl_xor_sync(kFullMask, m, o);
+    m = t < m ? t : m;
+  }
+  if ((threadIdx.x & 31) == 0) s_min[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kWarps; ++w) m = s_min[w] < m ? s_min[w] : m;
+    p.num_accepted[b] = m;
+  }
+}
+
+}  // namespace apd::cuda

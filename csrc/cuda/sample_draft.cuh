@@ -1,0 +1,138 @@
+// sample_draft (reference.py: sample_draft): per row, token = first argmax of x + g over the kept
+// entries (x = D * inv_T, plain x when T == 0; kept: x >= tau), logprob = D[token] - lse(kept D).
+//
+// Grid: rows * splits blocks of kThreads; block (row, split) scans chunks
+// [split * chunks_per_split, ...) of the row, U chunks (16-byte loads) in flight per thread, with
+// per-thread online (max, sum-exp) and (score, index) states, merged per warp and then per block.
+// splits == 1: thread 0 writes the row's outputs; else the partial goes to the workspace and
+// draft_finalize_kernel merges the splits of each row in split order.
+// Noise is generated per group of 4 entries, and skipped for groups that cannot win (noise.cuh).
+#pragma once
+
+#include "kernels.cuh"
+
+namespace apd::cuda {
+
+// Chunks per thread in flight (16 bytes each): 4, or 2 with noise (Philox needs the registers;
+// 3 blocks of 256 threads per SM still keep 24 KB per SM in flight).
+constexpr int kDraftUnroll = 4;
+constexpr int kDraftUnrollSampled = 2;
+
+template <class F>
+__device__ __forceinline__ void draft_output(const DraftParams& p, int64_t row, const typename F::T* rowp,
+                                             float tau, Lse lse, Best best) {
+  const int64_t tok = best.index;
+  const float d = load_entry<F>(rowp, tok);
+  const bool keep = __fmul_rn(d, p.inv_t) >= tau;
+  p.tokens[row] = tok;
+  p.logprobs[row] = (keep ? d : kNegInf) - lse_final(lse);
+}
+
+template <class F, bool kSampled>
+__global__ void __launch_bounds__(kThreads, 3) draft_partial_kernel(const DraftParams p) {
+  using T = typename F::T;
+  constexpr int CW = chunk_width<F>();
+  constexpr int U = kSampled ? kDraftUnrollSampled : kDraftUnroll;
+
+  const int64_t row = blockIdx.x / p.splits;
+  const int split = static_cast<int>(blockIdx.x - row * p.splits);
+  const int64_t b = row / p.window, i = row - b * p.window;
+  const T* rowp = row_pointer<F>(p.logits, p.stride_b, p.stride_k, b, i);
+  const bool vec_ok = vector_ok<F, CW>(rowp);
+  const int64_t V = p.vocab;
+  const float tau = p.tau != nullptr ? p.tau[row] : kNegInf;
+  const float inv_t = p.inv_t;
+  const int64_t nchunks = ceil_div(V, CW);
+  const int64_t c0 = split * p.chunks_per_split;
+  const int64_t c1 = c0 + p.chunks_per_split < nchunks ? c0 + p.chunks_per_split : nchunks;
+  RowNoise rn{};
+  if constexpr (kSampled) rn = row_noise(p.noise, b, i);
+
+  Lse lse[1] = {lse_init()};
+  Best best = best_init();
+  // Noise skipping bound (noise.cuh): the best score published by any warp of this block.
+  __shared__ unsigned s_bound;
+  float bound = kNegInf;
+  if constexpr (kSampled) {
+    if (threadIdx.x == 0) s_bound = ordered_key(kNegInf);
+    __syncthreads();
+  }
+
+  // Block-uniform trip count (the warp shuffles below need every lane).
+  for (int64_t base = c0; base < c1; base += static_cast<int64_t>(U) * kThreads) {
+    float d[U][CW];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = base + u * kThreads + threadIdx.x;
+      if (c < c1) load_chunk<F, CW>(rowp, c, V, vec_ok, d[u]);
+    }
+    if constexpr (kSampled) {
+      if (base == c0 && rn.generated()) {  // block-uniform
+        float xm = kNegInf;
+        int64_t vm = 0;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int64_t c = base + u * kThreads + threadIdx.x;
+          if (c >= c1) continue;
+#pragma unroll
+          for (int j = 0; j < CW; ++j) {
+            const float x = __fmul_rn(d[u][j], inv_t);
+            if (x >= tau && x > xm) {
+              xm = x;
+              vm = c * CW + j;
+            }
+          }
+        }
+        bound = fmaxf(bound, warp_pilot(xm, vm, rn));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = base + u * kThreads + threadIdx.x;
+      if (c >= c1) continue;
+      float dk[CW], xs[CW];
+#pragma unroll
+      for (int j = 0; j < CW; ++j) {
+        const float x = __fmul_rn(d[u][j], inv_t);
+        const bool keep = x >= tau;
+        dk[j] = keep ? d[u][j] : kNegInf;
+        xs[j] = keep ? x : kNegInf;
+      }
+      lse_add(lse[0], dk);
+      if constexpr (kSampled) {
+#pragma unroll
+        for (int g = 0; g < CW / 4; ++g) gumbel_max_group(best, xs + 4 * g, c * CW + 4 * g, rn, bound);
+      } else {
+        best_add(best, xs, c * CW);
+      }
+    }
+    if constexpr (kSampled) bound = share_bound(best.score, bound, &s_bound);
+  }
+
+  block_reduce<1>(lse, best);
+  if (threadIdx.x == 0) {
+    if (p.splits == 1)
+      draft_output<F>(p, row, rowp, tau, lse[0], best);
+    else
+      p.partials[row * p.splits + split] = DraftPartial{lse[0], best};
+  }
+}
+
+// One thread per row: merge the row's splits in split order.
+template <class F>
+__global__ void __launch_bounds__(kThreads) draft_finalize_kernel(const DraftParams p, int64_t rows) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (row >= rows) return;
+  const DraftPartial* q = p.partials + row * p.splits;
+  Lse lse = q[0].lse;
+  Best best = q[0].best;
+  for (int s = 1; s < p.splits; ++s) {
+    lse = lse_combine(lse, q[s].lse);
+    best = best_combine(best, q[s].best);
+  }
+  const int64_t b = row / p.window, i = row - b * p.window;
+  const float tau = p.tau != nullptr ? p.tau[row] : kNegInf;
+  draft_output<F>(p, row, row_pointer<F>(p.logits, p.stride_b, p.stride_k, b, i), tau, lse, best);
+}
+
+}  // namespace apd::cuda
