@@ -16,6 +16,11 @@ def backend_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "triton" and not TRITON_INTERPRETED) else "cpu")
 
 
+def interpreted(name: str) -> bool:
+    """True when backend `name` runs through the Triton interpreter (slow: one program at a time)."""
+    return name == "triton" and TRITON_INTERPRETED
+
+
 def backend_params(names=("cpu", "triton", "cuda")):
     """pytest params for the compiled/Triton backends, skipped (with the reason) where they cannot run."""
     out = []

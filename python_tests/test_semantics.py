@@ -8,7 +8,7 @@ import torch
 
 import apd_ext
 from apd_ext import reference
-from helpers import backend_device, backend_params, make_logits, run
+from helpers import backend_device, backend_params, interpreted, make_logits, run
 
 BACKENDS = backend_params()
 ALL = backend_params(("reference", "cpu", "triton", "cuda"))
@@ -181,7 +181,9 @@ CHI2_BOUND = 55.0
 @pytest.mark.parametrize("T,top_k", [(1.0, 0), (0.6, 0), (1.3, 6)])
 def test_draft_frequencies_match_softmax(backend, T, top_k):
     dev = backend_device(backend)
-    V, K, draws = 12, 2000, 10 if backend != "triton" else 2
+    # The Triton interpreter runs one program per row in Python: fewer samples there (the bound
+    # holds at any sample size; the noise itself is checked exactly in test_triton_noise.py).
+    V, K, draws = (12, 2000, 10) if not interpreted(backend) else (12, 400, 1)
     logits = torch.linspace(-2.0, 1.5, V)
     D = logits.view(1, 1, V).expand(1, K, V).contiguous().to(dev)
     counts = torch.zeros(V)
@@ -200,7 +202,7 @@ def test_draft_frequencies_match_softmax(backend, T, top_k):
 def test_target_frequencies_match_product_mixture(backend, w, T):
     """s ~ p_D^w p_AR^(1-w) (normalised, at temperature T): APD_SPEC step 3."""
     dev = backend_device(backend)
-    V, K, draws = 10, 2000, 10 if backend != "triton" else 2
+    V, K, draws = (10, 2000, 10) if not interpreted(backend) else (10, 400, 1)
     gen = torch.Generator().manual_seed(12)
     d, a = torch.randn(V, generator=gen) * 1.5, torch.randn(V, generator=gen) * 1.5
     D = d.view(1, 1, V).expand(1, K, V).contiguous().to(dev)

@@ -1,0 +1,24 @@
+"""Triton backend of apd_ext: the two ops with the normalised backend signatures of
+apd_ext/backends.py, computing apd_ext/reference.py's functions (up to float rounding).
+
+    sample_draft(dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_t, offset_v, noise)
+        -> tokens int64 [B, K], logprobs float32 [B, K]
+    mixture_accept(dllm, verifier, draft, vocab, mixture_weight, temperature, top_k, top_p,
+                   valid_lengths, greedy_target, seed_t, seed_v, offset_t, offset_v, noise)
+        -> num_accepted int64 [B], target_tokens int64 [B, K], logp_dllm, logp_verifier, logp_mixture
+
+Inputs are checked by apd_ext/ops.py. Logit rows are read in place through their strides; seed and
+offset tensors are read inside the kernels (CUDA-graph safe); nothing syncs with the host.
+On machines without a GPU the kernels run through Triton's interpreter (TRITON_INTERPRET=1 set
+before triton is imported) on CPU tensors.
+
+Modules: noise.py (Philox4x32-10, fast_log, Gumbel), common.py (shared device helpers, split plan),
+filter.py (top-k / top-p thresholds), sample_draft.py, mixture_accept.py.
+"""
+
+from apd_ext.triton.mixture_accept import mixture_accept
+from apd_ext.triton.sample_draft import sample_draft
+
+name = "triton"
+
+__all__ = ["sample_draft", "mixture_accept", "name"]

@@ -1,0 +1,269 @@
+"""mixture_accept (reference.mixture_accept): per row (b, i) with i < L(b), with
+x = D * inv_T, keep = x >= tau and D > -inf, mix = w*D + (1-w)*A (D when w == 1, A when w == 0,
+NaN -> -inf), mix_kept = keep ? mix : -inf:
+the target (first argmax of mix [greedy_target], of mix_kept [T == 0], or of mix_kept * inv_T + g
+with the draft's g) and three log-sum-exps (kept D, all A, mix_kept); then per batch row the log-probs
+of the draft tokens and the accepted prefix length.
+
+_mixture_partial_kernel: grid rows * splits; program (row, split) reads its chunk range of both rows
+once ([BLOCK_G, 4] blocks, per-lane online states, noise skipping as in sample_draft.py) and writes a
+partial state. Rows at i >= L(b) are not read.
+_mixture_finalize_kernel: one program per batch row b, vectorised over the window positions: merges
+the splits of each position in split order, writes targets and log-probs, and reduces the first
+rejected position across the window to num_accepted (no host sync anywhere).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from apd_ext.triton.common import (
+    argmax_finish, interpreting, inv_temperature, load_row_block, lse_add, lse_finish, lse_merge,
+    lse_value, offset_args, row_config, seed_args, split_plan,
+)
+from apd_ext.triton.filter import compute_tau, filter_active
+from apd_ext.triton.noise import GUMBEL_MAX, NEG_INF, gumbel_from_explicit, philox_gumbel_block, row_noise_key
+
+W_MIX: tl.constexpr = 0
+W_ONE: tl.constexpr = 1  # mix = D
+W_ZERO: tl.constexpr = 2  # mix = A
+
+TARGET_GREEDY: tl.constexpr = 0  # argmax of the raw mixture (greedy_target)
+TARGET_KEPT: tl.constexpr = 1  # argmax of mix_kept (T == 0)
+TARGET_PHILOX: tl.constexpr = 2  # argmax of mix_kept * inv_T + g, generated g
+TARGET_TENSOR: tl.constexpr = 3  # same with g from explicit uniforms
+
+NAN: tl.constexpr = float("nan")
+NPART: tl.constexpr = 7  # floats per partial: (max, sum) of kept D, A, mix_kept; best score
+
+
+@triton.jit
+def _mix(d, a, wf, omwf, W_MODE: tl.constexpr):
+    if W_MODE == W_ONE:
+        mix = d
+    elif W_MODE == W_ZERO:
+        mix = a
+    else:
+        mix = wf * d + omwf * a
+        mix = tl.where(mix == mix, mix, NEG_INF)
+    return mix
+
+
+@triton.jit
+def _valid_length(valid_ptr, b, K, HAS_VALID: tl.constexpr):
+    if HAS_VALID:
+        L = tl.minimum(tl.maximum(tl.load(valid_ptr + b), 0), K)
+    else:
+        L = tl.full((), 0, tl.int64) + K
+    return L
+
+
+@triton.jit(do_not_specialize=["seed_v", "offset_v"])
+def _mixture_partial_kernel(
+    d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, K, V, splits, chunks_per_split, valid_ptr,
+    inv_t, wf, omwf, tau_ptr,
+    seed_ptr, seed_v: tl.int64, offset_ptr, offset_v: tl.int64, u_ptr, u_sb, u_sk,
+    part_f_ptr, part_i_ptr,
+    HAS_VALID: tl.constexpr, HAS_TAU: tl.constexpr, W_MODE: tl.constexpr, TARGET: tl.constexpr,
+    SEED_MODE: tl.constexpr, OFFSET_PTR: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    BLOCK_V: tl.constexpr = 4 * BLOCK_G
+    pid = tl.program_id(0)
+    row = pid // splits
+    split = pid - row * splits
+    b = row // K
+    i = row - b * K
+    d_row = d_ptr + b.to(tl.int64) * d_sb + i.to(tl.int64) * d_sk
+    a_row = a_ptr + b.to(tl.int64) * a_sb + i.to(tl.int64) * a_sk
+    c_begin = split * chunks_per_split
+    c_end = tl.minimum(c_begin + chunks_per_split, tl.cdiv(V, BLOCK_V))
+    if HAS_VALID:
+        c_end = tl.where(i < _valid_length(valid_ptr, b, K, HAS_VALID), c_end, c_begin)
+    tau = tl.full((), NEG_INF, tl.float32)
+    if HAS_TAU:
+        tau = tl.load(tau_ptr + row)
+    if TARGET == TARGET_PHILOX:
+        k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, offset_ptr, offset_v, b, SEED_MODE, OFFSET_PTR)
+    if TARGET == TARGET_TENSOR:
+        u_row = u_ptr + b.to(tl.int64) * u_sb + i.to(tl.int64) * u_sk
+
+    lane_v = tl.arange(0, BLOCK_G)[:, None] * 4 + tl.arange(0, 4)[None, :]
+    md = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
+    sd = tl.zeros([BLOCK_G, 4], tl.float32)
+    ma = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
+    sa = tl.zeros([BLOCK_G, 4], tl.float32)
+    mm = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
+    sm = tl.zeros([BLOCK_G, 4], tl.float32)
+    best_s = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
+    best_i = tl.zeros([BLOCK_G, 4], tl.int32)
+    bound = tl.full((), NEG_INF, tl.float32)
+    for c in range(c_begin, c_end):
+        v = c * BLOCK_V + lane_v
+        msk = v < V
+        d = load_row_block(d_row, v, msk)
+        a = load_row_block(a_row, v, msk)
+        keep = d > NEG_INF
+        if HAS_TAU:
+            keep = keep & (d * inv_t >= tau)
+        mix = _mix(d, a, wf, omwf, W_MODE)
+        dk = tl.where(keep, d, NEG_INF)
+        mk = tl.where(keep, mix, NEG_INF)
+        md, sd = lse_add(md, sd, dk)
+        ma, sa = lse_add(ma, sa, a)
+        if W_MODE != W_ONE:  # w == 1: mix_kept is kept D
+            mm, sm = lse_add(mm, sm, mk)
+        if TARGET == TARGET_GREEDY:
+            upd = mix > best_s
+            best_s = tl.where(upd, mix, best_s)
+            best_i = tl.where(upd, v, best_i)
+        elif TARGET == TARGET_KEPT:
+            upd = mk > best_s
+            best_s = tl.where(upd, mk, best_s)
+            best_i = tl.where(upd, v, best_i)
+        elif TARGET == TARGET_PHILOX:
+            t = mk * inv_t
+            if tl.max(t) + GUMBEL_MAX > bound:
+                score = t + philox_gumbel_block(c * BLOCK_G, i, k0, k1, o0, o1, BLOCK_G)
+                upd = score > best_s
+                best_s = tl.where(upd, score, best_s)
+                best_i = tl.where(upd, v, best_i)
+                bound = tl.maximum(bound, tl.max(score))
+        else:
+            t = mk * inv_t
+            u = tl.load(u_row + v, mask=msk, other=0.5)
+            score = tl.where(t > NEG_INF, t + gumbel_from_explicit(u), NEG_INF)
+            upd = score > best_s
+            best_s = tl.where(upd, score, best_s)
+            best_i = tl.where(upd, v, best_i)
+
+    ld_m, ld_s = lse_finish(md, sd)
+    la_m, la_s = lse_finish(ma, sa)
+    if W_MODE == W_ONE:
+        lm_m = ld_m
+        lm_s = ld_s
+    else:
+        lm_m, lm_s = lse_finish(mm, sm)
+    bs, bi = argmax_finish(best_s, best_i)
+    q = part_f_ptr + pid.to(tl.int64) * NPART
+    tl.store(q + 0, ld_m)
+    tl.store(q + 1, ld_s)
+    tl.store(q + 2, la_m)
+    tl.store(q + 3, la_s)
+    tl.store(q + 4, lm_m)
+    tl.store(q + 5, lm_s)
+    tl.store(q + 6, bs)
+    tl.store(part_i_ptr + pid, bi)
+
+
+@triton.jit
+def _mixture_finalize_kernel(
+    part_f_ptr, part_i_ptr, splits, d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, draft_ptr, dr_sb, K, V,
+    valid_ptr, inv_t, wf, omwf, tau_ptr, n_ptr, tgt_ptr, lpd_ptr, lpa_ptr, lpm_ptr,
+    HAS_VALID: tl.constexpr, HAS_TAU: tl.constexpr, W_MODE: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    b = tl.program_id(0)
+    L = _valid_length(valid_ptr, b, K, HAS_VALID)
+    first_fail = L  # first position i < L whose draft token is not accepted
+    for k0 in range(0, K, BLOCK_K):
+        i = k0 + tl.arange(0, BLOCK_K)
+        inb = i < K
+        act = i < L
+        r = b.to(tl.int64) * K + i
+        ld_m = tl.full([BLOCK_K], NEG_INF, tl.float32)
+        ld_s = tl.zeros([BLOCK_K], tl.float32)
+        la_m = tl.full([BLOCK_K], NEG_INF, tl.float32)
+        la_s = tl.zeros([BLOCK_K], tl.float32)
+        lm_m = tl.full([BLOCK_K], NEG_INF, tl.float32)
+        lm_s = tl.zeros([BLOCK_K], tl.float32)
+        bs = tl.full([BLOCK_K], NEG_INF, tl.float32)
+        bi = tl.zeros([BLOCK_K], tl.int32)
+        for sp in range(0, splits):
+            q = part_f_ptr + (r * splits + sp) * NPART
+            ld_m, ld_s = lse_merge(ld_m, ld_s, tl.load(q + 0, mask=act, other=NEG_INF),
+                                   tl.load(q + 1, mask=act, other=0.0))
+            la_m, la_s = lse_merge(la_m, la_s, tl.load(q + 2, mask=act, other=NEG_INF),
+                                   tl.load(q + 3, mask=act, other=0.0))
+            lm_m, lm_s = lse_merge(lm_m, lm_s, tl.load(q + 4, mask=act, other=NEG_INF),
+                                   tl.load(q + 5, mask=act, other=0.0))
+            sc = tl.load(q + 6, mask=act, other=NEG_INF)
+            ix = tl.load(part_i_ptr + r * splits + sp, mask=act, other=0)
+            upd = sc > bs  # ties stay with the earlier split (lower indices)
+            bs = tl.where(upd, sc, bs)
+            bi = tl.where(upd, ix, bi)
+        tok = tl.load(draft_ptr + b.to(tl.int64) * dr_sb + i, mask=inb, other=0)
+        in_range = (tok >= 0) & (tok < V)
+        safe = tl.where(in_range, tok, 0)
+        ld = act & in_range
+        d = load_row_block(d_ptr + b.to(tl.int64) * d_sb + i.to(tl.int64) * d_sk, safe, ld)
+        a = load_row_block(a_ptr + b.to(tl.int64) * a_sb + i.to(tl.int64) * a_sk, safe, ld)
+        keep = d > NEG_INF
+        if HAS_TAU:
+            keep = keep & (d * inv_t >= tl.load(tau_ptr + r, mask=act, other=NEG_INF))
+        lpd = tl.where(keep, d, NEG_INF) - lse_value(ld_m, ld_s)
+        lpa = a - lse_value(la_m, la_s)
+        lpm = tl.where(keep, _mix(d, a, wf, omwf, W_MODE), NEG_INF) - lse_value(lm_m, lm_s)
+        lpd = tl.where(act, tl.where(in_range, lpd, NAN), 0.0)
+        lpa = tl.where(act, tl.where(in_range, lpa, NAN), 0.0)
+        lpm = tl.where(act, tl.where(in_range, lpm, NAN), 0.0)
+        tl.store(tgt_ptr + r, tl.where(act, bi.to(tl.int64), -1), mask=inb)
+        tl.store(lpd_ptr + r, lpd, mask=inb)
+        tl.store(lpa_ptr + r, lpa, mask=inb)
+        tl.store(lpm_ptr + r, lpm, mask=inb)
+        ok = in_range & ((i == 0) | (tok == bi.to(tl.int64)))
+        first_fail = tl.minimum(first_fail, tl.min(tl.where(act & ~ok, i.to(tl.int64), L)))
+    tl.store(n_ptr + b, first_fail)
+
+
+def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, temperature, top_k, top_p, valid_lengths,
+                   greedy_target, seed_t, seed_v, offset_t, offset_v, noise):
+    """Host side of mixture_accept (normalised backend arguments, see apd_ext/backends.py)."""
+    B, K, _ = dllm.shape
+    rows = B * K
+    dev = dllm.device
+    inv_t = inv_temperature(temperature)
+    w = float(mixture_weight)
+    w_mode = 1 if w == 1.0 else 2 if w == 0.0 else 0
+    if greedy_target:
+        target = 0
+    elif temperature == 0:
+        target = 1
+    elif noise is not None:
+        target = 3
+    else:
+        target = 2
+    num_accepted = torch.empty(B, dtype=torch.int64, device=dev)
+    target_tokens = torch.empty(B, K, dtype=torch.int64, device=dev)
+    lpd = torch.empty(B, K, dtype=torch.float32, device=dev)
+    lpa = torch.empty(B, K, dtype=torch.float32, device=dev)
+    lpm = torch.empty(B, K, dtype=torch.float32, device=dev)
+    has_tau = filter_active(top_k, top_p, vocab)
+    has_valid = valid_lengths is not None
+    valid = valid_lengths if has_valid else num_accepted
+    tau = compute_tau(dllm, vocab, inv_t, top_k, top_p, valid_lengths) if has_tau else lpd
+    seed_ptr, seed_v, seed_mode = seed_args(seed_t, seed_v, B, num_accepted)
+    offset_ptr, offset_v, offset_ptr_mode = offset_args(offset_t, offset_v, num_accepted)
+    u = noise if target == 3 else lpd
+    u_sb, u_sk = (noise.stride(0), noise.stride(1)) if target == 3 else (0, 0)
+
+    cfg = row_config(vocab, dev)
+    splits, cps = split_plan(rows, vocab, cfg)
+    part_f = torch.empty(rows * splits * 7, dtype=torch.float32, device=dev)
+    part_i = torch.empty(rows * splits, dtype=torch.int32, device=dev)
+    _mixture_partial_kernel[(rows * splits,)](
+        dllm, dllm.stride(0), dllm.stride(1), verifier, verifier.stride(0), verifier.stride(1),
+        K, vocab, splits, cps, valid, inv_t, w, 1.0 - w, tau,
+        seed_ptr, seed_v, offset_ptr, offset_v, u, u_sb, u_sk, part_f, part_i,
+        HAS_VALID=has_valid, HAS_TAU=has_tau, W_MODE=w_mode, TARGET=target, SEED_MODE=seed_mode,
+        OFFSET_PTR=offset_ptr_mode, BLOCK_G=cfg.block_g, num_warps=cfg.num_warps, enable_fp_fusion=False,
+    )
+    block_k = 4 if interpreting() and dev.type == "cpu" else min(256, max(16, triton.next_power_of_2(K)))
+    _mixture_finalize_kernel[(B,)](
+        part_f, part_i, splits, dllm, dllm.stride(0), dllm.stride(1), verifier, verifier.stride(0),
+        verifier.stride(1), draft, draft.stride(0), K, vocab, valid, inv_t, w, 1.0 - w, tau,
+        num_accepted, target_tokens, lpd, lpa, lpm,
+        HAS_VALID=has_valid, HAS_TAU=has_tau, W_MODE=w_mode, BLOCK_K=block_k, num_warps=4,
+        enable_fp_fusion=False,
+    )
+    return num_accepted, target_tokens, lpd, lpa, lpm

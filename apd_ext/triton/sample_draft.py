@@ -1,0 +1,186 @@
+"""sample_draft (reference.sample_draft): per row (b, i), token = first argmax over the kept entries
+of x + g (x = D * inv_T; plain x when T == 0), logprob = D[token] - logsumexp(kept D).
+
+_draft_partial_kernel: grid rows * splits; program (row, split) scans BLOCK_V-entry chunks
+[split * chunks_per_split, ...) of its row once, as [BLOCK_G, 4] blocks (one Philox call per group
+of 4), keeping per-lane online (max, sum-exp) and (score, index) states that it reduces at the end.
+splits == 1: it writes the outputs itself; else it writes a partial state and
+_draft_finalize_kernel merges the splits of each row in split order.
+
+Noise skipping (generated noise only): every generated g is < GUMBEL_MAX, so when a chunk's
+largest candidate value t satisfies t + GUMBEL_MAX <= the best score already seen at a lower
+index (by this program), no entry of the chunk can become the first argmax and its Philox calls
+and logs are skipped. Exact: the result is the same as without skipping. Explicit uniforms are
+unbounded (u may be 1), so they never skip.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from apd_ext.triton.common import (
+    argmax_finish, inv_temperature, load_row_block, lse_add, lse_finish, lse_merge, lse_value,
+    offset_args, row_config, seed_args, split_plan,
+)
+from apd_ext.triton.filter import compute_tau, filter_active
+from apd_ext.triton.noise import GUMBEL_MAX, NEG_INF, gumbel_from_explicit, philox_gumbel_block, row_noise_key
+
+NOISE_NONE: tl.constexpr = 0  # T == 0: plain argmax
+NOISE_PHILOX: tl.constexpr = 1
+NOISE_TENSOR: tl.constexpr = 2
+
+
+@triton.jit(do_not_specialize=["seed_v", "offset_v"])
+def _draft_partial_kernel(
+    d_ptr, d_sb, d_sk, K, V, splits, chunks_per_split, inv_t, tau_ptr,
+    seed_ptr, seed_v: tl.int64, offset_ptr, offset_v: tl.int64, u_ptr, u_sb, u_sk,
+    part_f_ptr, part_i_ptr, tok_ptr, lp_ptr,
+    HAS_TAU: tl.constexpr, NOISE: tl.constexpr, SEED_MODE: tl.constexpr, OFFSET_PTR: tl.constexpr,
+    FINAL: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    BLOCK_V: tl.constexpr = 4 * BLOCK_G
+    pid = tl.program_id(0)
+    row = pid // splits
+    split = pid - row * splits
+    b = row // K
+    i = row - b * K
+    row_ptr = d_ptr + b.to(tl.int64) * d_sb + i.to(tl.int64) * d_sk
+    c_begin = split * chunks_per_split
+    c_end = tl.minimum(c_begin + chunks_per_split, tl.cdiv(V, BLOCK_V))
+    tau = tl.full((), NEG_INF, tl.float32)
+    if HAS_TAU:
+        tau = tl.load(tau_ptr + row)
+    if NOISE == NOISE_PHILOX:
+        k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, offset_ptr, offset_v, b, SEED_MODE, OFFSET_PTR)
+    if NOISE == NOISE_TENSOR:
+        u_row = u_ptr + b.to(tl.int64) * u_sb + i.to(tl.int64) * u_sk
+
+    lane_v = tl.arange(0, BLOCK_G)[:, None] * 4 + tl.arange(0, 4)[None, :]
+    m = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
+    s = tl.zeros([BLOCK_G, 4], tl.float32)
+    best_s = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
+    best_i = tl.zeros([BLOCK_G, 4], tl.int32)
+    bound = tl.full((), NEG_INF, tl.float32)  # best score seen by this program (noise skipping)
+    for c in range(c_begin, c_end):
+        v = c * BLOCK_V + lane_v
+        msk = v < V
+        d = load_row_block(row_ptr, v, msk)
+        x = d * inv_t
+        if HAS_TAU:
+            keep = x >= tau
+            d = tl.where(keep, d, NEG_INF)
+            x = tl.where(keep, x, NEG_INF)
+        m, s = lse_add(m, s, d)
+        if NOISE == NOISE_NONE:
+            upd = x > best_s
+            best_s = tl.where(upd, x, best_s)
+            best_i = tl.where(upd, v, best_i)
+        elif NOISE == NOISE_PHILOX:
+            if tl.max(x) + GUMBEL_MAX > bound:
+                g = philox_gumbel_block(c * BLOCK_G, i, k0, k1, o0, o1, BLOCK_G)
+                score = x + g
+                upd = score > best_s
+                best_s = tl.where(upd, score, best_s)
+                best_i = tl.where(upd, v, best_i)
+                bound = tl.maximum(bound, tl.max(score))
+        else:
+            u = tl.load(u_row + v, mask=msk, other=0.5)
+            score = tl.where(x > NEG_INF, x + gumbel_from_explicit(u), NEG_INF)
+            upd = score > best_s
+            best_s = tl.where(upd, score, best_s)
+            best_i = tl.where(upd, v, best_i)
+
+    lm, ls = lse_finish(m, s)
+    bs, bi = argmax_finish(best_s, best_i)
+    if FINAL:
+        dt = tl.load(row_ptr + bi).to(tl.float32)
+        dt = tl.where(dt == dt, dt, NEG_INF)
+        if HAS_TAU:
+            dt = tl.where(dt * inv_t >= tau, dt, NEG_INF)
+        tl.store(tok_ptr + row, bi.to(tl.int64))
+        tl.store(lp_ptr + row, dt - lse_value(lm, ls))
+    else:
+        tl.store(part_f_ptr + pid * 3 + 0, lm)
+        tl.store(part_f_ptr + pid * 3 + 1, ls)
+        tl.store(part_f_ptr + pid * 3 + 2, bs)
+        tl.store(part_i_ptr + pid, bi)
+
+
+@triton.jit
+def _draft_finalize_kernel(
+    part_f_ptr, part_i_ptr, splits, rows, d_ptr, d_sb, d_sk, K, inv_t, tau_ptr, tok_ptr, lp_ptr,
+    HAS_TAU: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rm = r < rows
+    lm = tl.full([BLOCK_R], NEG_INF, tl.float32)
+    ls = tl.zeros([BLOCK_R], tl.float32)
+    bs = tl.full([BLOCK_R], NEG_INF, tl.float32)
+    bi = tl.zeros([BLOCK_R], tl.int32)
+    for sp in range(0, splits):
+        q = r.to(tl.int64) * splits + sp
+        m2 = tl.load(part_f_ptr + q * 3 + 0, mask=rm, other=NEG_INF)
+        s2 = tl.load(part_f_ptr + q * 3 + 1, mask=rm, other=0.0)
+        sc = tl.load(part_f_ptr + q * 3 + 2, mask=rm, other=NEG_INF)
+        ix = tl.load(part_i_ptr + q, mask=rm, other=0)
+        lm, ls = lse_merge(lm, ls, m2, s2)
+        upd = sc > bs  # splits in increasing index order: ties stay with the earlier split
+        bs = tl.where(upd, sc, bs)
+        bi = tl.where(upd, ix, bi)
+    b = r // K
+    i = r - b * K
+    row_ptr = d_ptr + b.to(tl.int64) * d_sb + i.to(tl.int64) * d_sk
+    dt = tl.load(row_ptr + bi, mask=rm, other=NEG_INF).to(tl.float32)
+    dt = tl.where(dt == dt, dt, NEG_INF)
+    if HAS_TAU:
+        tau = tl.load(tau_ptr + r, mask=rm, other=NEG_INF)
+        dt = tl.where(dt * inv_t >= tau, dt, NEG_INF)
+    tl.store(tok_ptr + r, bi.to(tl.int64), mask=rm)
+    tl.store(lp_ptr + r, dt - lse_value(lm, ls), mask=rm)
+
+
+def sample_draft(dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_t, offset_v, noise):
+    """Host side of sample_draft (normalised backend arguments, see apd_ext/backends.py)."""
+    B, K, _ = dllm.shape
+    rows = B * K
+    dev = dllm.device
+    inv_t = inv_temperature(temperature)
+    tokens = torch.empty(B, K, dtype=torch.int64, device=dev)
+    logprobs = torch.empty(B, K, dtype=torch.float32, device=dev)
+    has_tau = filter_active(top_k, top_p, vocab)
+    tau = compute_tau(dllm, vocab, inv_t, top_k, top_p) if has_tau else logprobs
+    if temperature == 0:
+        mode = 0
+    elif noise is not None:
+        mode = 2
+    else:
+        mode = 1
+    seed_ptr, seed_v, seed_mode = seed_args(seed_t, seed_v, B, tokens)
+    offset_ptr, offset_v, offset_ptr_mode = offset_args(offset_t, offset_v, tokens)
+    u = noise if mode == 2 else logprobs
+    u_sb, u_sk = (noise.stride(0), noise.stride(1)) if mode == 2 else (0, 0)
+
+    cfg = row_config(vocab, dev)
+    splits, cps = split_plan(rows, vocab, cfg)
+    final = splits == 1
+    if final:
+        part_f, part_i = logprobs, tokens  # unused
+    else:
+        part_f = torch.empty(rows * splits * 3, dtype=torch.float32, device=dev)
+        part_i = torch.empty(rows * splits, dtype=torch.int32, device=dev)
+    _draft_partial_kernel[(rows * splits,)](
+        dllm, dllm.stride(0), dllm.stride(1), K, vocab, splits, cps, inv_t, tau,
+        seed_ptr, seed_v, offset_ptr, offset_v, u, u_sb, u_sk,
+        part_f, part_i, tokens, logprobs,
+        HAS_TAU=has_tau, NOISE=mode, SEED_MODE=seed_mode, OFFSET_PTR=offset_ptr_mode, FINAL=final,
+        BLOCK_G=cfg.block_g, num_warps=cfg.num_warps, enable_fp_fusion=False,
+    )
+    if not final:
+        block_r = 128
+        _draft_finalize_kernel[(triton.cdiv(rows, block_r),)](
+            part_f, part_i, splits, rows, dllm, dllm.stride(0), dllm.stride(1), K, inv_t, tau,
+            tokens, logprobs, HAS_TAU=has_tau, BLOCK_R=block_r, num_warps=4, enable_fp_fusion=False,
+        )
+    return tokens, logprobs
