@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: all build test pytest cpp-test cuda-emu-test demo bench bench-loop gpu-check clean
+.PHONY: all build test pytest cpp-test cuda-emu-test demo bench bench-loop gpu-check gpu-suite clean
 
 all: test
 
@@ -49,6 +49,10 @@ bench-loop: build
 # test including the CUDA ones and the op benchmark, and save the output under bench/results/.
 gpu-check:
 	bash bench/gpu_check.sh
+
+# gpu-check plus the end-to-end benchmark at Dream-7B / Qwen2.5-0.5B shapes (bench/bench_e2e.py).
+gpu-suite:
+	bash bench/gpu_check.sh --suite
 
 clean:
 	rm -rf build apd_ext/_C*.so *.egg-info

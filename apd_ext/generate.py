@@ -3,7 +3,7 @@
 One step per batch (APD_SPEC "One decoding step"), every tensor on the models' device and of a
 static shape: the window has `max_lookahead` positions for every row (rows near their end or
 finished get `valid` < K and scratch positions), the dLLM input has a fixed length, positions,
-accepted counts and the RNG offset are tensors. The step is a function of tensors (`_apd_step`),
+accepted counts and the RNG offset are tensors. The step is a function of tensors (`run_step`),
 which is what a CUDA graph can capture; the host learns progress through one copy per step.
 """
 
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from apd_ext import ops, reference
-from apd_ext.steps import DIFFUSION_ALGS, Clock, Progress, State, ar_step, diffusion_generate, window_step
+from apd_ext.steps import (DIFFUSION_ALGS, Clock, NoClock, Progress, State, ar_step, commit, diffusion_generate,
+                           window_step)
 from apd_ext.models.runners import DllmRunner, VerifierRunner
 
 POLICIES = ("apd", "dllm_fixed", "ar", "diffusion")
@@ -76,6 +77,12 @@ def _prompts(input_ids, attention_mask, device) -> tuple[list[list[int]], int]:
     return rows, max(len(r) for r in rows)
 
 
+def _use_graphs(cuda_graphs: bool | None, device: torch.device, noise_fn) -> bool:
+    if cuda_graphs is None:
+        return device.type == "cuda" and noise_fn is None
+    return bool(cuda_graphs)
+
+
 def generate(
     dllm: DllmRunner,
     verifier: VerifierRunner,
@@ -100,6 +107,7 @@ def generate(
     vocab_size: int | None = None,
     noise_fn=None,
     backend: str = "auto",
+    cuda_graphs: bool | None = None,
 ) -> GenerateOutput:
     """Decode continuations of `input_ids` with APD (or a baseline policy).
 
@@ -126,11 +134,15 @@ def generate(
         vocab_size: the shared vocabulary when the models' differ (Dream 152064 vs Qwen2.5 151936).
         noise_fn: optional callable(step, valid [B]) -> uniforms [B, K, V] replacing the generator
             (golden replays).
+        cuda_graphs: capture one step as a CUDA graph and replay it (from the third step on; the
+            first two run eagerly). None: on for CUDA models unless noise_fn is given. The tokens are
+            the same as eager mode's for the same seed. Not available on CPU.
 
     Returns: GenerateOutput(sequences [B, L], num_generated [B], stats) with stats keys
         steps, dllm_forwards, verifier_forwards, acceptance_counts [B, steps], tokens_per_step (mean
         over rows still decoding), tokens_per_step_histogram, windows [B, steps, 2] (the dLLM's
-        [left, right) per step), time_s {dllm, verifier, sampling, other, total}, tokens_per_s.
+        [left, right) per step), time_s {dllm, verifier, sampling, other, total; graph_step when
+        steps replay a CUDA graph}, tokens_per_s, peak_memory_bytes (CUDA; None on CPU).
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -148,6 +160,8 @@ def generate(
         raise ValueError(f"diffusion_alg must be one of {DIFFUSION_ALGS}, got {diffusion_alg!r}")
     if diffusion_steps is not None and diffusion_steps < 1:
         raise ValueError(f"diffusion_steps must be >= 1, got {diffusion_steps}")
+    if cuda_graphs and noise_fn is not None:
+        raise ValueError("cuda_graphs=True cannot replay explicit noise (noise_fn): use eager mode")
     if top_k is None:  # not given: the released code inherits top_k = 50 from legacy defaults
         top_k = 50 if authors_compat else 0
     ops._check_filter(temperature, top_k, top_p)
@@ -173,14 +187,19 @@ def generate(
         seed = int(torch.randint(0, 2**62, (1,)))
     seeds = reference.row_seeds(seed.cpu() if isinstance(seed, torch.Tensor) else seed, B, "cpu")
     st = State(
-        canvas=canvas.to(device), curr=prompt_len.to(device), row_end=(prompt_len + max_new_tokens).to(device),
+        canvas=canvas.to(device), curr=prompt_len.to(device, copy=True), row_end=(prompt_len + max_new_tokens).to(device),
         n_prev=torch.zeros(B, dtype=torch.int64, device=device), done=torch.zeros(B, dtype=torch.bool, device=device),
         prev_row=None, offset=torch.zeros(1, dtype=torch.int64, device=device), seeds=seeds.to(device),
     )
     eos_t = torch.tensor(eos or [-1], dtype=torch.int64, device=device)
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs models on a CUDA device, not {device.type}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     clock = Clock(device)
     counts = {"dllm_forwards": 0, "verifier_forwards": 0, "steps": 0}
     accepted: list[torch.Tensor] = []
+    windows: list[torch.Tensor] = []
     t0 = time.perf_counter()
 
     pad = dllm.config.pad_token_id if dllm.config.pad_token_id is not None else (eos[0] if eos else mask_id)
@@ -202,38 +221,54 @@ def generate(
     dllm.setup(B, L) if policy != "ar" else None
     if policy != "dllm_fixed":
         with clock.phase("verifier"):
-            st.prev_row = verifier.prefill(st.canvas, st.curr, P)
+            st.prev_row = verifier.prefill(st.canvas, st.curr, P).clone()
         counts["verifier_forwards"] += 1
     draft_t = temperature * temperature if authors_compat else temperature
+
+    def run_step(step: int, clk):
+        """One step of `policy` on the state, in place: (n [B], proposal [B, W], window [B, 2] or None)."""
+        valid = torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, M))
+        window = None
+        if policy == "ar":
+            n, proposal = ar_step(st, verifier, valid, vocab, knobs, clk, backend)
+        else:
+            n, proposal, window = window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k,
+                                              mixture_weight, knobs, draft_t, authors_compat, noise_fn, clk, backend)
+        with clk.phase("other"):
+            n = commit(st, n, proposal, eos_t, L, authors_compat)
+        return n, proposal, window
+
+    graphs = _use_graphs(cuda_graphs, device, noise_fn)
+    graph, graph_out = None, None
     step = 0
     progress = Progress(device)
     while not progress.finished():
-        valid = torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, M))
-        if policy == "ar":
-            n, committed = ar_step(st, verifier, valid, vocab, knobs, clock, backend)
-            counts["verifier_forwards"] += 1
+        # Steps 0 (the whole prompt) and 1 (the first of the steady shape: it also warms up kernels
+        # and libraries) run eagerly; from step 2 on, one captured step is replayed.
+        if graphs and step >= 2:
+            if graph is None:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    graph_out = run_step(step, NoClock())
+            with clock.phase("graph_step"):
+                graph.replay()
+            n, proposal, window = (t.clone() if t is not None else None for t in graph_out)
+        elif graphs and step == 1:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                n, proposal, window = run_step(step, clock)
+            torch.cuda.current_stream(device).wait_stream(side)
         else:
-            n, committed = window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k,
-                                        mixture_weight, knobs, draft_t, authors_compat, noise_fn, clock, backend)
-            counts["dllm_forwards"] += 1
-            counts["verifier_forwards"] += policy == "apd"
-        # EOS: the row ends at its first EOS inside the accepted block
-        pos = torch.arange(committed.shape[1], device=device).view(1, -1)
-        is_eos = torch.isin(committed, eos_t) & (pos < n.view(-1, 1))
-        hit = is_eos.any(dim=1)
-        if not authors_compat:
-            n = torch.where(hit, is_eos.int().argmax(dim=1) + 1, n)
-        with clock.phase("other"):
-            write = torch.where(pos < n.view(-1, 1), st.curr.view(-1, 1) + pos, L)
-            st.canvas.scatter_(1, write, committed)
-            st.curr = st.curr + n
-            st.n_prev = n
-            st.done = st.done | hit | (st.curr >= st.row_end)
-            st.offset += 1
+            n, proposal, window = run_step(step, clock)
+        counts["dllm_forwards"] += policy != "ar"
+        counts["verifier_forwards"] += policy in ("apd", "ar")
         accepted.append(n)
+        if window is not None:
+            windows.append(window)
         if stream is not None:
             nh = n.cpu()
-            stream([committed[b, : int(nh[b])].tolist() for b in range(B)])
+            stream([proposal[b, : int(nh[b])].tolist() for b in range(B)])
         progress.post(st.done)
         step += 1
     # On CUDA the host reads progress one step late: drop the trailing steps where every row had
@@ -243,7 +278,7 @@ def generate(
         step -= 1
         counts["dllm_forwards"] -= policy != "ar"
         counts["verifier_forwards"] -= policy in ("apd", "ar")
-        st.windows = st.windows[:step] if st.windows else st.windows
+        del windows[step:]
     counts["steps"] = step
     out_len = st.curr - prompt_len.to(device)
     seq = st.canvas[:, :L].clone()
@@ -260,8 +295,9 @@ def generate(
         acceptance_counts=acc,
         tokens_per_step=float(acc[acc > 0].float().mean()) if (acc > 0).any() else 0.0,
         tokens_per_step_histogram=torch.bincount(acc[acc > 0].flatten()).tolist() if (acc > 0).any() else [],
-        windows=torch.stack(st.windows, 1).cpu() if st.windows else None,
+        windows=torch.stack(windows, 1).cpu() if windows else None,
         time_s=times,
         tokens_per_s=gen / total if total > 0 else 0.0,
+        peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
     )
     return GenerateOutput(sequences=seq.cpu(), num_generated=out_len.cpu(), stats=stats)

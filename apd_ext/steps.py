@@ -1,11 +1,11 @@
 """The step functions of `generate`: one APD / dllm_fixed / ar step as a function of device
-tensors (static shapes, no host synchronisation inside), the diffusion baseline's own loop, and the
-per-phase clock."""
+tensors (static shapes, no host synchronisation inside, the state updated in place so that a CUDA
+graph of the step replays correctly), the diffusion baseline's own loop, and the per-phase clock."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -13,6 +13,9 @@ from apd_ext import ops
 
 @dataclass
 class State:
+    """Decoding state on the models' device. Steps update every tensor in place (never rebind),
+    so that a captured CUDA graph reads and writes the same memory at each replay."""
+
     canvas: torch.Tensor  # int64 [B, L + 1]; column L is scratch
     curr: torch.Tensor  # int64 [B] first uncommitted position
     row_end: torch.Tensor  # int64 [B] prompt_len + max_new_tokens (<= L)
@@ -21,7 +24,21 @@ class State:
     prev_row: torch.Tensor | None  # float32 [B, V_verifier] verifier logits predicting position curr
     offset: torch.Tensor  # int64 [1] RNG offset (= step index)
     seeds: torch.Tensor  # int64 [B]
-    windows: list = field(default_factory=list)  # per step: int64 [B, 2] dLLM window [left, right)
+
+
+class NoClock:
+    """The clock of a step captured into a CUDA graph: phases inside a graph are not timed."""
+
+    def phase(self, name):
+        return _NoPhase()
+
+
+class _NoPhase:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 class Progress:
@@ -92,7 +109,9 @@ class Clock:
 
 def window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k, w, knobs, draft_t,
                  authors_compat, noise_fn, clock, backend):
-    """One APD (or dllm_fixed) step; returns (n [B], draft [B, M])."""
+    """One APD (or dllm_fixed) step; returns (n [B], draft [B, M], window [B, 2] = the dLLM's
+    [left, right)). Step 0 (or kv_window None) reads the whole canvas; later steps have one static
+    input length, kv_window + 2 M - 1."""
     right = st.curr + valid
     if kv_window is None or step == 0:
         left = torch.zeros_like(st.curr)
@@ -100,7 +119,7 @@ def window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy,
     else:
         left = (st.curr - kv_window - st.n_prev + 1).clamp(min=0)
         size = kv_window + 2 * M - 1
-    st.windows.append(torch.stack([left, right], dim=1))
+    window = torch.stack([left, right], dim=1)
     with clock.phase("dllm"):
         D = dllm.window_logits(st.canvas, left, right, st.curr, M, size)
     noise = noise_fn(step, valid) if noise_fn is not None else None
@@ -109,7 +128,7 @@ def window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy,
         draft, _ = ops.sample_draft(D, temperature=draft_t, top_k=knobs["top_k"], top_p=knobs["top_p"],
                                     vocab_size=vocab, backend=backend, **rng)
     if policy == "dllm_fixed":
-        return torch.minimum(valid, torch.full_like(valid, k)), draft
+        return torch.minimum(valid, torch.full_like(valid, k)), draft, window
     with clock.phase("verifier"):
         A_rest = verifier.step(draft, st.curr, valid)  # row r predicts position curr + r + 1
     A = torch.cat([st.prev_row.unsqueeze(1), A_rest[:, :-1]], dim=1)
@@ -117,8 +136,8 @@ def window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy,
         n, *_ = ops.mixture_accept(D, A, draft, mixture_weight=w, vocab_size=vocab, valid_lengths=valid,
                                    greedy_target=authors_compat, backend=backend, **knobs, **rng)
     idx = (n - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, A_rest.shape[-1])
-    st.prev_row = torch.where((n > 0).view(-1, 1), torch.gather(A_rest, 1, idx).squeeze(1), st.prev_row)
-    return n, draft
+    st.prev_row.copy_(torch.where((n > 0).view(-1, 1), torch.gather(A_rest, 1, idx).squeeze(1), st.prev_row))
+    return n, draft, window
 
 
 def ar_step(st, verifier, valid, vocab, knobs, clock, backend):
@@ -129,8 +148,26 @@ def ar_step(st, verifier, valid, vocab, knobs, clock, backend):
     n = (valid > 0).to(torch.int64)
     with clock.phase("verifier"):
         logits = verifier.step(tok, st.curr, n)
-    st.prev_row = torch.where((n > 0).view(-1, 1), logits[:, 0], st.prev_row)
+    st.prev_row.copy_(torch.where((n > 0).view(-1, 1), logits[:, 0], st.prev_row))
     return n, tok
+
+
+def commit(st, n, proposal, eos, L, authors_compat):
+    """Commits proposal[b, :n[b]] at curr[b] and advances the state in place; returns the counts
+    after EOS: a row ends at its first EOS inside the accepted block (in authors_compat mode the
+    block is kept whole, as the released code does)."""
+    pos = torch.arange(proposal.shape[1], device=proposal.device).view(1, -1)
+    is_eos = torch.isin(proposal, eos) & (pos < n.view(-1, 1))
+    hit = is_eos.any(dim=1)
+    if not authors_compat:
+        n = torch.where(hit, is_eos.int().argmax(dim=1) + 1, n)
+    write = torch.where(pos < n.view(-1, 1), st.curr.view(-1, 1) + pos, L)
+    st.canvas.scatter_(1, write, proposal)
+    st.curr.add_(n)
+    st.n_prev.copy_(n)
+    st.done.logical_or_(hit | (st.curr >= st.row_end))
+    st.offset.add_(1)
+    return n
 
 
 DIFFUSION_ALGS = ("confidence", "entropy", "random")

@@ -225,3 +225,44 @@ def test_different_vocabularies_need_vocab_size(models, tmp_path):
     a = generate(d, wide_runner, prompts, max_new_tokens=6, vocab_size=V, seed=1)
     b = generate(d, v, prompts, max_new_tokens=6, seed=1)
     assert torch.equal(a.sequences, b.sequences)
+
+
+def test_state_is_updated_in_place_across_steps(models):
+    """The step writes its state in place (what a captured CUDA graph needs) without aliasing the
+    prompt lengths: counts, steps and lengths stay consistent over a long run."""
+    ids = torch.tensor([[5, 9, 17, 33]])
+    a = generate(*models, ids, max_new_tokens=24, seed=3, eos_token_id=[], kv_window=4, max_lookahead=6)
+    assert int(a.num_generated[0]) == 24 and a.stats["steps"] == a.stats["acceptance_counts"].shape[1]
+    assert a.stats["acceptance_counts"].sum() == 24
+    assert a.stats["peak_memory_bytes"] is None  # CPU
+
+
+def test_cuda_graphs_need_cuda_and_generated_noise(models):
+    ids = torch.tensor([[5, 9, 17]])
+    with pytest.raises(ValueError, match="CUDA device"):
+        generate(*models, ids, max_new_tokens=4, cuda_graphs=True)
+    with pytest.raises(ValueError, match="noise_fn"):
+        generate(*models, ids, max_new_tokens=4, cuda_graphs=True, noise_fn=lambda step, valid: None)
+    out = generate(*models, ids, max_new_tokens=4, cuda_graphs=False, seed=1)  # eager: allowed anywhere
+    assert int(out.num_generated[0]) >= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("policy", ["apd", "dllm_fixed", "ar"])
+@pytest.mark.parametrize("kv_window", [3, None])
+def test_cuda_graph_replay_matches_eager(policy, kv_window):
+    """Graph replays draw fresh noise each step (the offset tensor advances) and give the same
+    tokens, counts and windows as eager mode for the same seed."""
+    dllm = DllmRunner.from_pretrained(golden.path("dream_tiny"), device="cuda")
+    verifier = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"), device="cuda")
+    ids = torch.tensor([[5, 9, 17, 33], [7, 8, 9, 10]], device="cuda")
+    kw = dict(max_new_tokens=40, seed=torch.tensor([3, 11]), eos_token_id=[], kv_window=kv_window,
+              max_lookahead=6, policy=policy)
+    eager = generate(dllm, verifier, ids, cuda_graphs=False, **kw)
+    graph = generate(dllm, verifier, ids, cuda_graphs=True, **kw)
+    assert torch.equal(eager.sequences, graph.sequences)
+    assert torch.equal(eager.stats["acceptance_counts"], graph.stats["acceptance_counts"])
+    if policy != "ar":
+        assert torch.equal(eager.stats["windows"], graph.stats["windows"])
+    assert graph.stats["steps"] > 3 and "graph_step" in graph.stats["time_s"]
+    assert graph.stats["peak_memory_bytes"] > 0
