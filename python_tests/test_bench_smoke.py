@@ -1,0 +1,54 @@
+"""The benchmark scripts run end to end (smoke runs, tiny sizes) and write well-formed rows: they
+are not timed here (timings belong to bench/), only kept from rotting."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apd_ext import backends
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(backends.extension() is None, reason="extension apd_ext._C not built")
+
+
+def _run(script: str, *args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--device", "cpu", *args],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_ops_quick(tmp_path):
+    out = _run("bench_ops.py", "--quick", "--shapes", "1x4x4099", "--dtypes", "bf16", "--logits", "llm",
+               "--threads", "1", "--csv", str(tmp_path / "ops.csv"))
+    rows = _rows(tmp_path / "ops.csv")
+    assert {(r["op"], r["provider"]) for r in rows} >= {("draft+accept", "baseline"), ("draft+accept", "cpu")}
+    assert all(float(r["p50_ms"]) > 0 for r in rows)
+    assert "vs baseline" in out
+
+
+def test_bench_loop_quick(tmp_path):
+    out = _run("bench_loop.py", "--quick", "--threads", "1", "--csv", str(tmp_path / "loop.csv"))
+    rows = _rows(tmp_path / "loop.csv")
+    assert {r["policy"] for r in rows} == {"apd", "dllm_fixed", "ar"}
+    assert all(int(r["tokens"]) == 32 for r in rows)
+    assert "host overhead" in out
+
+
+def test_bench_e2e_quick(tmp_path):
+    _run("bench_e2e.py", "--quick", "--csv", str(tmp_path / "e2e.csv"), "--json", str(tmp_path / "e2e.json"))
+    rows = _rows(tmp_path / "e2e.csv")
+    assert len(rows) == 1 and float(rows[0]["step_eager_ms"]) > 0 and rows[0]["step_graph_ms"] == ""
+    assert (tmp_path / "e2e.json").stat().st_size > 0
