@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: all build test pytest cpp-test cuda-emu-test demo bench bench-loop gpu-check gpu-suite clean
+.PHONY: all build test pytest cpp-test cuda-emu-test demo train-tiny bench bench-loop gpu-check gpu-suite clean
 
 all: test
 
@@ -38,6 +38,12 @@ cuda-emu-test:
 
 demo: build
 	$(PY) -m apd_ext demo
+
+# Retrains the bundled pair (apd_ext/tiny/assets) from scratch on one CPU thread: the verifier
+# (~6 min) and the dLLM's causal start + masked-diffusion phase (~17 min); the shipped dLLM had
+# 650 more diffusion steps (apd_ext/tiny/assets/README.md has the command).
+train-tiny: $(VENV)/.installed
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m apd_ext.tiny.train --out apd_ext/tiny/assets
 
 bench: build
 	PYTHONPATH=. $(PY) bench/bench_ops.py

@@ -92,6 +92,8 @@ setup(
     version="0.1.0",
     description="Fused Adaptive Parallel Decoding kernels for diffusion LLMs (CPU, CUDA, Triton)",
     packages=find_packages(include=["apd_ext", "apd_ext.*"]),
+    package_data={"apd_ext.tiny": ["assets/*/*.json", "assets/*/*.safetensors", "assets/*.md"]},
+    include_package_data=True,
     python_requires=">=3.11",
     install_requires=["torch>=2.11", "numpy"],
     ext_modules=[_extension()],

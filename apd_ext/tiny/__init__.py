@@ -1,0 +1,15 @@
+"""The embedded default model pair: a tiny Dream-style masked-diffusion LM and a tiny causal Qwen2
+verifier, trained in this repository on multi-step arithmetic word problems.
+
+    task.py       the problem generator (deterministic by seed; training and evaluation seeds disjoint)
+    tokenizer.py  byte-level BPE tokenizer (tokenizers), digits as single tokens, pad/EOS/mask
+    train.py      the training recipe (CPU, one thread): python -m apd_ext.tiny.train
+    evaluate.py   accuracy and speed of decoding policies; load_pair() loads the bundled checkpoints
+    assets/       dllm/ and verifier/: config.json, model.safetensors, tokenizer.json (Hugging Face layout)
+"""
+
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+DLLM_DIR = ASSETS / "dllm"
+VERIFIER_DIR = ASSETS / "verifier"

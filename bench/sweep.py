@@ -1,0 +1,115 @@
+"""Speed/quality study of the bundled tiny pair: accuracy against tokens per dLLM forward.
+
+    python -m apd_ext sweep [--num-problems 40] [--seed 0] [--out bench/results/sweep_tiny] [--quick]
+    PYTHONPATH=. python bench/sweep.py ...          (the same)
+
+Configurations (greedy decoding, every held-out problem decoded alone, max_new_tokens 64):
+  apd          mixture_weight in {0, 0.1, ..., 1} (kv_window none, max_lookahead 64)
+  apd grid     kv_window in {none, 4, 16} x max_lookahead in {4, 8, 16, 64} at mixture_weight 0.7
+  dllm_fixed   k in {1, 2, 4, 8}
+  diffusion    steps in {8, 16, 32, 64} (confidence order)
+  ar           the verifier alone
+Writes OUT.csv (one row per configuration) and OUT.png (accuracy vs tokens per model forward: dLLM
+forwards, or verifier forwards for ar). CPU timings are of one thread unless --threads says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+from apd_ext.tiny import evaluate as ev
+from apd_ext.tiny import task
+
+
+def configurations(quick: bool = False) -> list[tuple[str, str]]:
+    """(family, spec) pairs."""
+    ws = [0.0, 0.5, 0.7, 0.9, 1.0] if quick else [round(0.1 * i, 1) for i in range(11)]
+    out = [("apd", f"apd:w={w}") for w in ws]
+    kvs = ["none", "16"] if quick else ["none", "4", "16"]
+    las = [8, 64] if quick else [4, 8, 16, 64]
+    out += [("apd_grid", f"apd:w=0.7,kv_window={kv},max_lookahead={la}") for kv in kvs for la in las
+            if not (kv == "none" and la == 64)]  # that one is apd:w=0.7 above
+    out += [("dllm_fixed", f"dllm_fixed:k={k}") for k in (1, 2, 4, 8)]
+    out += [("diffusion", f"diffusion:steps={s}") for s in ((16, 64) if quick else (8, 16, 32, 64))]
+    out += [("ar", "ar")]
+    return out
+
+
+FIELDS = ["family", "policy", "accuracy", "correct", "num_problems", "tokens_per_dllm_forward",
+          "tokens_per_model_forward", "tokens_per_step", "tokens_per_s", "wall_s", "dllm_forwards",
+          "verifier_forwards", "generated_tokens"]
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    markers = {"apd": "o", "apd_grid": "s", "dllm_fixed": "^", "diffusion": "v", "ar": "*"}
+    for fam in markers:
+        pts = [r for r in rows if r["family"] == fam]
+        if not pts:
+            continue
+        xs = [r["tokens_per_model_forward"] for r in pts]
+        ys = [r["accuracy"] for r in pts]
+        ax.plot(xs, ys, markers[fam] + ("-" if fam in ("apd", "dllm_fixed", "diffusion") else ""),
+                label=fam, markersize=9 if fam == "ar" else 6, alpha=0.85)
+        for r in pts:
+            label = r["policy"].split(":", 1)[-1].replace("kv_window=", "kv").replace("max_lookahead=", "M")
+            ax.annotate(label, (r["tokens_per_model_forward"], r["accuracy"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("generated tokens per model forward (dLLM; verifier for ar)")
+    ax.set_ylabel("accuracy (final answer)")
+    ax.set_title(f"tiny dLLM + verifier, {rows[0]['num_problems']} held-out problems, greedy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m apd_ext sweep", description=__doc__.splitlines()[0])
+    p.add_argument("--num-problems", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench/results/sweep_tiny")
+    p.add_argument("--assets", default=None)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--policies", nargs="+", default=None, help="specs instead of the default grid")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pair = ev.load_pair(args.assets) if args.assets else ev.load_pair()
+    problems = task.eval_problems(args.seed, args.num_problems)
+    confs = configurations(args.quick) if args.policies is None else [
+        (s.split(":")[0], s) for s in args.policies]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for fam, spec in confs:
+        r = ev.evaluate(pair, problems, spec, seed=args.seed)
+        r["family"] = fam
+        r["tokens_per_model_forward"] = r["tokens_per_dllm_forward"] or (
+            r["generated_tokens"] / max(1, r["verifier_forwards"]))
+        rows.append(r)
+        with open(out.with_suffix(".csv"), "w", newline="") as f:  # rewritten after each configuration
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    print(ev.format_table(rows))
+    try:
+        plot(rows, out.with_suffix(".png"))
+        print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}", file=sys.stderr)
+    except ImportError:
+        print(f"wrote {out.with_suffix('.csv')} (no matplotlib: no plot)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The bundled tiny model pair (apd_ext/tiny): problem generator, tokenizer, training, checkpoints,
+quality of the shipped dLLM, and the eval-tiny / demo / generate command line."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from apd_ext import DllmRunner, VerifierRunner, generate
+from apd_ext.__main__ import main as cli
+from apd_ext.tiny import evaluate as ev
+from apd_ext.tiny import task, train
+from apd_ext.tiny.tokenizer import EOS, MASK, PAD, TinyTokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return TinyTokenizer.from_file(ev.ASSETS / "dllm" / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return ev.load_pair()
+
+
+# --- generator -------------------------------------------------------------------------------------
+
+def test_generator_is_deterministic_by_seed():
+    a = [task.make_problem(s) for s in range(50)]
+    b = [task.make_problem(s) for s in range(50)]
+    assert a == b
+    assert len({p.text for p in a}) > 40  # seeds give different problems
+    assert task.eval_problems(3, 5) == task.eval_problems(3, 5)
+    assert task.eval_problems(3, 5) != task.eval_problems(4, 5)
+
+
+def test_train_and_eval_seeds_are_disjoint():
+    train_seeds = {task.train_seed(i) for i in range(20000)}
+    eval_seeds = {task.eval_seed(s, i) for s in range(5) for i in range(2000)}
+    assert not train_seeds & eval_seeds
+    assert all(s % 2 == 0 for s in train_seeds) and all(s % 2 == 1 for s in eval_seeds)
+
+
+def test_solutions_are_arithmetically_correct():
+    problems = task.train_problems(0, 400) + task.eval_problems(0, 400)
+    for p in problems:
+        assert task.check_solution(p.solution) == p.answer
+        assert 1 <= p.answer <= task.MAX_VALUE
+        # the chain: each running-total line starts from the previous total; operands come from the story
+        nums = [int(x) for x in re.findall(r"\d+", p.question)]
+        running, product = nums[0], None
+        for line in p.solution.split("\n")[:-1]:
+            a, op, b, r = re.match(r"^(\d+)([+\-*])(\d+)=(\d+)$", line).groups()
+            a, b, r = int(a), int(b), int(r)
+            assert r == {"+": a + b, "-": a - b, "*": a * b}[op]
+            if op == "*":
+                assert a in nums and b in nums
+                product = r
+            else:
+                assert a == running and (b == product or b in nums)
+                running, product = r, None
+        assert running == p.answer and p.solution.endswith(f"#### {p.answer}")
+    with pytest.raises(ValueError):
+        task.check_solution("3+4=8\n#### 8")
+    assert task.extract_answer("1+2=3\n#### 3") == 3 and task.extract_answer("1+2=3") is None
+
+
+# --- tokenizer -------------------------------------------------------------------------------------
+
+def test_tokenizer_round_trip_and_special_tokens(tok):
+    assert (tok.pad_id, tok.eos_id, tok.mask_id) == (0, 1, 2)
+    assert [tok.tok.id_to_token(i) for i in range(3)] == [PAD, EOS, MASK]
+    for p in task.eval_problems(7, 50):
+        ids = tok.encode(p.text)
+        assert tok.decode(ids) == p.text
+        assert tok.encode(p.prompt) + tok.encode(p.solution) == ids  # the prompt boundary is a token boundary
+        assert tok.mask_id not in ids and tok.eos_id not in ids
+    digits = tok.encode("1234567890")
+    assert len(digits) == 10 and tok.decode(digits) == "1234567890"  # digits are single tokens
+    assert tok.decode([tok.encode("7")[0], tok.eos_id, tok.mask_id]) == "7"  # specials are skipped
+    assert tok.decode(tok.encode("any text, even é or ✓")) == "any text, even é or ✓"  # byte level
+
+
+def test_tokenizer_is_rebuilt_identically(tok):
+    assert train.build_tokenizer().tok.get_vocab() == tok.tok.get_vocab()
+
+
+# --- training ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["dllm", "verifier"])
+def test_a_few_training_steps_decrease_the_loss(tok, kind):
+    torch.manual_seed(0)
+    cfg = train.TrainConfig(kind, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=8,
+                            batch_size=8, lr=3e-3, warmup=1)
+    model, mc = train.new_model(cfg, tok)
+    assert mc.model_type == ("Dream" if kind == "dllm" else "qwen2")
+    batch = train.make_batch(tok, task.train_problems(0, 8), kind, torch.Generator().manual_seed(0))
+
+    def loss():
+        if kind == "dllm":
+            return train.dllm_loss(model, *batch, tok.mask_id, 0.5, torch.Generator().manual_seed(1))[0]
+        return train.verifier_loss(model, *batch)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    with torch.no_grad():
+        first = float(loss())
+    for _ in range(8):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        last = float(loss())
+    assert last < first - 0.3, (first, last)
+
+
+def test_training_writes_a_loadable_checkpoint(tok, tmp_path):
+    cfg = train.TrainConfig("dllm", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=2,
+                            batch_size=4, warmup=1)
+    train.train(cfg, tok, tmp_path / "dllm", log=lambda s: None)
+    vcfg = train.TrainConfig("verifier", hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, steps=2,
+                             batch_size=4, warmup=1)
+    train.train(vcfg, tok, tmp_path / "verifier", log=lambda s: None)
+    p = ev.load_pair(tmp_path)
+    assert p.dllm.shifted and p.dllm.mask_token_id == tok.mask_id
+    out = generate(p.dllm, p.verifier, [tok.encode(task.eval_problems(0, 1)[0].prompt)], max_new_tokens=8,
+                   temperature=0.0, seed=0)
+    assert out.sequences.shape[1] > 8
+
+
+# --- the bundled pair ------------------------------------------------------------------------------
+
+def test_bundled_assets_are_small_and_complete():
+    total = 0
+    for kind in ("dllm", "verifier"):
+        d = ev.ASSETS / kind
+        for f in ("config.json", "model.safetensors", "tokenizer.json"):
+            assert (d / f).exists(), d / f
+        total += sum(f.stat().st_size for f in d.iterdir())
+    assert total < 30 * 2**20
+
+
+def test_bundled_pair_loads_with_the_runners(pair):
+    d = DllmRunner.from_pretrained(ev.ASSETS / "dllm")
+    v = VerifierRunner.from_pretrained(ev.ASSETS / "verifier")
+    assert d.shifted and d.config.model_type == "Dream" and v.config.model_type == "qwen2"
+    assert d.vocab_size == v.vocab_size == pair.tok.vocab_size
+    nd = sum(p.numel() for p in d.model.parameters())
+    nv = sum(p.numel() for p in v.model.parameters())
+    assert 0.15 < nv / nd < 0.4  # the verifier is about a quarter of the dLLM
+
+
+def test_bundled_dllm_writes_well_formed_solutions(pair):
+    """The shipped dLLM at one token per step writes equation lines ending in a final-answer line.
+    (Its accuracy, 10% of held-out problems, is below issue 4's bar of 50%: the issue stays open;
+    apd_ext/tiny/assets/README.md has the figures.)"""
+    problems = task.eval_problems(11, 8)
+    formed = 0
+    for p in problems:
+        name, kw = ev.parse_policy("dllm_fixed:k=1")
+        text, _, stats = ev.decode(pair, p, name, **kw)
+        assert stats["dllm_forwards"] == stats["steps"]
+        formed += re.search(r"(^|\n)\d+[-+*]\d+=\d+\n", text) is not None and re.search(r"#### \d+", text) is not None
+    assert formed >= 6, formed
+
+
+def test_bundled_verifier_solves_a_majority(pair):
+    res = ev.evaluate(pair, task.eval_problems(11, 12), "ar", progress=False)
+    assert res["accuracy"] > 0.5, res["failures"]
+
+
+def test_bundled_apd_accepts_several_tokens_per_step(pair):
+    res = ev.evaluate(pair, task.eval_problems(11, 4), "apd:w=0.9", progress=False)
+    assert res["tokens_per_dllm_forward"] > 1.2
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def test_cli_eval_tiny_writes_json(tmp_path, capsys):
+    path = tmp_path / "eval.json"
+    cli(["eval-tiny", "--seed", "5", "--num-problems", "2", "--json", str(path),
+         "--policies", "dllm_fixed:k=1", "ar", "apd:w=0.7"])
+    doc = json.loads(path.read_text())
+    assert doc["num_problems"] == 2 and [r["policy"] for r in doc["results"]] == ["dllm_fixed:k=1", "ar", "apd:w=0.7"]
+    for r in doc["results"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["wall_s"] > 0 and r["tokens_per_s"] > 0
+    assert doc["results"][0]["tokens_per_dllm_forward"] == pytest.approx(1.0)
+    assert doc["results"][1]["tokens_per_dllm_forward"] is None
+    captured = capsys.readouterr()
+    assert "2/2" in captured.err  # the progress bar
+
+
+def test_cli_demo_and_generate_run(capsys):
+    cli(["demo", "--problem", "1", "--no-color"])
+    out = capsys.readouterr().out
+    assert "Question:" in out and "dllm_fixed:k=1" in out and "tok/s" in out
+    cli(["generate", "--prompt", "Tom has 12 coins. He finds 5 coins. How many coins does Tom have now?",
+         "--color", "--policy", "apd:w=0.9"])
+    out = capsys.readouterr().out
+    assert "\033[" in out and "Answer:" in out
+    cli(["demo", "--synthetic", "--steps", "1", "--vocab", "1000"])
+    assert "mixture_weight" in capsys.readouterr().out
+
+
+def test_parse_policy():
+    assert ev.parse_policy("apd:w=0.7,kv_window=16")[1]["mixture_weight"] == 0.7
+    name, kw = ev.parse_policy("diffusion:steps=8,alg=entropy")
+    assert name == "diffusion" and kw["diffusion_steps"] == 8 and kw["diffusion_alg"] == "entropy"
+    assert ev.parse_policy("dllm_fixed:k=4")[1]["k"] == 4
