@@ -3,6 +3,7 @@
     python -m apd_ext demo                    # APD on a held-out problem with the bundled tiny pair
     python -m apd_ext demo --synthetic        # the fused ops on synthetic logits (no models)
     python -m apd_ext generate --prompt "Question: Tom has 5 coins. ... now?"   # streamed, in colour
+    python -m apd_ext generate --dllm DREAM_DIR --verifier QWEN_DIR --vocab-size 151936 --prompt "..."
     python -m apd_ext eval-tiny --seed 0 --num-problems 100 --json out.json [--policies ar dllm_fixed:k=1 ...]
     python -m apd_ext sweep --num-problems 40 --out bench/results/sweep      # CSV + PNG
 
@@ -93,8 +94,134 @@ def _load(args):
     return ev.load_pair(args.assets) if args.assets else ev.load_pair()
 
 
+def _load_checkpoints(args):
+    """(dllm runner, verifier runner, HFTokenizer) from --dllm / --verifier directories."""
+    from apd_ext.models.runners import DllmRunner, VerifierRunner
+    from apd_ext.tokenizer import HFTokenizer
+
+    if not (args.dllm and args.verifier):
+        raise SystemExit("--dllm and --verifier go together: pass both checkpoint directories")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    tok = HFTokenizer.from_pretrained(args.dllm)
+    _check_tokenizers(tok, args.verifier)
+    dllm = DllmRunner.from_pretrained(args.dllm, device=device, dtype=dtype)
+    verifier = VerifierRunner.from_pretrained(args.verifier, device=device, dtype=dtype)
+    return dllm, verifier, tok
+
+
+def _check_tokenizers(tok, verifier_dir) -> None:
+    """The verifier scores the dLLM's token ids: every token of the verifier's tokenizer must have
+    the same id in the dLLM's (the dLLM may add tokens, e.g. Dream's mask token)."""
+    from pathlib import Path
+
+    from apd_ext.tokenizer import HFTokenizer
+
+    if not (Path(verifier_dir) / "tokenizer.json").exists():
+        return  # nothing to compare against: the caller vouches for the ids
+    theirs = HFTokenizer.from_pretrained(verifier_dir).vocab()
+    ours = tok.vocab()
+    bad = sorted((i, t) for t, i in theirs.items() if ours.get(t) != i)
+    if bad:
+        shown = ", ".join(f"{t!r} (id {i})" for i, t in bad[:5])
+        raise SystemExit(f"the dLLM's and the verifier's tokenizers differ on {len(bad)} tokens, e.g. {shown}: "
+                         f"APD needs one tokenizer for both models")
+
+
+def _report(runs, base_time) -> None:
+    """Table of (spec, GenerateOutput, answer or None) rows; base_time: dLLM k=1 seconds."""
+    width = max(22, *(len(r[0]) for r in runs))
+    print(f"{'policy':<{width}} {'tokens':>6} {'steps':>5} {'tok/step':>8} {'dLLM fwd':>8} {'verif fwd':>9} "
+          f"{'time ms':>8} {'tok/s':>7} {'answer':>7}")
+    for spec, o, ans in runs:
+        s = o.stats
+        print(f"{spec:<{width}} {int(o.num_generated[0]):>6} {s['steps']:>5} {s['tokens_per_step']:>8.2f} "
+              f"{s['dllm_forwards']:>8} {s['verifier_forwards']:>9} {s['time_s']['total'] * 1e3:>8.1f} "
+              f"{s['tokens_per_s']:>7.1f} {'-' if ans is None else str(ans):>7}")
+    spec, o, _ = runs[0]
+    t = o.stats["time_s"]["total"]
+    if base_time is not None:
+        print(f"\n{spec} took {t * 1e3:.1f} ms against {base_time * 1e3:.1f} ms for the dLLM one token per "
+              f"step on the same prompt ({base_time / t:.2f}x).")
+
+
+def _decode_and_compare(args, dllm, verifier, tok, ids, answer_of=None, extra=("dllm_fixed:k=1",),
+                        **fixed) -> None:
+    """Stream args.policy on `ids`, then run the `extra` policies on the same prompt and print the
+    table. answer_of(text) -> answer shown in the table (None: no answer column)."""
+    from apd_ext.tiny import evaluate as ev
+
+    answer_of = answer_of or (lambda text: None)
+    name, kw = ev.parse_policy(args.policy)
+    sampling = {k: v for k, v in _knobs(args).items() if k in ("temperature", "top_k", "top_p")}
+    fixed = {**fixed, **sampling}  # the comparison runs sample as the main one does
+    kw = {**kw, **_knobs(args), **fixed}
+    specs = [args.policy] + [s for s in extra if s != args.policy]
+    if args.warmup:  # the first call of each policy allocates caches and builds kernels
+        for spec in specs:
+            n0, kw0 = ev.parse_policy(spec)
+            apd_ext.generate(dllm, verifier, [ids], max_new_tokens=args.max_new_tokens, policy=n0,
+                             seed=args.seed, **{**kw0, **fixed})
+    streamer = _Streamer(tok, _use_colour(args))
+    out = apd_ext.generate(dllm, verifier, [ids], max_new_tokens=args.max_new_tokens, policy=name,
+                           seed=args.seed, stream=streamer, **kw)
+    print()
+    over = _knobs(args)
+    label = args.policy + ("" if not over else (":" if ":" not in args.policy else ",") + ",".join(
+        f"{k}={v}" for k, v in over.items()))
+    runs = [(label, out, answer_of(streamer.text))]
+    base = out.stats["time_s"]["total"] if args.policy == "dllm_fixed:k=1" else None
+    for spec in specs[1:]:
+        n2, kw2 = ev.parse_policy(spec)
+        o = apd_ext.generate(dllm, verifier, [ids], max_new_tokens=args.max_new_tokens, policy=n2,
+                             seed=args.seed, **{**kw2, **fixed})
+        n = int(o.num_generated[0])
+        runs.append((spec, o, answer_of(tok.decode(o.sequences[0, len(ids): len(ids) + n].tolist()))))
+        if spec == "dllm_fixed:k=1":
+            base = o.stats["time_s"]["total"]
+    print()
+    _report(runs, base)
+    device = dllm.device
+    where = f"{device}" + (f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else "")
+    print(f"({where})")
+    return streamer.text
+
+
+def _knobs(args) -> dict:
+    """The knob flags that were given (they override the --policy spec's values)."""
+    out = {}
+    for flag in ("mixture_weight", "kv_window", "max_lookahead", "temperature", "top_k", "top_p"):
+        v = getattr(args, flag, None)
+        if v is not None:
+            out[flag] = None if v == "none" else v
+    if getattr(args, "authors_compat", False):
+        out["authors_compat"] = True
+    return out
+
+
+def _int_or_none(text: str):
+    return "none" if text.lower() == "none" else int(text)
+
+
 def cmd_generate(args) -> None:
-    from apd_ext.tiny import evaluate as ev, task
+    if args.dllm or args.verifier:
+        dllm, verifier, tok = _load_checkpoints(args)
+        if args.prompt is None:
+            raise SystemExit("--prompt is needed with --dllm / --verifier")
+        prompt = args.prompt
+        if tok.chat_template is not None and not args.no_chat_template:
+            prompt = tok.apply_chat_template(prompt, system=args.system)
+        ids = tok.encode(prompt)
+        sys.stdout.write(prompt)
+        fixed = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+        try:
+            _decode_and_compare(args, dllm, verifier, tok, ids, extra=() if args.no_compare else ("dllm_fixed:k=1",),
+                                **fixed)
+        except ValueError as e:  # bad knobs, vocabulary or length: say it in one line
+            raise SystemExit(f"error: {e}") from None
+        return
+
+    from apd_ext.tiny import task
 
     pair = _load(args)
     if args.prompt is None:
@@ -109,66 +236,32 @@ def cmd_generate(args) -> None:
             prompt = prompt.rstrip() + task.ANSWER_MARK
         elif not prompt.endswith("\n"):
             prompt += "\n"
-    name, kw = ev.parse_policy(args.policy)
     sys.stdout.write(prompt)
-    streamer = _Streamer(pair.tok, _use_colour(args))
-    ids = pair.tok.encode(prompt)
-    out = apd_ext.generate(pair.dllm, pair.verifier, [ids], max_new_tokens=args.max_new_tokens, policy=name,
-                           seed=args.seed, stream=streamer, **kw)
-    s = out.stats
-    print(f"\n\n[{args.policy}] {int(out.num_generated[0])} tokens, {s['steps']} steps "
-          f"({s['tokens_per_step']:.2f} tokens/step), dLLM forwards {s['dllm_forwards']}, "
-          f"verifier forwards {s['verifier_forwards']}, {s['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
+    extra = () if args.no_compare else ("dllm_fixed:k=1", "ar")
+    text = _decode_and_compare(args, pair.dllm, pair.verifier, pair.tok, pair.tok.encode(prompt),
+                               answer_of=task.extract_answer, extra=extra)
     if problem is not None:
-        got = task.extract_answer(streamer.text)
-        print(f"expected {problem.answer}, got {got}: {'correct' if got == problem.answer else 'wrong'}",
-              file=sys.stderr)
+        got = task.extract_answer(text)
+        print(f"expected {problem.answer}, got {got}: {'correct' if got == problem.answer else 'wrong'}")
 
 
 def cmd_demo(args) -> None:
     if args.synthetic:
         synthetic_demo(args)
         return
-    from apd_ext.tiny import evaluate as ev, task
+    from apd_ext.tiny import task
 
     pair = _load(args)
     problem = task.eval_problems(args.seed, args.problem + 1)[args.problem]
-    colour = _use_colour(args)
-    name, kw = ev.parse_policy(args.policy)
     print(f"apd_ext demo: the bundled tiny dLLM ({_params(pair.dllm):,} parameters) drafts, the tiny causal "
           f"verifier ({_params(pair.verifier):,}) checks; policy {args.policy}, held-out problem "
           f"(eval seed {args.seed}, #{args.problem}). Each colour is one decoding step.\n")
-    ids = pair.tok.encode(problem.prompt)
-    for spec in (args.policy, "dllm_fixed:k=1", "ar"):  # warm-up: first calls allocate caches
-        n0, kw0 = ev.parse_policy(spec)
-        apd_ext.generate(pair.dllm, pair.verifier, [ids], max_new_tokens=args.max_new_tokens, policy=n0,
-                         seed=args.seed, **kw0)
     sys.stdout.write(problem.prompt)
-    streamer = _Streamer(pair.tok, colour)
-    runs = []
-    out = apd_ext.generate(pair.dllm, pair.verifier, [ids], max_new_tokens=args.max_new_tokens, policy=name,
-                           seed=args.seed, stream=streamer, **kw)
-    got = task.extract_answer(streamer.text)
-    print(f"\n\nexpected {problem.answer}, got {got}: {'correct' if got == problem.answer else 'wrong'}\n")
-    runs.append((args.policy, out, got))
-    for spec in ("dllm_fixed:k=1", "ar"):
-        n2, kw2 = ev.parse_policy(spec)
-        o = apd_ext.generate(pair.dllm, pair.verifier, [ids], max_new_tokens=args.max_new_tokens, policy=n2,
-                             seed=args.seed, **kw2)
-        n = int(o.num_generated[0])
-        runs.append((spec, o, task.extract_answer(pair.tok.decode(o.sequences[0, len(ids): len(ids) + n].tolist()))))
-    print(f"{'policy':<22} {'tokens':>6} {'steps':>5} {'tok/step':>8} {'dLLM fwd':>8} {'verif fwd':>9} "
-          f"{'time ms':>8} {'tok/s':>7} {'answer':>7}")
-    base = runs[1][1].stats["time_s"]["total"]
-    for spec, o, ans in runs:
-        s = o.stats
-        print(f"{spec:<22} {int(o.num_generated[0]):>6} {s['steps']:>5} {s['tokens_per_step']:>8.2f} "
-              f"{s['dllm_forwards']:>8} {s['verifier_forwards']:>9} {s['time_s']['total'] * 1e3:>8.1f} "
-              f"{s['tokens_per_s']:>7.1f} {str(ans):>7}")
-    t = runs[0][1].stats["time_s"]["total"]
-    print(f"\n{args.policy} took {t * 1e3:.1f} ms against {base * 1e3:.1f} ms for the dLLM one token per step "
-          f"({base / t:.2f}x); CPU, {torch.get_num_threads()} thread(s). `python -m apd_ext eval-tiny` measures "
-          f"accuracy over many problems.")
+    text = _decode_and_compare(args, pair.dllm, pair.verifier, pair.tok, pair.tok.encode(problem.prompt),
+                               answer_of=task.extract_answer, extra=("dllm_fixed:k=1", "ar"))
+    got = task.extract_answer(text)
+    print(f"expected {problem.answer}, got {got}: {'correct' if got == problem.answer else 'wrong'}. "
+          f"`python -m apd_ext eval-tiny` measures accuracy over many problems.")
 
 
 def _params(runner) -> int:
@@ -215,7 +308,18 @@ def main(argv=None) -> None:
         p.add_argument("--no-color", action="store_true")
         p.add_argument("--color", action="store_true", help="colour even when stdout is not a terminal")
         if policy:
-            p.add_argument("--policy", default=policy)
+            p.add_argument("--policy", default=policy, help="a policy spec, e.g. apd:w=0.7,kv_window=16, "
+                           "dllm_fixed:k=1, diffusion:steps=16, ar")
+            p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                           help="time the first calls too (they allocate caches)")
+            k = p.add_argument_group("knobs (override the --policy spec)")
+            k.add_argument("--mixture-weight", "-w", type=float, default=None, help="w in [0, 1]")
+            k.add_argument("--kv-window", type=_int_or_none, default=None, help="R, or none (no dLLM cache)")
+            k.add_argument("--max-lookahead", type=_int_or_none, default=None, help="M, or none")
+            k.add_argument("--temperature", "-T", type=float, default=None, help="0: greedy (the default)")
+            k.add_argument("--top-k", type=int, default=None)
+            k.add_argument("--top-p", type=float, default=None)
+            k.add_argument("--authors-compat", action="store_true", help="the authors' released semantics")
 
     p = sub.add_parser("demo", help="APD on a held-out problem with the bundled tiny pair")
     common(p, "apd:w=0.7")
@@ -226,10 +330,22 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--agreement", type=float, default=0.9, help="correlation of verifier with dLLM logits")
 
-    p = sub.add_parser("generate", help="decode a prompt with the bundled pair, streaming")
+    p = sub.add_parser("generate", help="decode a prompt, streaming (bundled pair, or --dllm/--verifier)")
     common(p, "apd:w=0.7")
-    p.add_argument("--prompt", default=None, help="a question (default: a held-out problem)")
+    p.add_argument("--prompt", default=None, help="the text to continue (bundled pair: a question; default: a "
+                   "held-out problem)")
     p.add_argument("--problem", type=int, default=0)
+    p.add_argument("--dllm", default=None, help="a Dream/LLaDA checkpoint directory (Hugging Face layout)")
+    p.add_argument("--verifier", default=None, help="a Qwen2/Llama checkpoint directory sharing its tokenizer")
+    p.add_argument("--device", default=None, help="with --dllm: cuda if available, else cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="with --dllm: default the checkpoints' own")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="the shared vocabulary when the models' differ (151936 for Dream + Qwen2.5)")
+    p.add_argument("--system", default=None, help="a system message for the chat template")
+    p.add_argument("--no-chat-template", action="store_true", help="feed --prompt as is")
+    p.add_argument("--no-compare", action="store_true",
+                   help="skip the same prompt's one-token-per-step (and verifier-alone) runs")
 
     from apd_ext.tiny.evaluate import DEFAULT_POLICIES
 

@@ -52,8 +52,6 @@ def _check_models(dllm: DllmRunner, verifier: VerifierRunner, vocab_size, eos_to
         eos = d_eos or v_eos
     else:
         eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    if dllm.mask_token_id < vocab_size and policy != "ar":
-        pass  # the mask token may be inside the shared vocabulary (Dream's is); it is never a prompt token
     return vocab_size, eos
 
 

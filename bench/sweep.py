@@ -9,6 +9,11 @@ Configurations (greedy decoding, every held-out problem decoded alone, max_new_t
   dllm_fixed   k in {1, 2, 4, 8}
   diffusion    steps in {8, 16, 32, 64} (confidence order)
   ar           the verifier alone
+  apd_sampled  mixture_weight in {0.3, 0.5, 0.7, 0.9} at temperature --temperature (default 0.5), the
+               paper's semantics (target sampled with the draft's noise)
+  apd_compat   the same in authors_compat mode (the released code: drafts at T^2 with top_k 50, the
+               target is the mixture's mode); greedy decoding cannot tell the two apart (at T = 0 both
+               targets are the mixture's argmax), so they are compared sampled, with the same seeds
 Writes OUT.csv (one row per configuration) and OUT.png (accuracy vs tokens per model forward: dLLM
 forwards, or verifier forwards for ar). CPU timings are of one thread unless --threads says otherwise.
 """
@@ -26,7 +31,7 @@ from apd_ext.tiny import evaluate as ev
 from apd_ext.tiny import task
 
 
-def configurations(quick: bool = False) -> list[tuple[str, str]]:
+def configurations(quick: bool = False, temperature: float = 0.5) -> list[tuple[str, str]]:
     """(family, spec) pairs."""
     ws = [0.0, 0.5, 0.7, 0.9, 1.0] if quick else [round(0.1 * i, 1) for i in range(11)]
     out = [("apd", f"apd:w={w}") for w in ws]
@@ -37,6 +42,9 @@ def configurations(quick: bool = False) -> list[tuple[str, str]]:
     out += [("dllm_fixed", f"dllm_fixed:k={k}") for k in (1, 2, 4, 8)]
     out += [("diffusion", f"diffusion:steps={s}") for s in ((16, 64) if quick else (8, 16, 32, 64))]
     out += [("ar", "ar")]
+    sampled = (0.5, 0.9) if quick else (0.3, 0.5, 0.7, 0.9)
+    out += [("apd_sampled", f"apd:w={w},T={temperature}") for w in sampled]
+    out += [("apd_compat", f"apd:w={w},T={temperature},compat=1") for w in sampled]
     return out
 
 
@@ -51,26 +59,29 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    markers = {"apd": "o", "apd_grid": "s", "dllm_fixed": "^", "diffusion": "v", "ar": "*"}
-    for fam in markers:
-        pts = [r for r in rows if r["family"] == fam]
-        if not pts:
-            continue
-        xs = [r["tokens_per_model_forward"] for r in pts]
-        ys = [r["accuracy"] for r in pts]
-        ax.plot(xs, ys, markers[fam] + ("-" if fam in ("apd", "dllm_fixed", "diffusion") else ""),
-                label=fam, markersize=9 if fam == "ar" else 6, alpha=0.85)
-        for r in pts:
-            label = r["policy"].split(":", 1)[-1].replace("kv_window=", "kv").replace("max_lookahead=", "M")
-            ax.annotate(label, (r["tokens_per_model_forward"], r["accuracy"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("generated tokens per model forward (dLLM; verifier for ar)")
-    ax.set_ylabel("accuracy (final answer)")
-    ax.set_title(f"tiny dLLM + verifier, {rows[0]['num_problems']} held-out problems, greedy")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    markers = {"apd": "o", "apd_grid": "s", "dllm_fixed": "^", "diffusion": "v", "ar": "*", "apd_sampled": "P",
+               "apd_compat": "X"}
+    lines = ("apd", "dllm_fixed", "diffusion", "apd_sampled", "apd_compat")
+    for ax, key, xlabel in ((axes[0], "tokens_per_model_forward", "generated tokens per model forward "
+                             "(dLLM; verifier for ar)"), (axes[1], "tokens_per_s", "tokens/s (CPU, batch 1)")):
+        for fam in markers:
+            pts = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["tokens_per_model_forward"])
+            if not pts:
+                continue
+            ax.plot([r[key] for r in pts], [r["accuracy"] for r in pts], markers[fam] + ("-" if fam in lines else ""),
+                    label=fam, markersize=9 if fam == "ar" else 6, alpha=0.85)
+            for r in pts:
+                label = (r["policy"].split(":", 1)[-1].replace("kv_window=", "kv").replace("max_lookahead=", "M")
+                         .replace(",compat=1", "").split(",T=")[0])
+                ax.annotate(label, (r[key], r["accuracy"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (final answer)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"tiny dLLM + verifier, {rows[0]['num_problems']} held-out problems "
+                 f"(greedy unless the family is sampled)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -84,11 +95,12 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--policies", nargs="+", default=None, help="specs instead of the default grid")
+    p.add_argument("--temperature", type=float, default=0.5, help="of the apd_sampled / apd_compat families")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pair = ev.load_pair(args.assets) if args.assets else ev.load_pair()
     problems = task.eval_problems(args.seed, args.num_problems)
-    confs = configurations(args.quick) if args.policies is None else [
+    confs = configurations(args.quick, args.temperature) if args.policies is None else [
         (s.split(":")[0], s) for s in args.policies]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,3 +52,16 @@ def test_bench_e2e_quick(tmp_path):
     rows = _rows(tmp_path / "e2e.csv")
     assert len(rows) == 1 and float(rows[0]["step_eager_ms"]) > 0 and rows[0]["step_graph_ms"] == ""
     assert (tmp_path / "e2e.json").stat().st_size > 0
+
+
+def test_sweep_writes_rows_and_plot(tmp_path):
+    specs = ["dllm_fixed:k=2", "apd:w=0.7,T=0.5", "apd:w=0.7,T=0.5,compat=1"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "apd_ext", "sweep", "--num-problems", "1", "--out",
+                        str(tmp_path / "sweep"), "--policies", *specs], env=env, capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = _rows(tmp_path / "sweep.csv")
+    assert [row["policy"] for row in rows] == specs
+    assert all(0.0 <= float(row["accuracy"]) <= 1.0 and float(row["tokens_per_s"]) > 0 for row in rows)
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000

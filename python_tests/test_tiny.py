@@ -114,6 +114,38 @@ def test_a_few_training_steps_decrease_the_loss(tok, kind):
     assert last < first - 0.3, (first, last)
 
 
+def test_causal_mix_batch_and_next_token_diagnostic(tok):
+    """The causal term of the mixed dLLM objective sees each row's prompt + solution + one EOS, and
+    the diagnostic is the cross-entropy at the first masked position of suffix-masked rows."""
+    problems = task.train_problems(0, 6)
+    ids, keys, plen, rlen = train.make_batch(tok, problems, "dllm", torch.Generator().manual_seed(0))
+    _, ckeys, cplen, n = train._trim(ids, keys, plen, rlen, tok)
+    for b, p in enumerate(problems):
+        want = len(tok.encode(p.solution)) + 1
+        assert int(n[b]) == want and int(cplen[b]) == int(plen[b])
+        assert int(ckeys[b].sum()) == int(plen[b]) + want
+        assert int(ids[b, plen[b] + want - 1]) == tok.eos_id
+    cfg = train.TrainConfig("dllm", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=1,
+                            batch_size=6)
+    model, _ = train.new_model(cfg, tok)
+    with torch.no_grad():  # suffix_prob 1: every row is suffix-masked, so the diagnostic is defined
+        _, nxt = train.dllm_loss(model, ids, keys, plen, rlen, tok.mask_id, 1.0, torch.Generator().manual_seed(1))
+        _, none = train.dllm_loss(model, ids, keys, plen, rlen, tok.mask_id, 0.0, torch.Generator().manual_seed(1))
+    assert none != none  # nan without suffix-masked rows
+    # recompute it: the same draws give t, so the suffix of ceil(t * region) positions is masked
+    t = 1.0 - torch.rand(len(problems), generator=torch.Generator().manual_seed(1))
+    first = plen + rlen - torch.ceil(t * rlen).clamp(min=1).to(torch.int64)
+    j = torch.arange(ids.shape[1]).view(1, -1)
+    x = torch.where((j >= first.view(-1, 1)) & (j < (plen + rlen).view(-1, 1)), tok.mask_id, ids)
+    with torch.no_grad():
+        logits = train._forward(model, x, keys, causal=False)
+    rows = torch.arange(len(problems))
+    want = torch.nn.functional.cross_entropy(logits[rows, first - 1], ids[rows, first])
+    assert nxt == pytest.approx(float(want), rel=1e-4)
+    cfg.causal_mix = 1.0
+    train.train(cfg, tok, None, log=lambda s: None)  # one step of the mixed objective runs
+
+
 def test_training_writes_a_loadable_checkpoint(tok, tmp_path):
     cfg = train.TrainConfig("dllm", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=2,
                             batch_size=4, warmup=1)
@@ -207,3 +239,7 @@ def test_parse_policy():
     name, kw = ev.parse_policy("diffusion:steps=8,alg=entropy")
     assert name == "diffusion" and kw["diffusion_steps"] == 8 and kw["diffusion_alg"] == "entropy"
     assert ev.parse_policy("dllm_fixed:k=4")[1]["k"] == 4
+    assert ev.parse_policy("apd:w=0.5,T=1.0,compat=1")[1]["authors_compat"] is True
+    assert ev.parse_policy("apd:compat=false")[1]["authors_compat"] is False
+    with pytest.raises(ValueError, match="authors_compat"):
+        ev.parse_policy("apd:compat=2")

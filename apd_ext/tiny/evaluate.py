@@ -5,7 +5,8 @@
     res = ev.evaluate(pair, ev.task.eval_problems(0, 50), "apd", mixture_weight=0.7)
 
 A policy is given as a spec string, `name[:key=value,...]`, e.g. "dllm_fixed:k=1",
-"apd:w=0.7,kv_window=16,max_lookahead=64", "diffusion:steps=16", "ar". Every problem is decoded
+"apd:w=0.7,kv_window=16,max_lookahead=64", "apd:w=0.7,T=1.0,compat=1" (the authors' released
+semantics), "diffusion:steps=16", "ar". Every problem is decoded
 alone (batch 1, as the paper measures), greedy unless a temperature is given.
 """
 
@@ -26,7 +27,8 @@ from apd_ext.tiny.train import MAX_NEW_TOKENS
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_POLICIES = ["dllm_fixed:k=1", "ar", "apd:w=0.7", "apd:w=0.9"]
-_ALIASES = {"w": "mixture_weight", "steps": "diffusion_steps", "alg": "diffusion_alg", "T": "temperature"}
+_ALIASES = {"w": "mixture_weight", "steps": "diffusion_steps", "alg": "diffusion_alg", "T": "temperature",
+            "compat": "authors_compat"}
 
 
 @dataclass
@@ -53,6 +55,10 @@ def parse_policy(spec: str) -> tuple[str, dict]:
         val = val.strip()
         if val.lower() == "none":
             kw[key] = None
+        elif key == "authors_compat":
+            if val.lower() not in ("1", "0", "true", "false"):
+                raise ValueError(f"authors_compat takes 0/1/true/false, got {val!r}")
+            kw[key] = val.lower() in ("1", "true")
         elif key == "diffusion_alg":
             kw[key] = val
         else:

@@ -77,6 +77,7 @@ class TrainConfig:
     save_every: int = 0  # also write the checkpoint every N steps (0: only at the end)
     ar_init_steps: int = 0  # dLLM: causal next-token steps before the diffusion objective
     ar_init_lr: float = 2e-3
+    causal_mix: float = 0.0  # dLLM diffusion phase: loss = diffusion + causal_mix * causal next-token loss
     init_from: str | None = None  # start from this checkpoint's weights
     extra: dict = field(default_factory=dict)
 
@@ -172,7 +173,9 @@ def make_batch(tok: TinyTokenizer, problems: list[task.Problem], kind: str, gen:
 
 
 def dllm_loss(model, ids, keys, plen, rlen, mask_id: int, suffix_prob: float, gen: torch.Generator):
-    """Masked-diffusion loss (module docstring); returns (loss, masked fraction mean)."""
+    """Masked-diffusion loss (module docstring); returns (loss, next-token CE). The second is a
+    diagnostic: the mean cross-entropy at the first masked position of the suffix-masked rows (what
+    one-token-per-step left-to-right decoding asks of the model), nan if the batch has none."""
     B, S = ids.shape
     j = torch.arange(S).view(1, -1)
     region = (j >= plen.view(-1, 1)) & (j < (plen + rlen).view(-1, 1))
@@ -195,7 +198,9 @@ def dllm_loss(model, ids, keys, plen, rlen, mask_id: int, suffix_prob: float, ge
     m = masked[:, 1:]
     ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), tgt.reshape(-1), reduction="none").view(B, S - 1)
     per_row = (ce * m).sum(1) / frac / rlen
-    return per_row.mean(), float(frac.mean())
+    first = (plen + rlen - count - 1).clamp(min=0)  # logit index predicting the first masked position
+    nxt = ce.detach().gather(1, first.view(-1, 1)).squeeze(1)[suffix]
+    return per_row.mean(), float(nxt.mean()) if len(nxt) else float("nan")
 
 
 def verifier_loss(model, ids, keys, plen, rlen):
@@ -206,6 +211,15 @@ def verifier_loss(model, ids, keys, plen, rlen):
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                          reduction="none").view(B, S - 1)
     return (ce * m).sum() / m.sum()
+
+
+def _trim(ids, keys, plen, rlen, tok):
+    """A dLLM batch (solution + EOS padding) as a causal batch: the region cut after the first EOS."""
+    sol = (ids == tok.eos_id) & (torch.arange(ids.shape[1]).view(1, -1) >= plen.view(-1, 1))
+    n = sol.to(torch.int64).argmax(1) - plen + 1  # solution + one EOS
+    j = torch.arange(ids.shape[1]).view(1, -1)
+    keep = j < (plen + n).view(-1, 1)
+    return ids, keys & keep, plen, n
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -219,7 +233,7 @@ def _phase(model, cfg: TrainConfig, tok, objective: str, first_problem: int, gen
            out=None, mc=None, time_budget_s=None):
     """cfg.steps AdamW steps of one objective ("diffusion" or "causal"); returns (curve, steps done)."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    curve, acc, t0 = [], [], time.perf_counter()
+    curve, acc, nxt, t0 = [], [], [], time.perf_counter()
     step = 0
     for step in range(cfg.steps):
         for g in opt.param_groups:
@@ -227,7 +241,11 @@ def _phase(model, cfg: TrainConfig, tok, objective: str, first_problem: int, gen
         problems = task.train_problems(first_problem + step * cfg.batch_size, cfg.batch_size)
         if objective == "diffusion":
             ids, keys, plen, rlen = make_batch(tok, problems, "dllm", gen)
-            loss, _ = dllm_loss(model, ids, keys, plen, rlen, tok.mask_id, cfg.suffix_prob, gen)
+            loss, next_ce = dllm_loss(model, ids, keys, plen, rlen, tok.mask_id, cfg.suffix_prob, gen)
+            if not math.isnan(next_ce):
+                nxt.append(next_ce)
+            if cfg.causal_mix:
+                loss = loss + cfg.causal_mix * verifier_loss(model, *_trim(ids, keys, plen, rlen, tok))
         else:
             ids, keys, plen, rlen = make_batch(tok, problems, "verifier", gen)
             loss = verifier_loss(model, ids, keys, plen, rlen)
@@ -240,9 +258,10 @@ def _phase(model, cfg: TrainConfig, tok, objective: str, first_problem: int, gen
             mean = sum(acc) / len(acc)
             curve.append((step + 1, mean))
             el = time.perf_counter() - t0
-            log(f"[{label}] step {step + 1}/{cfg.steps} loss {mean:.4f} lr {lr_at(cfg, step):.2e} "
+            extra = f" next-token CE {sum(nxt) / len(nxt):.4f}" if nxt else ""
+            log(f"[{label}] step {step + 1}/{cfg.steps} loss {mean:.4f}{extra} lr {lr_at(cfg, step):.2e} "
                 f"{el:.0f}s ({el / (step + 1):.2f} s/step)")
-            acc = []
+            acc, nxt = [], []
         if out is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             save(model, mc, tok, out, dict(phase=label, steps_done=step + 1, partial=True))
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
@@ -312,6 +331,9 @@ def main(argv=None) -> None:
     p.add_argument("--init-from", default=None, help="dLLM: continue from this checkpoint (skips the causal start)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--first-problem", type=int, default=None, help="index of the first training problem drawn")
+    p.add_argument("--causal-mix", type=float, default=None,
+                   help="dLLM: weight of a causal next-token loss added to each diffusion step")
+    p.add_argument("--ar-init-steps", type=int, default=None, help="dLLM: causal steps before the diffusion phase")
     p.add_argument("--time-budget", type=float, default=None, help="seconds per model (stops early; not deterministic)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -330,6 +352,10 @@ def main(argv=None) -> None:
             cfg.first_problem = args.first_problem
         if args.batch_size:
             cfg.batch_size = args.batch_size
+        if kind == "dllm" and args.causal_mix is not None:
+            cfg.causal_mix = args.causal_mix
+        if kind == "dllm" and args.ar_init_steps is not None:
+            cfg.ar_init_steps = args.ar_init_steps
         train(cfg, tok, Path(args.out) / kind, log=lambda s: print(s, flush=True), time_budget_s=args.time_budget)
 
 
