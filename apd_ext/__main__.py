@@ -103,29 +103,35 @@ def _load_checkpoints(args):
         raise SystemExit("--dllm and --verifier go together: pass both checkpoint directories")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    tok = HFTokenizer.from_pretrained(args.dllm)
-    _check_tokenizers(tok, args.verifier)
+    tok = _pair_tokenizer(args.dllm, args.verifier)
     dllm = DllmRunner.from_pretrained(args.dllm, device=device, dtype=dtype)
     verifier = VerifierRunner.from_pretrained(args.verifier, device=device, dtype=dtype)
     return dllm, verifier, tok
 
 
-def _check_tokenizers(tok, verifier_dir) -> None:
-    """The verifier scores the dLLM's token ids: every token of the verifier's tokenizer must have
-    the same id in the dLLM's (the dLLM may add tokens, e.g. Dream's mask token)."""
+def _pair_tokenizer(dllm_dir, verifier_dir):
+    """The tokenizer of the pair: the dLLM's tokenizer.json, or the verifier's when the dLLM ships
+    only a slow tokenizer (Dream's DreamTokenizer); special tokens and chat template from the
+    dLLM's tokenizer_config.json (the format it was tuned on). The verifier scores the dLLM's token
+    ids, so every token of the verifier's tokenizer must have the same id in the dLLM's (the dLLM
+    may add tokens, e.g. its mask token)."""
     from pathlib import Path
 
     from apd_ext.tokenizer import HFTokenizer
 
-    if not (Path(verifier_dir) / "tokenizer.json").exists():
-        return  # nothing to compare against: the caller vouches for the ids
-    theirs = HFTokenizer.from_pretrained(verifier_dir).vocab()
-    ours = tok.vocab()
-    bad = sorted((i, t) for t, i in theirs.items() if ours.get(t) != i)
-    if bad:
-        shown = ", ".join(f"{t!r} (id {i})" for i, t in bad[:5])
-        raise SystemExit(f"the dLLM's and the verifier's tokenizers differ on {len(bad)} tokens, e.g. {shown}: "
-                         f"APD needs one tokenizer for both models")
+    d, v = Path(dllm_dir) / "tokenizer.json", Path(verifier_dir) / "tokenizer.json"
+    if not d.exists() and not v.exists():
+        raise SystemExit(f"neither {dllm_dir} nor {verifier_dir} has a tokenizer.json")
+    tok = HFTokenizer.from_pretrained(dllm_dir, tokenizer_file=d if d.exists() else v)
+    if d.exists() and v.exists():
+        theirs = HFTokenizer.from_pretrained(verifier_dir).vocab()
+        ours = tok.vocab()
+        bad = sorted((i, t) for t, i in theirs.items() if ours.get(t) != i)
+        if bad:
+            shown = ", ".join(f"{t!r} (id {i})" for i, t in bad[:5])
+            raise SystemExit(f"the dLLM's and the verifier's tokenizers differ on {len(bad)} tokens, e.g. {shown}: "
+                             f"APD needs one tokenizer for both models")
+    return tok
 
 
 def _report(runs, base_time) -> None:

@@ -44,11 +44,13 @@ class HFTokenizer:
         self.eos_id = tok.token_to_id(eos_text) if eos_text is not None else eos_id
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "HFTokenizer":
+    def from_pretrained(cls, path: str | Path, tokenizer_file: str | Path | None = None) -> "HFTokenizer":
+        """From a checkpoint directory; `tokenizer_file` replaces its tokenizer.json (for checkpoints
+        that ship only a slow tokenizer, e.g. Dream's, whose ids are its verifier's)."""
         path = Path(path)
-        if not (path / "tokenizer.json").exists():
-            raise FileNotFoundError(f"{path} has no tokenizer.json (the fast-tokenizer file of a Hugging Face "
-                                    f"checkpoint)")
+        tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else path / "tokenizer.json"
+        if not tokenizer_file.exists():
+            raise FileNotFoundError(f"no {tokenizer_file} (the fast-tokenizer file of a Hugging Face checkpoint)")
         config = {}
         if (path / "tokenizer_config.json").exists():
             config = json.loads((path / "tokenizer_config.json").read_text())
@@ -62,7 +64,7 @@ class HFTokenizer:
                     break
         if isinstance(eos, list):
             eos = eos[0] if eos else None
-        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), config, eos)
+        return cls(Tokenizer.from_file(str(tokenizer_file)), config, eos)
 
     @property
     def vocab_size(self) -> int:

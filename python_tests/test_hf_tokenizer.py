@@ -84,7 +84,7 @@ def test_template_errors_and_missing_template(tmp_path):
     assert plain.chat_template is None
     with pytest.raises(ValueError, match="no chat template"):
         plain.apply_chat_template("hi")
-    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+    with pytest.raises(FileNotFoundError, match="fast-tokenizer"):
         HFTokenizer.from_pretrained(tmp_path)
 
 
@@ -145,3 +145,18 @@ def test_cli_generate_bad_input(dirs, tmp_path):
     (bad / "tokenizer.json").write_text(json.dumps(doc))
     with pytest.raises(SystemExit, match="tokenizers differ on 2 tokens"):
         cli(["generate", "--dllm", str(d), "--verifier", str(bad), "--device", "cpu", "--prompt", "x"])
+
+
+def test_cli_generate_dllm_without_fast_tokenizer_uses_the_verifiers(dirs, capsys):
+    """Dream ships a slow tokenizer only: the pair's tokenizer.json then comes from the verifier,
+    the chat template still from the dLLM's tokenizer_config.json."""
+    d, v = dirs
+    (d / "tokenizer.json").unlink()
+    cli(["generate", "--dllm", str(d), "--verifier", str(v), "--device", "cpu", "--prompt", "Ann has 7 pens.",
+         "--no-color", "--no-compare", "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+    tok = HFTokenizer.from_pretrained(d, tokenizer_file=v / "tokenizer.json")
+    assert tok.chat_template == QWEN_STYLE and out.startswith(tok.apply_chat_template("Ann has 7 pens."))
+    (v / "tokenizer.json").unlink()
+    with pytest.raises(SystemExit, match="has a tokenizer.json"):
+        cli(["generate", "--dllm", str(d), "--verifier", str(v), "--device", "cpu", "--prompt", "x"])
