@@ -39,9 +39,9 @@ cuda-emu-test:
 demo: build
 	$(PY) -m apd_ext demo
 
-# Retrains the bundled pair (apd_ext/tiny/assets) from scratch on one CPU thread: the verifier
-# (~6 min) and the dLLM's causal start + masked-diffusion phase (~17 min); the shipped dLLM had
-# 650 more diffusion steps (apd_ext/tiny/assets/README.md has the command).
+# Retrains the bundled pair (apd_ext/tiny/assets) from scratch on one CPU thread, deterministically:
+# the verifier (~6 min), then the dLLM's causal start (~21 min) and its mixed masked-diffusion
+# phase (~40 min). apd_ext/tiny/assets/README.md has the figures.
 train-tiny: $(VENV)/.installed
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m apd_ext.tiny.train --out apd_ext/tiny/assets
 

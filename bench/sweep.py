@@ -50,7 +50,7 @@ def configurations(quick: bool = False, temperature: float = 0.5) -> list[tuple[
 
 FIELDS = ["family", "policy", "accuracy", "correct", "num_problems", "tokens_per_dllm_forward",
           "tokens_per_model_forward", "tokens_per_step", "tokens_per_s", "wall_s", "dllm_forwards",
-          "verifier_forwards", "generated_tokens"]
+          "verifier_forwards", "generated_tokens", "emitted_tokens"]
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -146,6 +146,23 @@ def test_causal_mix_batch_and_next_token_diagnostic(tok):
     train.train(cfg, tok, None, log=lambda s: None)  # one step of the mixed objective runs
 
 
+def test_staged_training_continues_each_stage_from_the_last(tok, tmp_path):
+    small = dict(kind="dllm", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, batch_size=4,
+                 warmup=1)
+    stages = [train.TrainConfig(**small, steps=2, ar_init_steps=1),
+              train.TrainConfig(**small, steps=1, lr=0.0, first_problem=50, causal_mix=1.0)]
+    train.train_stages(stages, tok, tmp_path / "dllm", log=lambda s: None)
+    doc = json.loads((tmp_path / "dllm" / "training.json").read_text())
+    assert [r["recipe"]["steps"] for r in doc["stages"]] == [2, 1]
+    assert doc["stages"][1]["recipe"]["init_from"] == str(tmp_path / "dllm_stage1")
+    assert "causal_init" in doc["stages"][0]["loss_curves"]
+    # lr 0 in the last stage: its weights are the first stage's
+    from safetensors.torch import load_file
+    a = load_file(tmp_path / "dllm_stage1" / "model.safetensors")
+    b = load_file(tmp_path / "dllm" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_training_writes_a_loadable_checkpoint(tok, tmp_path):
     cfg = train.TrainConfig("dllm", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=2,
                             batch_size=4, warmup=1)
@@ -182,28 +199,55 @@ def test_bundled_pair_loads_with_the_runners(pair):
     assert 0.15 < nv / nd < 0.4  # the verifier is about a quarter of the dLLM
 
 
-def test_bundled_dllm_writes_well_formed_solutions(pair):
-    """The shipped dLLM at one token per step writes equation lines ending in a final-answer line.
-    (Its accuracy, 10% of held-out problems, is below issue 4's bar of 50%: the issue stays open;
-    apd_ext/tiny/assets/README.md has the figures.)"""
-    problems = task.eval_problems(11, 8)
-    formed = 0
-    for p in problems:
-        name, kw = ev.parse_policy("dllm_fixed:k=1")
-        text, _, stats = ev.decode(pair, p, name, **kw)
-        assert stats["dllm_forwards"] == stats["steps"]
-        formed += re.search(r"(^|\n)\d+[-+*]\d+=\d+\n", text) is not None and re.search(r"#### \d+", text) is not None
-    assert formed >= 6, formed
+@pytest.fixture(scope="module")
+def held_out():
+    return task.eval_problems(11, 20)
+
+
+@pytest.fixture(scope="module")
+def k1(pair, held_out):
+    return ev.evaluate(pair, held_out, "dllm_fixed:k=1", progress=False)
+
+
+def test_bundled_dllm_solves_half_at_one_token_per_step(k1):
+    """Issue 4's quality bar: the shipped dLLM, decoding one token per step from its own marginals,
+    answers at least half of held-out problems (20 problems of eval seed 11; the 50-problem figure of
+    seed 0 is in apd_ext/tiny/assets/README.md)."""
+    assert k1["tokens_per_dllm_forward"] == pytest.approx(1.0)
+    assert k1["accuracy"] >= 0.5, k1["failures"]
+
+
+def test_bundled_apd_keeps_quality_where_fixed_parallel_decoding_loses_it(pair, held_out, k1):
+    """The paper's claim on the bundled pair: APD (w = 0.7) emits at least 3 tokens per dLLM forward
+    within 10 points of the dLLM's k = 1 accuracy; fixed parallel decoding at a similar rate (k = 4)
+    falls far below both."""
+    apd = ev.evaluate(pair, held_out, "apd:w=0.7", progress=False)
+    fixed = ev.evaluate(pair, held_out, "dllm_fixed:k=4", progress=False)
+    assert apd["tokens_per_dllm_forward"] >= 3.0
+    assert apd["accuracy"] >= k1["accuracy"] - 0.1, (apd["accuracy"], k1["accuracy"])
+    assert fixed["tokens_per_dllm_forward"] >= 3.0
+    assert fixed["accuracy"] <= apd["accuracy"] - 0.3, (fixed["accuracy"], apd["accuracy"])
+
+
+def test_answers_end_at_the_first_eos_in_both_semantics(pair):
+    """authors_compat keeps tokens accepted after EOS in the same block; the evaluation cuts every
+    answer at its first EOS so that both semantics count the same tokens."""
+    problems = task.eval_problems(11, 3)
+    for spec in ("apd:w=0.9,T=0.5,compat=1", "apd:w=0.9,T=0.5"):
+        name, kw = ev.parse_policy(spec)
+        for p in problems:
+            text, gen, stats = ev.decode(pair, p, name, **kw)
+            assert gen.count(pair.tok.eos_id) <= 1 and (pair.tok.eos_id not in gen[:-1])
+            assert len(gen) <= stats["emitted_tokens"]
+        res = ev.evaluate(pair, problems, spec, progress=False)
+        assert res["generated_tokens"] <= res["emitted_tokens"]
+    compat = ev.evaluate(pair, problems, "apd:w=0.9,T=0.5,compat=1", progress=False)
+    assert compat["emitted_tokens"] > compat["generated_tokens"]  # the released code's trailing block
 
 
 def test_bundled_verifier_solves_a_majority(pair):
     res = ev.evaluate(pair, task.eval_problems(11, 12), "ar", progress=False)
     assert res["accuracy"] > 0.5, res["failures"]
-
-
-def test_bundled_apd_accepts_several_tokens_per_step(pair):
-    res = ev.evaluate(pair, task.eval_problems(11, 4), "apd:w=0.9", progress=False)
-    assert res["tokens_per_dllm_forward"] > 1.2
 
 
 # --- command line ----------------------------------------------------------------------------------

@@ -91,18 +91,25 @@ class ProgressBar:
 
 
 def decode(pair: Pair, problem: task.Problem, policy: str, seed: int = 0, stream=None, **kw):
+    """(answer text, answer token ids, stats). The answer ends at its first EOS (kept in the ids): in
+    authors_compat mode generate() also returns the tokens accepted after it in the same block, which
+    are neither part of the answer nor counted as generated here (stats["emitted_tokens"] counts them)."""
     ids = pair.tok.encode(problem.prompt)
     out = generate(pair.dllm, pair.verifier, [ids], max_new_tokens=kw.pop("max_new_tokens", MAX_NEW_TOKENS),
                    policy=policy, seed=seed, stream=stream, **kw)
     n = int(out.num_generated[0])
     gen = out.sequences[0, len(ids): len(ids) + n].tolist()
-    return pair.tok.decode(gen), gen, out.stats
+    stats = {**out.stats, "emitted_tokens": len(gen)}
+    if pair.tok.eos_id in gen:
+        gen = gen[: gen.index(pair.tok.eos_id) + 1]
+    return pair.tok.decode(gen), gen, stats
 
 
 def evaluate(pair: Pair, problems: list[task.Problem], spec: str, progress: bool = True, seed: int = 0) -> dict:
-    """Accuracy and speed of one policy spec over `problems` (decoded one at a time)."""
+    """Accuracy and speed of one policy spec over `problems` (decoded one at a time). Token counts
+    (generated_tokens, tokens per forward, tokens/s) count each answer up to its first EOS."""
     name, kw = parse_policy(spec)
-    correct = tokens = dllm_f = ver_f = steps = 0
+    correct = tokens = emitted = dllm_f = ver_f = steps = 0
     wall = 0.0
     bar = ProgressBar(len(problems), f"{spec:>24}") if progress else None
     failures = []
@@ -115,6 +122,7 @@ def evaluate(pair: Pair, problems: list[task.Problem], spec: str, progress: bool
         if not ok and len(failures) < 5:
             failures.append({"seed": p.seed, "expected": p.answer, "got": text})
         tokens += len(gen)
+        emitted += stats["emitted_tokens"]
         dllm_f += stats["dllm_forwards"]
         ver_f += stats["verifier_forwards"]
         steps += stats["steps"]
@@ -126,7 +134,7 @@ def evaluate(pair: Pair, problems: list[task.Problem], spec: str, progress: bool
     return {
         "policy": spec, "name": name, "params": {k: v for k, v in kw.items()},
         "num_problems": n, "correct": correct, "accuracy": correct / max(1, n),
-        "generated_tokens": tokens, "dllm_forwards": dllm_f, "verifier_forwards": ver_f, "steps": steps,
+        "generated_tokens": tokens, "emitted_tokens": emitted, "dllm_forwards": dllm_f, "verifier_forwards": ver_f, "steps": steps,
         "tokens_per_dllm_forward": tokens / dllm_f if dllm_f else None,
         "tokens_per_step": tokens / steps if steps else None,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall,
