@@ -5,7 +5,7 @@
     python -m apd_ext generate --prompt "Question: Tom has 5 coins. ... now?"   # streamed, in colour
     python -m apd_ext generate --dllm DREAM_DIR --verifier QWEN_DIR --vocab-size 151936 --prompt "..."
     python -m apd_ext eval-tiny --seed 0 --num-problems 100 --json out.json [--policies ar dllm_fixed:k=1 ...]
-    python -m apd_ext sweep --num-problems 40 --out bench/results/sweep      # CSV + PNG
+    python -m apd_ext sweep --num-problems 50 --out bench/results/sweep_tiny   # CSV + PNG
 
 Policy specs are `name[:key=value,...]` (apd_ext/tiny/evaluate.py): "apd:w=0.7,kv_window=16",
 "dllm_fixed:k=4", "diffusion:steps=16", "ar". Decoding is greedy unless `T=` is given.

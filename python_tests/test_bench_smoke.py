@@ -63,5 +63,11 @@ def test_sweep_writes_rows_and_plot(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = _rows(tmp_path / "sweep.csv")
     assert [row["policy"] for row in rows] == specs
+    assert [row["family"] for row in rows] == ["dllm_fixed", "apd_sampled T=0.5", "apd_compat T=0.5"]
     assert all(0.0 <= float(row["accuracy"]) <= 1.0 and float(row["tokens_per_s"]) > 0 for row in rows)
-    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    png = tmp_path / "sweep.png"
+    assert png.stat().st_size > 10_000
+    png.unlink()
+    r = subprocess.run([sys.executable, "-m", "apd_ext", "sweep", "--replot", "--out", str(tmp_path / "sweep")],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0 and png.stat().st_size > 10_000, r.stderr[-3000:]
