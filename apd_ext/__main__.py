@@ -97,7 +97,6 @@ def _load(args):
 def _load_checkpoints(args):
     """(dllm runner, verifier runner, HFTokenizer) from --dllm / --verifier directories."""
     from apd_ext.models.runners import DllmRunner, VerifierRunner
-    from apd_ext.tokenizer import HFTokenizer
 
     if not (args.dllm and args.verifier):
         raise SystemExit("--dllm and --verifier go together: pass both checkpoint directories")
@@ -152,9 +151,10 @@ def _report(runs, base_time) -> None:
 
 
 def _decode_and_compare(args, dllm, verifier, tok, ids, answer_of=None, extra=("dllm_fixed:k=1",),
-                        **fixed) -> None:
+                        warmup_tokens=None, **fixed) -> str:
     """Stream args.policy on `ids`, then run the `extra` policies on the same prompt and print the
-    table. answer_of(text) -> answer shown in the table (None: no answer column)."""
+    table; returns the streamed text. answer_of(text) -> the table's answer column (default "-").
+    warmup_tokens: length of the untimed warm-up runs (default max_new_tokens)."""
     from apd_ext.tiny import evaluate as ev
 
     answer_of = answer_of or (lambda text: None)
@@ -166,8 +166,8 @@ def _decode_and_compare(args, dllm, verifier, tok, ids, answer_of=None, extra=("
     if args.warmup:  # the first call of each policy allocates caches and builds kernels
         for spec in specs:
             n0, kw0 = ev.parse_policy(spec)
-            apd_ext.generate(dllm, verifier, [ids], max_new_tokens=args.max_new_tokens, policy=n0,
-                             seed=args.seed, **{**kw0, **fixed})
+            apd_ext.generate(dllm, verifier, [ids], max_new_tokens=warmup_tokens or args.max_new_tokens,
+                             policy=n0, seed=args.seed, **{**kw0, **fixed})
     streamer = _Streamer(tok, _use_colour(args))
     out = apd_ext.generate(dllm, verifier, [ids], max_new_tokens=args.max_new_tokens, policy=name,
                            seed=args.seed, stream=streamer, **kw)
@@ -220,11 +220,9 @@ def cmd_generate(args) -> None:
         ids = tok.encode(prompt)
         sys.stdout.write(prompt)
         fixed = {"vocab_size": args.vocab_size} if args.vocab_size else {}
-        try:
-            _decode_and_compare(args, dllm, verifier, tok, ids, extra=() if args.no_compare else ("dllm_fixed:k=1",),
-                                **fixed)
-        except ValueError as e:  # bad knobs, vocabulary or length: say it in one line
-            raise SystemExit(f"error: {e}") from None
+        # a short warm-up: with a large model the full-length one would double the run
+        _decode_and_compare(args, dllm, verifier, tok, ids, extra=() if args.no_compare else ("dllm_fixed:k=1",),
+                            warmup_tokens=min(8, args.max_new_tokens), **fixed)
         return
 
     from apd_ext.tiny import task
@@ -341,7 +339,7 @@ def main(argv=None) -> None:
     p.add_argument("--prompt", default=None, help="the text to continue (bundled pair: a question; default: a "
                    "held-out problem)")
     p.add_argument("--problem", type=int, default=0)
-    p.add_argument("--dllm", default=None, help="a Dream/LLaDA checkpoint directory (Hugging Face layout)")
+    p.add_argument("--dllm", default=None, help="a Dream checkpoint directory (Hugging Face layout)")
     p.add_argument("--verifier", default=None, help="a Qwen2/Llama checkpoint directory sharing its tokenizer")
     p.add_argument("--device", default=None, help="with --dllm: cuda if available, else cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -372,7 +370,11 @@ def main(argv=None) -> None:
     args.rest = rest
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"demo": cmd_demo, "generate": cmd_generate, "eval-tiny": cmd_eval_tiny, "sweep": cmd_sweep}[args.command](args)
+    command = {"demo": cmd_demo, "generate": cmd_generate, "eval-tiny": cmd_eval_tiny, "sweep": cmd_sweep}[args.command]
+    try:
+        command(args)
+    except ValueError as e:  # bad knobs, vocabulary, lengths, policy specs: one line, not a traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -151,16 +151,38 @@ def test_staged_training_continues_each_stage_from_the_last(tok, tmp_path):
                  warmup=1)
     stages = [train.TrainConfig(**small, steps=2, ar_init_steps=1),
               train.TrainConfig(**small, steps=1, lr=0.0, first_problem=50, causal_mix=1.0)]
-    train.train_stages(stages, tok, tmp_path / "dllm", log=lambda s: None)
+    train.train_stages(stages, tok, tmp_path / "dllm", log=lambda s: None, stage_dir=tmp_path / "stages")
     doc = json.loads((tmp_path / "dllm" / "training.json").read_text())
     assert [r["recipe"]["steps"] for r in doc["stages"]] == [2, 1]
-    assert doc["stages"][1]["recipe"]["init_from"] == str(tmp_path / "dllm_stage1")
+    assert doc["stages"][1]["recipe"]["init_from"] == str(tmp_path / "stages" / "stage1")
     assert "causal_init" in doc["stages"][0]["loss_curves"]
     # lr 0 in the last stage: its weights are the first stage's
     from safetensors.torch import load_file
-    a = load_file(tmp_path / "dllm_stage1" / "model.safetensors")
+    a = load_file(tmp_path / "stages" / "stage1" / "model.safetensors")
     b = load_file(tmp_path / "dllm" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_command_runs_the_stages_unless_a_single_run_is_asked(tmp_path, monkeypatch):
+    small = dict(kind="dllm", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, batch_size=4,
+                 warmup=1)
+    monkeypatch.setattr(train, "DLLM_STAGES", [train.TrainConfig(**small, steps=1),
+                                               train.TrainConfig(**small, steps=2, causal_mix=1.0)])
+    monkeypatch.setattr(train, "DLLM_RECIPE", train.TrainConfig(**small, steps=1))
+    # main() sets the thread count and deterministic mode of the process: put them back afterwards
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        train.main(["--models", "dllm", "--out", str(tmp_path / "staged")])
+        doc = json.loads((tmp_path / "staged" / "dllm" / "training.json").read_text())
+        assert [r["steps_done"] for r in doc["stages"]] == [1, 2]
+        assert not list((tmp_path / "staged").glob("*stage*"))  # intermediate stages are not left in OUT
+        train.main(["--models", "dllm", "--out", str(tmp_path / "single"), "--dllm-steps", "3",
+                    "--causal-mix", "0.5"])
+        doc = json.loads((tmp_path / "single" / "dllm" / "training.json").read_text())
+        assert doc["steps_done"] == 3 and doc["recipe"]["causal_mix"] == 0.5
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def test_training_writes_a_loadable_checkpoint(tok, tmp_path):
@@ -276,6 +298,11 @@ def test_cli_demo_and_generate_run(capsys):
     assert "\033[" in out and "Answer:" in out
     cli(["demo", "--synthetic", "--steps", "1", "--vocab", "1000"])
     assert "mixture_weight" in capsys.readouterr().out
+    # bad knobs and specs end in one line, not a traceback
+    with pytest.raises(SystemExit, match="error: mixture_weight must be in"):
+        cli(["generate", "-w", "1.5", "--no-compare"])
+    with pytest.raises(SystemExit, match="error: policy must be one of"):
+        cli(["demo", "--policy", "fastest"])
 
 
 def test_parse_policy():

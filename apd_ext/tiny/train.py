@@ -329,18 +329,24 @@ def save(model: Transformer, mc: ModelConfig, tok: TinyTokenizer, out: str | Pat
         (out / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
-def train_stages(stages: list[TrainConfig], tok: TinyTokenizer, out: str | Path, log=print) -> None:
-    """Run `stages` in order, each continuing from the previous one's checkpoint (written to
-    OUT_stageN); OUT gets the last, its training.json listing every stage's record."""
+def train_stages(stages: list[TrainConfig], tok: TinyTokenizer, out: str | Path, log=print,
+                 stage_dir: str | Path | None = None) -> None:
+    """Run `stages` in order, each continuing from the previous one's checkpoint. The intermediate
+    checkpoints go to stage_dir/stageN (default: a temporary directory, removed at the end); OUT
+    gets the last, its training.json listing every stage's record."""
+    import tempfile
+
     out = Path(out)
-    records, prev = [], None
-    for i, cfg in enumerate(stages, 1):
-        cfg = TrainConfig(**{**cfg.__dict__, "init_from": prev})
-        dest = out if i == len(stages) else Path(f"{out}_stage{i}")
-        log(f"[stage {i}/{len(stages)}] -> {dest}")
-        train(cfg, tok, dest, log=log)
-        records.append(json.loads((dest / "training.json").read_text()))
-        prev = str(dest)
+    with tempfile.TemporaryDirectory(prefix="apd_tiny_stages_") as tmp:
+        where = Path(stage_dir) if stage_dir is not None else Path(tmp)
+        records, prev = [], None
+        for i, cfg in enumerate(stages, 1):
+            cfg = TrainConfig(**{**cfg.__dict__, "init_from": prev})
+            dest = out if i == len(stages) else where / f"stage{i}"
+            log(f"[stage {i}/{len(stages)}] -> {dest}")
+            train(cfg, tok, dest, log=log)
+            records.append(json.loads((dest / "training.json").read_text()))
+            prev = str(dest)
     (out / "training.json").write_text(json.dumps({"stages": records}, indent=2, default=str) + "\n")
 
 
