@@ -98,7 +98,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.xaxis.set_minor_locator(LogLocator(base=2, subs=(1.25, 1.5, 1.75)))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:.3g}" if narrow else ""))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _, narrow=narrow: f"{x:.3g}" if narrow else ""))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (final answer)")

@@ -134,7 +134,8 @@ def evaluate(pair: Pair, problems: list[task.Problem], spec: str, progress: bool
     return {
         "policy": spec, "name": name, "params": {k: v for k, v in kw.items()},
         "num_problems": n, "correct": correct, "accuracy": correct / max(1, n),
-        "generated_tokens": tokens, "emitted_tokens": emitted, "dllm_forwards": dllm_f, "verifier_forwards": ver_f, "steps": steps,
+        "generated_tokens": tokens, "emitted_tokens": emitted, "dllm_forwards": dllm_f, "verifier_forwards": ver_f,
+        "steps": steps,
         "tokens_per_dllm_forward": tokens / dllm_f if dllm_f else None,
         "tokens_per_step": tokens / steps if steps else None,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall,
