@@ -13,6 +13,7 @@ CPU tensors -> "cpu" when the extension is built, else "reference". APD_EXT_BACK
 
 from __future__ import annotations
 
+import importlib
 import os
 from functools import lru_cache
 
@@ -46,7 +47,7 @@ class _Reference:
 
 
 class _TorchOp:
-    """The C++/CUDA kernels registered as torch.ops.apd_ext.* (csrc/torch/bindings.cpp)."""
+    """The C++/CUDA kernels registered as torch.ops.apd_ext.* (csrc/torch_ops/bindings.cpp)."""
 
     def __init__(self, name: str):
         self.name = name
@@ -68,7 +69,9 @@ class _TorchOp:
 def extension():
     """The compiled extension module, or None when it is not built (then only Python backends run)."""
     try:
-        from apd_ext import _C  # noqa: F401  (importing registers torch.ops.apd_ext.*)
+        # import_module, not `from apd_ext import _C`: the latter turns a missing module into a
+        # plain ImportError ("cannot import name"), indistinguishable from a build that fails to load.
+        _C = importlib.import_module("apd_ext._C")  # registers torch.ops.apd_ext.*
     except ModuleNotFoundError as e:
         if e.name != "apd_ext._C":
             raise

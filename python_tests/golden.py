@@ -1,18 +1,32 @@
-"""Paths and loaders for ../shared/golden (written by the authors' reference code)."""
+"""Paths and loaders for the golden data written by the authors' reference code.
+
+One setting finds it: APD_EXT_GOLDEN (a directory), else ../shared/golden beside the checkout.
+The device machine gets only the checkout, so its commands copy the data into an ignored folder of
+the checkout and point APD_EXT_GOLDEN there (bench/device/README.md). Nothing is read at import
+time: a missing directory fails the tests that need it, not the collection of the others.
+"""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "golden"
+
+
+def root() -> Path:
+    """The golden directory (APD_EXT_GOLDEN, else ../shared/golden); may not exist."""
+    env = os.environ.get("APD_EXT_GOLDEN")
+    return Path(env).resolve() if env else DEFAULT
 
 
 def path(name: str) -> Path:
-    p = GOLDEN / name
+    p = root() / name
     if not p.exists():
-        pytest.fail(f"golden data missing: {p} (shared/ must sit beside the checkout)")
+        how = "APD_EXT_GOLDEN points" if os.environ.get("APD_EXT_GOLDEN") else "shared/ must sit beside the checkout, or set APD_EXT_GOLDEN"
+        pytest.fail(f"golden data missing: {p} ({how} to the golden directory)")
     return p
 
 
@@ -23,4 +37,9 @@ def load(name: str) -> tuple[dict, dict]:
 
 
 def runs() -> list[dict]:
-    return json.loads(path("apd_runs/index.json").read_text())["runs"]
+    """The golden runs, for parametrisation at collection time. When the data is missing this is a
+    single placeholder whose test fails with the reason (the collection of other tests goes on)."""
+    index = root() / "apd_runs" / "index.json"
+    if not index.exists():
+        return [{"file": "MISSING.safetensors", "missing": str(index)}]
+    return json.loads(index.read_text())["runs"]

@@ -32,6 +32,8 @@ def _replay_noise(t, width):
 
 @pytest.mark.parametrize("run", golden.runs(), ids=lambda r: r["file"].removesuffix(".safetensors"))
 def test_golden_runs_replay_exactly(models, run):
+    if "missing" in run:
+        pytest.fail(f"golden data missing: {run['missing']} (see python_tests/golden.py)")
     t, meta = golden.load("apd_runs/" + run["file"])
     P = t["input_ids"].shape[1]
     L = run["max_length"]

@@ -1,29 +1,26 @@
-"""../shared/golden/criterion.safetensors: drafts and acceptance of the authors' reference code.
+"""criterion.safetensors of the golden data (found by python_tests/golden.py): drafts and acceptance
+of the authors' reference code.
 
 In their mode (draft at temperature T^2 from their uniforms, greedy_target=True) every backend must
 reproduce their draft, targets, accept vectors and counts exactly; in the default (paper) mode, with
 the same uniforms, every backend must match reference.py.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import golden as golden_data
 from apd_ext import reference
 from helpers import backend_device, backend_params, run
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "criterion.safetensors"
 WEIGHTS = {"w000": 0.0, "w030": 0.3, "w070": 0.7, "w100": 1.0}
 BACKENDS = backend_params(("reference", "cpu", "triton", "cuda"))
 
 
 @pytest.fixture(scope="module")
 def golden():
-    if not GOLDEN.exists():
-        pytest.fail(f"golden data missing: {GOLDEN} (shared/ must sit beside the checkout)")
-    return load_file(str(GOLDEN))
+    return load_file(str(golden_data.path("criterion.safetensors")))
 
 
 def _case(g, c):

@@ -117,3 +117,44 @@ def test_extension_is_built_when_required():
     assert "cpu" in apd_ext.available_backends("cpu")
     if torch.cuda.is_available():
         assert backends.has_cuda_kernels(), "CUDA is present but the extension has no CUDA kernels"
+
+
+def _copy_package(tmp_path, so_bytes: bytes | None):
+    """A copy of the apd_ext package in tmp_path, its extension removed or replaced by so_bytes."""
+    import shutil
+    from pathlib import Path
+
+    src = Path(apd_ext.__file__).parent
+    dst = tmp_path / "apd_ext"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("_C*.so", "__pycache__", "assets"))
+    if so_bytes is not None:
+        (dst / "_C.abi3.so").write_bytes(so_bytes)
+    return tmp_path
+
+
+def _probe(root):
+    import subprocess
+    import sys
+
+    code = ("import torch, apd_ext; from apd_ext import backends\n"
+            "print(backends.extension() is None, apd_ext.available_backends('cpu'))\n"
+            "t, _ = apd_ext.sample_draft(torch.randn(1, 2, 7), temperature=0)\n"
+            "print(t.tolist())")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_unbuilt_checkout_falls_back_to_python_backends(tmp_path):
+    """A checkout without the built extension imports and runs on the reference backend."""
+    r = _probe(_copy_package(tmp_path, None))
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("True") and "'cpu'" not in first, r.stdout
+
+
+def test_broken_extension_build_is_loud(tmp_path):
+    """An extension file that does not load is an error, never a silent fallback."""
+    r = _probe(_copy_package(tmp_path, b"not an ELF file"))
+    assert r.returncode != 0
+    assert "ImportError" in r.stderr and "_C" in r.stderr, r.stderr[-2000:]
