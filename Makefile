@@ -51,14 +51,15 @@ bench: build
 bench-loop: build
 	PYTHONPATH=. $(PY) bench/bench_loop.py
 
-# On a GPU machine (no package registry needed): build against the installed torch, run every
-# test including the CUDA ones and the op benchmark, and save the output under bench/results/.
+# On a GPU machine (no package registry needed): build against the installed torch, run the tests
+# on the GPU and the op benchmark (bench/device/README.md: the same commands, one by one, through
+# the device tool); logs and CSVs under $OUT (default bench/results/device/).
 gpu-check:
-	bash bench/gpu_check.sh
+	bash bench/device/run_all.sh
 
 # gpu-check plus the end-to-end benchmark at Dream-7B / Qwen2.5-0.5B shapes (bench/bench_e2e.py).
 gpu-suite:
-	bash bench/gpu_check.sh --suite
+	bash bench/device/run_all.sh --suite
 
 clean:
 	rm -rf build apd_ext/_C*.so *.egg-info
