@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "apd/apd.h"
 #include "apd/math.h"
@@ -110,30 +111,70 @@ __device__ __forceinline__ bool vector_ok(const typename F::T* row) {
   return (reinterpret_cast<uintptr_t>(row) % (CW * sizeof(typename F::T))) == 0;
 }
 
-// Chunk c (entries c*CW .. c*CW+CW-1) of a row as float, NaN -> -inf, entries >= vocab -> -inf.
+// Bits of -inf in the storage format of F (the value of entries at v >= vocab).
+template <class F>
+constexpr uint32_t neg_inf_bits() {
+  if constexpr (sizeof(typename F::T) == 4) return 0xff800000u;
+  else if constexpr (std::is_same_v<F, BF16>) return 0xff80u;
+  else return 0xfc00u;
+}
+
+// Chunk c (entries c*CW .. c*CW+CW-1) of a row as loaded: the raw storage words (two 16-bit
+// entries per word, the lower half the lower index), entries >= vocab holding -inf. Kernels that
+// keep several chunks of two rows in flight hold them packed (a 16-bit chunk of 8 entries is 4
+// registers, 8 once converted) and convert with unpack_chunk where they are used.
+template <class F, int CW>
+struct RawChunk {
+  static constexpr int kWords = CW * static_cast<int>(sizeof(typename F::T)) / 4;
+  static_assert(kWords == 2 || kWords == 4, "a chunk is one 8- or 16-byte vector");
+  uint32_t w[kWords];
+};
+
+template <class F, int CW>
+__device__ __forceinline__ RawChunk<F, CW> load_raw_chunk(const typename F::T* __restrict__ row, int64_t c,
+                                                          int64_t vocab, bool vec_ok) {
+  using T = typename F::T;
+  RawChunk<F, CW> r;
+  const int64_t v0 = c * CW;
+  if (vec_ok && v0 + CW <= vocab) {
+    if constexpr (RawChunk<F, CW>::kWords == 4) {
+      const uint4 q = __ldg(reinterpret_cast<const uint4*>(row + v0));
+      r.w[0] = q.x;
+      r.w[1] = q.y;
+      r.w[2] = q.z;
+      r.w[3] = q.w;
+    } else {
+      const uint2 q = __ldg(reinterpret_cast<const uint2*>(row + v0));
+      r.w[0] = q.x;
+      r.w[1] = q.y;
+    }
+  } else if constexpr (sizeof(T) == 4) {
+#pragma unroll
+    for (int j = 0; j < CW; ++j) r.w[j] = v0 + j < vocab ? __float_as_uint(__ldg(row + v0 + j)) : neg_inf_bits<F>();
+  } else {
+#pragma unroll
+    for (int k = 0; k < CW / 2; ++k) {
+      const uint32_t lo = v0 + 2 * k < vocab ? __ldg(row + v0 + 2 * k) : neg_inf_bits<F>();
+      const uint32_t hi = v0 + 2 * k + 1 < vocab ? __ldg(row + v0 + 2 * k + 1) : neg_inf_bits<F>();
+      r.w[k] = lo | (hi << 16);
+    }
+  }
+  return r;
+}
+
+// A raw chunk as float, NaN -> -inf.
+template <class F, int CW>
+__device__ __forceinline__ void unpack_chunk(const RawChunk<F, CW>& r, float (&out)[CW]) {
+  unpack_words<F>(r.w, RawChunk<F, CW>::kWords, out);
+#pragma unroll
+  for (int j = 0; j < CW; ++j) out[j] = fmaxf(out[j], kNegInf);  // NaN -> -inf
+}
+
+// Chunk c of a row as float, NaN -> -inf, entries >= vocab -> -inf.
 template <class F, int CW>
 __device__ __forceinline__ void load_chunk(const typename F::T* __restrict__ row, int64_t c, int64_t vocab,
                                            bool vec_ok, float (&out)[CW]) {
-  using T = typename F::T;
-  constexpr int kBytes = CW * static_cast<int>(sizeof(T));
-  static_assert(kBytes == 8 || kBytes == 16, "a chunk is one 8- or 16-byte vector");
-  const int64_t v0 = c * CW;
-  if (vec_ok && v0 + CW <= vocab) {
-    if constexpr (kBytes == 16) {
-      const uint4 q = __ldg(reinterpret_cast<const uint4*>(row + v0));
-      const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-      unpack_words<F>(w, 4, out);
-    } else {
-      const uint2 q = __ldg(reinterpret_cast<const uint2*>(row + v0));
-      const uint32_t w[2] = {q.x, q.y};
-      unpack_words<F>(w, 2, out);
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < CW; ++j) out[j] = v0 + j < vocab ? F::cvt(__ldg(row + v0 + j)) : kNegInf;
-  }
-#pragma unroll
-  for (int j = 0; j < CW; ++j) out[j] = fmaxf(out[j], kNegInf);  // NaN -> -inf
+  unpack_chunk<F, CW>(load_raw_chunk<F, CW>(row, c, vocab, vec_ok), out);
 }
 
 // One entry of a row as float (NaN -> -inf).

@@ -100,13 +100,15 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
   }
 
   for (int64_t base = c0; base < c1; base += static_cast<int64_t>(U) * kThreads) {
-    float d[U][CW], a[U][CW];
+    // Loaded chunks stay packed until used (16-bit rows: 4 registers per chunk and row, not 8).
+    RawChunk<FD, CW> rd[U];
+    RawChunk<FA, CW> ra[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t c = base + u * kThreads + threadIdx.x;
       if (c < c1) {
-        load_chunk<FD, CW>(rowd, c, V, vec_d, d[u]);
-        load_chunk<FA, CW>(rowa, c, V, vec_a, a[u]);
+        rd[u] = load_raw_chunk<FD, CW>(rowd, c, V, vec_d);
+        ra[u] = load_raw_chunk<FA, CW>(rowa, c, V, vec_a);
       }
     }
     if constexpr (kSampled) {
@@ -117,9 +119,12 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
         for (int u = 0; u < U; ++u) {
           const int64_t c = base + u * kThreads + threadIdx.x;
           if (c >= c1) continue;
+          float d[CW], a[CW];
+          unpack_chunk(rd[u], d);
+          unpack_chunk(ra[u], a);
 #pragma unroll
           for (int j = 0; j < CW; ++j) {
-            const float t = mix_entry<kTarget, kFiltered>(p, d[u][j], a[u][j], tau, inv_t).tt;
+            const float t = mix_entry<kTarget, kFiltered>(p, d[j], a[j], tau, inv_t).tt;
             if (t > tm) {
               tm = t;
               vm = c * CW + j;
@@ -133,16 +138,19 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
     for (int u = 0; u < U; ++u) {
       const int64_t c = base + u * kThreads + threadIdx.x;
       if (c >= c1) continue;
+      float d[CW], a[CW];
+      unpack_chunk(rd[u], d);
+      unpack_chunk(ra[u], a);
       float dk[CW], mk[CW], tt[CW];
 #pragma unroll
       for (int j = 0; j < CW; ++j) {
-        const MixEntry e = mix_entry<kTarget, kFiltered>(p, d[u][j], a[u][j], tau, inv_t);
+        const MixEntry e = mix_entry<kTarget, kFiltered>(p, d[j], a[j], tau, inv_t);
         dk[j] = e.dk;
         mk[j] = e.mk;
         tt[j] = e.tt;
       }
       lse_add(st[0], dk);
-      lse_add(st[1], a[u]);
+      lse_add(st[1], a);
       if (p.w_mode != kWeightOne) lse_add(st[2], mk);  // w == 1: mix_kept == kept D
       if constexpr (kSampled) {
 #pragma unroll
