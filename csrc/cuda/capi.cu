@@ -3,7 +3,7 @@
 // allocation; a failed launch returns APD_ERROR_CUDA.
 //
 // Splits: a row is split across S blocks so that rows * S >= kBlocksPerSm * #SMs (the SM count
-// is queried once per device and cached), with at least kMinChunksPerSplit chunks per split and
+// and, for the filter's grid, the L2 size are queried once per device and cached), with at least kMinChunksPerSplit chunks per split and
 // S <= split_cap(rows, vocab) (<= kMaxSplits), which bounds the workspace independently of the
 // device. Example, H100 (132 SMs), B*K = 100, V = 151936 bf16: 18992 chunks of 8, S = 6 splits of 3166.
 //
@@ -33,28 +33,44 @@ int64_t rows_of(int64_t batch, int64_t window) {
   return batch * window;
 }
 
-// SM count of the current device, cached per device (cudaDeviceGetAttribute is not a sync, and
-// is legal during stream capture).
-cudaError_t sm_count(int* out) {
+// An attribute of the current device (SM count, L2 bytes), cached per device and attribute
+// (cudaDeviceGetAttribute is not a sync, and is legal during stream capture).
+template <cudaDeviceAttr kAttr>
+cudaError_t device_attr(int* out) {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];
+  static std::atomic<int> cache[kMaxDevices];  // 0: not queried yet; queried values are stored as v + 1
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return e;
   if (dev >= 0 && dev < kMaxDevices) {
     const int n = cache[dev].load(std::memory_order_relaxed);
     if (n > 0) {
-      *out = n;
+      *out = n - 1;
       return cudaSuccess;
     }
   }
   int n = 0;
-  e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+  e = cudaDeviceGetAttribute(&n, kAttr, dev);
   if (e != cudaSuccess) return e;
-  if (n < 1) n = 1;
-  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(n, std::memory_order_relaxed);
+  if (n < 0) n = 0;
+  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(n + 1, std::memory_order_relaxed);
   *out = n;
   return cudaSuccess;
+}
+
+cudaError_t sm_count(int* out) {
+  const cudaError_t e = device_attr<cudaDevAttrMultiProcessorCount>(out);
+  if (e == cudaSuccess && *out < 1) *out = 1;
+  return e;
+}
+
+// Filter launch: the L2-capped grid of filter.cuh (0 L2 bytes reported: one block per row).
+cudaError_t run_filter(apd_dtype dtype, const FilterParams& fp, cudaStream_t stream) {
+  int l2 = 0;
+  cudaError_t e = device_attr<cudaDevAttrL2CacheSize>(&l2);
+  if (e != cudaSuccess) return e;
+  const int64_t elem = dtype == APD_FLOAT32 ? 4 : 2;
+  return launch_filter(dtype, fp, filter_blocks(fp.rows, fp.vocab, elem, l2), stream);
 }
 
 struct Plan {
@@ -101,12 +117,13 @@ apd_status carve(void* workspace, size_t workspace_bytes, int64_t rows, bool fil
 
 float inv_temperature(double t) { return t == 0.0 ? 1.0f : static_cast<float>(1.0 / t); }
 
-FilterParams filter_params(const apd_logits& l, int64_t window, int64_t vocab, const apd_filter& f,
+FilterParams filter_params(const apd_logits& l, int64_t rows, int64_t window, int64_t vocab, const apd_filter& f,
                            const int64_t* valid_lengths, float* tau) {
   FilterParams fp{};
   fp.logits = l.data;
   fp.stride_b = l.stride_b;
   fp.stride_k = l.stride_k;
+  fp.rows = rows;
   fp.window = window;
   fp.vocab = vocab;
   fp.valid_lengths = valid_lengths;
@@ -150,8 +167,8 @@ extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, v
   if (st != APD_OK) return st;
 
   if (filtered) {
-    const FilterParams fp = filter_params(a.dllm, a.window, a.vocab, a.filter, nullptr, tau);
-    if (launch_filter(a.dllm.dtype, fp, rows, stream) != cudaSuccess) return APD_ERROR_CUDA;
+    const FilterParams fp = filter_params(a.dllm, rows, a.window, a.vocab, a.filter, nullptr, tau);
+    if (run_filter(a.dllm.dtype, fp, stream) != cudaSuccess) return APD_ERROR_CUDA;
   }
   DraftParams p{};
   p.logits = a.dllm.data;
@@ -191,8 +208,8 @@ extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* arg
   if (st != APD_OK) return st;
 
   if (filtered) {
-    const FilterParams fp = filter_params(a.dllm, a.window, a.vocab, a.filter, a.valid_lengths, tau);
-    if (launch_filter(a.dllm.dtype, fp, rows, stream) != cudaSuccess) return APD_ERROR_CUDA;
+    const FilterParams fp = filter_params(a.dllm, rows, a.window, a.vocab, a.filter, a.valid_lengths, tau);
+    if (run_filter(a.dllm.dtype, fp, stream) != cudaSuccess) return APD_ERROR_CUDA;
   }
   MixParams p{};
   p.dllm = a.dllm.data;

@@ -3,8 +3,8 @@
 
 namespace apd::cuda {
 
-cudaError_t launch_filter(apd_dtype dtype, const FilterParams& p, int64_t rows, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(rows));
+cudaError_t launch_filter(apd_dtype dtype, const FilterParams& p, int64_t blocks, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(blocks));
   switch (dtype) {
     case APD_FLOAT16:
       filter_kernel<F16><<<grid, kFilterThreads, 0, stream>>>(p);

@@ -1,9 +1,9 @@
-// top-k / top-p threshold of each row (reference.py: filter_threshold), one block per row.
+// top-k / top-p threshold of each row (reference.py: filter_threshold), one block per row at a time.
 // Runs only when a filter is active; the unfiltered path never launches it.
 //
 // Method: radix select on the order-preserving uint32 key of x = D * inv_T (-0 folded into +0,
 // so key order is float order and equal floats have equal keys), 4 bits per pass from the top,
-// 8 passes per phase over the row (which stays in L2 between passes):
+// 8 passes per phase over the row:
 // * top-k: per pass a 16-bin histogram of the entries matching the key prefix found so far;
 //   walking the bins from the top picks the bin that holds the k-th largest. After 8 passes the
 //   prefix is the key of the k-th largest x: tau_k (ties at tau_k kept by keep = x >= tau).
@@ -17,6 +17,24 @@
 // in a fixed order, so thresholds are run-to-run identical. Masses: expf per entry, float per
 // thread, double across threads.
 // tau = +inf when K is empty (every x = -inf) or when M = +inf (reference: NaN probabilities).
+//
+// Memory traffic: a row is read 8 (top-k or top-p), 9 (top-p alone: one max pass) or 16 times
+// (both). Only the first read should come from HBM, the others from L2; that needs every row in
+// flight to stay in L2 until its last pass. One block per row would put as many rows in flight
+// as fit on the device (__launch_bounds__(512, 2): 264 rows on an H100/H200 = 80 MB of bf16 rows
+// of 151936, 160 MB of float32 ones) against 50 MB (H100) / 60 MB (H200) of L2, so at B*K in
+// the hundreds every pass would go to HBM. Instead the grid is capped (filter_blocks,
+// kernels.cuh): blocks loop over rows (block g takes rows g, g + grid, ...) and the grid is the
+// largest for which rows in flight * row bytes <= half the L2 (cudaDevAttrL2CacheSize; half
+// because H100-class L2s are two partitions that may both hold a line read from the far one,
+// and the other blocks' lines and the tau writes need room too), balanced so that every block
+// gets the same number of rows (+-1). Examples, bf16 V = 151936 (297 KiB/row): H200 (60 MiB)
+// <= 103 rows in flight, B*K = 800 -> 100 blocks of 8 rows, B*K = 100 -> 100 blocks of 1;
+// H100 (50 MiB) <= 86 rows, B*K = 100 -> 50 blocks of 2. Fewer blocks than SMs keep fewer loads
+// in flight, so each thread keeps kFilterUnroll = 4 chunks (16 B each) in flight: 32 KB per
+// block. A row's result does not depend on the grid (one block computes it, in the same
+// per-thread order as ever), so thresholds are identical to those of one block per row.
+// (Staging the row in shared memory is not possible at these sizes: 297 KiB of bf16 > 227 KiB.)
 #pragma once
 
 #include "kernels.cuh"
@@ -36,13 +54,15 @@ __device__ __forceinline__ int digit(uint32_t key, int shift, uint32_t prefix) {
   return static_cast<int>((key >> shift) & 15u);
 }
 
+constexpr int kFilterUnroll = 4;  // chunks in flight per thread
+
+// The threshold of one row; called by all threads of the block.
 template <class F>
-__global__ void __launch_bounds__(kFilterThreads) filter_kernel(const FilterParams p) {
+__device__ __forceinline__ void filter_row(const FilterParams& p, int64_t row) {
   using T = typename F::T;
   constexpr int CW = chunk_width<F>();
-  constexpr int U = 2;  // chunks in flight per thread
+  constexpr int U = kFilterUnroll;
 
-  const int64_t row = blockIdx.x;
   const int64_t b = row / p.window, i = row - b * p.window;
   if (i >= valid_length(p.valid_lengths, b, p.window)) return;  // block-uniform
   const T* rowp = row_pointer<F>(p.logits, p.stride_b, p.stride_k, b, i);
@@ -64,19 +84,21 @@ __global__ void __launch_bounds__(kFilterThreads) filter_kernel(const FilterPara
   // per-thread order.
   auto for_each_x = [&](auto&& fn) {
     for (int64_t base = 0; base < nchunks; base += static_cast<int64_t>(U) * kFilterThreads) {
-      float d[U][CW];
+      RawChunk<F, CW> raw[U];  // packed until used
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t c = base + u * kFilterThreads + tid;
-        if (c < nchunks) load_chunk<F, CW>(rowp, c, V, vec_ok, d[u]);
+        if (c < nchunks) raw[u] = load_raw_chunk<F, CW>(rowp, c, V, vec_ok);
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t c = base + u * kFilterThreads + tid;
         if (c >= nchunks) continue;
+        float d[CW];
+        unpack_chunk(raw[u], d);
 #pragma unroll
         for (int j = 0; j < CW; ++j)
-          if (c * CW + j < V) fn(__fmul_rn(d[u][j], inv_t));
+          if (c * CW + j < V) fn(__fmul_rn(d[j], inv_t));
       }
     }
   };
@@ -208,6 +230,12 @@ __global__ void __launch_bounds__(kFilterThreads) filter_kernel(const FilterPara
   }
 
   if (tid == 0) p.tau[row] = tau;
+}
+
+// Persistent blocks: block g computes rows g, g + gridDim.x, ... (grid: filter_blocks).
+template <class F>
+__global__ void __launch_bounds__(kFilterThreads, 2) filter_kernel(const FilterParams p) {
+  for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) filter_row<F>(p, row);
 }
 
 }  // namespace apd::cuda

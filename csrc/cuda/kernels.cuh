@@ -1,8 +1,9 @@
 // Parameters and launchers of the CUDA kernels; capi.cu (the C ABI) is the only caller.
 //
 // Pipeline of one op call, everything on the caller's stream, no host sync, no allocation:
-//   1. filter_kernel (filter.cu), only when top_k / top_p is active: one block per row computes
-//      the threshold tau of the row in x = D * inv_T units into the workspace.
+//   1. filter_kernel (filter.cu), only when top_k / top_p is active: one block per row at a time
+//      computes the threshold tau of the row in x = D * inv_T units into the workspace; the grid
+//      is capped so that the rows in flight stay in L2 (filter_blocks) and blocks loop over rows.
 //   2. *_partial_kernel: grid rows * splits, each block scans one contiguous range of chunks of
 //      one row (split s of row r is block r * splits + s) and writes a partial state.
 //   3. a small finalize kernel merges the splits of each row in split order and writes the
@@ -27,9 +28,10 @@
 //   nearly all of a row skips Philox; on flat N(0, 1) rows Philox remains (~15 instructions
 //   per entry), the logs do not.
 // * sample_draft reads one row (10 us floor) with 4 chunks in flight (2 when sampled).
-// * The filter (top-k / top-p) is a separate one-block-per-row kernel, 8 radix passes per
-//   phase over the row (from L2); the unfiltered path never launches it, and the mixture kernel
-//   has an unfiltered instantiation without the threshold test.
+// * The filter (top-k / top-p) is a separate kernel, one block per row at a time, 8 radix passes
+//   per phase over the row, all but the first from L2 (at most half the L2 worth of rows in
+//   flight: filter.cuh); the unfiltered path never launches it, and the mixture kernel has an
+//   unfiltered instantiation without the threshold test.
 // * Everything is deterministic: merges in fixed orders, no float atomics (the only atomic, a
 //   shared-memory max of skip bounds, changes how much work is skipped, never a result).
 #pragma once
@@ -48,15 +50,24 @@ namespace apd::cuda {
 struct FilterParams {
   const void* logits;
   int64_t stride_b, stride_k;
-  int64_t window, vocab;
+  int64_t rows, window, vocab;   // rows = batch * window
   const int64_t* valid_lengths;  // rows (b, i) with i >= valid length are skipped; null: none
   float inv_t;                   // x = D * inv_t (1 when T == 0)
   int64_t top_k;                 // in [1, vocab), or 0 when top-k is inactive
   double top_p;                  // in (0, 1); 1 when top-p is inactive
   float* tau;                    // out [rows]
 };
-// grid: rows blocks (rows <= INT32_MAX).
-cudaError_t launch_filter(apd_dtype dtype, const FilterParams& p, int64_t rows, cudaStream_t stream);
+// Blocks of the filter grid (filter.cuh): the most blocks (at most rows) with
+// blocks * row bytes <= l2_bytes / 2, then balanced (rows split evenly over the blocks); rows when
+// the L2 size is unknown (l2_bytes <= 0).
+inline int64_t filter_blocks(int64_t rows, int64_t vocab, int64_t elem_bytes, int64_t l2_bytes) {
+  if (l2_bytes <= 0) return rows;
+  int64_t fit = l2_bytes / 2 / (vocab * elem_bytes);
+  fit = fit < 1 ? 1 : fit;
+  return ceil_div(rows, ceil_div(rows, fit));
+}
+// grid: `blocks` blocks (1 <= blocks <= INT32_MAX), each looping over rows.
+cudaError_t launch_filter(apd_dtype dtype, const FilterParams& p, int64_t blocks, cudaStream_t stream);
 
 // ---- sample_draft (sample_draft.cu) ------------------------------------------------------------
 struct DraftPartial {

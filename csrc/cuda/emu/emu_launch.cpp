@@ -8,8 +8,11 @@
 
 namespace apd::cuda {
 
-cudaError_t launch_filter(apd_dtype dtype, const FilterParams& p, int64_t rows, cudaStream_t) {
-  const dim3 grid(static_cast<unsigned>(rows));
+cudaError_t launch_filter(apd_dtype dtype, const FilterParams& p, int64_t blocks, cudaStream_t) {
+  const dim3 grid(static_cast<unsigned>(blocks));
+  ++emu::g_filter_launches;
+  emu::g_filter_looped += blocks < p.rows;
+  if (blocks < 1 || blocks > p.rows) { fprintf(stderr, "emu: filter grid %ld for %ld rows\n", (long)blocks, (long)p.rows); abort(); }
   switch (dtype) {
     case APD_FLOAT16: emu::run(grid, kFilterThreads, [&] { filter_kernel<F16>(p); }); break;
     case APD_BFLOAT16: emu::run(grid, kFilterThreads, [&] { filter_kernel<BF16>(p); }); break;

@@ -3,7 +3,8 @@
 // unaligned rows and strides, NaN / -inf / +-0 / tied logits, every noise source, filters,
 // mixture weights 0 / 1 / other, greedy targets, valid_lengths, out-of-range drafts, and SM
 // counts that change the split plan. Tokens, targets and num_accepted must match exactly,
-// log-probs to 2e-4 relative. Usage: test_vs_cpu [cases [seed [big]]]. Build: run.sh.
+// log-probs to 2e-4 relative; L2 sizes that make the filter's blocks loop over several rows.
+// Usage: test_vs_cpu [cases [seed [big]]]. Build: run.sh.
 #include <immintrin.h>
 #include <cmath>
 #include <cstdio>
@@ -110,13 +111,20 @@ static const char* dn(apd_dtype t) { return t == APD_FLOAT32 ? "f32" : t == APD_
 
 static void run_case(apd_dtype dt, apd_dtype dta, int64_t B, int64_t K, int64_t V, double T, int64_t topk, double topp,
                      double w, bool greedy_target, int noise_mode, int sms, const std::string& kind, bool use_vl,
-                     int64_t pad, int64_t misalign) {
+                     int64_t pad, int64_t misalign, int l2_choice = 3) {
+  // L2 sizes (the filter's grid): unknown (one block per row), tiny (one or a few blocks loop over
+  // all rows), 64 KiB, an H100's.
+  const int l2s[4] = {0, 2048, 64 << 10, 50 << 20};
+  const int sms_choices[4] = {1, 3, 8, 132};
+  int sms_idx = 0;
+  while (sms_idx < 3 && sms_choices[sms_idx] != sms) ++sms_idx;
   char desc[512];
-  snprintf(desc, sizeof desc, "%s/%s B=%ld K=%ld V=%ld T=%g k=%ld p=%g w=%g gt=%d noise=%d sms=%d kind=%s vl=%d pad=%ld mis=%ld",
+  snprintf(desc, sizeof desc, "%s/%s B=%ld K=%ld V=%ld T=%g k=%ld p=%g w=%g gt=%d noise=%d sms=%d l2=%d kind=%s vl=%d pad=%ld mis=%ld",
            dn(dt), dn(dta), (long)B, (long)K, (long)V, T, (long)topk, topp, w, (int)greedy_target, noise_mode, sms,
-           kind.c_str(), (int)use_vl, (long)pad, (long)misalign);
+           l2s[l2_choice], kind.c_str(), (int)use_vl, (long)pad, (long)misalign);
   emu::g_sm_count = sms;
-  emu::g_device = sms % 64;
+  emu::g_l2_bytes = l2s[l2_choice];
+  emu::g_device = sms_idx * 4 + l2_choice;  // attributes are cached per device
   Logits D(dt, B, K, V, pad, misalign, kind);
   Logits A(dta, B, K, V, pad + 1, (misalign + 1) % 3, kind == "allneg" ? "normal" : kind);
   Noise nz;
@@ -259,8 +267,19 @@ int main(int argc, char** argv) {
     const int sms = std::vector<int>{1, 3, 8, 132}[irand(0, 3)];
     const std::string kind = urand() < 0.05 ? "allneg" : kinds[irand(0, 4)];
     run_case(dt, dta, B, K, V, T, topk, topp, w, gt, noise_mode, sms, kind, urand() < 0.5, irand(0, 1) ? 0 : irand(1, 9),
-             irand(0, 1) ? 0 : irand(1, 7));
+             irand(0, 1) ? 0 : irand(1, 7), c % 4);
   }
-  printf("%d checks, %d failures, %ld launches\n", checks, failures, emu::g_launches);
+  // Many rows through the persistent filter grid: a tiny L2 puts several rows on each block
+  // (with skipped rows from valid_lengths in between), every filter mode and dtype.
+  for (int c = 0; c < 6; ++c) {
+    const apd_dtype dt = dts[c % 3];
+    const int64_t topk = c % 3 == 1 ? 0 : 7;
+    const double topp = c % 3 == 0 ? 1.0 : 0.8;
+    run_case(dt, dt, 3, 40, c < 3 ? 111 : 1000, c % 2 ? 0.0 : 0.7, topk, topp, 0.5, false, 0, 8, c % 2 ? "ties" : "peaky",
+             true, c % 2, c % 3, 1 + (c & 1));
+  }
+  if (emu::g_filter_looped == 0) fail("no filter launch had fewer blocks than rows");
+  printf("%d checks, %d failures, %ld launches (filter: %ld, %ld with several rows per block)\n", checks, failures,
+         emu::g_launches, emu::g_filter_launches, emu::g_filter_looped);
   return failures != 0;
 }

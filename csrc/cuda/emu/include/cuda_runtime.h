@@ -26,17 +26,19 @@ struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c 
 typedef int cudaError_t;
 enum { cudaSuccess = 0 };
 typedef struct CUstream_st* cudaStream_t;
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrL2CacheSize = 38 };
 
 namespace emu {
 inline int g_sm_count = 132;
+inline int g_l2_bytes = 50 << 20;
 inline int g_device = 0;
 inline long g_launches = 0;
+inline long g_filter_launches = 0, g_filter_looped = 0;  // filter launches; those with blocks < rows
 struct Fiber { ucontext_t ctx; uint3 tidx; bool done; std::vector<char> stack; };
 struct Block {
   std::vector<Fiber> fibers;
   ucontext_t sched;
-  uint3 bidx; uint3 bdim;
+  uint3 bidx; uint3 bdim; uint3 gdim;
   unsigned n = 0, bar_count = 0, bar_gen = 0;
   unsigned warp_count[64] = {}, warp_gen[64] = {};
   unsigned char slot[1024][8];
@@ -67,6 +69,7 @@ inline void run(dim3 grid, dim3 block, std::function<void()> fn) {
   Block& B = g_block;
   B.n = block.x;
   B.bdim = uint3{block.x, 1, 1};
+  B.gdim = uint3{grid.x, 1, 1};
   B.fibers.resize(B.n);
   for (auto& f : B.fibers) if (f.stack.empty()) f.stack.resize(256 * 1024);
   for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -112,6 +115,7 @@ inline T shfl_xor(T v, int o) {
 #define threadIdx (::emu::g_cur->tidx)
 #define blockIdx (::emu::g_block.bidx)
 #define blockDim (::emu::g_block.bdim)
+#define gridDim (::emu::g_block.gdim)
 
 inline void __syncthreads() { emu::syncthreads(); }
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int o) { return emu::shfl_xor(v, o); }
@@ -127,7 +131,10 @@ inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
 template <class T> inline T __ldg(const T* p) { return *p; }
 
 inline cudaError_t cudaGetDevice(int* d) { *d = emu::g_device; return cudaSuccess; }
-inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = emu::g_sm_count; return cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+  *v = a == cudaDevAttrL2CacheSize ? emu::g_l2_bytes : emu::g_sm_count;
+  return cudaSuccess;
+}
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline unsigned atomicMax(unsigned* p, unsigned v) { unsigned o = *p; if (v > o) *p = v; return o; }
 inline unsigned __ballot_sync(unsigned, int pred) {
