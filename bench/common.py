@@ -134,7 +134,10 @@ def timestamp() -> str:
 def append_csv(path: Path | str, rows: Sequence[dict], fields: Sequence[str]) -> Path:
     """Append rows (dicts keyed by fields) to path, writing the header when the file is new.
 
-    Raises if the file exists with another header (a schema change): move the old file away.
+    The file is closed (flushed) before returning, so rows appended one call at a time survive a
+    killed run. A file whose header is a prefix of fields (columns added at the end since it was
+    written) is rewritten once with the new header, its rows getting empty new cells. Raises if
+    the file exists with another header (any other schema change): move the old file away.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,8 +145,16 @@ def append_csv(path: Path | str, rows: Sequence[dict], fields: Sequence[str]) ->
     new = not path.exists() or path.stat().st_size == 0
     if not new:
         with path.open(newline="") as f:
-            header = next(csv.reader(f), [])
-        if header != fields:
+            old = list(csv.reader(f))
+        header = old[0] if old else []
+        if header != fields and header == fields[: len(header)]:
+            tmp = path.with_name(path.name + ".upgrade")
+            with tmp.open("w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(fields)
+                w.writerows(r + [""] * (len(fields) - len(r)) for r in old[1:])
+            tmp.replace(path)
+        elif header != fields:
             raise RuntimeError(f"{path} has columns {header}, this benchmark writes {fields}; move it away")
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)

@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(backends.extension() is None, reason="extension apd_ext._C not built")
 
 
-def _run(script: str, *args: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+def _run(script: str, *args: str, env: dict | None = None, returncode: int = 0) -> str:
+    base = {k: v for k, v in os.environ.items() if k != "APD_BENCH_FAIL"}  # failures only where a test asks
+    env = dict(base, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--device", "cpu", *args],
                        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == returncode, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
 
 
@@ -30,13 +31,41 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+OPS_QUICK = ("--quick", "--shapes", "1x4x4099", "--dtypes", "bf16", "--logits", "llm", "--threads", "1")
+
+
 def test_bench_ops_quick(tmp_path):
-    out = _run("bench_ops.py", "--quick", "--shapes", "1x4x4099", "--dtypes", "bf16", "--logits", "llm",
-               "--threads", "1", "--csv", str(tmp_path / "ops.csv"))
-    rows = _rows(tmp_path / "ops.csv")
-    assert {(r["op"], r["provider"]) for r in rows} >= {("draft+accept", "baseline"), ("draft+accept", "cpu")}
-    assert all(float(r["p50_ms"]) > 0 for r in rows)
-    assert "vs baseline" in out
+    out = _run("bench_ops.py", *OPS_QUICK, "--out", str(tmp_path))
+    rows = _rows(tmp_path / "ops_cpu.csv")
+    assert {(r["op"], r["provider"]) for r in rows} >= {
+        ("copy", "torch"), ("draft+accept", "baseline"), ("draft+accept", "cpu")}
+    assert all(float(r["p50_ms"]) > 0 and float(r["copy_fraction"]) > 0 and not r["error"] for r in rows)
+    assert "vs baseline" in out and "copy bandwidth" in out and "Side by side" in out
+    assert "rows appended" in (tmp_path / "ops_cpu.log").read_text()  # --out keeps the log too
+
+
+def test_bench_ops_goes_on_after_failures(tmp_path):
+    # The baseline fails in its setup (its first calls), cpu's mixture_accept in its timed calls;
+    # everything else is still measured, each failure is one ERROR line and error rows, exit 1.
+    out = _run("bench_ops.py", *OPS_QUICK, "--csv", str(tmp_path / "ops.csv"),
+               env={"APD_BENCH_FAIL": "baseline,cpu:mixture_accept"}, returncode=1)
+    rows = {(r["op"], r["provider"]): r for r in _rows(tmp_path / "ops.csv")}
+    failed = {k for k, r in rows.items() if r["error"]}
+    assert failed == {("sample_draft", "baseline"), ("mixture_accept", "baseline"), ("draft+accept", "baseline"),
+                      ("mixture_accept", "cpu")}
+    assert all("InjectedFailure" in rows[k]["error"] and rows[k]["p50_ms"] == "" for k in failed)
+    assert float(rows[("sample_draft", "cpu")]["p50_ms"]) > 0 and float(rows[("draft+accept", "cpu")]["p50_ms"]) > 0
+    assert sum(line.lstrip().startswith("ERROR") for line in out.splitlines()) == 2
+    assert "FAILED: 2 measurement(s)" in out
+
+
+def test_bench_ops_rows_are_on_disk_as_measured(tmp_path):
+    # SIGKILL (what a timeout does) in cpu's draft+accept: the rows measured before it are in the CSV.
+    _run("bench_ops.py", *OPS_QUICK, "--csv", str(tmp_path / "ops.csv"),
+         env={"APD_BENCH_FAIL": "cpu:draft+accept=kill"}, returncode=-9)
+    got = [(r["op"], r["provider"]) for r in _rows(tmp_path / "ops.csv")]
+    assert got == [("copy", "torch"), ("sample_draft", "baseline"), ("mixture_accept", "baseline"),
+                   ("draft+accept", "baseline"), ("sample_draft", "cpu"), ("mixture_accept", "cpu")]
 
 
 def test_bench_loop_quick(tmp_path):
