@@ -135,3 +135,25 @@ def test_config_reads_both_dtype_spellings():
     assert ModelConfig.from_dict(base).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="lacks"):
         ModelConfig.from_dict({"model_type": "qwen2"})
+
+
+def test_logits_keep_the_model_dtype_and_fill_the_callers_buffer():
+    """No upcast: a bf16 model's logits are bf16. With out= (position-major [K, B, V]) the verifier
+    writes into the caller's buffer and returns a view of it, equal to the plain result."""
+    v = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"), dtype=torch.bfloat16)
+    d = DllmRunner.from_pretrained(golden.path("dream_tiny"), dtype=torch.bfloat16)
+    ids = torch.randint(0, 381, (2, 30), generator=torch.Generator().manual_seed(2))
+    canvas = torch.cat([ids, torch.full((2, 11), 383)], 1)
+    d.setup(2, 40)
+    assert d.window_logits(canvas, torch.tensor([0, 0]), torch.tensor([30, 28]), torch.tensor([20, 22]), 4,
+                           40).dtype == torch.bfloat16
+    v.setup(2, 40)
+    buf = torch.zeros(7, 2, v.vocab_size, dtype=v.logits_dtype)
+    row0 = v.prefill(canvas, torch.tensor([20, 24]), 24, out=buf[:1])
+    plain = v.step(ids[:, 20:26], torch.tensor([20, 24]), torch.tensor([6, 5]))
+    v.setup(2, 40)
+    assert torch.equal(v.prefill(canvas, torch.tensor([20, 24]), 24), row0)
+    got = v.step(ids[:, 20:26], torch.tensor([20, 24]), torch.tensor([6, 5]), out=buf[1:])
+    assert got.dtype == plain.dtype == torch.bfloat16 and got.shape == (2, 6, v.vocab_size)
+    assert got.data_ptr() == buf[1].data_ptr() and got.stride() == (v.vocab_size, 2 * v.vocab_size, 1)
+    assert torch.equal(got, plain) and torch.equal(buf[0], row0)

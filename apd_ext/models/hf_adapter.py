@@ -1,6 +1,7 @@
 """Slow adapters: any model object whose forward(input_ids) returns logits (a transformers model
 already in memory, say) drives `generate` without conversion. No KV cache: every call recomputes
-the whole prefix, one batch row at a time, so it is for checking and small runs, not for speed.
+the whole prefix, one batch row at a time, so it is for checking and small runs, not for speed
+(and not for CUDA graphs: they read positions on the host). Logits are float32 (`logits_dtype`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class HFDllm:
     device = property(lambda self: self._device)
     vocab_size = property(lambda self: self.config.vocab_size)
     mask_token_id = property(lambda self: self.config.mask_token_id)
+    logits_dtype = torch.float32
 
     def setup(self, batch: int, max_len: int) -> None:
         self.max_len = max_len
@@ -75,29 +77,37 @@ class HFVerifier:
 
     device = property(lambda self: self._device)
     vocab_size = property(lambda self: self.config.vocab_size)
+    logits_dtype = torch.float32
 
     def setup(self, batch: int, max_len: int) -> None:
         self.max_len = max_len
         self.tokens = torch.zeros(batch, max_len + 1, dtype=torch.int64, device=self._device)
 
     @torch.no_grad()
-    def prefill(self, canvas, prompt_len, size):
+    def prefill(self, canvas, prompt_len, size, out=None):
+        """float32 [B, V] (written into out[0] when out, [1, B, V], is given)."""
         self.tokens[:, : canvas.shape[1]] = canvas[:, : self.tokens.shape[1]]
         rows = []
         for b in range(canvas.shape[0]):
             p = int(prompt_len[b])
             rows.append(_logits(self.model, self.tokens[b : b + 1, :p])[0, -1, : self.vocab_size])
-        return torch.stack(rows)
+        if out is None:
+            return torch.stack(rows)
+        out[0].copy_(torch.stack(rows))
+        return out[0]
 
     @torch.no_grad()
-    def step(self, tokens, curr, valid):
+    def step(self, tokens, curr, valid, out=None):
+        """float32 [B, K, V]; rows past valid are zero (a view of out, [K, B, V], when given)."""
         B, K = tokens.shape
-        out = torch.zeros(B, K, self.vocab_size, device=tokens.device)
+        res = torch.zeros(B, K, self.vocab_size, device=tokens.device) if out is None else out.transpose(0, 1)
+        if out is not None:
+            res.zero_()
         for b in range(B):
             c, v = int(curr[b]), int(valid[b])
             if v == 0:
                 continue
             self.tokens[b, c : c + v] = tokens[b, :v]
             logits = _logits(self.model, self.tokens[b : b + 1, : c + v])[0, :, : self.vocab_size]
-            out[b, :v] = logits[c : c + v]
-        return out
+            res[b, :v] = logits[c : c + v]
+        return res

@@ -11,6 +11,12 @@ models are unshifted. The runner returns D [B, K, V]: the logits of canvas posit
 
 Verifier (`VerifierRunner`): causal; `prefill` writes the prompt, `step` runs K draft tokens at
 positions curr..curr+K-1 and returns the logits predicting positions curr+1..curr+K.
+
+Logits come back in the model's dtype (`logits_dtype`: bf16 for a bf16 model), as the sampling ops
+read them; the verifier can write them into a caller's position-major buffer (`out=`), so that the
+decoding loop's [B, K, V] verifier logits are a view of persistent memory, not a per-step copy.
+`setup` keeps its tensors when the shape does not change (a captured CUDA graph holds their
+addresses); `static_tensors` lists every tensor a forward reads that it did not make itself.
 """
 
 from __future__ import annotations
@@ -52,11 +58,27 @@ class _Runner:
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
+    @property
+    def logits_dtype(self) -> torch.dtype:
+        """The dtype of the logits the runner returns (the model's; no upcast)."""
+        return self.model.lm_head.weight.dtype
+
     def setup(self, batch: int, max_len: int) -> None:
-        """Allocate caches for `batch` rows of canvases up to `max_len` tokens (+1 scratch slot)."""
+        """Allocate caches for `batch` rows of canvases up to `max_len` tokens (+1 scratch slot);
+        a repeated call with the same shape keeps every tensor (and its address)."""
         self.max_len = max_len
         self.model.setup_cache(batch, max_len + 1)
-        self._slots = torch.arange(max_len + 1, device=self.device)
+        slots = getattr(self, "_slots", None)
+        if slots is None or slots.shape[0] != self.model.cache_slots or slots.device != self.device:
+            self._slots = torch.arange(self.model.cache_slots, device=self.device)  # every cache slot
+
+    def static_tensors(self) -> list[torch.Tensor]:
+        """The tensors a forward reads but does not allocate (parameters, buffers, K/V caches, slot
+        indices): a captured CUDA graph stays valid while all of them keep their addresses."""
+        out = list(self.model.parameters()) + list(self.model.buffers()) + [self._slots]
+        for layer in self.model.model.layers:
+            out += [layer.self_attn.k_cache, layer.self_attn.v_cache]
+        return out
 
     def _positions(self, start: torch.Tensor, size: int, end: torch.Tensor) -> torch.Tensor:
         """int64 [B, size]: start_b + s where < end_b, else the scratch slot."""
@@ -90,16 +112,16 @@ class DllmRunner(_Runner):
     @torch.no_grad()
     def window_logits(self, canvas: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
                       curr: torch.Tensor, window: int, size: int) -> torch.Tensor:
-        """D float32 [B, window, V]: logits for positions curr..curr+window-1.
+        """D [B, window, V] in `logits_dtype`: logits for positions curr..curr+window-1.
 
         canvas: int64 [B, L]; left, right, curr: int64 [B] with left <= curr - shifted, right <= L;
         size: the static input length (>= max over rows of right - left).
         """
         pos = self._positions(left, size, right)  # [B, size]
         ids = self._gather_ids(canvas, pos)
-        # query s attends cache slots j < right_b (cache + window; never the scratch slot)
-        mask = (self._slots.view(1, 1, -1) < right.view(-1, 1, 1)).unsqueeze(1)
-        mask = mask.expand(-1, 1, size, -1)
+        # every query attends cache slots j < right_b (cache + window; never the scratch slot):
+        # one mask row [B, 1, 1, slots], broadcast over the queries
+        mask = (self._slots.view(1, 1, 1, -1) < right.view(-1, 1, 1, 1))
         first = curr - left - (1 if self.shifted else 0)
         rows = (first.view(-1, 1) + torch.arange(window, device=self.device).view(1, -1)).clamp(0, size - 1)
         return self.model(ids, pos, mask, logit_rows=rows)
@@ -124,19 +146,25 @@ class VerifierRunner(_Runner):
         return (self._slots.view(1, 1, -1) <= pos.unsqueeze(-1)) & (self._slots.view(1, 1, -1) < self.max_len)
 
     @torch.no_grad()
-    def prefill(self, canvas: torch.Tensor, prompt_len: torch.Tensor, size: int) -> torch.Tensor:
-        """Write the prompts' K/V; float32 [B, V]: the logits predicting position prompt_len_b."""
+    def prefill(self, canvas: torch.Tensor, prompt_len: torch.Tensor, size: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """Write the prompts' K/V; [B, V] in `logits_dtype`: the logits predicting position
+        prompt_len_b. out: optional contiguous [1, B, V] buffer to write them into (the result is
+        then out[0])."""
         pos = self._positions(torch.zeros_like(prompt_len), size, prompt_len)
         ids = self._gather_ids(canvas, pos)
         mask = self._causal_mask(pos).unsqueeze(1)
         rows = (prompt_len - 1).clamp(min=0).view(-1, 1)
-        return self.model(ids, pos, mask, logit_rows=rows)[:, 0]
+        return self.model(ids, pos, mask, logit_rows=rows, out=out)[:, 0]
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, curr: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """float32 [B, K, V]: logits after each of the K tokens written at positions curr..curr+K-1
-        (row r predicts position curr + r + 1). Rows r >= valid_b go to the scratch slot."""
+    def step(self, tokens: torch.Tensor, curr: torch.Tensor, valid: torch.Tensor,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, K, V] in `logits_dtype`: logits after each of the K tokens written at positions
+        curr..curr+K-1 (row r predicts position curr + r + 1). Rows r >= valid_b go to the scratch
+        slot. out: optional contiguous [K, B, V] buffer (position-major) the logits are written
+        into; the result is then its view out.transpose(0, 1), no copy."""
         K = tokens.shape[1]
         pos = self._positions(curr, K, curr + valid)
         mask = self._causal_mask(pos).unsqueeze(1)
-        return self.model(tokens, pos, mask)
+        return self.model(tokens, pos, mask, out=out)

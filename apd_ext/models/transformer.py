@@ -4,6 +4,16 @@ activations. Parameter names follow the Hugging Face checkpoints ("model.layers.
 
 Attention is whatever the caller's boolean mask says (True = may attend), so one module serves a
 causal verifier and a bidirectional dLLM reading a windowed cache: the adapters build the masks.
+
+The attention call (`attend`) is shaped for PyTorch's fused SDPA kernels on a GPU, not only the
+math fallback: a boolean mask together with `enable_gqa` rules out FlashAttention (no mask) and,
+before torch 2.13, memory-efficient attention (no GQA), leaving the math path over the whole
+static cache. So the query-head group is folded into the query length instead (q [B, H, S, D] ->
+[B, Hkv, G*S, D], a reshape of the rotated queries; K/V are read as they are, never expanded), the
+mask is an additive bias in the query dtype built once per forward (broadcast over heads, and over
+queries where the mask is the same for all of them), and on CUDA the key length is padded to a
+multiple of 16 so that every bias stride is 8-aligned (the efficient kernel would otherwise pad a
+copy of the bias in every layer). python_tests/test_attention.py checks these constraints.
 """
 
 from __future__ import annotations
@@ -44,6 +54,27 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
+# Key-length alignment of the static cache on CUDA: the memory-efficient kernel wants every bias
+# stride but the last a multiple of 8 elements (at::native preprocess_mask pads a copy otherwise);
+# 16 also keeps each fp32 bias row 64-byte aligned. CPU keeps the exact length (its flash kernel has
+# no such rule, and a padded length changes float rounding, which the bundled weights' bit-for-bit
+# training reproduction would notice).
+CUDA_KEY_ALIGNMENT = 16
+
+
+def cache_alignment(device: torch.device) -> int:
+    """Key-length alignment of the static caches on `device` (see CUDA_KEY_ALIGNMENT)."""
+    return CUDA_KEY_ALIGNMENT if device.type == "cuda" else 1
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The model's one attention call: [B, Hkv, G*S, D] out of q [B, Hkv, G*S, D] (the query-head
+    group folded into the query length), the caches k, v [B, Hkv, Lc, D] and an additive bias in
+    q's dtype of shape [B, 1, G*S or 1, Lc] (0 = attend, -inf = masked). Same head count on q and
+    k/v, no enable_gqa: the call the fused kernels (cuDNN, memory-efficient) accept with a mask."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -57,19 +88,22 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, x, cos, sin, positions, mask):
+    def forward(self, x, cos, sin, positions, bias):
+        # bias: additive [B, 1, G*S or 1, Lc] in x's dtype (Transformer.attention_bias)
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, S, D]
-        k = self.k_proj(x).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
+        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        q = self.q_proj(x).view(B, S, H, D).transpose(1, 2)  # [B, H, S, D]
+        k = self.k_proj(x).view(B, S, Hkv, D).transpose(1, 2)  # [B, Hkv, S, D]
+        v = self.v_proj(x).view(B, S, Hkv, D).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         rows = torch.arange(B, device=x.device).unsqueeze(1)  # [B, 1]
-        self.k_cache[rows, :, positions] = k.transpose(1, 2).to(self.k_cache.dtype)  # cache: [B, Hkv, L, D]
+        self.k_cache[rows, :, positions] = k.transpose(1, 2).to(self.k_cache.dtype)  # cache: [B, Hkv, Lc, D]
         self.v_cache[rows, :, positions] = v.transpose(1, 2).to(self.v_cache.dtype)
-        out = F.scaled_dot_product_attention(
-            q, self.k_cache, self.v_cache, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+        G = H // Hkv  # query heads per K/V head: head h = kv * G + g reads K/V head kv
+        q = q.reshape(B, Hkv, G * S, D)  # [B, Hkv, G*S, D], row g*S + s
+        out = attend(q, self.k_cache, self.v_cache, bias)  # [B, Hkv, G*S, D]
+        out = out.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4).reshape(B, S, H * D)
+        return self.o_proj(out)
 
 
 class MLP(nn.Module):
@@ -91,8 +125,8 @@ class Layer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask)
+    def forward(self, x, cos, sin, positions, bias):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, bias)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -115,17 +149,26 @@ class Transformer(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.tied_parameter_names = {"lm_head.weight"} if config.tie_word_embeddings else set()
-        self.cache_len = 0
+        self.cache_len = 0  # slots the caller addresses (positions < cache_len)
+        self.cache_slots = 0  # allocated slots (cache_len rounded up to the key alignment)
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
 
-    def setup_cache(self, batch: int, max_len: int) -> None:
-        """Allocate [batch, kv_heads, max_len, head_dim] K/V caches and RoPE tables (once per shape)."""
+    def setup_cache(self, batch: int, max_len: int, key_alignment: int | None = None) -> None:
+        """Allocate [batch, kv_heads, Lc, head_dim] K/V caches and RoPE tables (once per shape: the
+        same shape keeps the same tensors, which a captured CUDA graph relies on).
+
+        Lc = max_len rounded up to `key_alignment` (default cache_alignment(device): 16 on CUDA,
+        1 on CPU); slots >= max_len are padding that masks always exclude.
+        """
         p = self.lm_head.weight
         c = self.config
         if max_len > c.max_position_embeddings:
             raise ValueError(f"max length {max_len} exceeds max_position_embeddings {c.max_position_embeddings}")
-        shape = (batch, c.num_key_value_heads, max_len, c.head_dim)
+        if key_alignment is None:
+            key_alignment = cache_alignment(p.device)
+        slots = -(-max_len // key_alignment) * key_alignment
+        shape = (batch, c.num_key_value_heads, slots, c.head_dim)
         for layer in self.model.layers:
             a = layer.self_attn
             if a.k_cache is None or a.k_cache.shape != shape or a.k_cache.device != p.device:
@@ -133,23 +176,55 @@ class Transformer(nn.Module):
                 a.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
         if self.rope_cos.shape[:1] != (max_len,) or self.rope_cos.device != p.device:
             self.rope_cos, self.rope_sin = rope_tables(c, max_len, p.device)
-        self.cache_len = max_len
+        self.cache_len, self.cache_slots = max_len, slots
+
+    def attention_bias(self, mask: torch.Tensor, dtype: torch.dtype, queries: int) -> torch.Tensor:
+        """The additive bias `attend` takes: [B, 1, G*S or 1, cache_slots] in `dtype` (0 where
+        `mask` is True, -inf elsewhere and on the padding slots), the mask's query rows repeated
+        for each of the G query heads that share a K/V head (a mask whose query dimension is 1
+        stays broadcast). Built once per forward and shared by the layers."""
+        Lm = mask.shape[-1]
+        if Lm not in (self.cache_len, self.cache_slots) or mask.dim() != 4 or mask.shape[1] != 1:
+            raise ValueError(f"mask must be [B, 1, S or 1, {self.cache_len}], got {tuple(mask.shape)}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be boolean (True = may attend), got {mask.dtype}")
+        bias = torch.zeros(mask.shape[:-1] + (self.cache_slots,), dtype=dtype, device=mask.device)
+        bias[..., :Lm].masked_fill_(~mask, float("-inf"))
+        bias[..., Lm:] = float("-inf")
+        G = self.config.num_attention_heads // self.config.num_key_value_heads
+        if bias.shape[2] == queries and queries > 1 and G > 1:
+            bias = bias.repeat(1, 1, G, 1)  # folded query row g*S + s reads mask row s
+        return bias
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                logit_rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, R, V] float32.
+                logit_rows: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, R, V] in the model's dtype (no upcast: the sampling ops read bf16 directly).
 
         input_ids, positions: int64 [B, S] (positions index the cache; K/V are written there).
-        mask: bool [B, 1, S, cache_len], True where query s may attend cache position j.
+        mask: bool [B, 1, S or 1, cache_len], True where query s may attend cache position j (a
+            query dimension of 1: the same keys for every query).
         logit_rows: optional int64 [B, R] indices into S: compute the LM head only for those rows.
+        out: optional [R, B, V] tensor of the model's dtype, contiguous: the logits are written
+            there position-major (one matrix product, no copy) and the result is its [B, R, V]
+            view out.transpose(0, 1). R = S without logit_rows.
         """
         if self.cache_len == 0:
             raise RuntimeError("call setup_cache(batch, max_len) before forward")
         x = self.model.embed_tokens(input_ids)
         cos = self.rope_cos[positions].unsqueeze(1)  # [B, 1, S, D]
         sin = self.rope_sin[positions].unsqueeze(1)
+        bias = self.attention_bias(mask, x.dtype, input_ids.shape[1])
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask)
+            x = layer(x, cos, sin, positions, bias)
         if logit_rows is not None:
             x = torch.gather(x, 1, logit_rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return self.lm_head(self.model.norm(x)).float()
+        h = self.model.norm(x)  # [B, R, hidden]
+        if out is None:
+            return self.lm_head(h)
+        B, R, hidden = h.shape
+        V = self.lm_head.weight.shape[0]
+        if out.shape != (R, B, V) or out.dtype != h.dtype or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous [{R}, {B}, {V}] {h.dtype} tensor, got "
+                             f"{tuple(out.shape)} {out.dtype}")
+        torch.mm(h.transpose(0, 1).reshape(R * B, hidden), self.lm_head.weight.t(), out=out.view(R * B, V))
+        return out.transpose(0, 1)
