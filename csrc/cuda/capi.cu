@@ -1,6 +1,8 @@
 // The CUDA entry points of the C ABI (apd/apd.h): argument checks (apd/validate.h), the split
 // plan, the workspace layout, and the launches. Asynchronous on `stream`: no host sync, no
-// allocation; a failed launch returns APD_ERROR_CUDA.
+// allocation; a failed launch or device query returns APD_ERROR_CUDA and prints the CUDA error on
+// one stderr line (the C ABI has no channel for it, and e.g. "no kernel image is available" or
+// "too many resources requested" on a new GPU must not be reduced to "CUDA error").
 //
 // Splits: a row is split across S blocks so that rows * S >= kBlocksPerSm * #SMs (the SM count
 // and, for the filter's grid, the L2 size are queried once per device and cached), with at least kMinChunksPerSplit chunks per split and
@@ -14,6 +16,7 @@
 // for the alignment, tau, rows * split_cap * sizeof(MixPartial)).
 #include <atomic>
 #include <climits>
+#include <cstdio>
 
 #include "apd/apd.h"
 #include "apd/validate.h"
@@ -71,6 +74,11 @@ cudaError_t run_filter(apd_dtype dtype, const FilterParams& fp, cudaStream_t str
   if (e != cudaSuccess) return e;
   const int64_t elem = dtype == APD_FLOAT32 ? 4 : 2;
   return launch_filter(dtype, fp, filter_blocks(fp.rows, fp.vocab, elem, l2), stream);
+}
+
+apd_status cuda_failure(const char* what, cudaError_t e) {
+  std::fprintf(stderr, "apd_ext: %s failed: CUDA error %d (%s)\n", what, static_cast<int>(e), cudaGetErrorString(e));
+  return APD_ERROR_CUDA;
 }
 
 struct Plan {
@@ -156,7 +164,7 @@ extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, v
   const int64_t rows = rows_of(a.batch, a.window);
   if (rows < 0) return APD_ERROR_INVALID_ARGUMENT;
   int sms = 0;
-  if (sm_count(&sms) != cudaSuccess) return APD_ERROR_CUDA;
+  if (const cudaError_t e = sm_count(&sms); e != cudaSuccess) return cuda_failure("SM count query", e);
   const Plan plan = plan_splits(rows, a.vocab, chunk_width_of(a.dllm.dtype), sms);
   if (rows * plan.splits > INT32_MAX) return APD_ERROR_INVALID_ARGUMENT;
   const bool filtered = filter_active(a.filter, a.vocab);
@@ -168,7 +176,8 @@ extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, v
 
   if (filtered) {
     const FilterParams fp = filter_params(a.dllm, rows, a.window, a.vocab, a.filter, nullptr, tau);
-    if (run_filter(a.dllm.dtype, fp, stream) != cudaSuccess) return APD_ERROR_CUDA;
+    if (const cudaError_t e = run_filter(a.dllm.dtype, fp, stream); e != cudaSuccess)
+      return cuda_failure("filter launch", e);
   }
   DraftParams p{};
   p.logits = a.dllm.data;
@@ -185,7 +194,8 @@ extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, v
   p.tokens = a.tokens;
   p.logprobs = a.logprobs;
   const bool sampled = a.filter.temperature > 0.0;
-  if (launch_sample_draft(a.dllm.dtype, sampled, p, rows, stream) != cudaSuccess) return APD_ERROR_CUDA;
+  if (const cudaError_t e = launch_sample_draft(a.dllm.dtype, sampled, p, rows, stream); e != cudaSuccess)
+    return cuda_failure("sample_draft launch", e);
   return APD_OK;
 }
 
@@ -197,7 +207,7 @@ extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* arg
   const int64_t rows = rows_of(a.batch, a.window);
   if (rows < 0) return APD_ERROR_INVALID_ARGUMENT;
   int sms = 0;
-  if (sm_count(&sms) != cudaSuccess) return APD_ERROR_CUDA;
+  if (const cudaError_t e = sm_count(&sms); e != cudaSuccess) return cuda_failure("SM count query", e);
   const Plan plan = plan_splits(rows, a.vocab, mixture_chunk_width(a.dllm.dtype, a.verifier.dtype), sms);
   if (rows * plan.splits > INT32_MAX) return APD_ERROR_INVALID_ARGUMENT;
   const bool filtered = filter_active(a.filter, a.vocab);
@@ -209,7 +219,8 @@ extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* arg
 
   if (filtered) {
     const FilterParams fp = filter_params(a.dllm, rows, a.window, a.vocab, a.filter, a.valid_lengths, tau);
-    if (run_filter(a.dllm.dtype, fp, stream) != cudaSuccess) return APD_ERROR_CUDA;
+    if (const cudaError_t e = run_filter(a.dllm.dtype, fp, stream); e != cudaSuccess)
+      return cuda_failure("filter launch", e);
   }
   MixParams p{};
   p.dllm = a.dllm.data;
@@ -241,7 +252,8 @@ extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* arg
   const int target_mode = a.greedy_target       ? kTargetArgmaxMix
                           : a.filter.temperature == 0.0 ? kTargetArgmaxKept
                                                         : kTargetSampled;
-  if (launch_mixture_accept(a.dllm.dtype, a.verifier.dtype, target_mode, p, stream) != cudaSuccess)
-    return APD_ERROR_CUDA;
+  if (const cudaError_t e = launch_mixture_accept(a.dllm.dtype, a.verifier.dtype, target_mode, p, stream);
+      e != cudaSuccess)
+    return cuda_failure("mixture_accept launch", e);
   return APD_OK;
 }
