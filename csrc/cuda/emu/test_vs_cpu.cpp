@@ -13,6 +13,7 @@
 #include <vector>
 #include "cuda_runtime.h"
 #include "apd/apd.h"
+#include "kernels.cuh"
 
 static std::mt19937_64 rng(12345);
 static int failures = 0, checks = 0;
@@ -229,8 +230,25 @@ static void status_checks() {
   expect(apd_has_cuda() == 1 ? APD_OK : APD_ERROR_UNSUPPORTED, APD_OK, "has_cuda");
 }
 
+// The filter grid of filter.cuh's examples (rows in flight * row bytes <= L2 / 2, balanced).
+static void filter_grid_checks() {
+  using apd::cuda::filter_blocks;
+  const int64_t h200 = 60ll << 20, h100 = 50ll << 20, V = 151936;
+  const struct { int64_t rows, elem, l2, want; } cases[] = {
+      {800, 2, h200, 100}, {100, 2, h200, 100}, {100, 2, h100, 50}, {800, 4, h200, 50}, {16, 4, h100, 16},
+      {5, 2, 0, 5}, {7, 2, 1024, 1}, {1, 4, 1, 1}};
+  for (const auto& c : cases) {
+    ++checks;
+    const int64_t got = filter_blocks(c.rows, V, c.elem, c.l2);
+    if (got != c.want)
+      fail("filter_blocks(" + std::to_string(c.rows) + ", " + std::to_string(c.elem) + " B, L2 " + std::to_string(c.l2) +
+           ") = " + std::to_string(got) + ", want " + std::to_string(c.want));
+  }
+}
+
 int main(int argc, char** argv) {
   status_checks();
+  filter_grid_checks();
   const int n = argc > 1 ? atoi(argv[1]) : 200;
   if (argc > 2) rng.seed(atoll(argv[2]));
   const apd_dtype dts[3] = {APD_FLOAT32, APD_FLOAT16, APD_BFLOAT16};
