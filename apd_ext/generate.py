@@ -3,20 +3,28 @@
 One step per batch (APD_SPEC "One decoding step"), every tensor on the models' device and of a
 static shape: the window has `max_lookahead` positions for every row (rows near their end or
 finished get `valid` < K and scratch positions), the dLLM input has a fixed length, positions,
-accepted counts and the RNG offset are tensors. The step is a function of tensors (`run_step`),
-which is what a CUDA graph can capture; the host learns progress through one copy per step.
+accepted counts and the RNG offset are tensors. The step is a function of tensors
+(apd_ext.steps.Step), the one function that runs eagerly, is captured as a CUDA graph and is
+traced by the capturability test; the host learns progress through one copy per step.
+
+Captured graphs are kept across calls (`GRAPH_CACHE`, an LRU of 4 entries keyed by `graph_key`:
+shapes, knobs, dtypes, backend, device and the runner objects), each with its own persistent state
+tensors that the next call with the same key refills in place; an entry is dropped when a runner
+it was captured on is gone or any tensor the step reads from the runners has moved (a runner set up
+for another shape in between, say). `generate.clear_graph_cache()` empties it.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
 from apd_ext import ops, reference
-from apd_ext.steps import (DIFFUSION_ALGS, Clock, NoClock, Progress, State, ar_step, commit, diffusion_generate,
-                           window_step)
+from apd_ext.steps import DIFFUSION_ALGS, NO_CLOCK, Clock, Progress, State, Step, diffusion_generate
 from apd_ext.models.runners import DllmRunner, VerifierRunner
 
 POLICIES = ("apd", "dllm_fixed", "ar", "diffusion")
@@ -75,10 +83,127 @@ def _prompts(input_ids, attention_mask, device) -> tuple[list[list[int]], int]:
     return rows, max(len(r) for r in rows)
 
 
-def _use_graphs(cuda_graphs: bool | None, device: torch.device, noise_fn) -> bool:
+def _native(dllm, verifier, policy) -> bool:
+    """Whether the runners the policy uses are the native (graph-capturable) ones."""
+    ok_d = policy == "ar" or isinstance(dllm, DllmRunner)
+    ok_v = policy == "dllm_fixed" or isinstance(verifier, VerifierRunner)
+    return ok_d and ok_v
+
+
+def _graphs_possible(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def _use_graphs(cuda_graphs: bool | None, device: torch.device, noise_fn, native: bool) -> bool:
     if cuda_graphs is None:
-        return device.type == "cuda" and noise_fn is None
+        return _graphs_possible(device) and noise_fn is None and native
     return bool(cuda_graphs)
+
+
+# --- CUDA-graph cache -----------------------------------------------------------------------------
+
+def graph_key(dllm, verifier, *, batch: int, length: int, window: int, kv_window: int | None, policy: str,
+              k: int, vocab: int, temperature: float, top_k: int, top_p: float, mixture_weight: float,
+              authors_compat: bool, eos: list[int], backend: str, device) -> tuple:
+    """What a captured step depends on besides tensor contents: shapes (batch, canvas length L =
+    P_max + max_new_tokens, window M, kv_window, vocabulary), the policy and its knobs (as the step
+    uses them), the logits dtypes, the EOS list, the resolved backend, the device and the runner
+    objects (by identity; GraphCache also checks they are alive). Prompt lengths, prompts and seeds
+    are not in it: they live in the state tensors, refilled in place."""
+    used_k = int(k) if policy == "dllm_fixed" else None
+    used_w = float(mixture_weight) if policy == "apd" else None
+    return (
+        policy, int(batch), int(length), int(window), kv_window if policy != "ar" else None, int(vocab), used_k,
+        float(temperature), int(top_k), float(top_p), used_w, bool(authors_compat), tuple(eos), str(backend),
+        str(torch.device(device)), getattr(dllm, "logits_dtype", None), getattr(verifier, "logits_dtype", None),
+        id(dllm), id(verifier),
+    )
+
+
+def runner_fingerprint(dllm, verifier, policy: str) -> tuple[int, ...]:
+    """Addresses of every tensor the step reads from the runners it uses (weights, K/V caches,
+    RoPE tables, slot indices): a captured graph is valid while they are unchanged."""
+    used = ([dllm] if policy != "ar" else []) + ([verifier] if policy != "dllm_fixed" else [])
+    return tuple(t.data_ptr() for r in used for t in r.static_tensors())
+
+
+@dataclass(eq=False)
+class CachedStep:
+    """One GraphCache entry: the step function, its persistent state and, once captured, the graph
+    (`replay()`) and its output tensors (n, proposal, window), overwritten by every replay."""
+
+    step: Step
+    state: State
+    dllm_ref: weakref.ref
+    verifier_ref: weakref.ref
+    fingerprint: tuple[int, ...]
+    graph: object | None = None
+    outputs: tuple | None = None
+    captures: int = 0
+    uses: int = 0
+
+
+class GraphCache:
+    """An LRU of CachedStep entries (default 4: each holds a graph's private memory pool, about one
+    step's activations and logits, and its state)."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self.entries: OrderedDict[tuple, CachedStep] = OrderedDict()
+
+    def get(self, key: tuple, dllm, verifier, fingerprint: tuple[int, ...]) -> CachedStep | None:
+        """The entry for key when it is still valid (same live runner objects, same tensor
+        addresses), else None (an invalid entry is dropped)."""
+        e = self.entries.get(key)
+        if e is None:
+            return None
+        if e.dllm_ref() is not dllm or e.verifier_ref() is not verifier or e.fingerprint != fingerprint:
+            del self.entries[key]
+            return None
+        self.entries.move_to_end(key)
+        return e
+
+    def put(self, key: tuple, entry: CachedStep) -> None:
+        self.entries[key] = entry
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def discard(self, key: tuple) -> None:
+        self.entries.pop(key, None)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+GRAPH_CACHE = GraphCache(4)
+
+
+def clear_graph_cache() -> None:
+    """Drop every captured step (and the memory its graph holds)."""
+    GRAPH_CACHE.clear()
+
+
+class _CudaGraphStep:
+    """A step captured as a CUDA graph: replay() runs it; outputs are the captured output tensors."""
+
+    def __init__(self, fn, device: torch.device):
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = fn()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def _capture(fn, device: torch.device):
+    """Capture fn (no arguments, returns a tuple of tensors or None) for replays: an object with
+    replay() and outputs. Recording runs nothing: the caller replays once for the current step.
+    (A seam for python_tests/test_capture.py, which checks the cache logic on CPU.)"""
+    return _CudaGraphStep(fn, device)
 
 
 def generate(
@@ -133,14 +258,18 @@ def generate(
         noise_fn: optional callable(step, valid [B]) -> uniforms [B, K, V] replacing the generator
             (golden replays).
         cuda_graphs: capture one step as a CUDA graph and replay it (from the third step on; the
-            first two run eagerly). None: on for CUDA models unless noise_fn is given. The tokens are
-            the same as eager mode's for the same seed. Not available on CPU.
+            first two run eagerly). None: on for CUDA models unless noise_fn is given or a runner is
+            a slow adapter (HFDllm/HFVerifier). The tokens are the same as eager mode's for the same
+            seed. Not available on CPU. The captured step is kept for later calls with the same
+            graph_key (they replay it from their second step on, no capture); see the module
+            docstring and clear_graph_cache().
 
     Returns: GenerateOutput(sequences [B, L], num_generated [B], stats) with stats keys
         steps, dllm_forwards, verifier_forwards, acceptance_counts [B, steps], tokens_per_step (mean
         over rows still decoding), tokens_per_step_histogram, windows [B, steps, 2] (the dLLM's
         [left, right) per step), time_s {dllm, verifier, sampling, other, total; graph_step when
-        steps replay a CUDA graph}, tokens_per_s, peak_memory_bytes (CUDA; None on CPU).
+        steps replay a CUDA graph}, tokens_per_s, peak_memory_bytes (CUDA; None on CPU),
+        cuda_graph ("captured", "reused" or None).
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -184,29 +313,25 @@ def generate(
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
     seeds = reference.row_seeds(seed.cpu() if isinstance(seed, torch.Tensor) else seed, B, "cpu")
-    st = State(
-        canvas=canvas.to(device), curr=prompt_len.to(device, copy=True), row_end=(prompt_len + max_new_tokens).to(device),
-        n_prev=torch.zeros(B, dtype=torch.int64, device=device), done=torch.zeros(B, dtype=torch.bool, device=device),
-        prev_row=None, offset=torch.zeros(1, dtype=torch.int64, device=device), seeds=seeds.to(device),
-    )
-    eos_t = torch.tensor(eos or [-1], dtype=torch.int64, device=device)
-    if cuda_graphs and device.type != "cuda":
+    native = _native(dllm, verifier, policy)
+    if cuda_graphs and not _graphs_possible(device):
         raise ValueError(f"cuda_graphs=True needs models on a CUDA device, not {device.type}")
+    if cuda_graphs and policy != "diffusion" and not native:
+        raise ValueError("cuda_graphs=True needs the native runners (DllmRunner/VerifierRunner), not slow adapters")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     clock = Clock(device)
-    counts = {"dllm_forwards": 0, "verifier_forwards": 0, "steps": 0}
-    accepted: list[torch.Tensor] = []
-    windows: list[torch.Tensor] = []
-    t0 = time.perf_counter()
-
     pad = dllm.config.pad_token_id if dllm.config.pad_token_id is not None else (eos[0] if eos else mask_id)
     knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    t0 = time.perf_counter()
+
     if policy == "diffusion":
         dllm.setup(B, L)
+        eos_t = torch.tensor(eos or [-1], dtype=torch.int64, device=device)
         canvas, n_gen, forwards = diffusion_generate(
-            dllm, st.canvas, st.curr, st.row_end, L, max_new_tokens, diffusion_steps or max_new_tokens,
-            diffusion_alg, vocab, knobs, st.seeds, eos_t, clock, backend, pad)
+            dllm, canvas.to(device), prompt_len.to(device), (prompt_len + max_new_tokens).to(device), L,
+            max_new_tokens, diffusion_steps or max_new_tokens, diffusion_alg, vocab, knobs, seeds.to(device),
+            eos_t, clock, backend, pad)
         total = time.perf_counter() - t0
         times = clock.result()
         times["total"] = total
@@ -215,50 +340,67 @@ def generate(
                      tokens_per_step=float(n_gen.sum()) / max(1, forwards * B), time_s=times,
                      tokens_per_s=float(n_gen.sum()) / total if total > 0 else 0.0)
         return GenerateOutput(sequences=canvas[:, :L].cpu(), num_generated=n_gen.cpu(), stats=stats)
+
     verifier.setup(B, L) if policy != "dllm_fixed" else None
     dllm.setup(B, L) if policy != "ar" else None
+    step_kw = dict(window=M, length=L, kv_window=kv_window, vocab=vocab, k=k, mixture_weight=mixture_weight,
+                   temperature=temperature, top_k=top_k, top_p=top_p, authors_compat=authors_compat, eos=eos,
+                   backend=backend, device=device)
+    graphs = _use_graphs(cuda_graphs, device, noise_fn, native)
+    entry, key, reused = None, None, False
+    if graphs:
+        step_fn = Step(policy, **step_kw)
+        key = graph_key(dllm, verifier, batch=B, **{**step_kw, "backend": step_fn.backend}, policy=policy)
+        fingerprint = runner_fingerprint(dllm, verifier, policy)
+        entry = GRAPH_CACHE.get(key, dllm, verifier, fingerprint)
+        reused = entry is not None and entry.graph is not None
+        if entry is None:
+            st = _new_state(step_fn, verifier, B, L, device)
+            entry = CachedStep(step_fn, st, weakref.ref(dllm), weakref.ref(verifier), fingerprint)
+            GRAPH_CACHE.put(key, entry)
+        step_fn, st = entry.step, entry.state
+        entry.uses += 1
+    else:
+        step_fn = Step(policy, **step_kw)
+        st = _new_state(step_fn, verifier, B, L, device)
+    st.fill(canvas, prompt_len, max_new_tokens, seeds)
+    counts = {"dllm_forwards": 0, "verifier_forwards": 0, "steps": 0}
     if policy != "dllm_fixed":
         with clock.phase("verifier"):
-            st.prev_row = verifier.prefill(st.canvas, st.curr, P).clone()
+            verifier.prefill(st.canvas, st.curr, P, out=st.verifier_logits[:1])  # row 0: predicts curr
         counts["verifier_forwards"] += 1
-    draft_t = temperature * temperature if authors_compat else temperature
+    accepted: list[torch.Tensor] = []
+    windows: list[torch.Tensor] = []
 
-    def run_step(step: int, clk):
-        """One step of `policy` on the state, in place: (n [B], proposal [B, W], window [B, 2] or None)."""
-        valid = torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, M))
-        window = None
-        if policy == "ar":
-            n, proposal = ar_step(st, verifier, valid, vocab, knobs, clk, backend)
-        else:
-            n, proposal, window = window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k,
-                                              mixture_weight, knobs, draft_t, authors_compat, noise_fn, clk, backend)
-        with clk.phase("other"):
-            n = commit(st, n, proposal, eos_t, L, authors_compat)
-        return n, proposal, window
+    def eager(step: int, clk):
+        noise = (lambda valid: noise_fn(step, valid)) if noise_fn is not None else None
+        return step_fn(st, dllm, verifier, first=step == 0, noise=noise, clock=clk)
 
-    graphs = _use_graphs(cuda_graphs, device, noise_fn)
-    graph, graph_out = None, None
     step = 0
     progress = Progress(device)
     while not progress.finished():
-        # Steps 0 (the whole prompt) and 1 (the first of the steady shape: it also warms up kernels
-        # and libraries) run eagerly; from step 2 on, one captured step is replayed.
-        if graphs and step >= 2:
-            if graph is None:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    graph_out = run_step(step, NoClock())
+        # Step 0 (the whole prompt) runs eagerly. Without a captured step, step 1 (the first of the
+        # steady shape: it also warms up kernels and libraries) runs eagerly too and step 2 is
+        # captured; from then on (from step 1 when the cache had it) the captured step is replayed.
+        if graphs and step >= 1 and (entry.graph is not None or step >= 2):
+            if entry.graph is None:
+                try:
+                    entry.graph = _capture(lambda: step_fn(st, dllm, verifier, first=False, clock=NO_CLOCK), device)
+                except BaseException:
+                    GRAPH_CACHE.discard(key)
+                    raise
+                entry.captures += 1
             with clock.phase("graph_step"):
-                graph.replay()
-            n, proposal, window = (t.clone() if t is not None else None for t in graph_out)
-        elif graphs and step == 1:
+                entry.graph.replay()
+            n, proposal, window = (t.clone() if t is not None else None for t in entry.graph.outputs)
+        elif graphs and step == 1 and device.type == "cuda":
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
-                n, proposal, window = run_step(step, clock)
+                n, proposal, window = eager(step, clock)
             torch.cuda.current_stream(device).wait_stream(side)
         else:
-            n, proposal, window = run_step(step, clock)
+            n, proposal, window = eager(step, clock)
         counts["dllm_forwards"] += policy != "ar"
         counts["verifier_forwards"] += policy in ("apd", "ar")
         accepted.append(n)
@@ -297,5 +439,15 @@ def generate(
         time_s=times,
         tokens_per_s=gen / total if total > 0 else 0.0,
         peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        cuda_graph=("reused" if reused else "captured" if entry is not None and entry.graph is not None else None),
     )
     return GenerateOutput(sequences=seq.cpu(), num_generated=out_len.cpu(), stats=stats)
+
+
+def _new_state(step_fn: Step, verifier, B: int, L: int, device) -> State:
+    rows = step_fn.verifier_rows
+    return State.allocate(B, L, rows, verifier.vocab_size if rows else 0,
+                          verifier.logits_dtype if rows else torch.float32, device)
+
+
+generate.clear_graph_cache = clear_graph_cache  # reachable as apd_ext.generate.clear_graph_cache()

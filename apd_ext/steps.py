@@ -1,44 +1,81 @@
 """The step functions of `generate`: one APD / dllm_fixed / ar step as a function of device
-tensors (static shapes, no host synchronisation inside, the state updated in place so that a CUDA
-graph of the step replays correctly), the diffusion baseline's own loop, and the per-phase clock."""
+tensors (`Step`: static shapes, no host synchronisation inside, the state updated in place so that
+a CUDA graph of the step replays correctly), the diffusion baseline's own loop, and the per-phase
+clock.
+
+Logits stay in the models' dtype from the LM heads to the sampling ops (bf16 on a bf16 model: half
+the bytes of float32 and no upcast copy). The verifier writes its logits into the state's
+persistent position-major buffer `verifier_logits` [R, B, V] whose row 0 is the previous step's
+kept row, so the [B, K, V] verifier logits of mixture_accept are a strided view of it (rows
+contiguous, batch stride V, window stride B * V, which the ops read in place), never a per-step
+concatenation.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 
-from apd_ext import ops
+from apd_ext import backends, ops
+
 
 @dataclass
 class State:
     """Decoding state on the models' device. Steps update every tensor in place (never rebind),
-    so that a captured CUDA graph reads and writes the same memory at each replay."""
+    so that a captured CUDA graph reads and writes the same memory at each replay; `fill` loads a
+    new batch into the same tensors (a cached graph is replayed on them by the next generate call)."""
 
     canvas: torch.Tensor  # int64 [B, L + 1]; column L is scratch
     curr: torch.Tensor  # int64 [B] first uncommitted position
     row_end: torch.Tensor  # int64 [B] prompt_len + max_new_tokens (<= L)
     n_prev: torch.Tensor  # int64 [B] tokens accepted by the previous step
     done: torch.Tensor  # bool [B]
-    prev_row: torch.Tensor | None  # float32 [B, V_verifier] verifier logits predicting position curr
+    # [R, B, V_verifier] in the verifier's logits dtype, position-major (None for dllm_fixed): row 0
+    # holds the logits predicting position curr (kept from the previous step, or the prefill's),
+    # rows 1..R-1 the current step's verifier output (row r predicts position curr + r).
+    verifier_logits: torch.Tensor | None
     offset: torch.Tensor  # int64 [1] RNG offset (= step index)
     seeds: torch.Tensor  # int64 [B]
 
+    @classmethod
+    def allocate(cls, batch: int, length: int, verifier_rows: int, verifier_vocab: int,
+                 verifier_dtype: torch.dtype, device) -> "State":
+        """Uninitialised state for `batch` rows of canvases of `length` tokens (call `fill`)."""
+        i64 = dict(dtype=torch.int64, device=device)
+        vl = (torch.zeros(verifier_rows, batch, verifier_vocab, dtype=verifier_dtype, device=device)
+              if verifier_rows else None)
+        return cls(canvas=torch.empty(batch, length + 1, **i64), curr=torch.empty(batch, **i64),
+                   row_end=torch.empty(batch, **i64), n_prev=torch.empty(batch, **i64),
+                   done=torch.empty(batch, dtype=torch.bool, device=device), verifier_logits=vl,
+                   offset=torch.empty(1, **i64), seeds=torch.empty(batch, **i64))
+
+    def fill(self, canvas: torch.Tensor, prompt_len: torch.Tensor, max_new_tokens: int, seeds: torch.Tensor) -> None:
+        """Load a batch in place: canvas int64 [B, L + 1] (prompts then mask tokens), prompt_len and
+        seeds int64 [B] (host or device). The verifier logits are left to the prefill."""
+        self.canvas.copy_(canvas)
+        self.curr.copy_(prompt_len)
+        self.row_end.copy_(prompt_len + max_new_tokens)
+        self.n_prev.zero_()
+        self.done.zero_()
+        self.offset.zero_()
+        self.seeds.copy_(seeds)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (getattr(self, f.name) for f in fields(self)) if t is not None]
+
 
 class NoClock:
-    """The clock of a step captured into a CUDA graph: phases inside a graph are not timed."""
+    """The clock of a step captured into a CUDA graph (or traced): phases inside are not timed."""
 
     def phase(self, name):
-        return _NoPhase()
+        return contextlib.nullcontext()
 
 
-class _NoPhase:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+NO_CLOCK = NoClock()
 
 
 class Progress:
@@ -107,49 +144,111 @@ class Clock:
         return dict(self.totals)
 
 
-def window_step(st, dllm, verifier, valid, step, M, L, kv_window, vocab, policy, k, w, knobs, draft_t,
-                 authors_compat, noise_fn, clock, backend):
-    """One APD (or dllm_fixed) step; returns (n [B], draft [B, M], window [B, 2] = the dLLM's
-    [left, right)). Step 0 (or kv_window None) reads the whole canvas; later steps have one static
-    input length, kv_window + 2 M - 1."""
-    right = st.curr + valid
-    if kv_window is None or step == 0:
-        left = torch.zeros_like(st.curr)
-        size = L
-    else:
-        left = (st.curr - kv_window - st.n_prev + 1).clamp(min=0)
-        size = kv_window + 2 * M - 1
-    window = torch.stack([left, right], dim=1)
-    with clock.phase("dllm"):
-        D = dllm.window_logits(st.canvas, left, right, st.curr, M, size)
-    noise = noise_fn(step, valid) if noise_fn is not None else None
-    rng = dict(seed=st.seeds, offset=st.offset, noise=noise)
-    with clock.phase("sampling"):
-        draft, _ = ops.sample_draft(D, temperature=draft_t, top_k=knobs["top_k"], top_p=knobs["top_p"],
-                                    vocab_size=vocab, backend=backend, **rng)
-    if policy == "dllm_fixed":
-        return torch.minimum(valid, torch.full_like(valid, k)), draft, window
-    with clock.phase("verifier"):
-        A_rest = verifier.step(draft, st.curr, valid)  # row r predicts position curr + r + 1
-    A = torch.cat([st.prev_row.unsqueeze(1), A_rest[:, :-1]], dim=1)
-    with clock.phase("sampling"):
-        n, *_ = ops.mixture_accept(D, A, draft, mixture_weight=w, vocab_size=vocab, valid_lengths=valid,
-                                   greedy_target=authors_compat, backend=backend, **knobs, **rng)
-    idx = (n - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, A_rest.shape[-1])
-    st.prev_row.copy_(torch.where((n > 0).view(-1, 1), torch.gather(A_rest, 1, idx).squeeze(1), st.prev_row))
-    return n, draft, window
+POLICY_STEPS = ("apd", "dllm_fixed", "ar")
 
 
-def ar_step(st, verifier, valid, vocab, knobs, clock, backend):
-    """One token from the verifier alone."""
-    with clock.phase("sampling"):
-        tok, _ = ops.sample_draft(st.prev_row[:, None, :vocab].contiguous(), vocab_size=vocab, seed=st.seeds,
-                                  offset=st.offset, backend=backend, **knobs)
-    n = (valid > 0).to(torch.int64)
-    with clock.phase("verifier"):
-        logits = verifier.step(tok, st.curr, n)
-    st.prev_row.copy_(torch.where((n > 0).view(-1, 1), logits[:, 0], st.prev_row))
-    return n, tok
+class Step:
+    """One step of `policy` as a function of the state's tensors: reads and updates `State` in
+    place and returns (n int64 [B] accepted tokens, proposal int64 [B, W] (W = M, or 1 for "ar"),
+    window int64 [B, 2] = the dLLM's [left, right) or None).
+
+    `first=True` is step 0, whose dLLM input is the whole canvas; `first=False` is the steady step
+    (the same shapes at every step), the one generate captures in a CUDA graph and the one
+    python_tests/test_capture.py traces with torch.compile(fullgraph=True): nothing in it may
+    synchronise with the host, branch in Python on tensor values or size a tensor by them.
+
+    The sampling ops are called through the backend object with the arguments apd_ext.ops would
+    hand it: every check they need is on static values, done once here, so that the step has no
+    per-call Python validation (ops.mixture_accept checks draft tokens on the host for CPU tensors,
+    which a graph-safe step cannot do; these drafts come from sample_draft and are in range).
+    The object holds no reference to the runners (they are arguments), only its configuration and
+    the EOS tensor, so a cached captured step does not keep models alive.
+    """
+
+    def __init__(self, policy: str, *, window: int, length: int, kv_window: int | None, vocab: int,
+                 k: int, mixture_weight: float, temperature: float, top_k: int, top_p: float,
+                 authors_compat: bool, eos: list[int], backend: str, device):
+        if policy not in POLICY_STEPS:
+            raise ValueError(f"no step function for policy {policy!r}")
+        ops._check_filter(temperature, top_k, top_p)
+        self.policy, self.M, self.L, self.kv_window = policy, int(window), int(length), kv_window
+        self.vocab, self.k, self.w = int(vocab), int(k), float(mixture_weight)
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        # the released code drafts at T^2 (APD_SPEC, last section)
+        self.draft_t = self.temperature * self.temperature if authors_compat else self.temperature
+        self.authors_compat = bool(authors_compat)
+        self.impl = backends.get(backend, torch.device(device))
+        self.backend = getattr(self.impl, "name", None) or getattr(self.impl, "__name__", backend)
+        self.eos = torch.tensor(eos or [-1], dtype=torch.int64, device=device)
+
+    @property
+    def verifier_rows(self) -> int:
+        """Rows of State.verifier_logits this policy needs (row 0 + the verifier's output)."""
+        return {"apd": self.M + 1, "ar": 2, "dllm_fixed": 0}[self.policy]
+
+    def __call__(self, st: State, dllm, verifier, first: bool = False,
+                 noise: Callable[[torch.Tensor], torch.Tensor] | None = None, clock=NO_CLOCK):
+        """noise: optional callable(valid [B]) -> uniforms [B, M, >= vocab] replacing the
+        generator (eager golden replays only)."""
+        valid = torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, self.M))  # int64 [B]
+        window = None
+        if self.policy == "ar":
+            n, proposal = self._ar(st, verifier, valid, clock)
+        else:
+            n, proposal, window = self._window(st, dllm, verifier, valid, first, noise, clock)
+        with clock.phase("other"):
+            n = commit(st, n, proposal, self.eos, self.L, self.authors_compat)
+        return n, proposal, window
+
+    def _window(self, st, dllm, verifier, valid, first, noise, clock):
+        """APD (or dllm_fixed): draft M tokens, verify them, accept a prefix. Step 0 (or kv_window
+        None) reads the whole canvas; later steps have one static input length, kv_window + 2M - 1."""
+        M, impl = self.M, self.impl
+        right = st.curr + valid
+        if self.kv_window is None or first:
+            left = torch.zeros_like(st.curr)
+            size = self.L
+        else:
+            left = (st.curr - self.kv_window - st.n_prev + 1).clamp(min=0)
+            size = self.kv_window + 2 * M - 1
+        window = torch.stack([left, right], dim=1)
+        with clock.phase("dllm"):
+            D = dllm.window_logits(st.canvas, left, right, st.curr, M, size)  # [B, M, V] model dtype
+        u = None
+        if noise is not None:
+            u = ops._check_noise(noise(valid), D.shape[0], M, self.vocab, D.device)
+        rng = (st.seeds, 0, st.offset, 0, u)
+        with clock.phase("sampling"):
+            draft, _ = impl.sample_draft(D, self.vocab, self.draft_t, self.top_k, self.top_p, *rng)
+        if self.policy == "dllm_fixed":
+            return valid.clamp(max=self.k), draft, window
+        vl = st.verifier_logits  # [M + 1, B, V2]
+        with clock.phase("verifier"):
+            verifier.step(draft, st.curr, valid, out=vl[1:])  # rows 1..M: row r predicts curr + r
+        A = vl[:M].transpose(0, 1)  # [B, M, V2] view: position i's verifier logits (row 0 kept)
+        with clock.phase("sampling"):
+            n = impl.mixture_accept(D, A, draft, self.vocab, self.w, self.temperature, self.top_k, self.top_p,
+                                    valid, self.authors_compat, *rng)[0]
+            _keep_row(vl, n)
+        return n, draft, window
+
+    def _ar(self, st, verifier, valid, clock):
+        """One token from the verifier alone (at temperature T, not the authors' T^2)."""
+        vl = st.verifier_logits  # [2, B, V2]
+        with clock.phase("sampling"):
+            tok, _ = self.impl.sample_draft(vl[:1].transpose(0, 1), self.vocab, self.temperature, self.top_k,
+                                            self.top_p, st.seeds, 0, st.offset, 0, None)  # [B, 1]
+        n = (valid > 0).to(torch.int64)
+        with clock.phase("verifier"):
+            verifier.step(tok, st.curr, n, out=vl[1:])
+        _keep_row(vl, n)
+        return n, tok
+
+
+def _keep_row(vl: torch.Tensor, n: torch.Tensor) -> None:
+    """Row 0 of the verifier buffer becomes row n_b (the logits predicting the new curr = curr + n;
+    n = 0 keeps row 0): one [B, V] gather, no branch."""
+    vl[:1].copy_(torch.gather(vl, 0, n.view(1, -1, 1).expand(1, -1, vl.shape[-1])))
 
 
 def commit(st, n, proposal, eos, L, authors_compat):
