@@ -130,15 +130,15 @@ def runner_fingerprint(dllm, verifier, policy: str) -> tuple[int, ...]:
 @dataclass(eq=False)
 class CachedStep:
     """One GraphCache entry: the step function, its persistent state and, once captured, the graph
-    (`replay()`) and its output tensors (n, proposal, window), overwritten by every replay."""
+    (`graph.replay()`) and its output tensors (`graph.outputs`: n, proposal, window), overwritten by
+    every replay."""
 
     step: Step
     state: State
     dllm_ref: weakref.ref
     verifier_ref: weakref.ref
     fingerprint: tuple[int, ...]
-    graph: object | None = None
-    outputs: tuple | None = None
+    graph: object | None = None  # _CudaGraphStep: replay(), outputs
     captures: int = 0
     uses: int = 0
 

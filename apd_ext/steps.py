@@ -256,7 +256,8 @@ def commit(st, n, proposal, eos, L, authors_compat):
     after EOS: a row ends at its first EOS inside the accepted block (in authors_compat mode the
     block is kept whole, as the released code does)."""
     pos = torch.arange(proposal.shape[1], device=proposal.device).view(1, -1)
-    is_eos = torch.isin(proposal, eos) & (pos < n.view(-1, 1))
+    # not torch.isin: on CUDA it sorts and calls unique (a host read) past a few elements
+    is_eos = (proposal.unsqueeze(-1) == eos.view(1, 1, -1)).any(-1) & (pos < n.view(-1, 1))
     hit = is_eos.any(dim=1)
     if not authors_compat:
         n = torch.where(hit, is_eos.int().argmax(dim=1) + 1, n)

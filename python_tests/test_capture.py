@@ -42,7 +42,11 @@ class NotCapturable(AssertionError):
     pass
 
 
-_HOST_METHODS = {"item", "tolist", "cpu", "numpy", "synchronize"}
+_HOST_METHODS = {"item", "tolist", "cpu", "numpy", "synchronize", "nonzero", "unique", "masked_select", "bincount"}
+# ops whose CUDA implementation reads a size back to the host although their output shape is static
+# or traced as such (torch.isin sorts and calls unique past a few elements)
+_HOST_READING_OPS = {torch.isin, torch.unique, torch.unique_consecutive, torch.nonzero, torch.masked_select,
+                     torch.bincount, torch.histc, torch.argwhere}
 
 
 def assert_capturable(fn, *args):
@@ -67,8 +71,8 @@ def assert_capturable(fn, *args):
             problems.append(f"value-dependent size or host read: {node.format_node()}")
         if node.op == "call_method" and node.target in _HOST_METHODS:
             problems.append(f"host transfer or sync: {node.format_node()}")
-        if node.op == "call_function" and "synchronize" in str(node.target):
-            problems.append(f"synchronize: {node.format_node()}")
+        if node.op == "call_function" and ("synchronize" in str(node.target) or node.target in _HOST_READING_OPS):
+            problems.append(f"host read or sync: {node.format_node()}")
     if problems:
         raise NotCapturable("\n".join(problems[:5]))
     return graphs[0], out
@@ -160,6 +164,7 @@ BAD = {
     "mask_index": lambda n, st: n + st.curr[st.done].sum(),
     "value_sized": lambda n, st: n + torch.zeros(int(n[0])).numel(),
     "host_copy": lambda n, st: n.cpu(),
+    "isin": lambda n, st: n + torch.isin(st.canvas, st.curr).sum(),
 }
 
 
