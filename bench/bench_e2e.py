@@ -1,7 +1,8 @@
 """End-to-end decoding benchmark at model scale: one APD step, eager against CUDA graphs, against
-the dLLM's window forward alone and its weight-bandwidth floor, and plain autoregressive decoding.
+the dLLM's window forward alone and its weight-bandwidth floor, which attention kernel runs and its
+share of the step, and plain autoregressive decoding.
 
-    PYTHONPATH=. python bench/bench_e2e.py [--device cuda] [--quick] [--json PATH] [--csv PATH]
+    PYTHONPATH=. python bench/bench_e2e.py [--device cuda] [--quick] [--out DIR] [--json PATH] [--csv PATH]
 
 Models: randomly initialised (no checkpoint), bf16 on CUDA (fp32 on CPU), of the real shapes:
   dLLM      Dream-7B:      hidden 3584, 28 layers, 28 heads, 4 KV heads, intermediate 18944, vocab 152064
@@ -10,18 +11,29 @@ Models: randomly initialised (no checkpoint), bf16 on CUDA (fp32 on CPU), of the
 
 For each batch size (1, 8) and (kv_window R, max_lookahead M) in ((16, 100), (32, 200)):
   dllm_forward_ms   the dLLM's steady-state window forward alone (R + 2M - 1 input positions), eager
-  step_eager_ms     one APD step of apd_ext.generate (window forward, sample_draft, verifier on the
-                    draft, mixture_accept, commit) with cuda_graphs=False: (total time) / steps
-  step_graph_ms     the same with cuda_graphs=True (CUDA only)
-Each generate call decodes --new-tokens tokens per row with no EOS; the first step (the whole
-prompt) and the verifier's prefill are included in the total, amortised over the steps.
-Also: plain autoregressive decoding of the Dream-7B-shaped model with the same runner (its weights
-read as a causal LM, one token per forward; what a user would run instead), ms per token; the device
-copy bandwidth measured in the same run; achieved weight bandwidth = weight bytes read per step /
-step time; the dLLM forward against its floor (dLLM weight bytes / copy bandwidth); and projected
+  step_graph_ms     one APD step of apd_ext.generate (window forward, sample_draft, verifier on the
+                    draft, mixture_accept, commit) with cuda_graphs=True: (total time) / steps of a
+                    call that replays the graph captured by a warm-up call (capture not timed;
+                    graph_reused says the cache did hit). CUDA only.
+  step_eager_ms     the same with cuda_graphs=False (after the warm-up, so kernels are warm)
+  peak_*_gb         torch.cuda.max_memory_allocated over each timed call (weights, caches, graph pool)
+  attention_*       a few eager steady steps under torch.profiler: which SDPA backend op ran
+                    (aten::_scaled_dot_product_{efficient_attention, cudnn_attention, flash_attention,
+                    attention_math, ...}), its costliest kernel, its time per step (device time on
+                    CUDA, CPU time on CPU) and its share of the step (graph step time when measured,
+                    else eager); attention_choice: torch._fused_sdp_choice for each model's call.
+Each generate call decodes --new-tokens tokens per row with no EOS (at least max M, so that M is the
+real window); the first step (the whole prompt) and the verifier's prefill are included in the
+total, amortised over the steps. Also: plain autoregressive decoding of the Dream-7B-shaped model
+with the same runner (its weights read as a causal LM, one token per forward), ms per token; the
+device copy bandwidth; achieved weight bandwidth = weight bytes read per step / step time; projected
 tokens/s at the paper's 9.3 tokens per dLLM forward (GSM8K, mixture weight 0.7): 9.3 B / step time.
 Targets (H100): step_graph at (16, 100), B = 1, within 1.3x of dllm_forward; dllm_forward within 1.3x
 of its floor.
+
+Each CSV row is appended (and the file closed) as soon as its configuration is measured, so a run
+cut short by a timeout keeps what it measured. The run prints an estimate of each configuration's
+time and skips those that would end past --budget-s (default 300 s: the device command's limit).
 """
 
 from __future__ import annotations
@@ -30,6 +42,8 @@ import argparse
 import json
 import math
 import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -37,9 +51,11 @@ import common
 
 try:
     import apd_ext
+    from apd_ext.generate import clear_graph_cache
     from apd_ext.models.config import ModelConfig
     from apd_ext.models.runners import DllmRunner, VerifierRunner
     from apd_ext.models.transformer import Transformer
+    from apd_ext.steps import State, Step
 except ModuleNotFoundError as e:
     if e.name != "apd_ext":
         raise
@@ -54,10 +70,13 @@ TINY_DLLM = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, nu
                  intermediate_size=256, vocab_size=1024)
 TINY_VERIFIER = dict(TINY_DLLM, num_hidden_layers=1, vocab_size=1000)
 PAPER_TOKENS_PER_FORWARD = 9.3
-PROMPT_LEN, SEED = 64, 0
+PROMPT_LEN, SEED, MIXTURE_WEIGHT = 64, 0, 0.7
+PROFILED_STEPS = 3
 CSV_FIELDS = ("batch", "kv_window", "max_lookahead", "dllm_forward_ms", "dllm_floor_ms", "step_eager_ms",
-              "step_graph_ms", "graph_vs_forward", "achieved_gbps", "copy_gbps", "projected_tokens_per_s",
-              "tokens_per_step", "peak_memory_gb", "device", "timestamp", "torch_version")
+              "step_graph_ms", "graph_vs_forward", "graph_reused", "achieved_gbps", "copy_gbps",
+              "projected_tokens_per_s", "tokens_per_step", "steps", "peak_eager_gb", "peak_graph_gb",
+              "attention_backend", "attention_kernel", "attention_ms_per_step", "attention_share",
+              "attention_choice", "device", "timestamp", "torch_version")
 
 
 def parse_args(argv=None):
@@ -65,11 +84,15 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--windows", default="16x100,32x200", help="comma-separated kv_window x max_lookahead")
-    p.add_argument("--new-tokens", type=int, default=256, help="tokens decoded per row and run")
+    p.add_argument("--new-tokens", type=int, default=None,
+                   help="tokens decoded per row and call (default: the largest M + 8)")
     p.add_argument("--ar-tokens", type=int, default=64, help="tokens of the autoregressive baseline")
+    p.add_argument("--budget-s", type=float, default=300.0,
+                   help="skip configurations estimated to end past this many seconds of the run")
     p.add_argument("--quick", action="store_true", help="tiny models, batch 1, one window: a smoke run")
+    p.add_argument("--out", default=None, help="directory for e2e_<device>.csv and .json (default bench/results)")
     p.add_argument("--json", default=None, help="write the results here too")
-    p.add_argument("--csv", default=None, help="CSV to append to (default bench/results/e2e_<device>.csv)")
+    p.add_argument("--csv", default=None, help="CSV to append to (default <out>/e2e_<device>.csv)")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
@@ -77,8 +100,16 @@ def parse_args(argv=None):
     a.windows = [tuple(int(x) for x in w.split("x")) for w in a.windows.split(",") if w.strip()]
     if a.quick:
         a.batches, a.windows, a.new_tokens, a.ar_tokens = [1], [(4, 8)], 24, 8
+    if a.new_tokens is None:
+        a.new_tokens = max(M for _, M in a.windows) + 8
+    if a.new_tokens < max(M for _, M in a.windows):
+        p.error("--new-tokens must be at least the largest max_lookahead (else M is cut to it)")
+    out = Path(a.out) if a.out else common.RESULTS
+    name = f"e2e_{a.device}_quick" if a.quick else f"e2e_{a.device}"
     if a.csv is None:
-        a.csv = common.RESULTS / (f"e2e_{a.device}_quick.csv.tmp" if a.quick else f"e2e_{a.device}.csv")
+        a.csv = out / (f"{name}.csv.tmp" if a.quick and not a.out else f"{name}.csv")
+    if a.json is None and a.out:
+        a.json = out / f"{name}.json"
     return a
 
 
@@ -117,104 +148,255 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * 2 * n / (t.p50_ms * 1e-3) / 1e9
 
 
-def forward_ms(dllm: DllmRunner, batch: int, R: int, M: int, max_len: int, device) -> float:
-    """The dLLM's steady-state window forward alone (inputs as in a decoding step)."""
-    dllm.setup(batch, max_len)
+def forward_ms(dllm: DllmRunner, batch: int, R: int, M: int, L: int, device) -> float:
+    """The dLLM's steady-state window forward alone (inputs as in a decoding step, canvas length L)."""
+    dllm.setup(batch, L)
     size = R + 2 * M - 1
-    canvas = torch.randint(0, dllm.vocab_size - 2, (batch, max_len + 1), device=device)
+    canvas = torch.randint(0, dllm.vocab_size - 2, (batch, L + 1), device=device)
     curr = torch.full((batch,), PROMPT_LEN + R, device=device)
-    left, right = curr - R, curr + M
-    return common.time_fn(lambda: dllm.window_logits(canvas, left, right, curr, M, size), device, repeats=20).p50_ms
+    left, right = curr - R, (curr + M).clamp(max=L)
+    return common.time_fn(lambda: dllm.window_logits(canvas, left, right, curr, M, size), device,
+                          repeats=10, warmup=2).p50_ms
 
 
-def decode(dllm, verifier, prompts, R, M, new_tokens, cuda_graphs, policy="apd"):
-    vocab = min(dllm.vocab_size, verifier.vocab_size)  # Dream's head is larger than Qwen2.5's
-    kw = dict(policy=policy, max_new_tokens=new_tokens, kv_window=R, max_lookahead=M, mixture_weight=0.7,
-              seed=SEED, eos_token_id=[], vocab_size=vocab)
+def generate_kw(R, M, new_tokens, vocab, policy="apd") -> dict:
+    return dict(policy=policy, max_new_tokens=new_tokens, kv_window=R, max_lookahead=M,
+                mixture_weight=MIXTURE_WEIGHT, seed=SEED, eos_token_id=[], vocab_size=vocab)
+
+
+def timed(dllm, verifier, prompts, kw, cuda_graphs):
+    """One generate call; (output, ms per step)."""
     if prompts.device.type == "cuda":
-        kw["cuda_graphs"] = cuda_graphs
-    apd_ext.generate(dllm, verifier, prompts, **kw)  # warm-up (and graph capture of this shape)
+        kw = dict(kw, cuda_graphs=cuda_graphs)
     out = apd_ext.generate(dllm, verifier, prompts, **kw)
-    return out, 1e3 * out.stats["time_s"]["total"] / out.stats["steps"]
+    return out, 1e3 * out.stats["time_s"]["total"] / max(1, out.stats["steps"])
+
+
+class _ProfilerClock:
+    """Step phases as profiler ranges (what Step's `clock` argument expects)."""
+
+    def phase(self, name):
+        return torch.profiler.record_function(name)
+
+
+@torch.no_grad()
+def attention_profile(dllm, verifier, prompts, R, M, new_tokens, vocab) -> dict:
+    """A few eager steady APD steps (apd_ext.steps.Step, the function generate runs) under
+    torch.profiler: the SDPA backend op that ran, its costliest kernel, its time per step; and
+    torch's own backend choice for one call of each model (torch._fused_sdp_choice)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    device = prompts.device
+    B, P = prompts.shape
+    L = P + new_tokens
+    step = Step("apd", window=M, length=L, kv_window=R, vocab=vocab, k=1, mixture_weight=MIXTURE_WEIGHT,
+                temperature=1.0, top_k=0, top_p=1.0, authors_compat=False, eos=[], backend="auto", device=device)
+    dllm.setup(B, L)
+    verifier.setup(B, L)
+    st = State.allocate(B, L, step.verifier_rows, verifier.vocab_size, verifier.logits_dtype, device)
+    canvas = torch.full((B, L + 1), dllm.mask_token_id, dtype=torch.int64)
+    canvas[:, :P] = prompts.cpu()
+    st.fill(canvas, torch.full((B,), P), new_tokens, torch.arange(B) + SEED)
+    verifier.prefill(st.canvas, st.curr, P, out=st.verifier_logits[:1])
+    step(st, dllm, verifier, first=True)
+
+    # torch's choice for each model's attention call (recorded from one steady step)
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def record(q, k, v, attn_mask=None, **kw):
+        if not calls or calls[-1][0].shape != q.shape:
+            calls.append((q, k, v, attn_mask, kw.get("enable_gqa", False)))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    torch.nn.functional.scaled_dot_product_attention = record
+    try:
+        step(st, dllm, verifier)
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = real
+    def chosen(*a, **kw) -> str:
+        try:
+            c = int(torch._fused_sdp_choice(*a, **kw))
+        except Exception as e:  # noqa: BLE001  (a private API: report, do not fail the benchmark)
+            return f"?({type(e).__name__})"
+        return {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}.get(c, str(c))
+
+    choice = []
+    for (q, k, v, m, gqa), model in zip(calls, ("dllm", "verifier")):
+        # and the form the models used before (boolean mask + enable_gqa, unfolded queries)
+        cfg = (dllm if model == "dllm" else verifier).config
+        G = cfg.num_attention_heads // cfg.num_key_value_heads
+        Bq, Hkv, GS, D = q.shape
+        old_q = q.reshape(Bq, Hkv * G, GS // G, D)
+        old_mask = (m[:, :, : GS // G] == 0) if m.shape[2] > 1 else (m == 0)
+        choice.append(f"{model}:{chosen(q, k, v, m, 0.0, False, enable_gqa=gqa)}"
+                      f"(old form:{chosen(old_q, k, v, old_mask, 0.0, False, enable_gqa=G > 1)})")
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(PROFILED_STEPS):
+            step(st, dllm, verifier, clock=_ProfilerClock())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    wall_ms = 1e3 * (time.perf_counter() - t0) / PROFILED_STEPS
+    events = prof.events()
+    sdpa = [e for e in events if e.name.startswith("aten::_scaled_dot_product") or
+            e.name.startswith("aten::_flash_attention") or e.name.startswith("aten::_efficient_attention")]
+    # the outermost backend op of each call (its children are part of it)
+    top = [e for e in sdpa if not (e.cpu_parent and e.cpu_parent.name in {s.name for s in sdpa})]
+    backends_seen = sorted({e.name.replace("aten::", "") for e in top})
+    kernels: dict[str, float] = {}
+    if device.type == "cuda":
+        def walk(e):
+            for kern in getattr(e, "kernels", []):
+                kernels[kern.name] = kernels.get(kern.name, 0.0) + kern.duration
+            for c in e.cpu_children:
+                walk(c)
+        for e in top:
+            walk(e)
+        attn_us = sum(e.device_time_total for e in top)
+        total_us = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA)
+    else:
+        attn_us = sum(e.cpu_time_total for e in top)
+        total_us = wall_ms * 1e3 * PROFILED_STEPS
+    kernel = max(kernels, key=kernels.get) if kernels else (backends_seen[0] if backends_seen else "")
+    return dict(attention_backend="+".join(backends_seen), attention_kernel=kernel[:120],
+                attention_ms_per_step=attn_us / 1e3 / PROFILED_STEPS,
+                profiled_kernel_ms_per_step=total_us / 1e3 / PROFILED_STEPS,
+                attention_choice=" ".join(choice))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    t_start = time.perf_counter()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dshape, vshape = (TINY_DLLM, TINY_VERIFIER) if args.quick else (DREAM_7B, QWEN_05B)
-    max_len = PROMPT_LEN + args.new_tokens + max(M for _, M in args.windows) + 8
+    L = PROMPT_LEN + args.new_tokens
     desc, stamp = common.device_description(device), common.timestamp()
-    dcfg, vcfg = config("Dream", dshape, dtype, max_len), config("qwen2", vshape, dtype, max_len)
+    dcfg, vcfg = config("Dream", dshape, dtype, L), config("qwen2", vshape, dtype, L)
     dllm = DllmRunner(random_model(dcfg, device, SEED), dcfg, shifted=True)
     verifier = VerifierRunner(random_model(vcfg, device, SEED + 1), vcfg)
     vocab = min(dshape["vocab_size"], vshape["vocab_size"])
     # The dLLM's weights read as a causal LM: the autoregressive baseline at the dLLM's size.
-    ar_cfg = config("qwen2", dshape, dtype, max_len)
-    ar_model = VerifierRunner(dllm.model, ar_cfg)
+    ar_model = VerifierRunner(dllm.model, config("qwen2", dshape, dtype, L))
     wd, wv = weight_bytes(dllm.model), weight_bytes(verifier.model)
     copy_gbps = copy_bandwidth(device)
+    floor = wd / (copy_gbps * 1e9) * 1e3
     print(f"device: {desc}; torch {torch.__version__}; {dtype}; {stamp}")
-    print(f"dLLM {wd / 1e9:.2f} GB of weights, verifier {wv / 1e9:.2f} GB; copy bandwidth {copy_gbps:.0f} GB/s")
+    print(f"dLLM {wd / 1e9:.2f} GB of weights, verifier {wv / 1e9:.2f} GB; copy bandwidth {copy_gbps:.0f} GB/s; "
+          f"{args.new_tokens} tokens per row and call; rows appended to {args.csv}", flush=True)
 
-    rows = []
+    rows: list[dict] = []
+    result = dict(device=desc, timestamp=stamp, torch_version=torch.__version__, dtype=str(dtype),
+                  dllm_weight_bytes=wd, verifier_weight_bytes=wv, copy_gbps=copy_gbps, steps=rows)
     gen = torch.Generator().manual_seed(SEED)
+    ar_done = False
+    factor = 3 * 1.5e-3
     for B in args.batches:
         prompts = torch.randint(0, vocab - 2, (B, PROMPT_LEN), generator=gen).to(device)
         for R, M in args.windows:
-            fwd = forward_ms(dllm, B, R, M, max_len, device)
-            floor = wd / (copy_gbps * 1e9) * 1e3
-            out, eager = decode(dllm, verifier, prompts, R, M, args.new_tokens, False)
-            graph = decode(dllm, verifier, prompts, R, M, args.new_tokens, True)[1] if device.type == "cuda" else None
+            t_conf = time.perf_counter()
+            fwd = forward_ms(dllm, B, R, M, L, device)
+            # three generate calls of at most new_tokens steps of about a forward each, capture and
+            # profiling: seconds = factor * forward_ms * new_tokens, the factor measured on the last
+            # configuration (the first guess assumes one token per step)
+            est = factor * fwd * args.new_tokens + 5
+            elapsed = time.perf_counter() - t_start
+            print(f"  B={B} R={R} M={M}: dLLM forward {fwd:.2f} ms; this configuration ~{est:.0f} s "
+                  f"(run so far {elapsed:.0f} s, budget {args.budget_s:.0f} s)", flush=True)
+            if elapsed + est > args.budget_s and rows:
+                print(f"  B={B} R={R} M={M}: skipped (estimated to end past --budget-s)", flush=True)
+                continue
+            kw = generate_kw(R, M, args.new_tokens, vocab)
+            graph = graph_out = peak_graph = None
+            reused = ""
+            if device.type == "cuda":
+                clear_graph_cache()
+                torch.cuda.empty_cache()
+                timed(dllm, verifier, prompts, kw, True)  # warm-up: kernels, and the graph capture
+                graph_out, graph = timed(dllm, verifier, prompts, kw, True)
+                reused = graph_out.stats.get("cuda_graph") == "reused"
+                peak_graph = graph_out.stats.get("peak_memory_bytes")
+                clear_graph_cache()  # the eager call's peak without the graph's pool
+                torch.cuda.empty_cache()
+            else:
+                timed(dllm, verifier, prompts, kw, False)  # warm-up
+            out, eager = timed(dllm, verifier, prompts, kw, False)
+            if graph_out is not None and not torch.equal(out.sequences, graph_out.sequences):
+                print("  WARNING: graph and eager tokens differ", flush=True)
+            prof = attention_profile(dllm, verifier, prompts, R, M, args.new_tokens, vocab)
             step = graph if graph is not None else eager
             peak = out.stats.get("peak_memory_bytes")
             row = dict(batch=B, kv_window=R, max_lookahead=M, dllm_forward_ms=fwd, dllm_floor_ms=floor,
                        step_eager_ms=eager, step_graph_ms=graph, graph_vs_forward=step / fwd,
-                       achieved_gbps=(wd + wv) / (step * 1e-3) / 1e9, copy_gbps=copy_gbps,
+                       graph_reused=reused, achieved_gbps=(wd + wv) / (step * 1e-3) / 1e9, copy_gbps=copy_gbps,
                        projected_tokens_per_s=PAPER_TOKENS_PER_FORWARD * B / (step * 1e-3),
-                       tokens_per_step=out.stats["tokens_per_step"],
-                       peak_memory_gb=peak / 1e9 if peak else None)
+                       tokens_per_step=out.stats["tokens_per_step"], steps=out.stats["steps"],
+                       peak_eager_gb=peak / 1e9 if peak else None,
+                       peak_graph_gb=peak_graph / 1e9 if peak_graph else None,
+                       attention_backend=prof["attention_backend"], attention_kernel=prof["attention_kernel"],
+                       attention_ms_per_step=prof["attention_ms_per_step"],
+                       attention_share=prof["attention_ms_per_step"] / step,
+                       attention_choice=prof["attention_choice"])
             rows.append(row)
-            print(f"  B={B} R={R} M={M}: dLLM forward {fwd:.2f} ms (floor {floor:.2f}, {fwd / floor:.2f}x); "
-                  f"APD step eager {eager:.2f} ms" + (f", graph {graph:.2f} ms" if graph is not None else "")
-                  + f" ({step / fwd:.2f}x the forward); {row['achieved_gbps']:.0f} GB/s of weights; "
-                  f"projected {row['projected_tokens_per_s']:.0f} tok/s at {PAPER_TOKENS_PER_FORWARD} tok/forward",
-                  flush=True)
-
-    ar_prompts = torch.randint(0, vocab - 2, (1, PROMPT_LEN), generator=gen).to(device)
-    ar_out, ar_ms = decode(dllm, ar_model, ar_prompts, None, None, args.ar_tokens, device.type == "cuda", "ar")
-    print(f"  autoregressive decoding of the dLLM-sized model, B=1: {ar_ms:.2f} ms/token "
-          f"({1e3 / ar_ms:.0f} tok/s; floor {wd / (copy_gbps * 1e9) * 1e3:.2f} ms)")
+            print(f"  B={B} R={R} M={M}: APD step eager {eager:.2f} ms"
+                  + (f", graph {graph:.2f} ms (graph reused: {reused})" if graph is not None else "")
+                  + f" = {step / fwd:.2f}x the forward (floor {floor:.2f} ms); {out.stats['steps']} steps, "
+                  f"{out.stats['tokens_per_step']:.2f} tokens/step; {row['achieved_gbps']:.0f} GB/s of weights; "
+                  f"peak {common.fmt(row['peak_eager_gb'])} GB eager, {common.fmt(row['peak_graph_gb'])} GB graph; "
+                  f"attention {prof['attention_backend']} ({prof['attention_kernel'][:60]}) "
+                  f"{prof['attention_ms_per_step']:.3f} ms/step = {100 * row['attention_share']:.1f}% of the step "
+                  f"(profiled kernels {prof['profiled_kernel_ms_per_step']:.2f} ms/step); "
+                  f"torch's choice: {prof['attention_choice']}; {time.perf_counter() - t_conf:.0f} s", flush=True)
+            csv_row = dict(row, device=desc, timestamp=stamp, torch_version=torch.__version__)
+            for k, v in csv_row.items():
+                if isinstance(v, float):
+                    csv_row[k] = f"{v:.6g}" if math.isfinite(v) else ""
+            common.append_csv(args.csv, [csv_row], CSV_FIELDS)  # now: a timeout keeps this row
+            factor = max(1e-4, (time.perf_counter() - t_conf - 2) / (fwd * args.new_tokens))
+            if not ar_done:
+                ar_ms = autoregressive_baseline(dllm, ar_model, device, gen, vocab, args.ar_tokens)
+                result["ar_ms_per_token"], ar_done = ar_ms, True
 
     columns = [(k, k) for k in ("batch", "kv_window", "max_lookahead", "dllm_forward_ms", "dllm_floor_ms",
-                                "step_eager_ms", "step_graph_ms", "graph_vs_forward", "achieved_gbps",
-                                "projected_tokens_per_s")]
+                                "step_eager_ms", "step_graph_ms", "graph_vs_forward", "peak_graph_gb",
+                                "attention_backend", "attention_share", "projected_tokens_per_s")]
     table = [{k: common.fmt(v) if isinstance(v, float) else "-" if v is None else v for k, v in r.items()}
              for r in rows]
     print(f"\n## {desc}; torch {torch.__version__}; {stamp}\n")
     print(common.markdown_table(table, columns))
-    print(f"\nAR baseline: {ar_ms:.3g} ms/token; copy bandwidth {copy_gbps:.0f} GB/s")
+    if "ar_ms_per_token" in result:
+        print(f"\nAR baseline: {result['ar_ms_per_token']:.3g} ms/token; copy bandwidth {copy_gbps:.0f} GB/s")
     head = [r for r in rows if (r["batch"], r["kv_window"], r["max_lookahead"]) == (1, 16, 100)]
     if head:
         h = head[0]
         print(f"targets at B=1 (16, 100): step / forward = {h['graph_vs_forward']:.2f} (<= 1.3), "
               f"forward / floor = {h['dllm_forward_ms'] / h['dllm_floor_ms']:.2f} (<= 1.3)")
-
-    result = dict(device=desc, timestamp=stamp, torch_version=torch.__version__, dtype=str(dtype),
-                  dllm_weight_bytes=wd, verifier_weight_bytes=wv, copy_gbps=copy_gbps, ar_ms_per_token=ar_ms,
-                  steps=rows)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump(result, f, indent=1, default=str)
         print(f"wrote {args.json}")
-    for r in rows:
-        r.update(device=desc, timestamp=stamp, torch_version=torch.__version__)
-        for k, v in r.items():
-            if isinstance(v, float):
-                r[k] = f"{v:.6g}" if math.isfinite(v) else ""
-    path = common.append_csv(args.csv, rows, CSV_FIELDS)
-    print(f"{len(rows)} rows appended to {path}")
+    print(f"{len(rows)} rows appended to {args.csv}; {time.perf_counter() - t_start:.0f} s in all")
     return 0
+
+
+def autoregressive_baseline(dllm, ar_model, device, gen, vocab, tokens) -> float:
+    """ms per token of plain autoregressive decoding with the dLLM-sized model, B = 1 (graphs on
+    CUDA, warm-up first)."""
+    prompts = torch.randint(0, vocab - 2, (1, PROMPT_LEN), generator=gen).to(device)
+    kw = generate_kw(None, None, tokens, vocab, policy="ar")
+    timed(dllm, ar_model, prompts, kw, True)  # warm-up (and capture)
+    _, ms = timed(dllm, ar_model, prompts, kw, True)
+    clear_graph_cache()
+    print(f"  autoregressive decoding of the dLLM-sized model, B=1: {ms:.2f} ms/token "
+          f"({1e3 / ms:.0f} tok/s)", flush=True)
+    return ms
 
 
 if __name__ == "__main__":
