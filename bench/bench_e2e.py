@@ -16,7 +16,9 @@ For each batch size (1, 8) and (kv_window R, max_lookahead M) in ((16, 100), (32
                     call that replays the graph captured by a warm-up call (capture not timed;
                     graph_reused says the cache did hit). CUDA only.
   step_eager_ms     the same with cuda_graphs=False (after the warm-up, so kernels are warm)
-  peak_*_gb         torch.cuda.max_memory_allocated over each timed call (weights, caches, graph pool)
+  peak_*_gb         torch.cuda.max_memory_allocated over each timed call (weights, caches, state,
+                    eager activations); reserved_graph_gb: torch.cuda.memory_reserved after the
+                    graph call (also the graph's private pool, which allocated counts miss)
   attention_*       a few eager steady steps under torch.profiler: which SDPA backend op ran
                     (aten::_scaled_dot_product_{efficient_attention, cudnn_attention, flash_attention,
                     attention_math, ...}), its costliest kernel, its time per step (device time on
@@ -75,6 +77,7 @@ PROFILED_STEPS = 3
 CSV_FIELDS = ("batch", "kv_window", "max_lookahead", "dllm_forward_ms", "dllm_floor_ms", "step_eager_ms",
               "step_graph_ms", "graph_vs_forward", "graph_reused", "achieved_gbps", "copy_gbps",
               "projected_tokens_per_s", "tokens_per_step", "steps", "peak_eager_gb", "peak_graph_gb",
+              "reserved_graph_gb",
               "attention_backend", "attention_kernel", "attention_ms_per_step", "attention_share",
               "attention_choice", "device", "timestamp", "torch_version")
 
@@ -215,6 +218,7 @@ def attention_profile(dllm, verifier, prompts, R, M, new_tokens, vocab) -> dict:
         step(st, dllm, verifier)
     finally:
         torch.nn.functional.scaled_dot_product_attention = real
+
     def chosen(*a, **kw) -> str:
         try:
             c = int(torch._fused_sdp_choice(*a, **kw))
@@ -313,7 +317,7 @@ def main(argv=None) -> int:
                 print(f"  B={B} R={R} M={M}: skipped (estimated to end past --budget-s)", flush=True)
                 continue
             kw = generate_kw(R, M, args.new_tokens, vocab)
-            graph = graph_out = peak_graph = None
+            graph = graph_out = peak_graph = reserved = None
             reused = ""
             if device.type == "cuda":
                 clear_graph_cache()
@@ -322,6 +326,7 @@ def main(argv=None) -> int:
                 graph_out, graph = timed(dllm, verifier, prompts, kw, True)
                 reused = graph_out.stats.get("cuda_graph") == "reused"
                 peak_graph = graph_out.stats.get("peak_memory_bytes")
+                reserved = torch.cuda.memory_reserved(device)
                 clear_graph_cache()  # the eager call's peak without the graph's pool
                 torch.cuda.empty_cache()
             else:
@@ -339,6 +344,7 @@ def main(argv=None) -> int:
                        tokens_per_step=out.stats["tokens_per_step"], steps=out.stats["steps"],
                        peak_eager_gb=peak / 1e9 if peak else None,
                        peak_graph_gb=peak_graph / 1e9 if peak_graph else None,
+                       reserved_graph_gb=reserved / 1e9 if reserved else None,
                        attention_backend=prof["attention_backend"], attention_kernel=prof["attention_kernel"],
                        attention_ms_per_step=prof["attention_ms_per_step"],
                        attention_share=prof["attention_ms_per_step"] / step,
