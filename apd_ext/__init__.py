@@ -13,9 +13,9 @@ Backends: "cpu" and "cuda" (the compiled extension apd_ext._C), "triton", and "r
 
 from apd_ext.backends import available as available_backends
 from apd_ext.ops import mixture_accept, sample_draft
-from apd_ext.generate import GenerateOutput, generate  # noqa: E402  (the function shadows the module name)
+from apd_ext.generate import GenerateOutput, clear_graph_cache, generate  # noqa: E402  (the function shadows the module name)
 from apd_ext.models import DllmRunner, HFDllm, HFVerifier, VerifierRunner
 
-__all__ = ["sample_draft", "mixture_accept", "generate", "GenerateOutput", "available_backends",
+__all__ = ["sample_draft", "mixture_accept", "generate", "GenerateOutput", "clear_graph_cache", "available_backends",
            "DllmRunner", "VerifierRunner", "HFDllm", "HFVerifier"]
 __version__ = "0.1.0"

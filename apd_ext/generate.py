@@ -11,7 +11,7 @@ Captured graphs are kept across calls (`GRAPH_CACHE`, an LRU of 4 entries keyed 
 shapes, knobs, dtypes, backend, device and the runner objects), each with its own persistent state
 tensors that the next call with the same key refills in place; an entry is dropped when a runner
 it was captured on is gone or any tensor the step reads from the runners has moved (a runner set up
-for another shape in between, say). `generate.clear_graph_cache()` empties it.
+for another shape in between, say). `apd_ext.clear_graph_cache()` empties it.
 """
 
 from __future__ import annotations
@@ -450,4 +450,3 @@ def _new_state(step_fn: Step, verifier, B: int, L: int, device) -> State:
                           verifier.logits_dtype if rows else torch.float32, device)
 
 
-generate.clear_graph_cache = clear_graph_cache  # reachable as apd_ext.generate.clear_graph_cache()

@@ -8,4 +8,4 @@ log bench_e2e.log
 describe_machine
 ensure_built || exit 1
 banner "bench_e2e"
-timeout 360 "$PYTHON" bench/bench_e2e.py --device cuda --out "$OUT"
+timeout 330 "$PYTHON" bench/bench_e2e.py --device cuda --out "$OUT" --budget-s 240
