@@ -21,7 +21,7 @@ if backends.has_triton():
     @triton.jit
     def _noise_kernel(seed_ptr, offset_ptr, uniform_ptr, gumbel_ptr, block_ptr, i, V, BLOCK_G: tl.constexpr):
         b = tl.program_id(0)
-        k0, k1, o0, o1 = noise.row_noise_key(seed_ptr, 0, offset_ptr, 0, b, SEED_MODE=2, OFFSET_PTR=True)
+        k0, k1, o0, o1 = noise.row_noise_key(seed_ptr, 0, 2, offset_ptr, 0, 1, b)
         g = tl.arange(0, BLOCK_G)
         zero = tl.zeros([BLOCK_G], tl.uint32)
         w0, w1, w2, w3 = noise.philox4x32_10(g.to(tl.uint32), zero + i, zero + o0, zero + o1, zero + k0, zero + k1)

@@ -12,8 +12,10 @@ offset tensors are read inside the kernels (CUDA-graph safe); nothing syncs with
 On machines without a GPU the kernels run through Triton's interpreter (TRITON_INTERPRET=1 set
 before triton is imported) on CPU tensors.
 
-Modules: noise.py (Philox4x32-10, fast_log, Gumbel), common.py (shared device helpers, split plan),
-filter.py (top-k / top-p thresholds), sample_draft.py, mixture_accept.py.
+Modules: noise.py (Philox4x32-10, fast_log, Gumbel), common.py (shared device helpers, launch
+geometry, split plan), filter.py (top-k / top-p thresholds), sample_draft.py, mixture_accept.py,
+aot.py (the ahead-of-time compile check for sm_80/sm_90: `python -m apd_ext.triton.aot`; the
+interpreter accepts code that the compiler rejects).
 """
 
 from apd_ext.triton.mixture_accept import mixture_accept

@@ -5,17 +5,29 @@ Device helpers (@triton.jit, inlined):
   end -> -inf. Blocks are groups of 4 consecutive entries (one Philox call each, noise.py).
 * lse_add / lse_finish / lse_merge: online log-sum-exp kept per lane (max, sum of exp(x - max))
   with one exp per entry, reduced over the lanes once at the end of a scan.
+* argmax_update / argmax_finish: first-argmax states per group of 4 entries (the 4 entries of a
+  group sit in one thread, so the group's reduction stays in registers).
 * ordered_key / key_to_float: the order-preserving uint32 key of a float (filter.py).
+* valid_length: a batch row's number of valid window positions.
 
 Conventions (apd_ext/reference.py is the spec): x = D * inv_T, the mixture w*D + (1-w)*A and the
 score x + g are rounded once each, as in reference.py; the kernels are launched with
 enable_fp_fusion=False so that the compiler does not contract them into FMAs (argmax ties, frequent
-with bf16 logits, then break exactly as in the reference). Argmax states are per lane with a strict
-">" (a lane scans its entries in increasing v), merged by "larger score, then lower index".
+with bf16 logits, then break exactly as in the reference). Argmax states are per group with a
+strict ">" (a group scans its entries in increasing v), merged by "larger score, then lower index".
 
-Host side: the split plan. A row is scanned by `splits` programs, each over a contiguous range of
-BLOCK_V-entry chunks, so that rows * splits fills the GPU when B * K is small; a second tiny kernel
-merges the splits of each row in split order (deterministic).
+Host side: the launch geometry (row_config, GpuProps) and the split plan. A row is scanned by
+`splits` programs, each over a contiguous range of BLOCK_V-entry chunks, so that rows * splits
+fills the GPU when B * K is small; a second tiny kernel merges the splits of each row in split
+order (deterministic). Tensors on the "meta" device are planned as on a GPU (META_GPU), which is
+how apd_ext/triton/aot.py compiles, without a GPU, what the launchers would launch on one.
+
+Compiled specialisations: Triton compiles one kernel per combination of constexpr values and of
+integer/pointer attributes (value 1, divisibility by 16). Values that only steer scalar code
+once per program (seed/offset modes, whether valid_lengths is given) are runtime arguments, and
+sizes that only enter address arithmetic are not specialised (NO_SPECIALIZE), so that the set of
+kernels stays what the modes need: each is JIT-compiled on first use on a GPU, and all are
+compiled by the AOT check.
 """
 
 from __future__ import annotations
@@ -71,6 +83,18 @@ def lse_value(m, s):
 
 
 @triton.jit
+def argmax_update(best_s, best_i, score, v):
+    """Per-group argmax states ([BLOCK_G] score, index) updated with a [BLOCK_G, 4] block of
+    scores at indices v: the group's first maximum (lowest index among equal scores), taken only
+    when strictly larger (a group scans its entries in increasing v, so ties keep the earlier).
+    The 4 entries of a group live in one thread: the reductions over them stay in registers."""
+    gs = tl.max(score, axis=1)
+    gi = tl.min(tl.where(score == gs[:, None], v, 2147483647), axis=1)
+    upd = gs > best_s
+    return tl.where(upd, gs, best_s), tl.where(upd, gi, best_i)
+
+
+@triton.jit
 def argmax_finish(best_s, best_i):
     """First argmax over per-lane states (score, index): larger score, then lower index.
 
@@ -79,6 +103,15 @@ def argmax_finish(best_s, best_i):
     bs = tl.max(best_s)
     bi = tl.min(tl.where(best_s == bs, best_i, 2147483647))
     return bs, bi
+
+
+@triton.jit
+def valid_length(valid_ptr, b, K, has_valid):
+    """min(max(valid_ptr[b], 0), K) when has_valid, else K (int64; valid_ptr: int64)."""
+    L = tl.full((), 0, tl.int64) + K
+    if has_valid != 0:
+        L = tl.minimum(tl.maximum(tl.load(valid_ptr + b), 0), K)
+    return L
 
 
 @triton.jit
@@ -102,34 +135,74 @@ def interpreting() -> bool:
 
 
 class RowConfig:
-    """Launch geometry of the row kernels for one vocabulary size."""
+    """Launch geometry of the row kernels for one vocabulary size. maxnreg: register budget of the
+    mixture kernel per thread (None: ptxas decides)."""
 
-    def __init__(self, block_g: int, num_warps: int, sms: int, min_chunks_per_split: int):
+    def __init__(self, block_g: int, num_warps: int, sms: int, min_chunks_per_split: int, maxnreg=None):
         self.block_g = block_g
         self.block_v = 4 * block_g
         self.num_warps = num_warps
         self.sms = sms
         self.min_chunks_per_split = min_chunks_per_split
+        self.maxnreg = maxnreg
 
 
 BLOCKS_PER_SM = 4  # splits are chosen so that rows * splits >= BLOCKS_PER_SM * #SMs
 MAX_SPLITS = 64
 
 
+class GpuProps:
+    """What the launch plans need to know about a GPU."""
+
+    def __init__(self, sms: int, l2_bytes: int):
+        self.sms = sms
+        self.l2_bytes = l2_bytes
+
+
+# Tensors on the "meta" device plan their launches as on a GPU with these properties (an H100/H200
+# SXM): apd_ext/triton/aot.py runs the launchers on meta tensors to compile, without a GPU, exactly
+# the kernels they would launch on one.
+META_GPU = GpuProps(sms=132, l2_bytes=50 * 2**20)
+
+
 @lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _cuda_props(index: int) -> GpuProps:
+    p = torch.cuda.get_device_properties(index)
+    return GpuProps(p.multi_processor_count, int(getattr(p, "L2_cache_size", 0) or 50 * 2**20))
+
+
+def on_gpu(device: torch.device) -> bool:
+    """True when kernels for `device` are compiled for a GPU (cuda, or meta: planned as on a GPU)."""
+    return device.type in ("cuda", "meta")
+
+
+def gpu_props(device: torch.device) -> GpuProps:
+    if device.type == "meta":
+        return META_GPU
+    return _cuda_props(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def row_config(vocab: int, device: torch.device) -> RowConfig:
-    if device.type == "cuda":
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        # 2048 entries per chunk, 8 warps: 8 entries (2 groups of 4) per thread per chunk.
-        return RowConfig(block_g=512, num_warps=8, sms=_sm_count(idx), min_chunks_per_split=2)
+    if on_gpu(device):
+        # 1024 entries per chunk, 8 warps: one group of 4 entries per thread per chunk (a 16-byte
+        # load of float32, 8 bytes of 16-bit logits), so that the per-entry states (three online
+        # log-sum-exps in the mixture) stay small. The mixture kernel gets a budget of 80
+        # registers: 3 blocks of 256 threads per SM, no spills (aot.py reports the figures;
+        # without the budget ptxas picks 64 for some specialisations and spills).
+        return RowConfig(block_g=256, num_warps=8, sms=gpu_props(device).sms, min_chunks_per_split=2,
+                         maxnreg=80)
     # Interpreter (CPU tensors, tests): small chunks for small rows so that the loops, the noise
     # skipping and the split merge run; larger ones for large rows to bound the Python overhead.
     block_v = min(4096, max(32, triton.next_power_of_2(triton.cdiv(vocab, 4))))
     return RowConfig(block_g=block_v // 4, num_warps=1, sms=2, min_chunks_per_split=1)
+
+
+def vector_aligned(vocab: int, *logits: torch.Tensor) -> bool:
+    """True when every row of every [B, K, V] tensor starts 16-byte aligned at a stride Triton
+    knows to be a multiple of 16 elements (its "divisible by 16" specialisation), so that rows load
+    as 16-byte vectors."""
+    return vocab % 16 == 0 and all(
+        t.data_ptr() % 16 == 0 and t.stride(0) % 16 == 0 and t.stride(1) % 16 == 0 for t in logits)
 
 
 def split_plan(rows: int, vocab: int, cfg: RowConfig) -> tuple[int, int]:
@@ -149,15 +222,24 @@ def inv_temperature(temperature: float) -> float:
     return float(torch.tensor(1.0 / temperature, dtype=torch.float32))
 
 
-def seed_args(seed_t, seed_v: int, batch: int, dummy: torch.Tensor):
-    """(seed_ptr, seed_v, SEED_MODE) for noise.row_noise_key (reference.row_seeds)."""
+def noise_key_args(seed_t, seed_v: int, offset_t, offset_v: int, batch: int, dummy: torch.Tensor,
+                   used: bool = True):
+    """(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode) for noise.row_noise_key
+    (reference.row_seeds). dummy: any int64 tensor, passed for the pointers that are not read.
+    When the generator is not used, the canonical (unread) values."""
+    if not used:
+        return dummy, 0, 0, dummy, 0, 0
     if seed_t is None:
-        return dummy, int(seed_v), 0
-    mode = 2 if seed_t.numel() == batch and batch != 1 else 1
-    return seed_t, 0, mode
+        seed = (dummy, int(seed_v), 0)
+    else:
+        seed = (seed_t, 0, 2 if seed_t.numel() == batch and batch != 1 else 1)
+    offset = (dummy, int(offset_v), 0) if offset_t is None else (offset_t, 0, 1)
+    return (*seed, *offset)
 
 
-def offset_args(offset_t, offset_v: int, dummy: torch.Tensor):
-    if offset_t is None:
-        return dummy, int(offset_v), False
-    return offset_t, 0, True
+# Kernel arguments whose values should not multiply the compiled specialisations: sizes used only
+# in address arithmetic or loop bounds (Triton would compile a variant for the value 1), mode
+# flags read once per program, and pointers to scalars (no vector access to align).
+NO_SPECIALIZE = ["K", "splits", "chunks_per_split", "rows", "seed_v", "seed_mode", "offset_v", "offset_mode",
+                 "has_valid"]
+NO_ALIGN = ["seed_ptr", "offset_ptr", "valid_ptr"]

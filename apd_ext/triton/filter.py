@@ -1,4 +1,4 @@
-"""top-k / top-p threshold of each row (reference.filter_threshold), one program per row.
+"""top-k / top-p threshold of each row (reference.filter_threshold), on a persistent grid.
 
 Launched only when a filter is active; tau[row] is in x = D * inv_T units and the kept set is
 x >= tau. Rows past valid_lengths (mixture_accept) are not read; their tau is unspecified.
@@ -6,9 +6,9 @@ x >= tau. Rows past valid_lengths (mixture_accept) are not read; their tau is un
 Method: radix select on the order-preserving uint32 key of x (-0 folded into +0, so equal floats
 have equal keys), 4 bits per pass from the top, 8 passes per phase. This is the CUDA backend's
 algorithm (csrc/cuda/filter.cuh), so both find the same tau; it reads a row 8 times per phase
-where a bit-by-bit bisection would read it 32 times. Passes re-read the row (from L2 on a GPU);
-most chunks are skipped:
-* Pass 0 reads the row once: per-chunk maximum keys (stored in a small [rows, chunks] workspace),
+where a bit-by-bit bisection would read it 32 times. Passes re-read the row (from L2 on a GPU,
+see below); most chunks are skipped:
+* Pass 0 reads the row once: per-chunk maximum keys (stored in a small per-program workspace),
   per-lane maximum keys, and, for top-p without top-k, the lane log-sum-exp states.
 * top-k: counts per bin with tl.histogram. The k-th largest of the per-lane maxima is a lower
   bound of the k-th largest entry (those k lane maxima are k distinct entries); entries below it
@@ -23,8 +23,25 @@ most chunks are skipped:
   (1 - top_p) Z / e), so they are ignored and their chunks skipped, like top-k's (only when
   1 - top_p >= 1e-3, far above the rounding of the sums).
 tau = +inf when Kset is empty (every x = -inf) or M = +inf (the reference's NaN probabilities).
-"""
 
+Rows in flight and L2. Only pass 0 should read a row from HBM; the 7-15 later passes should find
+it in L2, which holds only while the rows being filtered at once fit in it. One program per row
+would put every resident program's row in flight: B * K rows in the hundreds of 152K-entry rows
+(300 KB in bf16, 600 KB in float32) are 100-300 MB, against 50-60 MB of L2 on an H100/H200, and
+every pass would go to HBM. So the grid is persistent and capped (filter_programs, as the CUDA
+backend's filter_blocks): the most programs for which programs * row bytes <= half the L2
+(torch.cuda.get_device_properties().L2_cache_size, 50 MB when unknown; half, because the L2 of
+these GPUs is two partitions that may both hold a line, and the other rows' tails, the workspace
+and the tau writes need room too), balanced so that every program takes the same number of rows
+(+-1); program p filters rows p, p + programs, ... one after the other. Example: bf16 rows of
+151936 entries (297 KiB), 50 MB of L2: 86 rows in flight; B * K = 800 -> 80 programs of 10 rows.
+A row's tau does not depend on the grid (one program computes it, in the same order as ever).
+With fewer programs than SMs, each program must keep more bytes in flight: 16 warps per program,
+and pass 0 (the one read from HBM) is software-pipelined (tl.range num_stages, cp.async: two
+chunks prefetched). The per-lane top-p histogram is laid out [bin, lane], so that a lane's 16
+bins sit in one thread; with 2 entries per thread per chunk and a budget of 128 registers the
+filter compiles without spills (python -m apd_ext.triton.aot prints the figures).
+"""
 from __future__ import annotations
 
 import math
@@ -33,10 +50,13 @@ import torch
 import triton
 import triton.language as tl
 
-from apd_ext.triton.common import interpreting, key_to_float, lse_add, lse_finish, ordered_key
+from apd_ext.triton.common import (
+    NO_ALIGN, NO_SPECIALIZE, gpu_props, key_to_float, lse_add, lse_finish, on_gpu, ordered_key, valid_length,
+)
 from apd_ext.triton.noise import NEG_INF, POS_INF
 
-KEY_FINITE_MIN: tl.constexpr = 0x00800000  # ordered_key(-FLT_MAX): keys of x > -inf are >= this
+KEY_FINITE_MIN = tl.constexpr(0x00800000)  # ordered_key(-FLT_MAX): keys of x > -inf are >= this
+PASS0_STAGES = tl.constexpr(3)  # pass 0 (the read from HBM) prefetches two chunks ahead (cp.async)
 
 
 @triton.jit
@@ -48,6 +68,13 @@ def _row_keys(row_ptr, c, V, inv_t, BLOCK_F: tl.constexpr):
     x = tl.where(d == d, d, NEG_INF) * inv_t
     key = tl.where(msk, ordered_key(x), 0)
     return x, key, msk
+
+
+@triton.jit
+def _above(key, shift):
+    """key >> (shift + 4), 0 for shift == 28 (the first pass: every key matches the empty prefix).
+    Two shifts, so that no shift reaches the width of the type."""
+    return (key >> shift) >> 4
 
 
 @triton.jit
@@ -78,39 +105,27 @@ def _kth_largest_key(keys, k):
     """Key of the k-th largest entry of a register-resident uint32 vector (1 <= k <= its size)."""
     prefix = tl.full((), 0, tl.uint32)
     rank = tl.full((), 0, tl.int64) + k
-    for p in tl.static_range(8):
-        shift: tl.constexpr = 28 - 4 * p
-        dig = ((keys >> shift) & 15).to(tl.int32)
-        if p == 0:
-            hist = tl.histogram(dig, 16)
-        else:
-            hist = tl.histogram(dig, 16, mask=(keys >> (shift + 4)) == prefix)
+    for p in range(0, 8):
+        shift = 28 - 4 * p
+        hist = tl.histogram(((keys >> shift) & 15).to(tl.int32), 16, mask=_above(keys, shift) == prefix)
         chosen, rank = _pick_count_bin(hist, rank)
         prefix = (prefix << 4) | chosen.to(tl.uint32)
     return prefix
 
 
+
 @triton.jit
-def _filter_kernel(
-    d_ptr, d_sb, d_sk, K, V, valid_ptr, inv_t, top_k, top_p, log_prune, tau_ptr, cmax_ptr, nch_total,
-    HAS_VALID: tl.constexpr, USE_K: tl.constexpr, USE_P: tl.constexpr, K_BOUND: tl.constexpr,
-    PRUNE_P: tl.constexpr, BLOCK_F: tl.constexpr,
-):
-    row = tl.program_id(0)
-    b = row // K
-    i = row - b * K
-    nch = nch_total
-    if HAS_VALID:
-        nch = tl.where(i < tl.load(valid_ptr + b), nch_total, 0)
-    row_ptr = d_ptr + b.to(tl.int64) * d_sb + i.to(tl.int64) * d_sk
-    cm_ptr = cmax_ptr + row.to(tl.int64) * nch_total
+def _filter_row(row_ptr, V, inv_t, top_k, top_p, log_prune, cm_ptr, nch,
+                USE_K: tl.constexpr, USE_P: tl.constexpr, K_BOUND: tl.constexpr, PRUNE_P: tl.constexpr,
+                BLOCK_F: tl.constexpr):
+    """tau of one row (all threads of the program); cm_ptr: nch int32 of workspace."""
     bins = tl.arange(0, 16)
 
     # Pass 0: chunk maxima, lane maxima (and lane log-sum-exp for top-p without top-k).
     lane_max = tl.zeros([BLOCK_F], tl.uint32)
     lm = tl.full([BLOCK_F], NEG_INF, tl.float32)
     ls = tl.zeros([BLOCK_F], tl.float32)
-    for c in range(0, nch):
+    for c in tl.range(0, nch, num_stages=PASS0_STAGES):
         x, key, msk = _row_keys(row_ptr, c, V, inv_t, BLOCK_F)
         lane_max = tl.maximum(lane_max, key)
         tl.store(cm_ptr + c, tl.max(key).to(tl.int32, bitcast=True))
@@ -126,19 +141,14 @@ def _filter_kernel(
             lb = _kth_largest_key(lane_max, top_k)
         prefix = tl.full((), 0, tl.uint32)
         rank = tl.full((), 0, tl.int64) + top_k
-        for p in tl.static_range(8):
-            shift: tl.constexpr = 28 - 4 * p
-            if p == 0:
-                lo = lb
-            else:
-                lo = tl.maximum(prefix << (shift + 4), lb)
+        for p in range(0, 8):  # a loop, not unrolled: 8 copies of the chunk loop only cost code size
+            shift = 28 - 4 * p
+            lo = tl.maximum((prefix << shift) << 4, lb)  # smallest key with the current prefix
             hist = tl.zeros([16], tl.int32)
             for c in range(0, nch):
                 if tl.load(cm_ptr + c).to(tl.uint32, bitcast=True) >= lo:
                     x, key, msk = _row_keys(row_ptr, c, V, inv_t, BLOCK_F)
-                    match = msk & (key >= lb)
-                    if p > 0:
-                        match = match & ((key >> (shift + 4)) == prefix)
+                    match = msk & (key >= lb) & (_above(key, shift) == prefix)
                     hist += tl.histogram(((key >> shift) & 15).to(tl.int32), 16, mask=match)
             chosen, rank = _pick_count_bin(hist, rank)
             prefix = (prefix << 4) | chosen.to(tl.uint32)
@@ -165,23 +175,18 @@ def _filter_kernel(
         prefix = tl.full((), 0, tl.uint32)
         above = tl.full((), 0.0, tl.float64)
         ok = max_key >= kmin
-        for p in tl.static_range(8):
-            shift: tl.constexpr = 28 - 4 * p
-            if p == 0:
-                lo = lb
-            else:
-                lo = tl.maximum(prefix << (shift + 4), lb)
-            acc = tl.zeros([BLOCK_F, 16], tl.float32)
+        for p in range(0, 8):
+            shift = 28 - 4 * p
+            lo = tl.maximum((prefix << shift) << 4, lb)
+            acc = tl.zeros([16, BLOCK_F], tl.float32)  # [bin, lane]: a lane's 16 bins in one thread
             for c in range(0, nch):
                 if tl.load(cm_ptr + c).to(tl.uint32, bitcast=True) >= lo:
                     x, key, msk = _row_keys(row_ptr, c, V, inv_t, BLOCK_F)
-                    match = msk & (key >= lb)
-                    if p > 0:
-                        match = match & ((key >> (shift + 4)) == prefix)
+                    match = msk & (key >= lb) & (_above(key, shift) == prefix)
                     e = tl.where(match, tl.exp(x - M), 0.0)
                     dig = ((key >> shift) & 15).to(tl.int32)
-                    acc += tl.where(dig[:, None] == bins[None, :], e[:, None], 0.0)
-            h = tl.sum(acc.to(tl.float64), axis=0)
+                    acc += tl.where(dig[None, :] == bins[:, None], e[None, :], 0.0)
+            h = tl.sum(acc.to(tl.float64), axis=1)
             chosen, above, found = _pick_mass_bin(h, above, target)
             ok = ok & found
             prefix = (prefix << 4) | chosen.to(tl.uint32)
@@ -189,11 +194,43 @@ def _filter_kernel(
         # Kset empty (no key >= kmin) or +inf logits: nothing finite is kept.
         tau = tl.where((max_key < kmin) | (M == POS_INF), POS_INF, tau_p)
 
-    tl.store(tau_ptr + row, tau)
+    return tau
+
+
+@triton.jit(do_not_specialize=NO_SPECIALIZE + ["top_k", "nch"], do_not_specialize_on_alignment=NO_ALIGN)
+def _filter_kernel(
+    d_ptr, d_sb, d_sk, K, V, rows, valid_ptr, has_valid, inv_t, top_k, top_p, log_prune, tau_ptr, cmax_ptr,
+    nch,
+    USE_K: tl.constexpr, USE_P: tl.constexpr, K_BOUND: tl.constexpr, PRUNE_P: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
+    """Persistent grid: program p takes rows p, p + programs, ... (see the module docstring)."""
+    pid = tl.program_id(0)
+    cm_ptr = cmax_ptr + pid.to(tl.int64) * nch  # this program's chunk maxima, reused row after row
+    for row in range(pid, rows, tl.num_programs(0)):
+        b = row // K
+        i = row - b * K
+        if i < valid_length(valid_ptr, b, K, has_valid):
+            row_ptr = d_ptr + b.to(tl.int64) * d_sb + i.to(tl.int64) * d_sk
+            tau = _filter_row(row_ptr, V, inv_t, top_k, top_p, log_prune, cm_ptr, nch,
+                              USE_K, USE_P, K_BOUND, PRUNE_P, BLOCK_F)
+            tl.store(tau_ptr + row, tau)
+        tl.debug_barrier()  # every thread is done with cm_ptr before the next row rewrites it
 
 
 def filter_active(top_k: int, top_p: float, vocab: int) -> bool:
     return 0 < top_k < vocab or top_p < 1.0
+
+
+def filter_programs(rows: int, row_bytes: int, l2_bytes: int) -> int:
+    """Programs of the persistent grid: the most for which programs * row_bytes <= l2_bytes / 2,
+    balanced so that every program takes the same number of rows (+-1)."""
+    fit = max(1, l2_bytes // 2 // max(row_bytes, 1))
+    return triton.cdiv(rows, triton.cdiv(rows, fit))
+
+
+# Interpreter (CPU tensors): a pretend L2 of three rows, so that programs loop over rows in tests.
+_INTERPRETER_L2_ROWS = 3
 
 
 def compute_tau(dllm: torch.Tensor, vocab: int, inv_t: float, top_k: int, top_p: float,
@@ -203,21 +240,27 @@ def compute_tau(dllm: torch.Tensor, vocab: int, inv_t: float, top_k: int, top_p:
     rows = B * K
     use_k = 0 < top_k < vocab
     use_p = top_p < 1.0
-    if dllm.device.type == "cuda":
-        block_f, num_warps = 1024, 8
+    row_bytes = vocab * dllm.element_size()
+    if on_gpu(dllm.device):
+        # 1024 entries per chunk, 16 warps (2 entries per thread): see the module docstring.
+        block_f, num_warps, maxnreg = 1024, 16, 128
+        programs = filter_programs(rows, row_bytes, gpu_props(dllm.device).l2_bytes)
     else:  # interpreter: small chunks for small rows so that the chunk loops and skips run
-        block_f, num_warps = min(2048, max(32, triton.next_power_of_2(triton.cdiv(vocab, 4)))), 1
+        block_f = min(2048, max(32, triton.next_power_of_2(triton.cdiv(vocab, 4))))
+        num_warps, maxnreg = 1, None
+        programs = filter_programs(rows, row_bytes, 2 * _INTERPRETER_L2_ROWS * row_bytes)
     nch = triton.cdiv(vocab, block_f)
     tau = torch.empty(rows, dtype=torch.float32, device=dllm.device)
-    cmax = torch.empty(rows * nch, dtype=torch.int32, device=dllm.device)
+    cmax = torch.empty(programs * nch, dtype=torch.int32, device=dllm.device)
     prune = use_p and 1.0 - top_p >= 1e-3
     log_prune = math.log((1.0 - top_p) / vocab) - 1.0 if prune else 0.0
-    _filter_kernel[(rows,)](
-        dllm, dllm.stride(0), dllm.stride(1), K, vocab,
-        valid_lengths if valid_lengths is not None else tau, inv_t, int(top_k), float(top_p), log_prune,
-        tau, cmax, nch,
-        HAS_VALID=valid_lengths is not None, USE_K=use_k, USE_P=use_p,
-        K_BOUND=use_k and top_k <= block_f, PRUNE_P=prune, BLOCK_F=block_f,
-        num_warps=num_warps, enable_fp_fusion=False,
+    has_valid = valid_lengths is not None
+    if not has_valid:  # an int64 pointer all the same (one kernel specialisation for both cases)
+        valid_lengths = torch.empty(1, dtype=torch.int64, device=dllm.device)
+    _filter_kernel[(programs,)](
+        dllm, dllm.stride(0), dllm.stride(1), K, vocab, rows, valid_lengths,
+        int(has_valid), inv_t, int(top_k), float(top_p), log_prune, tau, cmax, nch,
+        USE_K=use_k, USE_P=use_p, K_BOUND=use_k and top_k <= block_f, PRUNE_P=prune, BLOCK_F=block_f,
+        num_warps=num_warps, maxnreg=maxnreg, enable_fp_fusion=False,
     )
     return tau

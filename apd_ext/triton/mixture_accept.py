@@ -7,7 +7,10 @@ of the draft tokens and the accepted prefix length.
 
 _mixture_partial_kernel: grid rows * splits; program (row, split) reads its chunk range of both rows
 once ([BLOCK_G, 4] blocks, per-lane online states, noise skipping as in sample_draft.py) and writes a
-partial state. Rows at i >= L(b) are not read.
+partial state. Rows at i >= L(b) are not read. On a GPU: BLOCK_G = 256, 8 warps, one group of 4
+entries per thread per chunk, so that the three per-lane log-sum-exp states cost 24 registers; with
+a budget of 80 registers (3 programs of 256 threads per SM) no specialisation of the hot path
+spills (at BLOCK_G = 512, two groups per thread, it took up to 187 registers: one program per SM).
 _mixture_finalize_kernel: one program per batch row b, vectorised over the window positions: merges
 the splits of each position in split order, writes targets and log-probs, and reduces the first
 rejected position across the window to num_accepted (no host sync anywhere).
@@ -20,23 +23,24 @@ import triton
 import triton.language as tl
 
 from apd_ext.triton.common import (
-    argmax_finish, interpreting, inv_temperature, load_row_block, lse_add, lse_finish, lse_merge,
-    lse_value, offset_args, row_config, seed_args, split_plan,
+    NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, interpreting, inv_temperature, load_row_block,
+    lse_add, lse_finish, lse_merge, lse_value, noise_key_args, row_config, split_plan, valid_length,
+    vector_aligned,
 )
 from apd_ext.triton.filter import compute_tau, filter_active
 from apd_ext.triton.noise import GUMBEL_MAX, NEG_INF, gumbel_from_explicit, philox_gumbel_block, row_noise_key
 
-W_MIX: tl.constexpr = 0
-W_ONE: tl.constexpr = 1  # mix = D
-W_ZERO: tl.constexpr = 2  # mix = A
+W_MIX = tl.constexpr(0)
+W_ONE = tl.constexpr(1)  # mix = D
+W_ZERO = tl.constexpr(2)  # mix = A
 
-TARGET_GREEDY: tl.constexpr = 0  # argmax of the raw mixture (greedy_target)
-TARGET_KEPT: tl.constexpr = 1  # argmax of mix_kept (T == 0)
-TARGET_PHILOX: tl.constexpr = 2  # argmax of mix_kept * inv_T + g, generated g
-TARGET_TENSOR: tl.constexpr = 3  # same with g from explicit uniforms
+TARGET_GREEDY = tl.constexpr(0)  # argmax of the raw mixture (greedy_target)
+TARGET_KEPT = tl.constexpr(1)  # argmax of mix_kept (T == 0)
+TARGET_PHILOX = tl.constexpr(2)  # argmax of mix_kept * inv_T + g, generated g
+TARGET_TENSOR = tl.constexpr(3)  # same with g from explicit uniforms
 
-NAN: tl.constexpr = float("nan")
-NPART: tl.constexpr = 7  # floats per partial: (max, sum) of kept D, A, mix_kept; best score
+NAN = tl.constexpr(float("nan"))
+NPART = tl.constexpr(7)  # floats per partial: (max, sum) of kept D, A, mix_kept; best score
 
 
 @triton.jit
@@ -51,23 +55,13 @@ def _mix(d, a, wf, omwf, W_MODE: tl.constexpr):
     return mix
 
 
-@triton.jit
-def _valid_length(valid_ptr, b, K, HAS_VALID: tl.constexpr):
-    if HAS_VALID:
-        L = tl.minimum(tl.maximum(tl.load(valid_ptr + b), 0), K)
-    else:
-        L = tl.full((), 0, tl.int64) + K
-    return L
-
-
-@triton.jit(do_not_specialize=["seed_v", "offset_v"])
+@triton.jit(do_not_specialize=NO_SPECIALIZE, do_not_specialize_on_alignment=NO_ALIGN)
 def _mixture_partial_kernel(
-    d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, K, V, splits, chunks_per_split, valid_ptr,
+    d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, K, V, splits, chunks_per_split, valid_ptr, has_valid,
     inv_t, wf, omwf, tau_ptr,
-    seed_ptr, seed_v: tl.int64, offset_ptr, offset_v: tl.int64, u_ptr, u_sb, u_sk,
+    seed_ptr, seed_v: tl.int64, seed_mode, offset_ptr, offset_v: tl.int64, offset_mode, u_ptr, u_sb, u_sk,
     part_f_ptr, part_i_ptr,
-    HAS_VALID: tl.constexpr, HAS_TAU: tl.constexpr, W_MODE: tl.constexpr, TARGET: tl.constexpr,
-    SEED_MODE: tl.constexpr, OFFSET_PTR: tl.constexpr, BLOCK_G: tl.constexpr,
+    HAS_TAU: tl.constexpr, W_MODE: tl.constexpr, TARGET: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     BLOCK_V: tl.constexpr = 4 * BLOCK_G
     pid = tl.program_id(0)
@@ -79,13 +73,12 @@ def _mixture_partial_kernel(
     a_row = a_ptr + b.to(tl.int64) * a_sb + i.to(tl.int64) * a_sk
     c_begin = split * chunks_per_split
     c_end = tl.minimum(c_begin + chunks_per_split, tl.cdiv(V, BLOCK_V))
-    if HAS_VALID:
-        c_end = tl.where(i < _valid_length(valid_ptr, b, K, HAS_VALID), c_end, c_begin)
+    c_end = tl.where(i < valid_length(valid_ptr, b, K, has_valid), c_end, c_begin)
     tau = tl.full((), NEG_INF, tl.float32)
     if HAS_TAU:
         tau = tl.load(tau_ptr + row)
     if TARGET == TARGET_PHILOX:
-        k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, offset_ptr, offset_v, b, SEED_MODE, OFFSET_PTR)
+        k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode, b)
     if TARGET == TARGET_TENSOR:
         u_row = u_ptr + b.to(tl.int64) * u_sb + i.to(tl.int64) * u_sk
 
@@ -96,8 +89,8 @@ def _mixture_partial_kernel(
     sa = tl.zeros([BLOCK_G, 4], tl.float32)
     mm = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
     sm = tl.zeros([BLOCK_G, 4], tl.float32)
-    best_s = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
-    best_i = tl.zeros([BLOCK_G, 4], tl.int32)
+    best_s = tl.full([BLOCK_G], NEG_INF, tl.float32)  # per group of 4 (argmax_update)
+    best_i = tl.zeros([BLOCK_G], tl.int32)
     bound = tl.full((), NEG_INF, tl.float32)
     for c in range(c_begin, c_end):
         v = c * BLOCK_V + lane_v
@@ -115,28 +108,20 @@ def _mixture_partial_kernel(
         if W_MODE != W_ONE:  # w == 1: mix_kept is kept D
             mm, sm = lse_add(mm, sm, mk)
         if TARGET == TARGET_GREEDY:
-            upd = mix > best_s
-            best_s = tl.where(upd, mix, best_s)
-            best_i = tl.where(upd, v, best_i)
+            best_s, best_i = argmax_update(best_s, best_i, mix, v)
         elif TARGET == TARGET_KEPT:
-            upd = mk > best_s
-            best_s = tl.where(upd, mk, best_s)
-            best_i = tl.where(upd, v, best_i)
+            best_s, best_i = argmax_update(best_s, best_i, mk, v)
         elif TARGET == TARGET_PHILOX:
             t = mk * inv_t
             if tl.max(t) + GUMBEL_MAX > bound:
                 score = t + philox_gumbel_block(c * BLOCK_G, i, k0, k1, o0, o1, BLOCK_G)
-                upd = score > best_s
-                best_s = tl.where(upd, score, best_s)
-                best_i = tl.where(upd, v, best_i)
+                best_s, best_i = argmax_update(best_s, best_i, score, v)
                 bound = tl.maximum(bound, tl.max(score))
         else:
             t = mk * inv_t
             u = tl.load(u_row + v, mask=msk, other=0.5)
             score = tl.where(t > NEG_INF, t + gumbel_from_explicit(u), NEG_INF)
-            upd = score > best_s
-            best_s = tl.where(upd, score, best_s)
-            best_i = tl.where(upd, v, best_i)
+            best_s, best_i = argmax_update(best_s, best_i, score, v)
 
     ld_m, ld_s = lse_finish(md, sd)
     la_m, la_s = lse_finish(ma, sa)
@@ -157,14 +142,14 @@ def _mixture_partial_kernel(
     tl.store(part_i_ptr + pid, bi)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE + ["dr_sb"], do_not_specialize_on_alignment=NO_ALIGN)
 def _mixture_finalize_kernel(
     part_f_ptr, part_i_ptr, splits, d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, draft_ptr, dr_sb, K, V,
-    valid_ptr, inv_t, wf, omwf, tau_ptr, n_ptr, tgt_ptr, lpd_ptr, lpa_ptr, lpm_ptr,
-    HAS_VALID: tl.constexpr, HAS_TAU: tl.constexpr, W_MODE: tl.constexpr, BLOCK_K: tl.constexpr,
+    valid_ptr, has_valid, inv_t, wf, omwf, tau_ptr, n_ptr, tgt_ptr, lpd_ptr, lpa_ptr, lpm_ptr,
+    HAS_TAU: tl.constexpr, W_MODE: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     b = tl.program_id(0)
-    L = _valid_length(valid_ptr, b, K, HAS_VALID)
+    L = valid_length(valid_ptr, b, K, has_valid)
     first_fail = L  # first position i < L whose draft token is not accepted
     for k0 in range(0, K, BLOCK_K):
         i = k0 + tl.arange(0, BLOCK_K)
@@ -242,8 +227,7 @@ def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, temperature, to
     has_valid = valid_lengths is not None
     valid = valid_lengths if has_valid else num_accepted
     tau = compute_tau(dllm, vocab, inv_t, top_k, top_p, valid_lengths) if has_tau else lpd
-    seed_ptr, seed_v, seed_mode = seed_args(seed_t, seed_v, B, num_accepted)
-    offset_ptr, offset_v, offset_ptr_mode = offset_args(offset_t, offset_v, num_accepted)
+    key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, num_accepted, used=target == 2)
     u = noise if target == 3 else lpd
     u_sb, u_sk = (noise.stride(0), noise.stride(1)) if target == 3 else (0, 0)
 
@@ -251,19 +235,23 @@ def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, temperature, to
     splits, cps = split_plan(rows, vocab, cfg)
     part_f = torch.empty(rows * splits * 7, dtype=torch.float32, device=dev)
     part_i = torch.empty(rows * splits, dtype=torch.int32, device=dev)
+    # The register budget (3 blocks per SM) is for the hot path: generated or no noise, rows that
+    # Triton can load in 16-byte vectors. Explicit float64 uniforms (the replay path: float64
+    # logs) and unaligned rows (no vectorised layout) compile without it, without spills.
+    budget = target != 3 and vector_aligned(vocab, dllm, verifier)
     _mixture_partial_kernel[(rows * splits,)](
         dllm, dllm.stride(0), dllm.stride(1), verifier, verifier.stride(0), verifier.stride(1),
-        K, vocab, splits, cps, valid, inv_t, w, 1.0 - w, tau,
-        seed_ptr, seed_v, offset_ptr, offset_v, u, u_sb, u_sk, part_f, part_i,
-        HAS_VALID=has_valid, HAS_TAU=has_tau, W_MODE=w_mode, TARGET=target, SEED_MODE=seed_mode,
-        OFFSET_PTR=offset_ptr_mode, BLOCK_G=cfg.block_g, num_warps=cfg.num_warps, enable_fp_fusion=False,
+        K, vocab, splits, cps, valid, int(has_valid), inv_t, w, 1.0 - w, tau,
+        *key_args, u, u_sb, u_sk, part_f, part_i,
+        HAS_TAU=has_tau, W_MODE=w_mode, TARGET=target, BLOCK_G=cfg.block_g, num_warps=cfg.num_warps,
+        maxnreg=cfg.maxnreg if budget else 128, enable_fp_fusion=False,
     )
     block_k = 4 if interpreting() and dev.type == "cpu" else min(256, max(16, triton.next_power_of_2(K)))
     _mixture_finalize_kernel[(B,)](
         part_f, part_i, splits, dllm, dllm.stride(0), dllm.stride(1), verifier, verifier.stride(0),
-        verifier.stride(1), draft, draft.stride(0), K, vocab, valid, inv_t, w, 1.0 - w, tau,
+        verifier.stride(1), draft, draft.stride(0), K, vocab, valid, int(has_valid), inv_t, w, 1.0 - w, tau,
         num_accepted, target_tokens, lpd, lpa, lpm,
-        HAS_VALID=has_valid, HAS_TAU=has_tau, W_MODE=w_mode, BLOCK_K=block_k, num_warps=4,
+        HAS_TAU=has_tau, W_MODE=w_mode, BLOCK_K=block_k, num_warps=4,
         enable_fp_fusion=False,
     )
     return num_accepted, target_tokens, lpd, lpa, lpm

@@ -6,6 +6,10 @@ row seed (reference.row_seeds). reference.py, the CPU and the CUDA kernels compu
 function; python_tests/test_triton_noise.py checks this port against reference.py.
 
 Every function here is a @triton.jit helper meant to be inlined into the op kernels.
+
+Module-level constants that kernels read are tl.constexpr objects (`X = tl.constexpr(v)`): the
+compiler rejects any other global (an annotation `X: tl.constexpr = v` leaves a plain number,
+which only the interpreter accepts). apd_ext/triton/aot.py compiles every kernel to catch this.
 """
 
 from __future__ import annotations
@@ -13,17 +17,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-PHILOX_M0: tl.constexpr = 0xD2511F53
-PHILOX_M1: tl.constexpr = 0xCD9E8D57
-PHILOX_W0: tl.constexpr = 0x9E3779B9
-PHILOX_W1: tl.constexpr = 0xBB67AE85
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
 
 # Bounds of the generated Gumbel noise (apd::kGumbelMax / kGumbelMin, philox.h): every value of
 # gumbel(uniform_from_bits(.)) lies strictly inside, with a margin for the log approximation.
-GUMBEL_MAX: tl.constexpr = 16.75
+GUMBEL_MAX = tl.constexpr(16.75)
 
-NEG_INF: tl.constexpr = float("-inf")
-POS_INF: tl.constexpr = float("inf")
+NEG_INF = tl.constexpr(float("-inf"))
+POS_INF = tl.constexpr(float("inf"))
 
 
 @triton.jit
@@ -94,21 +98,22 @@ def gumbel_from_explicit(u):
 
 
 @triton.jit
-def row_noise_key(seed_ptr, seed_v, offset_ptr, offset_v, b, SEED_MODE: tl.constexpr,
-                  OFFSET_PTR: tl.constexpr):
+def row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode, b):
     """(key0, key1, counter2, counter3) uint32 scalars of batch row b: the row seed and the offset.
 
-    SEED_MODE 0: seed_v + b; 1: seed_ptr[0] + b; 2: seed_ptr[b] (reference.row_seeds, two's
-    complement wrap). The offset is offset_ptr[0] when OFFSET_PTR, else offset_v. Tensors are read
-    here, on the device, so that a captured CUDA graph replays with their current values.
+    seed_mode 0: seed_v + b; 1: seed_ptr[0] + b; 2: seed_ptr[b] (reference.row_seeds, two's
+    complement wrap). The offset is offset_ptr[0] when offset_mode == 1, else offset_v. seed_ptr and
+    offset_ptr point to int64 (dummies when unused). Tensors are read here, on the device, so that a
+    captured CUDA graph replays with their current values. The modes are runtime values (scalar
+    branches, once per program): they need no kernel specialisation of their own.
     """
-    if SEED_MODE == 0:
+    if seed_mode == 0:
         seed = seed_v.to(tl.int64) + b
-    elif SEED_MODE == 1:
+    elif seed_mode == 1:
         seed = tl.load(seed_ptr) + b
     else:
         seed = tl.load(seed_ptr + b)
-    if OFFSET_PTR:
+    if offset_mode == 1:
         offset = tl.load(offset_ptr)
     else:
         offset = offset_v.to(tl.int64)

@@ -3,7 +3,8 @@ of x + g (x = D * inv_T; plain x when T == 0), logprob = D[token] - logsumexp(ke
 
 _draft_partial_kernel: grid rows * splits; program (row, split) scans BLOCK_V-entry chunks
 [split * chunks_per_split, ...) of its row once, as [BLOCK_G, 4] blocks (one Philox call per group
-of 4), keeping per-lane online (max, sum-exp) and (score, index) states that it reduces at the end.
+of 4), keeping per-lane online (max, sum-exp) and per-group (score, index) states that it reduces
+at the end. On a GPU: BLOCK_G = 256, 8 warps, one group per thread per chunk (common.row_config).
 splits == 1: it writes the outputs itself; else it writes a partial state and
 _draft_finalize_kernel merges the splits of each row in split order.
 
@@ -21,24 +22,23 @@ import triton
 import triton.language as tl
 
 from apd_ext.triton.common import (
-    argmax_finish, inv_temperature, load_row_block, lse_add, lse_finish, lse_merge, lse_value,
-    offset_args, row_config, seed_args, split_plan,
+    NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, inv_temperature, load_row_block, lse_add,
+    lse_finish, lse_merge, lse_value, noise_key_args, row_config, split_plan,
 )
 from apd_ext.triton.filter import compute_tau, filter_active
 from apd_ext.triton.noise import GUMBEL_MAX, NEG_INF, gumbel_from_explicit, philox_gumbel_block, row_noise_key
 
-NOISE_NONE: tl.constexpr = 0  # T == 0: plain argmax
-NOISE_PHILOX: tl.constexpr = 1
-NOISE_TENSOR: tl.constexpr = 2
+NOISE_NONE = tl.constexpr(0)  # T == 0: plain argmax
+NOISE_PHILOX = tl.constexpr(1)
+NOISE_TENSOR = tl.constexpr(2)
 
 
-@triton.jit(do_not_specialize=["seed_v", "offset_v"])
+@triton.jit(do_not_specialize=NO_SPECIALIZE, do_not_specialize_on_alignment=NO_ALIGN)
 def _draft_partial_kernel(
     d_ptr, d_sb, d_sk, K, V, splits, chunks_per_split, inv_t, tau_ptr,
-    seed_ptr, seed_v: tl.int64, offset_ptr, offset_v: tl.int64, u_ptr, u_sb, u_sk,
+    seed_ptr, seed_v: tl.int64, seed_mode, offset_ptr, offset_v: tl.int64, offset_mode, u_ptr, u_sb, u_sk,
     part_f_ptr, part_i_ptr, tok_ptr, lp_ptr,
-    HAS_TAU: tl.constexpr, NOISE: tl.constexpr, SEED_MODE: tl.constexpr, OFFSET_PTR: tl.constexpr,
-    FINAL: tl.constexpr, BLOCK_G: tl.constexpr,
+    HAS_TAU: tl.constexpr, NOISE: tl.constexpr, FINAL: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     BLOCK_V: tl.constexpr = 4 * BLOCK_G
     pid = tl.program_id(0)
@@ -53,15 +53,15 @@ def _draft_partial_kernel(
     if HAS_TAU:
         tau = tl.load(tau_ptr + row)
     if NOISE == NOISE_PHILOX:
-        k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, offset_ptr, offset_v, b, SEED_MODE, OFFSET_PTR)
+        k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode, b)
     if NOISE == NOISE_TENSOR:
         u_row = u_ptr + b.to(tl.int64) * u_sb + i.to(tl.int64) * u_sk
 
     lane_v = tl.arange(0, BLOCK_G)[:, None] * 4 + tl.arange(0, 4)[None, :]
     m = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
     s = tl.zeros([BLOCK_G, 4], tl.float32)
-    best_s = tl.full([BLOCK_G, 4], NEG_INF, tl.float32)
-    best_i = tl.zeros([BLOCK_G, 4], tl.int32)
+    best_s = tl.full([BLOCK_G], NEG_INF, tl.float32)  # per group of 4 (argmax_update)
+    best_i = tl.zeros([BLOCK_G], tl.int32)
     bound = tl.full((), NEG_INF, tl.float32)  # best score seen by this program (noise skipping)
     for c in range(c_begin, c_end):
         v = c * BLOCK_V + lane_v
@@ -74,23 +74,17 @@ def _draft_partial_kernel(
             x = tl.where(keep, x, NEG_INF)
         m, s = lse_add(m, s, d)
         if NOISE == NOISE_NONE:
-            upd = x > best_s
-            best_s = tl.where(upd, x, best_s)
-            best_i = tl.where(upd, v, best_i)
+            best_s, best_i = argmax_update(best_s, best_i, x, v)
         elif NOISE == NOISE_PHILOX:
             if tl.max(x) + GUMBEL_MAX > bound:
                 g = philox_gumbel_block(c * BLOCK_G, i, k0, k1, o0, o1, BLOCK_G)
                 score = x + g
-                upd = score > best_s
-                best_s = tl.where(upd, score, best_s)
-                best_i = tl.where(upd, v, best_i)
+                best_s, best_i = argmax_update(best_s, best_i, score, v)
                 bound = tl.maximum(bound, tl.max(score))
         else:
             u = tl.load(u_row + v, mask=msk, other=0.5)
             score = tl.where(x > NEG_INF, x + gumbel_from_explicit(u), NEG_INF)
-            upd = score > best_s
-            best_s = tl.where(upd, score, best_s)
-            best_i = tl.where(upd, v, best_i)
+            best_s, best_i = argmax_update(best_s, best_i, score, v)
 
     lm, ls = lse_finish(m, s)
     bs, bi = argmax_finish(best_s, best_i)
@@ -108,7 +102,7 @@ def _draft_partial_kernel(
         tl.store(part_i_ptr + pid, bi)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _draft_finalize_kernel(
     part_f_ptr, part_i_ptr, splits, rows, d_ptr, d_sb, d_sk, K, inv_t, tau_ptr, tok_ptr, lp_ptr,
     HAS_TAU: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -157,8 +151,7 @@ def sample_draft(dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_
         mode = 2
     else:
         mode = 1
-    seed_ptr, seed_v, seed_mode = seed_args(seed_t, seed_v, B, tokens)
-    offset_ptr, offset_v, offset_ptr_mode = offset_args(offset_t, offset_v, tokens)
+    key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, tokens, used=mode == 1)
     u = noise if mode == 2 else logprobs
     u_sb, u_sk = (noise.stride(0), noise.stride(1)) if mode == 2 else (0, 0)
 
@@ -172,9 +165,8 @@ def sample_draft(dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_
         part_i = torch.empty(rows * splits, dtype=torch.int32, device=dev)
     _draft_partial_kernel[(rows * splits,)](
         dllm, dllm.stride(0), dllm.stride(1), K, vocab, splits, cps, inv_t, tau,
-        seed_ptr, seed_v, offset_ptr, offset_v, u, u_sb, u_sk,
-        part_f, part_i, tokens, logprobs,
-        HAS_TAU=has_tau, NOISE=mode, SEED_MODE=seed_mode, OFFSET_PTR=offset_ptr_mode, FINAL=final,
+        *key_args, u, u_sb, u_sk, part_f, part_i, tokens, logprobs,
+        HAS_TAU=has_tau, NOISE=mode, FINAL=final,
         BLOCK_G=cfg.block_g, num_warps=cfg.num_warps, enable_fp_fusion=False,
     )
     if not final:
