@@ -1,0 +1,167 @@
+"""The ahead-of-time compile check of the Triton kernels (apd_ext/triton/aot.py): it catches code
+that only the interpreter accepts, and it enumerates every specialisation the launchers produce.
+The full compile (both architectures, every specialisation) is `make test`'s job; here only the
+enumeration and one tiny kernel pair are compiled. The check needs the compiler, not the
+interpreter, so it runs in subprocesses without TRITON_INTERPRET."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from apd_ext import backends
+
+pytestmark = pytest.mark.skipif(not backends.has_triton(), reason="triton is not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str | None = None, args=(), cwd=ROOT, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(cwd), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, *(["-c", code] if code is not None else []), *args]
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def listed():
+    """The specialisations the check compiles for sm_90, by kernel."""
+    out = _python(args=["-m", "apd_ext.triton.aot", "--arch", "90", "--list"])
+    by_kernel = defaultdict(list)
+    for line in out.splitlines():
+        d = json.loads(line)
+        by_kernel[d["kernel"]].append(d)
+    return by_kernel
+
+
+def _values(specs, *names):
+    return {tuple(s["constexprs"].get(n, s["pointers"].get(n)) for n in names) for s in specs}
+
+
+def _module(name):  # apd_ext.triton's functions shadow the submodules of the same name
+    return importlib.import_module(f"apd_ext.triton.{name}")
+
+
+def test_every_kernel_is_enumerated(listed):
+    kernels = {name for mod in ("filter", "mixture_accept", "sample_draft") for name in vars(_module(mod))
+               if name.startswith("_") and name.endswith("_kernel")}
+    assert kernels == set(listed), "a kernel the ops can launch is missing from the enumeration"
+
+
+def test_every_mode_of_every_dtype(listed):
+    """Every constexpr value the launchers produce, in every combination, for every logit dtype."""
+    ma, sd = _module("mixture_accept"), _module("sample_draft")
+
+    dtypes = {"fp32", "fp16", "bf16"}
+    bools = (False, True)
+    noise = {int(m.value) for m in (sd.NOISE_NONE, sd.NOISE_PHILOX, sd.NOISE_TENSOR)}
+    targets = {int(m.value) for m in (ma.TARGET_GREEDY, ma.TARGET_KEPT, ma.TARGET_PHILOX, ma.TARGET_TENSOR)}
+    weights = {int(m.value) for m in (ma.W_MIX, ma.W_ONE, ma.W_ZERO)}
+    assert len(noise) == 3 and len(targets) == 4 and len(weights) == 3
+
+    draft = listed["_draft_partial_kernel"]
+    assert _values(draft, "d_ptr", "HAS_TAU", "NOISE", "FINAL") == set(itertools.product(dtypes, bools, noise, bools))
+    tensor_noise = [s for s in draft if s["constexprs"]["NOISE"] == int(sd.NOISE_TENSOR.value)]
+    assert _values(tensor_noise, "u_ptr") == {("fp32",), ("fp64",)}
+    assert _values(listed["_draft_finalize_kernel"], "d_ptr", "HAS_TAU") == set(itertools.product(dtypes, bools))
+
+    mix = listed["_mixture_partial_kernel"]
+    assert _values(mix, "d_ptr", "HAS_TAU", "W_MODE", "TARGET") == set(
+        itertools.product(dtypes, bools, weights, targets))
+    tensor_target = [s for s in mix if s["constexprs"]["TARGET"] == int(ma.TARGET_TENSOR.value)]
+    assert _values(tensor_target, "u_ptr") == {("fp32",), ("fp64",)}
+    assert _values(mix, "d_ptr", "a_ptr") == set(itertools.product(dtypes, dtypes))  # mixed dLLM/verifier
+    assert _values(listed["_mixture_finalize_kernel"], "d_ptr", "HAS_TAU", "W_MODE") == set(
+        itertools.product(dtypes, bools, weights))
+
+    filt = _values(listed["_filter_kernel"], "d_ptr", "USE_K", "USE_P", "K_BOUND", "PRUNE_P")
+    expect = set()
+    for dt in dtypes:
+        expect |= {(dt, True, False, kb, False) for kb in bools}  # top-k (k <= / > the chunk)
+        expect |= {(dt, False, True, False, pr) for pr in bools}  # top-p (pruned or not)
+        expect |= {(dt, True, True, kb, pr) for kb in bools for pr in bools}  # both
+    assert filt == expect
+
+    # the odd shapes: an unaligned vocabulary and misaligned rows reach the compiler too
+    assert any("div16=" in s["desc"] and "d_sk" not in s["desc"].split("div16=")[1] for s in mix)
+    assert any("d_ptr" not in s["desc"].split("div16=")[1] for s in mix)
+
+
+def test_gpu_geometry_on_meta_tensors():
+    """Meta tensors are planned as on a GPU (common.META_GPU), not with the interpreter's geometry."""
+    common, filter = _module("common"), _module("filter")
+    meta = torch.device("meta")
+    cfg = common.row_config(151936, meta)
+    assert (cfg.block_g, cfg.num_warps, cfg.sms) == (256, 8, common.META_GPU.sms)
+    assert common.split_plan(16, 151936, cfg)[0] > 1 and common.split_plan(1024, 151936, cfg)[0] == 1
+    for rows, elem in ((800, 2), (800, 4), (5, 2), (3000, 2)):
+        row_bytes = 151936 * elem
+        p = filter.filter_programs(rows, row_bytes, common.META_GPU.l2_bytes)
+        assert 1 <= p <= rows and p * row_bytes <= common.META_GPU.l2_bytes // 2
+        per = -(-rows // p)
+        assert per * (p - 1) < rows  # balanced: no program idle, at most one row apart
+    assert filter.filter_programs(5, 151936 * 2, common.META_GPU.l2_bytes) == 5
+
+
+BROKEN = '''
+import triton
+import triton.language as tl
+
+SCALE: tl.constexpr = 2.0  # annotated only: a plain float, which the compiler rejects in a kernel
+GOOD_SCALE = tl.constexpr(2.0)
+
+
+@triton.jit
+def _bad_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    o = tl.arange(0, BLOCK)
+    tl.store(x_ptr + o, tl.load(x_ptr + o, mask=o < n) * SCALE, mask=o < n)
+
+
+@triton.jit
+def _good_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    o = tl.arange(0, BLOCK)
+    tl.store(x_ptr + o, tl.load(x_ptr + o, mask=o < n) * GOOD_SCALE, mask=o < n)
+
+
+def launch(kernel, x):
+    kernel[(1,)](x, x.numel(), BLOCK=128, num_warps=4)
+'''
+
+CHECK = '''
+import io, json, sys, torch
+from apd_ext.triton import aot
+import broken_kernels as m
+
+x = torch.empty(100, device="meta")
+with aot.capture(80) as found:
+    m.launch(m._bad_kernel, x)
+    m.launch(m._good_kernel, x)
+    m.launch(m._good_kernel, x)  # the same specialisation again: recorded once
+specs = sorted(found.values(), key=lambda s: s.name)
+results = aot.compile_specs(specs, sys.argv[1], jobs=1)
+rc = aot.report(results, out=io.StringIO())
+print(json.dumps({"names": [s.name for s in specs], "rc": rc, "results": results}))
+'''
+
+
+def test_check_fails_on_a_kernel_only_the_interpreter_accepts(tmp_path):
+    (tmp_path / "broken_kernels.py").write_text(textwrap.dedent(BROKEN))
+    out = _python(CHECK, args=[str(tmp_path / "cache")], cwd=tmp_path, timeout=300)
+    res = json.loads(out.splitlines()[-1])
+    assert res["names"] == ["_bad_kernel", "_good_kernel"]
+    assert res["rc"] == 1
+    bad, good = res["results"]
+    assert not bad["ok"] and "SCALE" in bad["error"], bad
+    assert good["ok"] and good["regs"] > 0 and good["spill_stores"] == 0 and good["arch"] == 80, good
