@@ -122,6 +122,8 @@ def test_nan_and_inf_logits_never_yield_bad_tokens(backend):
 def test_weight_one_accepts_every_draft(backend, T):
     """w = 1 makes the target the draft's own distribution with the same noise: s = d everywhere,
     filters included (the target lives on the filtered support)."""
+    if interpreted(backend) and T == 1.0:
+        pytest.skip("Triton interpreter: T = 0 and 0.5 cover its greedy and sampled paths")
     dev = backend_device(backend)
     gen = torch.Generator().manual_seed(5)
     D = make_logits("peaky", 3, 9, 400, torch.bfloat16, gen).to(dev)
