@@ -7,6 +7,7 @@ interpreter, so it runs in subprocesses without TRITON_INTERPRET."""
 from __future__ import annotations
 
 import importlib
+import io
 import itertools
 import json
 import os
@@ -165,3 +166,19 @@ def test_check_fails_on_a_kernel_only_the_interpreter_accepts(tmp_path):
     bad, good = res["results"]
     assert not bad["ok"] and "SCALE" in bad["error"], bad
     assert good["ok"] and good["regs"] > 0 and good["spill_stores"] == 0 and good["arch"] == 80, good
+
+
+def test_report_fails_on_spills_and_missing_figures():
+    aot = _module("aot")
+    good = {"kernel": "_k", "arch": 90, "desc": "", "ok": True, "regs": 40, "stack": 0, "spill_stores": 0,
+            "spill_loads": 0, "shared": 0, "num_warps": 8}
+    spilled = {**good, "regs": 255, "stack": 16, "spill_stores": 16, "spill_loads": 8}
+    failed = {"kernel": "_k", "arch": 80, "desc": "", "ok": False, "error": "CompilationError: ..."}
+    unknown = {k: v for k, v in good.items() if k not in ("regs", "spill_stores", "spill_loads", "stack")}
+    out = io.StringIO()
+    assert aot.report([good], out=out) == 0
+    assert aot.report([good, spilled], out=out) == 1
+    assert aot.report([good, spilled], out=out, allow_spills=True) == 0
+    assert aot.report([good, failed], out=out, allow_spills=True) == 1
+    assert aot.report([good, unknown], out=out) == 1
+    assert "SPILLS _k sm90: 16 B stored" in out.getvalue()

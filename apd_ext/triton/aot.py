@@ -1,6 +1,7 @@
 """Ahead-of-time compile check of the Triton kernels, for CUDA GPUs, without a GPU.
 
-    python -m apd_ext.triton.aot --arch 80,90          # compile everything, print resource usage
+    python -m apd_ext.triton.aot                       # sm_80 and sm_90: compile everything, print resources
+    python -m apd_ext.triton.aot --device              # on a GPU machine: for its GPU's architecture
     python -m apd_ext.triton.aot --arch 90 --list      # only the specialisations (JSON lines)
 
 The Triton interpreter (TRITON_INTERPRET=1, the tests on machines without a GPU) accepts code that
@@ -21,8 +22,10 @@ specialisation the ops can launch:
    Triton cache under build/triton-aot-cache. ptxas's -v log (TRITON_DUMP_PTXAS_LOG) gives
    registers and spills, Triton's metadata the shared memory; the figures are kept next to the
    cache so that a cached kernel is reported without recompiling.
-3. Report one line per kernel, specialisation and architecture; exit status 1 if any compile
-   failed (with Triton's error), 0 otherwise.
+3. Report one line per kernel, specialisation and architecture (registers, spill bytes, stack,
+   shared memory, warps, occupancy), then the range per kernel; exit status 1 if any compile
+   failed (with Triton's error), any kernel spills (unless --allow-spills) or its ptxas figures
+   could not be read, 0 otherwise.
 
 Works with Triton 3.6 and 3.8 (the hook, the preload path and the ptxas log exist in both). It
 runs without TRITON_INTERPRET (with it, @triton.jit returns interpreted functions: main() restarts
@@ -346,7 +349,9 @@ def occupancy(regs: int, warps: int, shared: int, arch: int) -> float:
     return blocks * warps / 64
 
 
-def report(results: list[dict], out=sys.stdout) -> int:
+def report(results: list[dict], out=sys.stdout, allow_spills: bool = False) -> int:
+    """Prints the table; returns the exit status: 1 on a failed compile, a spill (unless
+    allow_spills) or a kernel whose ptxas figures could not be read, else 0."""
     failed = [r for r in results if not r["ok"]]
     print(f"{'kernel':<26} {'arch':>4} {'regs':>4} {'spill st/ld':>11} {'stack':>5} {'smem':>6} "
           f"{'warps':>5} {'occ':>4}  specialisation", file=out)
@@ -371,8 +376,17 @@ def report(results: list[dict], out=sys.stdout) -> int:
               f"smem max {max(x['shared'] for x in rs)} B", file=out)
     for r in failed:
         print(f"\nFAILED {r['kernel']} sm{r['arch']} [{r['desc']}]\n{r['error']}", file=out)
-    print(f"\n{len(results) - len(failed)} compiled, {len(failed)} failed", file=out)
-    return 1 if failed else 0
+    ok = [r for r in results if r["ok"]]
+    spilled = [r for r in ok if r.get("spill_stores", 0) or r.get("spill_loads", 0)]
+    unknown = [r for r in ok if "regs" not in r or "spill_stores" not in r]
+    for r in spilled:
+        print(f"SPILLS {r['kernel']} sm{r['arch']}: {r['spill_stores']} B stored, {r['spill_loads']} B loaded "
+              f"[{r['desc']}]", file=out)
+    for r in unknown:
+        print(f"NO PTXAS FIGURES {r['kernel']} sm{r['arch']} [{r['desc']}]", file=out)
+    print(f"\n{len(ok)} compiled, {len(failed)} failed, {len(spilled)} with spills"
+          f"{'' if not allow_spills else ' (allowed)'}, {len(unknown)} without ptxas figures", file=out)
+    return 1 if failed or unknown or (spilled and not allow_spills) else 0
 
 
 def _archs(text: str) -> list[int]:
@@ -382,9 +396,10 @@ def _archs(text: str) -> list[int]:
         if a == "native":
             import torch
 
-            if torch.cuda.is_available():
-                major, minor = torch.cuda.get_device_capability()
-                out.append(major * 10 + minor)
+            if not torch.cuda.is_available():
+                raise SystemExit("apd_ext.triton.aot: --arch native / --device need a CUDA GPU")
+            major, minor = torch.cuda.get_device_capability()
+            out.append(major * 10 + minor)
         elif a:
             out.append(int(a))
     return sorted(set(out))
@@ -393,6 +408,9 @@ def _archs(text: str) -> list[int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m apd_ext.triton.aot", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="80,90", help="comma-separated compute capabilities (80, 90, native)")
+    p.add_argument("--device", action="store_true",
+                   help="compile for this machine's GPU only (same as --arch native)")
+    p.add_argument("--allow-spills", action="store_true", help="report spills without failing")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="Triton cache for the compiled kernels")
     p.add_argument("--list", action="store_true",
@@ -403,7 +421,7 @@ def main(argv=None) -> int:
         os.execve(sys.executable, [sys.executable, "-m", "apd_ext.triton.aot", *(argv or sys.argv[1:])], env)
     import triton
 
-    archs = _archs(args.arch)
+    archs = _archs("native" if args.device else args.arch)
     t0 = time.time()
     specs = enumerate_specs(archs)
     if args.list:
@@ -414,7 +432,7 @@ def main(argv=None) -> int:
     print(f"triton {triton.__version__}: {len(specs)} specialisations for sm{', sm'.join(map(str, archs))} "
           f"(enumerated in {time.time() - t0:.1f} s), compiling with {args.jobs} jobs", flush=True)
     results = compile_specs(specs, args.cache_dir, args.jobs)
-    rc = report(results)
+    rc = report(results, allow_spills=args.allow_spills)
     print(f"total {time.time() - t0:.1f} s")
     return rc
 
