@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: all build test pytest cpp-test cuda-emu-test demo train-tiny bench bench-loop gpu-check gpu-suite clean
+.PHONY: all build test pytest cpp-test cuda-emu-test kernel-check triton-aot ptxas-report demo train-tiny bench bench-loop gpu-check gpu-suite clean
 
 all: test
 
@@ -20,10 +20,21 @@ $(VENV)/.installed: requirements-dev.txt
 build: $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace
 
-test: build cpp-test cuda-emu-test pytest
+test: build cpp-test cuda-emu-test kernel-check pytest
 
 pytest: build
-	APD_EXT_REQUIRE_EXTENSION=1 $(PY) -m pytest -q python_tests
+	APD_EXT_REQUIRE_EXTENSION=1 $(PY) -m pytest -q --durations=25 python_tests
+
+# What the interpreter and the emulator cannot check, without a GPU: every Triton kernel
+# specialisation the launchers produce compiled for sm_80/sm_90 by Triton's compiler, and every CUDA
+# kernel through ptxas; both print registers/spills per kernel and fail on a compile error or a spill.
+kernel-check: triton-aot ptxas-report
+
+triton-aot: $(VENV)/.installed
+	$(PY) -m apd_ext.triton.aot --arch 80,90 --jobs $(MAX_JOBS)
+
+ptxas-report:
+	$(PY) bench/ptxas_report.py --archs 80,90 --jobs $(MAX_JOBS) --allow-missing-nvcc
 
 # libapd (the C ABI) and its C++ tests, CPU build.
 cpp-test: $(VENV)/.installed
