@@ -90,6 +90,9 @@ class DecodeConfig:
         # canonical numeric types (an int mixture_weight is a float; frozen: set through object)
         for name in ("mixture_weight", "temperature", "top_p"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("max_new_tokens", "kv_window", "max_lookahead", "top_k", "k", "diffusion_steps"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
 
     # --- derived values ---------------------------------------------------------------------------
 
