@@ -1,13 +1,13 @@
 """Backend registry: which implementation of the ops runs for a device.
 
-Every backend takes the same normalised arguments (already checked by apd_ext/ops.py):
+Every backend takes the same normalised arguments (already checked by apd_ext/ops.py), grouped
+as the C ABI groups them (csrc/include/apd/apd.h: apd_filter, apd_noise):
 
-    sample_draft(dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_t, offset_v, noise)
-    mixture_accept(dllm, verifier, draft, vocab, mixture_weight, temperature, top_k, top_p,
-                   valid_lengths, greedy_target, seed_t, seed_v, offset_t, offset_v, noise)
+    sample_draft(dllm, vocab, filt: Filter, noise: Noise) -> tokens, logprobs
+    mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths,
+                   filt: Filter, noise: Noise) -> num_accepted, target_tokens, logp_dllm, logp_verifier, logp_mixture
 
-seed_t is None or an int64 tensor of 1 or B values (then seed_v is unused); offset_t likewise with
-one value. "auto" picks: CUDA tensors -> "cuda" when the extension has CUDA kernels, else "triton";
+Only the torch op schemas (csrc/torch_ops/bindings.cpp) take them flat, in the fields' order. "auto" picks: CUDA tensors -> "cuda" when the extension has CUDA kernels, else "triton";
 CPU tensors -> "cpu" when the extension is built, else "reference". APD_EXT_BACKEND overrides "auto".
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
@@ -24,44 +25,63 @@ from apd_ext import reference
 NAMES = ("auto", "cpu", "cuda", "triton", "reference")
 
 
-def _seed(seed_t, seed_v):
-    return seed_t if seed_t is not None else seed_v
+class Filter(NamedTuple):
+    """apd_filter: the sampling filters of the dLLM distribution (checked by ops.check_filter)."""
+
+    temperature: float  # >= 0; 0 is greedy (no noise)
+    top_k: int  # >= 0; 0 disables it
+    top_p: float  # in (0, 1]; 1 disables it
+
+
+class Noise(NamedTuple):
+    """apd_noise: where the Gumbel noise comes from. seed_t is None or an int64 tensor of 1 or B
+    row seeds on the logits' device (then seed_v is unused); offset_t likewise with one value;
+    uniform: None (counter-based noise of (row seed, offset, position, token)) or explicit
+    [B, K, >= vocab] float32/float64 uniforms."""
+
+    seed_t: torch.Tensor | None
+    seed_v: int
+    offset_t: torch.Tensor | None
+    offset_v: int
+    uniform: torch.Tensor | None = None
 
 
 class _Reference:
     name = "reference"
 
-    def sample_draft(self, dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_t, offset_v, noise):
-        return reference.sample_draft(
-            dllm, temperature=temperature, top_k=top_k, top_p=top_p, vocab_size=vocab,
-            seed=_seed(seed_t, seed_v), offset=_seed(offset_t, offset_v), noise=noise,
+    def sample_draft(self, dllm, vocab, filt: Filter, noise: Noise):
+        return reference.sample_draft(dllm, vocab_size=vocab, **_reference_kw(filt, noise))
+
+    def mixture_accept(self, dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths,
+                       filt: Filter, noise: Noise):
+        return reference.mixture_accept(
+            dllm, verifier, draft, mixture_weight=mixture_weight, vocab_size=vocab, valid_lengths=valid_lengths,
+            greedy_target=greedy_target, **_reference_kw(filt, noise),
         )
 
-    def mixture_accept(self, dllm, verifier, draft, vocab, w, temperature, top_k, top_p, valid_lengths,
-                       greedy_target, seed_t, seed_v, offset_t, offset_v, noise):
-        return reference.mixture_accept(
-            dllm, verifier, draft, mixture_weight=w, temperature=temperature, top_k=top_k, top_p=top_p,
-            vocab_size=vocab, valid_lengths=valid_lengths, greedy_target=greedy_target,
-            seed=_seed(seed_t, seed_v), offset=_seed(offset_t, offset_v), noise=noise,
-        )
+
+def _reference_kw(filt: Filter, noise: Noise) -> dict:
+    seed = noise.seed_t if noise.seed_t is not None else noise.seed_v
+    offset = noise.offset_t if noise.offset_t is not None else noise.offset_v
+    return dict(temperature=filt.temperature, top_k=filt.top_k, top_p=filt.top_p, seed=seed, offset=offset,
+                noise=noise.uniform)
 
 
 class _TorchOp:
-    """The C++/CUDA kernels registered as torch.ops.apd_ext.* (csrc/torch_ops/bindings.cpp)."""
+    """The C++/CUDA kernels registered as torch.ops.apd_ext.* (csrc/torch_ops/bindings.cpp), whose
+    schemas take the Filter and Noise fields flat, in order."""
 
     def __init__(self, name: str):
         self.name = name
 
-    def sample_draft(self, dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_t, offset_v, noise):
-        return torch.ops.apd_ext.sample_draft(
-            dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_t, offset_v, noise
-        )
+    def sample_draft(self, dllm, vocab, filt: Filter, noise: Noise):
+        return torch.ops.apd_ext.sample_draft(dllm, vocab, *filt, *noise)
 
-    def mixture_accept(self, dllm, verifier, draft, vocab, w, temperature, top_k, top_p, valid_lengths,
-                       greedy_target, seed_t, seed_v, offset_t, offset_v, noise):
+    def mixture_accept(self, dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths,
+                       filt: Filter, noise: Noise):
+        T, top_k, top_p = filt
         return torch.ops.apd_ext.mixture_accept(
-            dllm, verifier, draft, vocab, w, temperature, top_k, top_p, valid_lengths, greedy_target,
-            seed_t, seed_v, offset_t, offset_v, noise,
+            dllm, verifier, draft, vocab, mixture_weight, T, top_k, top_p, valid_lengths, greedy_target, *noise,
         )
 
 

@@ -133,12 +133,9 @@ def sample_draft(
     _check_filter(temperature, top_k, top_p)
     device = dllm_logits.device
     noise = _check_noise(noise, B, K, vocab, device)
-    seed_t, seed_v, offset_t, offset_v = _rng(seed, offset, B, device)
     impl = backends.get(backend, device)
-    return impl.sample_draft(
-        dllm_logits, vocab, float(temperature), int(top_k), float(top_p),
-        seed_t, seed_v, offset_t, offset_v, noise,
-    )
+    filt = backends.Filter(float(temperature), int(top_k), float(top_p))
+    return impl.sample_draft(dllm_logits, vocab, filt, backends.Noise(*_rng(seed, offset, B, device), noise))
 
 
 def mixture_accept(
@@ -217,10 +214,8 @@ def mixture_accept(
             "mixture_accept needs the seed and offset (or noise) that drew the draft: the target "
             "must reuse the draft's Gumbel noise (APD_SPEC step 3)"
         )
-    seed_t, seed_v, offset_t, offset_v = _rng(0 if seed is None else seed, offset, B, device)
     impl = backends.get(backend, device)
-    return impl.mixture_accept(
-        dllm_logits, verifier_logits, draft_tokens, vocab, float(mixture_weight), float(temperature),
-        int(top_k), float(top_p), valid_lengths, bool(greedy_target),
-        seed_t, seed_v, offset_t, offset_v, noise,
-    )
+    filt = backends.Filter(float(temperature), int(top_k), float(top_p))
+    rng = backends.Noise(*_rng(0 if seed is None else seed, offset, B, device), noise)
+    return impl.mixture_accept(dllm_logits, verifier_logits, draft_tokens, vocab, float(mixture_weight),
+                               bool(greedy_target), valid_lengths, filt, rng)

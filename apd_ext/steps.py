@@ -177,6 +177,8 @@ class Step:
         # the released code drafts at T^2 (APD_SPEC, last section)
         self.draft_t = self.temperature * self.temperature if authors_compat else self.temperature
         self.authors_compat = bool(authors_compat)
+        self.filter = backends.Filter(self.temperature, self.top_k, self.top_p)
+        self.draft_filter = self.filter._replace(temperature=self.draft_t)
         self.impl = backends.get(backend, torch.device(device))
         self.backend = getattr(self.impl, "name", None) or getattr(self.impl, "__name__", backend)
         self.eos = torch.tensor(eos or [-1], dtype=torch.int64, device=device)
@@ -217,9 +219,9 @@ class Step:
         u = None
         if noise is not None:
             u = ops._check_noise(noise(valid), D.shape[0], M, self.vocab, D.device)
-        rng = (st.seeds, 0, st.offset, 0, u)
+        rng = backends.Noise(st.seeds, 0, st.offset, 0, u)
         with clock.phase("sampling"):
-            draft, _ = impl.sample_draft(D, self.vocab, self.draft_t, self.top_k, self.top_p, *rng)
+            draft, _ = impl.sample_draft(D, self.vocab, self.draft_filter, rng)
         if self.policy == "dllm_fixed":
             return valid.clamp(max=self.k), draft, window
         vl = st.verifier_logits  # [M + 1, B, V2]
@@ -227,8 +229,8 @@ class Step:
             verifier.step(draft, st.curr, valid, out=vl[1:])  # rows 1..M: row r predicts curr + r
         A = vl[:M].transpose(0, 1)  # [B, M, V2] view: position i's verifier logits (row 0 kept)
         with clock.phase("sampling"):
-            n = impl.mixture_accept(D, A, draft, self.vocab, self.w, self.temperature, self.top_k, self.top_p,
-                                    valid, self.authors_compat, *rng)[0]
+            n = impl.mixture_accept(D, A, draft, self.vocab, self.w, self.authors_compat, valid, self.filter,
+                                    rng)[0]
             _keep_row(vl, n)
         return n, draft, window
 
@@ -236,8 +238,8 @@ class Step:
         """One token from the verifier alone (at temperature T, not the authors' T^2)."""
         vl = st.verifier_logits  # [2, B, V2]
         with clock.phase("sampling"):
-            tok, _ = self.impl.sample_draft(vl[:1].transpose(0, 1), self.vocab, self.temperature, self.top_k,
-                                            self.top_p, st.seeds, 0, st.offset, 0, None)  # [B, 1]
+            tok, _ = self.impl.sample_draft(vl[:1].transpose(0, 1), self.vocab, self.filter,
+                                            backends.Noise(st.seeds, 0, st.offset, 0))  # [B, 1]
         n = (valid > 0).to(torch.int64)
         with clock.phase("verifier"):
             verifier.step(tok, st.curr, n, out=vl[1:])

@@ -1,10 +1,9 @@
 """Triton backend of apd_ext: the two ops with the normalised backend signatures of
-apd_ext/backends.py, computing apd_ext/reference.py's functions (up to float rounding).
+apd_ext/backends.py (Filter and Noise grouped as the C ABI groups them), computing
+apd_ext/reference.py's functions (up to float rounding).
 
-    sample_draft(dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_t, offset_v, noise)
-        -> tokens int64 [B, K], logprobs float32 [B, K]
-    mixture_accept(dllm, verifier, draft, vocab, mixture_weight, temperature, top_k, top_p,
-                   valid_lengths, greedy_target, seed_t, seed_v, offset_t, offset_v, noise)
+    sample_draft(dllm, vocab, filt, noise) -> tokens int64 [B, K], logprobs float32 [B, K]
+    mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths, filt, noise)
         -> num_accepted int64 [B], target_tokens int64 [B, K], logp_dllm, logp_verifier, logp_mixture
 
 Inputs are checked by apd_ext/ops.py. Logit rows are read in place through their strides; seed and

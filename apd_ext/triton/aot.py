@@ -204,6 +204,7 @@ def launch_grid():
     """Calls the host functions on the grid of options (meta tensors); yields a label per call."""
     import torch
 
+    from apd_ext.backends import Filter, Noise
     from apd_ext.triton import mixture_accept, sample_draft
 
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
@@ -226,12 +227,11 @@ def launch_grid():
                 if ndt is not None and (ks, ko) != (seeds[0], offsets[0]):
                     continue  # explicit noise: seed and offset unused
                 noise = None if ndt is None else torch.empty(B, K, Vv, dtype=ndt, device="meta")
-                seed_t, seed_v, offset_t, offset_v = _seed_offset(ks, ko, B)
-                sample_draft(D, Vv, T, tk, tp, seed_t, seed_v, offset_t, offset_v, noise)
+                filt, rng = Filter(T, tk, tp), Noise(*_seed_offset(ks, ko, B), noise)
+                sample_draft(D, Vv, filt, rng)
                 for w, g, has_valid in itertools.product(weights, greedy, valids):
                     valid = torch.empty(B, dtype=torch.int64, device="meta") if has_valid else None
-                    mixture_accept(D, A, draft, Vv, w, T, tk, tp, valid, g, seed_t, seed_v, offset_t,
-                                   offset_v, noise)
+                    mixture_accept(D, A, draft, Vv, w, g, valid, filt, rng)
                 yield f"{label} {dd}/{da} T={T} noise={ndt} top_k={tk} top_p={tp} seed={ks} offset={ko}"
 
     same = [(f32, f32), (f16, f16), (bf16, bf16)]

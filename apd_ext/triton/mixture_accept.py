@@ -201,9 +201,10 @@ def _mixture_finalize_kernel(
     tl.store(n_ptr + b, first_fail)
 
 
-def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, temperature, top_k, top_p, valid_lengths,
-                   greedy_target, seed_t, seed_v, offset_t, offset_v, noise):
+def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths, filt, rng):
     """Host side of mixture_accept (normalised backend arguments, see apd_ext/backends.py)."""
+    temperature, top_k, top_p = filt
+    seed_t, seed_v, offset_t, offset_v, noise = rng
     B, K, _ = dllm.shape
     rows = B * K
     dev = dllm.device

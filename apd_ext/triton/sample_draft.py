@@ -135,8 +135,10 @@ def _draft_finalize_kernel(
     tl.store(lp_ptr + r, dt - lse_value(lm, ls), mask=rm)
 
 
-def sample_draft(dllm, vocab, temperature, top_k, top_p, seed_t, seed_v, offset_t, offset_v, noise):
+def sample_draft(dllm, vocab, filt, rng):
     """Host side of sample_draft (normalised backend arguments, see apd_ext/backends.py)."""
+    temperature, top_k, top_p = filt
+    seed_t, seed_v, offset_t, offset_v, noise = rng
     B, K, _ = dllm.shape
     rows = B * K
     dev = dllm.device
