@@ -17,8 +17,17 @@ $(VENV)/.installed: requirements-dev.txt
 
 # The CPU ops always; the CUDA ops too when nvcc and a CUDA build of torch are present
 # (a CUDA compile error fails the build: CI is where the CUDA code is compile-checked).
-build: $(VENV)/.installed
+# Then the checkout is installed into the venv as an editable package (once), so that `import
+# apd_ext` works from any directory of that environment.
+build: $(VENV)/.installed $(VENV)/.editable
 	$(PY) setup.py -q build_ext --inplace
+
+# APD_EXT_EXTENSION=0: the editable install registers the package only; build_ext --inplace above
+# builds the extension beside the sources, incrementally.
+$(VENV)/.editable: $(VENV)/.installed setup.py pyproject.toml
+	APD_EXT_EXTENSION=0 $(PY) -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v -e '^ *$$' -e '!!' -e '\*\*\*' -e 'Please be careful' -e 'name as your package' -e 'BuildBackendWarning: Editable' -e 'WheelFile' || true
+	$(PY) -c "import apd_ext, os; assert os.path.dirname(apd_ext.__file__) == os.path.abspath('apd_ext'), apd_ext.__file__"
+	touch $@
 
 test: build cpp-test cuda-emu-test kernel-check pytest
 

@@ -1,13 +1,21 @@
 """Builds apd_ext._C: the CPU ops always, the CUDA ops when a CUDA toolkit and a CUDA build of
 torch are present. APD_EXT_CUDA=1 forces CUDA (and fails without it), APD_EXT_CUDA=0 skips it.
 APD_EXT_CUDA_ARCHS overrides the targets (default "80;90", plus PTX of the newest for later GPUs).
+
+    pip install --no-build-isolation .      # builds the extension against the installed torch, ships the tiny pair
+    make build                              # what `make test` / `make demo` do: the extension built in place
+                                            # (incremental), then an editable install of the checkout
+
+APD_EXT_EXTENSION=0 leaves the extension out of the build: the Makefile's editable install uses it,
+since `build_ext --inplace` has already put apd_ext/_C*.so beside the sources (an editable build
+would compile everything again in a temporary directory).
 """
 
 import glob
 import os
 import shutil
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,11 +99,11 @@ setup(
     name="apd_ext",
     version="0.1.0",
     description="Fused Adaptive Parallel Decoding kernels for diffusion LLMs (CPU, CUDA, Triton)",
-    packages=find_packages(include=["apd_ext", "apd_ext.*"]),
+    packages=find_namespace_packages(include=["apd_ext", "apd_ext.*"], exclude=["*.__pycache__"]),
     package_data={"apd_ext.tiny": ["assets/*/*.json", "assets/*/*.safetensors", "assets/*.md"]},
     include_package_data=True,
     python_requires=">=3.11",
     install_requires=["torch>=2.11", "numpy"],
-    ext_modules=[_extension()],
+    ext_modules=[] if os.environ.get("APD_EXT_EXTENSION") == "0" else [_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )
