@@ -3,10 +3,13 @@ transformers with static KV caches, plus slow adapters for model objects already
 
     dllm = DllmRunner.from_pretrained("path/to/Dream-v0-Instruct-7B", device="cuda", dtype=torch.bfloat16)
     verifier = VerifierRunner.from_pretrained("path/to/Qwen2.5-0.5B-Instruct", device="cuda", dtype=torch.bfloat16)
+
+A missing file raises FileNotFoundError; a present but unusable one (config.json, index, shard)
+raises CheckpointError, a ValueError naming the file and key or tensor.
 """
 
-from apd_ext.models.config import ModelConfig
+from apd_ext.models.config import CheckpointError, ModelConfig
 from apd_ext.models.hf_adapter import HFDllm, HFVerifier
 from apd_ext.models.runners import DllmRunner, VerifierRunner
 
-__all__ = ["ModelConfig", "DllmRunner", "VerifierRunner", "HFDllm", "HFVerifier"]
+__all__ = ["CheckpointError", "ModelConfig", "DllmRunner", "VerifierRunner", "HFDllm", "HFVerifier"]

@@ -1,6 +1,11 @@
 """Hugging Face checkpoint files: config.json plus model.safetensors, or shards listed in
 model.safetensors.index.json. Loads tensors straight into a model's parameters (no extra copy of
-the state dict), converting dtype on the way."""
+the state dict), converting dtype on the way.
+
+Every file is checked before it is read: a missing file raises FileNotFoundError, an unusable one
+(empty, truncated, a Git LFS pointer, not safetensors, an index without a weight_map, a tensor
+absent or of the wrong shape) raises CheckpointError (a ValueError) naming the file, the key or
+tensor, and what was expected; never a raw safetensors or json error."""
 
 from __future__ import annotations
 
@@ -8,54 +13,146 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from apd_ext.models.config import ModelConfig
+from apd_ext.models.config import CheckpointError, ModelConfig, read_json_object
+
+INDEX = "model.safetensors.index.json"
+_LFS_POINTER = b"version https://git-lfs"
+_FORMAT = "a safetensors file (8-byte little-endian header length, JSON header, tensor data)"
 
 
 def shard_files(path: str | Path) -> list[Path]:
-    """The safetensors files of a checkpoint directory, sharded or not."""
+    """The safetensors files of a checkpoint directory, sharded (listed by INDEX) or not."""
     path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({path / f for f in weight_map.values()})
+    if (path / INDEX).exists():
+        files = sorted(set(index_weight_map(path).values()))
     elif (path / "model.safetensors").exists():
         files = [path / "model.safetensors"]
     else:
         files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {path}")
-    missing = [f for f in files if not f.exists()]
-    if missing:
-        raise FileNotFoundError(f"shards listed in the index are missing: {[m.name for m in missing]}")
+        raise FileNotFoundError(f"no *.safetensors weights in {path} (expected model.safetensors or {INDEX})")
     return files
 
 
+def index_weight_map(path: Path) -> dict[str, Path]:
+    """tensor name -> shard file, from path/INDEX; its shards must exist."""
+    index = path / INDEX
+    doc = read_json_object(index)
+    weight_map = doc.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: key 'weight_map' must be a non-empty object mapping tensor names to shard "
+                              f"files, got {'nothing' if weight_map is None else repr(weight_map)[:80]}")
+    bad = [(k, v) for k, v in weight_map.items() if not isinstance(v, str) or not v or Path(v).name != v]
+    if bad:
+        raise CheckpointError(f"{index}: weight_map[{bad[0][0]!r}] must be a shard file name in the same directory, "
+                              f"got {bad[0][1]!r}")
+    shards = {name: path / f for name, f in weight_map.items()}
+    missing = sorted({f.name for f in shards.values() if not f.is_file()})
+    if missing:
+        raise FileNotFoundError(f"{index}: its weight_map lists shards that are not in {path}: {missing}")
+    return shards
+
+
+def tensor_shapes(f: Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in the safetensors file f, read from its header after checking
+    the header and the tensor data against the file's size (catches empty, truncated, garbage and
+    Git LFS pointer files before safetensors sees them)."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(min(size, 64))
+        if head.startswith(_LFS_POINTER):
+            raise CheckpointError(f"{f}: a Git LFS pointer, not the weights; fetch the file itself "
+                                  f"(`git lfs pull` in the checkpoint's repository)")
+        if size < 8:
+            raise CheckpointError(f"{f}: {size} bytes, too short; expected {_FORMAT}")
+        n = int.from_bytes(head[:8], "little")
+        if n > size - 8:
+            raise CheckpointError(f"{f}: truncated or not safetensors: its header length field says {n} bytes, the "
+                                  f"file has {size - 8} after it; expected {_FORMAT}")
+        fh.seek(8)
+        header = _parse_header(f, fh.read(n))
+    shapes, end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            offsets, shape = entry["data_offsets"], entry["shape"]
+            end = max(end, *(int(o) for o in offsets)) if len(offsets) == 2 else -1
+            shapes[name] = tuple(int(s) for s in shape)
+        except (TypeError, KeyError, ValueError):
+            end = -1
+        if end < 0:
+            raise CheckpointError(f"{f}: header entry {name!r} lacks valid data_offsets/shape; expected {_FORMAT}")
+    if 8 + n + end > size:
+        raise CheckpointError(f"{f}: truncated: its tensors need {8 + n + end} bytes, the file has {size} "
+                              f"(an interrupted download or copy?)")
+    return shapes
+
+
+def _parse_header(f: Path, raw: bytes) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{f}: not safetensors (its header is not a JSON object); expected {_FORMAT}")
+    return header
+
+
 def load_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = True) -> None:
-    """Copy every tensor of the checkpoint into the parameter/buffer of the same name."""
+    """Copy every tensor of the checkpoint at `path` into the parameter of the same name.
+
+    strict: a tensor with no parameter (rotary inv_freq buffers aside) and a parameter with no
+    tensor (tied ones aside) are errors. Raises CheckpointError naming the file and the tensor."""
+    path = Path(path)
     params = dict(model.named_parameters())
-    seen = set()
+    listed = index_weight_map(path) if (path / INDEX).exists() else None
+    seen: set[str] = set()
     for f in shard_files(path):
+        shapes = tensor_shapes(f)
+        if listed is not None:
+            absent = sorted(n for n, s in listed.items() if s == f and n not in shapes)
+            if absent:
+                raise CheckpointError(f"{path / INDEX}: lists tensor {absent[0]!r} in {f.name}, which does not "
+                                      f"contain it ({len(absent)} such tensors)")
+        seen |= _load_file(f, shapes, params, strict, type(model).__name__)
+    tied = getattr(model, "tied_parameter_names", set())
+    missing = [n for n in params if n not in seen and n not in tied]
+    if strict and missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"{path}: tensors missing from {', '.join(f.name for f in shard_files(path))}: "
+                              f"{missing[:5]}{more}")
+
+
+def _load_file(f: Path, shapes: dict, params: dict, strict: bool, model_name: str) -> set[str]:
+    """Copy the tensors of one safetensors file (shapes: its header, from tensor_shapes) into
+    `params`; returns the names copied. safetensors' own errors become CheckpointError."""
+    for name, shape in shapes.items():
+        if name in params and shape != tuple(params[name].shape):
+            raise CheckpointError(f"{f}: tensor {name!r} has shape {shape}; the model built from config.json "
+                                  f"expects {tuple(params[name].shape)}")
+        if name not in params and strict and not name.endswith("rotary_emb.inv_freq"):
+            raise CheckpointError(f"{f}: tensor {name!r} has no parameter in {model_name} (a different "
+                                  f"architecture than config.json says?)")
+    done = set()
+    try:
         with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
+            for name in shapes:
                 if name not in params:
-                    if strict and not name.endswith("rotary_emb.inv_freq"):
-                        raise KeyError(f"{f.name}: tensor {name!r} has no parameter in {type(model).__name__}")
                     continue
                 t = st.get_tensor(name)
-                p = params[name]
-                if tuple(t.shape) != tuple(p.shape):
-                    raise ValueError(f"{name}: checkpoint shape {tuple(t.shape)} != model {tuple(p.shape)}")
+                if not t.is_floating_point() and params[name].is_floating_point():
+                    raise CheckpointError(f"{f}: tensor {name!r} has dtype {t.dtype}; expected floating-point "
+                                          f"weights")
                 with torch.no_grad():
-                    p.copy_(t)
-                seen.add(name)
-    absent = [n for n in params if n not in seen]
-    tied = getattr(model, "tied_parameter_names", set())
-    absent = [n for n in absent if n not in tied]
-    if strict and absent:
-        raise KeyError(f"checkpoint {path} lacks {absent[:5]}{'...' if len(absent) > 5 else ''}")
+                    params[name].copy_(t)
+                done.add(name)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{f}: cannot be read as safetensors ({e})") from None
+    return done
 
 
 def save_checkpoint(model: torch.nn.Module, config: ModelConfig, path: str | Path) -> None:

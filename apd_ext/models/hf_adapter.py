@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from apd_ext.models.config import ModelConfig
+from apd_ext.models.config import CheckpointError, ModelConfig
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -29,10 +29,14 @@ def _device_of(model, device) -> torch.device:
 
 def _config(model_type, vocab_size, mask_token_id=None, eos_token_id=None, pad_token_id=None,
             max_length=1 << 20) -> ModelConfig:
-    return ModelConfig(model_type=model_type, vocab_size=vocab_size, hidden_size=1, intermediate_size=1,
+    """The special tokens and vocabulary of a model given as an object (the architecture fields are
+    placeholders: no layers); checked as a config.json is, so a mask_token_id outside
+    [0, vocab_size) fails here, naming the adapter."""
+    return ModelConfig(model_type=model_type, vocab_size=vocab_size, hidden_size=2, intermediate_size=1,
                        num_hidden_layers=0, num_attention_heads=1, num_key_value_heads=1,
                        max_position_embeddings=max_length, mask_token_id=mask_token_id,
-                       eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+                       eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                       _source="HFDllm" if model_type == "hf-dllm" else "HFVerifier")
 
 
 class HFDllm:
@@ -41,6 +45,8 @@ class HFDllm:
     def __init__(self, model, *, vocab_size: int, mask_token_id: int, eos_token_id=None, pad_token_id=None,
                  shifted: bool = True, device=None):
         self.model, self.shifted = model, shifted
+        if mask_token_id is None:
+            raise CheckpointError("HFDllm: mask_token_id is required (the id the dLLM reads as a masked position)")
         self.config = _config("hf-dllm", vocab_size, mask_token_id, eos_token_id, pad_token_id)
         self._device = _device_of(model, device)
 
