@@ -60,8 +60,9 @@ demo: build
 	$(PY) -m apd_ext demo
 
 # Retrains the bundled pair (apd_ext/tiny/assets) from scratch on one CPU thread, deterministically:
-# the verifier (~6 min), then the dLLM's causal start (~21 min) and its mixed masked-diffusion
-# phase (~40 min). apd_ext/tiny/assets/README.md has the figures.
+# the verifier (1,600 steps, ~6 min), then the dLLM in three stages (800 causal + 450 diffusion steps,
+# ~17 min; 650 diffusion steps, ~9 min; 2,000 diffusion + causal steps, ~57 min): ~90 min in all.
+# apd_ext/tiny/assets/README.md and apd_ext/tiny/train.py have the figures.
 train-tiny: $(VENV)/.installed
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m apd_ext.tiny.train --out apd_ext/tiny/assets
 
