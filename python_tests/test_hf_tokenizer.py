@@ -11,7 +11,7 @@ import pytest
 import apd_ext
 from apd_ext.__main__ import main as cli
 from apd_ext.models.runners import DllmRunner, VerifierRunner
-from apd_ext.tiny import evaluate as ev
+from apd_ext.tiny import ASSETS
 from apd_ext.tokenizer import HFTokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -52,15 +52,15 @@ def _dress(src, dst, template=None, eos="<|endoftext|>"):
 
 @pytest.fixture
 def dirs(tmp_path):
-    d = _dress(ev.ASSETS / "dllm", tmp_path / "dllm", QWEN_STYLE)
-    v = _dress(ev.ASSETS / "verifier", tmp_path / "verifier")
+    d = _dress(ASSETS / "dllm", tmp_path / "dllm", QWEN_STYLE)
+    v = _dress(ASSETS / "verifier", tmp_path / "verifier")
     return d, v
 
 
 @pytest.mark.parametrize("template", [QWEN_STYLE, BLOCKY], ids=["qwen_style", "blocky"])
 @pytest.mark.parametrize("system", [None, "Be brief."])
 def test_chat_template_matches_transformers(tmp_path, template, system):
-    d = _dress(ev.ASSETS / "dllm", tmp_path / "d", template)
+    d = _dress(ASSETS / "dllm", tmp_path / "d", template)
     ours = HFTokenizer.from_pretrained(d)
     theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"), bos_token="<|endoftext|>",
                                                   eos_token="<|endoftext|>")
@@ -76,11 +76,11 @@ def test_chat_template_matches_transformers(tmp_path, template, system):
 
 
 def test_template_errors_and_missing_template(tmp_path):
-    d = _dress(ev.ASSETS / "dllm", tmp_path / "d",
+    d = _dress(ASSETS / "dllm", tmp_path / "d",
                "{% for m in messages %}{{ raise_exception('no ' + m['role'] + ' turns') }}{% endfor %}")
     with pytest.raises(jinja2.TemplateError, match="no user turns"):
         HFTokenizer.from_pretrained(d).apply_chat_template("hi")
-    plain = HFTokenizer.from_pretrained(ev.ASSETS / "verifier")
+    plain = HFTokenizer.from_pretrained(ASSETS / "verifier")
     assert plain.chat_template is None
     with pytest.raises(ValueError, match="no chat template"):
         plain.apply_chat_template("hi")
@@ -94,11 +94,11 @@ def test_special_tokens_and_eos(tmp_path, dirs):
     assert tok.eos_id == tok.tok.token_to_id("<|endoftext|>") == 1
     assert tok.special["bos_token"] == "<|endoftext|>" and tok.special["eos_token"] == "<|endoftext|>"
     # without tokenizer_config.json the EOS comes from generation_config.json
-    bare = HFTokenizer.from_pretrained(ev.ASSETS / "dllm")
-    assert bare.eos_id == json.loads((ev.ASSETS / "dllm" / "generation_config.json").read_text())["eos_token_id"]
+    bare = HFTokenizer.from_pretrained(ASSETS / "dllm")
+    assert bare.eos_id == json.loads((ASSETS / "dllm" / "generation_config.json").read_text())["eos_token_id"]
     # the newer layout: the template in chat_template.jinja
     j = tmp_path / "j"
-    shutil.copytree(ev.ASSETS / "dllm", j)
+    shutil.copytree(ASSETS / "dllm", j)
     (j / "chat_template.jinja").write_text(BLOCKY)
     assert HFTokenizer.from_pretrained(j).chat_template == BLOCKY
 

@@ -2,7 +2,8 @@
 verifier, trained in this repository on multi-step arithmetic word problems.
 
     task.py       the problem generator (deterministic by seed; training and evaluation seeds disjoint)
-    tokenizer.py  byte-level BPE tokenizer (tokenizers), digits as single tokens, pad/EOS/mask
+    tokenizer.py  training of its byte-level BPE tokenizer (digits as single tokens, pad/EOS/mask); read
+                  back with apd_ext.tokenizer.HFTokenizer (TinyTokenizer: the same class, tiny defaults)
     train.py      the training recipe (CPU, one thread): python -m apd_ext.tiny.train
     evaluate.py   accuracy and speed of decoding policies; load_pair() loads the bundled checkpoints
     assets/       dllm/ and verifier/: config.json, model.safetensors, tokenizer.json (Hugging Face layout)
@@ -10,6 +11,7 @@ verifier, trained in this repository on multi-step arithmetic word problems.
 
 from pathlib import Path
 
+# the one definition of the bundled pair's location (the CLI, evaluation and tests import it from here)
 ASSETS = Path(__file__).parent / "assets"
 DLLM_DIR = ASSETS / "dllm"
 VERIFIER_DIR = ASSETS / "verifier"

@@ -1,16 +1,20 @@
 """The tiny models' tokenizer: byte-level BPE trained with Hugging Face `tokenizers` on the task's
 text, digits split into single tokens (as Qwen2's tokenizer does), the full byte alphabet kept (any
-text encodes), three special tokens. Saved as tokenizer.json next to each checkpoint."""
+text encodes), three special tokens. Saved as tokenizer.json next to each checkpoint and read back
+with the package's one tokenizer class, apd_ext.tokenizer.HFTokenizer; `TinyTokenizer` is that
+class with the tiny pair's special tokens as defaults (so a freshly trained `tokenizers.Tokenizer`
+gets its pad / EOS / mask ids too)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from apd_ext.tokenizer import HFTokenizer
 
 PAD, EOS, MASK = "<|pad|>", "<|endoftext|>", "<|mask|>"
 SPECIAL_TOKENS = [PAD, EOS, MASK]  # ids 0, 1, 2
 VOCAB_SIZE = 512
+TINY_SPECIALS = {"pad_token": PAD, "eos_token": EOS, "mask_token": MASK}  # tokenizer_config.json style
 
 
 def train_tokenizer(texts, vocab_size: int = VOCAB_SIZE) -> Tokenizer:
@@ -28,34 +32,14 @@ def train_tokenizer(texts, vocab_size: int = VOCAB_SIZE) -> Tokenizer:
     return tok
 
 
-class TinyTokenizer:
-    """tokenizers.Tokenizer with the special ids at hand."""
+class TinyTokenizer(HFTokenizer):
+    """HFTokenizer whose special tokens default to the tiny pair's (PAD, EOS, MASK); every method
+    is HFTokenizer's. TinyTokenizer(tok) wraps a trained `tokenizers.Tokenizer`;
+    TinyTokenizer.from_file(dir or tokenizer.json) reads a saved one. Raises ValueError when the
+    tokenizer lacks one of the three."""
 
-    def __init__(self, tok: Tokenizer):
-        self.tok = tok
-        self.pad_id, self.eos_id, self.mask_id = (tok.token_to_id(t) for t in SPECIAL_TOKENS)
-        if None in (self.pad_id, self.eos_id, self.mask_id):
-            raise ValueError("tokenizer lacks a special token")
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "TinyTokenizer":
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        return cls(Tokenizer.from_file(str(path)))
-
-    def save(self, path: str | Path) -> None:
-        self.tok.save(str(path))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tok.get_vocab_size()
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts)]
-
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    def __init__(self, tok: Tokenizer, config: dict | None = None, ids: dict | None = None):
+        super().__init__(tok, {**TINY_SPECIALS, **(config or {})}, ids)
+        missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"the tiny pair's tokenizer lacks the special tokens {missing}")
