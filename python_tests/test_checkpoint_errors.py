@@ -78,6 +78,13 @@ def test_header_entry_without_offsets(qwen_dir):
     _fails(VerifierRunner, qwen_dir, CheckpointError, re.escape(str(f)), "'model.norm.weight'", "data_offsets")
 
 
+def test_weights_path_that_is_a_directory(qwen_dir):
+    f = qwen_dir / "model.safetensors"
+    f.unlink()
+    f.mkdir()
+    _fails(VerifierRunner, qwen_dir, CheckpointError, re.escape(str(f)), "not a regular file")
+
+
 def test_missing_and_misshaped_tensors_name_tensor_and_file(qwen_dir):
     f = qwen_dir / "model.safetensors"
     state = load_file(str(f))

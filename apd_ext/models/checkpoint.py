@@ -60,6 +60,8 @@ def tensor_shapes(f: Path) -> dict[str, tuple[int, ...]]:
     """name -> shape of every tensor in the safetensors file f, read from its header after checking
     the header and the tensor data against the file's size (catches empty, truncated, garbage and
     Git LFS pointer files before safetensors sees them)."""
+    if not f.is_file():
+        raise CheckpointError(f"{f}: not a regular file; expected {_FORMAT}")
     size = f.stat().st_size
     with open(f, "rb") as fh:
         head = fh.read(min(size, 64))
