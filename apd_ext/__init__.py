@@ -9,13 +9,15 @@ Backends: "cpu" and "cuda" (the compiled extension apd_ext._C), "triton", and "r
 
     dllm, verifier = apd_ext.DllmRunner.from_pretrained(d), apd_ext.VerifierRunner.from_pretrained(v)
     out = apd_ext.generate(dllm, verifier, input_ids, max_new_tokens=256, mixture_weight=0.7)
+    out = apd_ext.generate(dllm, verifier, input_ids, apd_ext.DecodeConfig.from_spec("apd:kv_window=none"))
 """
 
 from apd_ext.backends import available as available_backends
 from apd_ext.ops import mixture_accept, sample_draft
 from apd_ext.generate import GenerateOutput, clear_graph_cache, generate  # noqa: E402  (the function shadows the module name)
+from apd_ext.decode.config import DecodeConfig
 from apd_ext.models import DllmRunner, HFDllm, HFVerifier, VerifierRunner
 
-__all__ = ["sample_draft", "mixture_accept", "generate", "GenerateOutput", "clear_graph_cache", "available_backends",
+__all__ = ["sample_draft", "mixture_accept", "generate", "GenerateOutput", "DecodeConfig", "clear_graph_cache", "available_backends",
            "DllmRunner", "VerifierRunner", "HFDllm", "HFVerifier"]
 __version__ = "0.1.0"

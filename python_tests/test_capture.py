@@ -2,8 +2,8 @@
 
 No GPU here, so both are checked on CPU with the golden tiny pair:
 
-* Capturability: the steady step (apd_ext.steps.Step with first=False, the very function generate
-  captures) is traced by torch.compile(fullgraph=True) into one graph, which is then scanned: no
+* Capturability: the steady step (a step object of apd_ext.decode.steps with first=False, the
+  very function generate captures) is traced by torch.compile(fullgraph=True) into one graph, which is then scanned: no
   value-dependent size or host read (any unbacked symbol: .item(), .tolist(), nonzero, boolean
   indexing), no device-to-host copy, no synchronize; Python branching on a tensor value fails the
   trace itself. Deliberately bad variants of the step must fail the same check.
@@ -23,8 +23,10 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 import golden
 import apd_ext
 from apd_ext import backends, reference
+from apd_ext.decode import DecodeConfig, graphs
+from apd_ext.decode.state import State
+from apd_ext.decode.steps import make_step
 from apd_ext.models.runners import DllmRunner, VerifierRunner
-from apd_ext.steps import State, Step
 
 gen_mod = importlib.import_module("apd_ext.generate")  # the package attribute is the function
 V = 384
@@ -82,13 +84,17 @@ def assert_capturable(fn, *args):
 B, P, NEW, M = 2, 7, 12, 4
 
 
-def _setup(models, policy, kv_window, temperature, top_k, top_p, authors_compat=False, step_cls=Step, **kw):
-    """A step and a state after an eager step 0, ready for the steady step."""
+def _setup(models, policy, kv_window, temperature, top_k, top_p, authors_compat=False, bad=None):
+    """A step (wrapped in BadStep when `bad` is given) and a state after an eager step 0, ready for
+    the steady step."""
     dllm, verifier = models
     L = P + NEW
-    step = step_cls(policy, window=M, length=L, kv_window=kv_window, vocab=V, k=2, mixture_weight=0.7,
-                    temperature=temperature, top_k=top_k, top_p=top_p, authors_compat=authors_compat, eos=[382],
-                    backend="cpu", device="cpu", **kw)
+    config = DecodeConfig(policy=policy, max_new_tokens=NEW, max_lookahead=M, kv_window=kv_window, k=2,
+                          mixture_weight=0.7, temperature=temperature, top_k=top_k, top_p=top_p,
+                          authors_compat=authors_compat)
+    step = make_step(config, length=L, vocab=V, eos=[382], backend="cpu", device="cpu")
+    if bad is not None:
+        step = BadStep(step, bad)
     dllm.setup(B, L)
     verifier.setup(B, L)
     st = State.allocate(B, L, step.verifier_rows, V, verifier.logits_dtype, "cpu")
@@ -144,16 +150,16 @@ def test_steady_step_is_capturable(models, policy, kv_window, temperature, top_k
     assert all(torch.equal(a, b) for a, b in zip(after, st.tensors()))
 
 
-class BadStep(Step):
+class BadStep:
     """The steady step plus one thing a CUDA graph cannot hold."""
 
-    def __init__(self, *args, bad, **kw):
-        super().__init__(*args, **kw)
-        self.bad = bad
+    def __init__(self, step, bad):
+        self.step, self.bad = step, bad
+        self.verifier_rows = step.verifier_rows
 
     def __call__(self, st, dllm, verifier, **kw):
-        n, proposal, window = super().__call__(st, dllm, verifier, **kw)
-        return self.bad(n, st), proposal, window
+        n, proposal, span = self.step(st, dllm, verifier, **kw)
+        return self.bad(n, st), proposal, span
 
 
 BAD = {
@@ -171,7 +177,7 @@ BAD = {
 
 @pytest.mark.parametrize("name", list(BAD))
 def test_the_check_catches_what_a_graph_cannot_hold(models, name):
-    step, st = _setup(models, "apd", 3, 1.0, 0, 1.0, step_cls=BadStep, bad=BAD[name])
+    step, st = _setup(models, "apd", 3, 1.0, 0, 1.0, bad=BAD[name])
     with pytest.raises(NotCapturable):
         assert_capturable(lambda s: step(s, *models), st)
 
@@ -192,10 +198,15 @@ def test_fake_implementations_are_registered():
 # --- the graph cache ---------------------------------------------------------------------------------
 
 def _key(models, **over):
+    """graph_key of a step made from these settings (window: max_lookahead K)."""
     kw = dict(batch=2, length=20, window=4, kv_window=3, policy="apd", k=1, vocab=V, temperature=1.0, top_k=0,
               top_p=1.0, mixture_weight=0.7, authors_compat=False, eos=[382], backend="cpu", device="cpu")
     kw.update(over)
-    return gen_mod.graph_key(*models, **kw)
+    setup = {name: kw.pop(name) for name in ("batch", "length", "vocab", "eos", "backend", "device")}
+    config = DecodeConfig(max_new_tokens=16, max_lookahead=kw.pop("window"), **kw)
+    step = make_step(config, length=setup["length"], vocab=setup["vocab"], eos=setup["eos"],
+                     backend=setup["backend"], device=setup["device"])
+    return graphs.graph_key(*models, step, setup["batch"])
 
 
 def test_graph_key_separates_what_the_captured_step_depends_on(models):
@@ -203,8 +214,9 @@ def test_graph_key_separates_what_the_captured_step_depends_on(models):
     assert _key(models) == base
     for change in [dict(batch=3), dict(length=21), dict(window=5), dict(kv_window=None), dict(policy="dllm_fixed"),
                    dict(vocab=380), dict(temperature=0.5), dict(top_k=5), dict(top_p=0.9), dict(mixture_weight=0.5),
-                   dict(authors_compat=True), dict(eos=[]), dict(backend="reference"), dict(device="meta")]:
+                   dict(authors_compat=True), dict(eos=[]), dict(backend="reference")]:
         assert _key(models, **change) != base, change
+    assert _key(models, backend="reference", device="meta") != _key(models, backend="reference")  # device
     other = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"))
     assert _key((models[0], other)) != base  # another runner object
     bf16 = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"), dtype=torch.bfloat16)
@@ -216,10 +228,10 @@ def test_graph_key_separates_what_the_captured_step_depends_on(models):
 
 def test_graph_cache_is_an_lru_that_drops_invalid_entries(models):
     d, v = models
-    cache = gen_mod.GraphCache(2)
+    cache = graphs.GraphCache(2)
 
     def entry(dd=d, vv=v, fp=(1, 2)):
-        return gen_mod.CachedStep(step=None, state=None, dllm_ref=weakref.ref(dd), verifier_ref=weakref.ref(vv),
+        return graphs.CachedStep(step=None, state=None, dllm_ref=weakref.ref(dd), verifier_ref=weakref.ref(vv),
                                   fingerprint=fp)
 
     a, b, c = entry(), entry(), entry()
@@ -248,7 +260,7 @@ class FakeGraph:
 
     def __init__(self, fn, device):
         self.fn = fn
-        self.entry = next(reversed(gen_mod.GRAPH_CACHE.entries.values()))  # the entry being captured
+        self.entry = next(reversed(graphs.GRAPH_CACHE.entries.values()))  # the entry being captured
         self.addresses = self._addresses()
         self.outputs = None
         FakeGraph.captured += 1
@@ -256,7 +268,7 @@ class FakeGraph:
     def _addresses(self):
         e = self.entry
         return ([t.data_ptr() for t in e.state.tensors()],
-                gen_mod.runner_fingerprint(e.dllm_ref(), e.verifier_ref(), e.step.policy))
+                graphs.runner_fingerprint(e.dllm_ref(), e.verifier_ref(), e.step))
 
     def replay(self):
         assert self._addresses() == self.addresses, "a tensor the captured step reads has moved"
@@ -270,8 +282,8 @@ class FakeGraph:
 
 @pytest.fixture
 def fake_graphs(monkeypatch):
-    monkeypatch.setattr(gen_mod, "_graphs_possible", lambda device: True)
-    monkeypatch.setattr(gen_mod, "_capture", FakeGraph)
+    monkeypatch.setattr(graphs, "graphs_possible", lambda device: True)
+    monkeypatch.setattr(graphs, "capture", FakeGraph)
     gen_mod.clear_graph_cache()
     FakeGraph.captured = 0
     yield
@@ -287,15 +299,16 @@ def _prompts(seed, n=2):
 def test_generate_reuses_a_captured_step_and_its_state(models, fake_graphs, policy, kv_window):
     """Same shapes and knobs: the second call replays the first call's captured step on the same
     state tensors, refilled in place; tokens equal eager mode's for the same seed every time."""
-    kw = dict(max_new_tokens=14, max_lookahead=4, kv_window=kv_window, policy=policy, k=2, eos_token_id=[])
+    kw = dict(max_new_tokens=14, max_lookahead=4, kv_window=kv_window, policy=policy, k=2, eos_token_id=[],
+              temperature=1.0)
     a, b = _prompts(1), _prompts(2)  # different prompts, same padded length
     eager_a = gen_mod.generate(*models, a, seed=7, cuda_graphs=False, **kw)
     eager_b = gen_mod.generate(*models, b, seed=9, cuda_graphs=False, **kw)
-    assert eager_a.stats["cuda_graph"] is None and len(gen_mod.GRAPH_CACHE) == 0
+    assert eager_a.stats["cuda_graph"] is None and len(graphs.GRAPH_CACHE) == 0
 
     g1 = gen_mod.generate(*models, a, seed=7, cuda_graphs=True, **kw)
     assert g1.stats["cuda_graph"] == "captured" and FakeGraph.captured == 1
-    entry = next(iter(gen_mod.GRAPH_CACHE.entries.values()))
+    entry = next(iter(graphs.GRAPH_CACHE.entries.values()))
     state_ids = [id(t) for t in entry.state.tensors()]
     g2 = gen_mod.generate(*models, b, seed=9, cuda_graphs=True, **kw)
     assert g2.stats["cuda_graph"] == "reused" and FakeGraph.captured == 1 and entry.uses == 2
@@ -304,17 +317,17 @@ def test_generate_reuses_a_captured_step_and_its_state(models, fake_graphs, poli
         assert torch.equal(eager.sequences, graph.sequences)
         assert torch.equal(eager.stats["acceptance_counts"], graph.stats["acceptance_counts"])
         if policy != "ar":
-            assert torch.equal(eager.stats["windows"], graph.stats["windows"])
+            assert torch.equal(eager.stats["spans"], graph.stats["spans"])
 
     # other knobs: another entry, captured anew
-    g3 = gen_mod.generate(*models, a, seed=7, cuda_graphs=True, temperature=0.5, **kw)
-    assert g3.stats["cuda_graph"] == "captured" and len(gen_mod.GRAPH_CACHE) == 2
+    g3 = gen_mod.generate(*models, a, seed=7, cuda_graphs=True, **{**kw, "temperature": 0.5})
+    assert g3.stats["cuda_graph"] == "captured" and len(graphs.GRAPH_CACHE) == 2
     # a run of another length in between re-allocates the runners' caches: the entry is stale
     gen_mod.generate(*models, a, seed=7, cuda_graphs=False, **{**kw, "max_new_tokens": 9})
     g4 = gen_mod.generate(*models, a, seed=7, cuda_graphs=True, **kw)
     assert g4.stats["cuda_graph"] == "captured" and torch.equal(g4.sequences, eager_a.sequences)
     apd_ext.clear_graph_cache()
-    assert len(gen_mod.GRAPH_CACHE) == 0
+    assert len(graphs.GRAPH_CACHE) == 0
 
 
 def test_graphs_are_refused_for_slow_adapters(models):
@@ -325,6 +338,13 @@ def test_graphs_are_refused_for_slow_adapters(models):
         def forward(self, ids):
             return torch.zeros(ids.shape[0], ids.shape[1], V)
 
-    assert not gen_mod._native(models[0], HFVerifier(Logits(), vocab_size=V), "apd")
-    assert gen_mod._native(models[0], HFVerifier(Logits(), vocab_size=V), "dllm_fixed")
-    assert not gen_mod._use_graphs(None, torch.device("cuda"), None, native=False)
+    hf = HFVerifier(Logits(), vocab_size=V)
+
+    def step(policy):
+        return make_step(DecodeConfig(policy=policy, max_new_tokens=4), length=10, vocab=V, eos=[], backend="cpu")
+
+    assert not graphs.native(models[0], hf, step("apd"))
+    assert graphs.native(models[0], hf, step("dllm_fixed"))
+    assert not graphs.use_graphs(None, torch.device("cuda"), None, step("apd"), models[0], hf)
+    with pytest.raises(ValueError, match="native runners"):
+        graphs.use_graphs(True, torch.device("cuda"), None, step("apd"), models[0], hf)

@@ -46,8 +46,8 @@ def test_golden_runs_replay_exactly(models, run):
     s = out.stats
     assert s["acceptance_counts"][0].tolist() == t["acceptance_counts"].tolist()
     assert s["dllm_forwards"] == int(t["num_forward_evals"]) == s["steps"]
-    assert s["windows"][0, :, 0].tolist() == t["step_left_idx"].tolist()
-    assert s["windows"][0, :, 1].tolist() == t["step_right_idx"].tolist()
+    assert s["spans"][0, :, 0].tolist() == t["step_left_idx"].tolist()
+    assert s["spans"][0, :, 1].tolist() == t["step_right_idx"].tolist()
     seq, ref = out.sequences[0], t["sequences"][0]
     gen = ref[P:]
     eos_at = (gen == 382).nonzero()
@@ -64,7 +64,8 @@ def _prompts(n, length, seed):
 @pytest.mark.parametrize("kv_window,max_lookahead", [(4, 8), (None, None), (2, 3)])
 def test_batch_rows_equal_single_runs(models, kv_window, max_lookahead):
     prompts = _prompts(3, 10, 1)
-    kw = dict(max_new_tokens=12, mixture_weight=0.8, kv_window=kv_window, max_lookahead=max_lookahead, seed=100)
+    kw = dict(max_new_tokens=12, mixture_weight=0.8, kv_window=kv_window, max_lookahead=max_lookahead, seed=100,
+              temperature=1.0)
     batch = generate(*models, prompts, **kw)
     for b, p in enumerate(prompts):
         single = generate(*models, [p], **{**kw, "seed": 100 + b})
@@ -81,13 +82,13 @@ def test_per_row_seed_tensor_and_padding_mask(models):
     for b, p in enumerate(prompts):  # left padding
         ids[b, P - len(p):] = torch.tensor(p)
         mask[b, P - len(p):] = True
-    a = generate(*models, ids, attention_mask=mask, max_new_tokens=8, seed=torch.tensor([5, 9]))
-    b = generate(*models, prompts, max_new_tokens=8, seed=torch.tensor([5, 9]))
+    a = generate(*models, ids, attention_mask=mask, max_new_tokens=8, seed=torch.tensor([5, 9]), temperature=1.0)
+    b = generate(*models, prompts, max_new_tokens=8, seed=torch.tensor([5, 9]), temperature=1.0)
     assert torch.equal(a.sequences, b.sequences)
 
 
 def test_weight_one_accepts_whole_windows(models):
-    out = generate(*models, _prompts(2, 6, 3), max_new_tokens=15, mixture_weight=1.0, kv_window=4,
+    out = generate(*models, _prompts(2, 6, 3), max_new_tokens=15, mixture_weight=1.0, kv_window=4, temperature=1.0,
                    max_lookahead=5, seed=1, eos_token_id=[])
     acc = out.stats["acceptance_counts"]
     assert acc[:, :3].tolist() == [[5, 5, 5], [5, 5, 5]]
@@ -97,7 +98,7 @@ def test_weight_one_accepts_whole_windows(models):
 def test_eos_ends_a_row_and_pads_after_it(models):
     # a tiny vocabulary EOS gets ~2% of the mass: with many rows some stop early
     prompts = _prompts(6, 5, 4)
-    out = generate(*models, prompts, max_new_tokens=20, mixture_weight=0.7, seed=3)
+    out = generate(*models, prompts, max_new_tokens=20, mixture_weight=0.7, seed=3, temperature=1.0)
     stopped = 0
     for b, p in enumerate(prompts):
         n = int(out.num_generated[b])
@@ -111,7 +112,8 @@ def test_eos_ends_a_row_and_pads_after_it(models):
 
 @pytest.mark.parametrize("policy,k", [("ar", 1), ("dllm_fixed", 1), ("dllm_fixed", 3), ("apd", 1)])
 def test_policies(models, policy, k):
-    out = generate(*models, _prompts(2, 6, 5), max_new_tokens=9, policy=policy, k=k, seed=2, eos_token_id=[])
+    out = generate(*models, _prompts(2, 6, 5), max_new_tokens=9, policy=policy, k=k, seed=2, eos_token_id=[],
+                   temperature=1.0)
     acc = out.stats["acceptance_counts"]
     assert out.num_generated.tolist() == [9, 9]
     if policy == "ar":
@@ -124,7 +126,8 @@ def test_policies(models, policy, k):
 def test_stream_receives_every_committed_token(models):
     chunks = []
     prompts = _prompts(2, 6, 6)
-    out = generate(*models, prompts, max_new_tokens=10, seed=4, stream=chunks.append, eos_token_id=[])
+    out = generate(*models, prompts, max_new_tokens=10, seed=4, stream=chunks.append, eos_token_id=[],
+                   temperature=1.0)
     for b, p in enumerate(prompts):
         streamed = [t for step in chunks for t in step[b]]
         assert streamed == out.sequences[b, len(p) : len(p) + 10].tolist()
@@ -179,7 +182,7 @@ def test_slow_adapter_for_model_objects_matches_native_runners(models):
                 mask_token_id=383, eos_token_id=382, pad_token_id=382)
     hv = HFVerifier(hf_verifier, vocab_size=V, eos_token_id=382)
     prompts = _prompts(2, 6, 8)
-    kw = dict(max_new_tokens=8, mixture_weight=0.8, kv_window=None, max_lookahead=4, seed=6)
+    kw = dict(max_new_tokens=8, mixture_weight=0.8, kv_window=None, max_lookahead=4, seed=6, temperature=1.0)
     native = generate(d, v, prompts, **kw)
     slow = generate(hd, hv, prompts, **kw)
     assert torch.equal(native.sequences, slow.sequences)
@@ -189,7 +192,7 @@ def test_slow_adapter_for_model_objects_matches_native_runners(models):
 def test_diffusion_policy_fills_the_answer(models, alg):
     prompts = _prompts(2, 6, 9)
     out = generate(*models, prompts, max_new_tokens=10, policy="diffusion", diffusion_steps=4,
-                   diffusion_alg=alg, seed=5)
+                   diffusion_alg=alg, seed=5, temperature=1.0)
     assert out.stats["dllm_forwards"] == 4 and out.stats["verifier_forwards"] == 0
     for b, p in enumerate(prompts):
         n = int(out.num_generated[b])
@@ -224,8 +227,8 @@ def test_different_vocabularies_need_vocab_size(models, tmp_path):
     prompts = _prompts(1, 6, 10)
     with pytest.raises(ValueError, match="vocabulary .* differ.*vocab_size"):
         generate(d, wide_runner, prompts, max_new_tokens=6)
-    a = generate(d, wide_runner, prompts, max_new_tokens=6, vocab_size=V, seed=1)
-    b = generate(d, v, prompts, max_new_tokens=6, seed=1)
+    a = generate(d, wide_runner, prompts, max_new_tokens=6, vocab_size=V, seed=1, temperature=1.0)
+    b = generate(d, v, prompts, max_new_tokens=6, seed=1, temperature=1.0)
     assert torch.equal(a.sequences, b.sequences)
 
 
@@ -233,7 +236,8 @@ def test_state_is_updated_in_place_across_steps(models):
     """The step writes its state in place (what a captured CUDA graph needs) without aliasing the
     prompt lengths: counts, steps and lengths stay consistent over a long run."""
     ids = torch.tensor([[5, 9, 17, 33]])
-    a = generate(*models, ids, max_new_tokens=24, seed=3, eos_token_id=[], kv_window=4, max_lookahead=6)
+    a = generate(*models, ids, max_new_tokens=24, seed=3, eos_token_id=[], kv_window=4, max_lookahead=6,
+                 temperature=1.0)
     assert int(a.num_generated[0]) == 24 and a.stats["steps"] == a.stats["acceptance_counts"].shape[1]
     assert a.stats["acceptance_counts"].sum() == 24
     assert a.stats["peak_memory_bytes"] is None  # CPU
@@ -245,7 +249,7 @@ def test_cuda_graphs_need_cuda_and_generated_noise(models):
         generate(*models, ids, max_new_tokens=4, cuda_graphs=True)
     with pytest.raises(ValueError, match="noise_fn"):
         generate(*models, ids, max_new_tokens=4, cuda_graphs=True, noise_fn=lambda step, valid: None)
-    out = generate(*models, ids, max_new_tokens=4, cuda_graphs=False, seed=1)  # eager: allowed anywhere
+    out = generate(*models, ids, max_new_tokens=4, cuda_graphs=False, seed=1, temperature=1.0)  # eager: allowed anywhere
     assert int(out.num_generated[0]) >= 1
 
 
@@ -254,18 +258,18 @@ def test_cuda_graphs_need_cuda_and_generated_noise(models):
 @pytest.mark.parametrize("kv_window", [3, None])
 def test_cuda_graph_replay_matches_eager(policy, kv_window):
     """Graph replays draw fresh noise each step (the offset tensor advances) and give the same
-    tokens, counts and windows as eager mode for the same seed."""
+    tokens, counts and spans as eager mode for the same seed."""
     dllm = DllmRunner.from_pretrained(golden.path("dream_tiny"), device="cuda")
     verifier = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"), device="cuda")
     ids = torch.tensor([[5, 9, 17, 33], [7, 8, 9, 10]], device="cuda")
     kw = dict(max_new_tokens=40, seed=torch.tensor([3, 11]), eos_token_id=[], kv_window=kv_window,
-              max_lookahead=6, policy=policy)
+              max_lookahead=6, policy=policy, temperature=1.0)
     eager = generate(dllm, verifier, ids, cuda_graphs=False, **kw)
     graph = generate(dllm, verifier, ids, cuda_graphs=True, **kw)
     assert torch.equal(eager.sequences, graph.sequences)
     assert torch.equal(eager.stats["acceptance_counts"], graph.stats["acceptance_counts"])
     if policy != "ar":
-        assert torch.equal(eager.stats["windows"], graph.stats["windows"])
+        assert torch.equal(eager.stats["spans"], graph.stats["spans"])
     assert graph.stats["steps"] > 3 and "graph_step" in graph.stats["time_s"]
     assert graph.stats["peak_memory_bytes"] > 0
 
@@ -280,7 +284,7 @@ def test_cuda_graph_is_reused_across_calls(policy):
     gen_mod = importlib.import_module("apd_ext.generate")
     dllm = DllmRunner.from_pretrained(golden.path("dream_tiny"), device="cuda", dtype=torch.bfloat16)
     verifier = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"), device="cuda", dtype=torch.bfloat16)
-    kw = dict(max_new_tokens=40, eos_token_id=[], kv_window=3, max_lookahead=6, policy=policy)
+    kw = dict(max_new_tokens=40, eos_token_id=[], kv_window=3, max_lookahead=6, policy=policy, temperature=1.0)
     a = torch.tensor([[5, 9, 17, 33], [7, 8, 9, 10]], device="cuda")
     b = torch.tensor([[1, 2, 3, 4], [40, 41, 42, 43]], device="cuda")
     gen_mod.clear_graph_cache()

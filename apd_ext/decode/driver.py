@@ -1,0 +1,108 @@
+"""`generate`: decode continuations with APD or a baseline policy, one step object per policy
+(apd_ext/decode/steps) run by one loop. Every tensor lives on the models' device with static shapes;
+the host learns progress through one copy per step (decode/state.py Progress)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from apd_ext.decode import execute, graphs, inputs
+from apd_ext.decode.config import DecodeConfig
+from apd_ext.decode.state import Progress
+from apd_ext.decode.stats import Stats
+from apd_ext.decode.steps import STEPS, make_step
+
+
+@dataclass
+class GenerateOutput:
+    """sequences int64 [B, L]: prompt then generated tokens, `pad` after each row's end (mask
+    tokens in authors_compat mode, as the released code leaves them); num_generated int64 [B];
+    stats: forward counts, tokens per step, timings (see `generate`)."""
+
+    sequences: torch.Tensor
+    num_generated: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+
+def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, attention_mask=None, seed=None,
+             eos_token_id=None, vocab_size=None, stream=None, noise_fn=None, backend: str = "auto",
+             cuda_graphs: bool | None = None, compile: bool = False, **knobs) -> GenerateOutput:
+    """Decode continuations of `input_ids` with config.policy (default DecodeConfig(): APD).
+
+    dllm, verifier: DllmRunner / VerifierRunner (or the HFDllm / HFVerifier adapters), in that
+        order, on one device. input_ids: int [B, P] (`attention_mask` [B, P] marks real tokens, left
+        or right padded), [P], or a list of token lists; rows may differ in length.
+    config: a DecodeConfig; **knobs: its field names (max_new_tokens=, mixture_weight=, kv_window=,
+        max_lookahead=, temperature=, top_k=, top_p=, policy=, k=, diffusion_steps=,
+        diffusion_alg=, authors_compat=) override it. See apd_ext/decode/config.py for each knob.
+    seed: int (row b uses seed + b; up to 2^64 - 1) or int64 tensor of B seeds; a row's tokens
+        depend only on its prompt, the knobs and its seed. None: a random seed.
+    eos_token_id: int or list ([] for none); default: the models' EOS (which must agree).
+    vocab_size: the shared vocabulary when the models' differ (Dream 152064 vs Qwen2.5 151936).
+    stream: callable(per-row lists of newly committed tokens), called once per step (not by the
+        diffusion policy, which commits out of order).
+    noise_fn: callable(step, valid [B]) -> uniforms [B, K, >= vocab] replacing the generator
+        (golden replays; eager only).
+    backend: the sampling ops' backend ("auto", "cpu", "cuda", "triton", "reference").
+    cuda_graphs: capture the steady step as a CUDA graph and replay it (None: on for CUDA models
+        with native runners and generated noise); kept for later calls with the same
+        decode.graphs.graph_key. The tokens equal eager mode's for the same seed.
+    compile: run the steady step through apd_ext.decode.compiled.compile_step (torch.compile).
+
+    Returns GenerateOutput(sequences [B, L], num_generated [B], stats): steps, dllm_forwards,
+    verifier_forwards, acceptance_counts [B, steps] (tokens committed per row and step),
+    tokens_per_step (mean over rows still decoding), tokens_per_step_histogram, spans [B, steps, 2]
+    (the dLLM's [left, right) per step, or None), time_s {dllm, verifier, sampling, other, total;
+    graph_step / compiled_step when used}, tokens_per_s, peak_memory_bytes (CUDA; None on CPU),
+    cuda_graph ("captured", "reused" or None).
+    """
+    cfg = (config or DecodeConfig()).replace(**knobs) if knobs else (config or DecodeConfig())
+    if compile and cuda_graphs:
+        raise ValueError("compile=True and cuda_graphs=True: choose one way to run the steady step")
+    inputs.check_runners(dllm, verifier)
+    vocab = inputs.shared_vocab(dllm, verifier, vocab_size)
+    rows = inputs.prompt_rows(input_ids, attention_mask)
+    batch = inputs.make_batch(dllm, verifier, rows, cfg, seed)
+    kind = STEPS[cfg.policy]  # the models' EOS must agree when both models decide tokens
+    eos = inputs.eos_ids(dllm, verifier, eos_token_id, both_models=bool(kind.dllm_forwards and kind.verifier_forwards))
+    step = make_step(cfg, length=batch.length, vocab=vocab, eos=eos, backend=backend, device=dllm.device)
+    graphed = graphs.use_graphs(None if compile else cuda_graphs, dllm.device, noise_fn, step, dllm, verifier)
+    for runner in graphs.used_runners(dllm, verifier, step):
+        inputs.setup_runner(runner, batch.size, batch.length)
+    stats = Stats(dllm.device)
+    mode = execute.Graphed if graphed else execute.Compiled if compile else execute.Eager
+    run = mode(step, dllm, verifier, batch.size, dllm.device, stats.clock, noise_fn)
+    st = run.state
+    st.fill(batch.canvas, batch.prompt_len, cfg.max_new_tokens, batch.seeds)
+    if step.verifier_rows:
+        with stats.clock.phase("verifier"):  # row 0: the logits predicting position curr
+            verifier.prefill(st.canvas, st.curr, int(batch.prompt_len.max()), out=st.verifier_logits[:1])
+    progress = Progress(dllm.device)
+    while not progress.finished():
+        n, proposal, span = run(stats.steps)
+        stats.record(n, span)
+        if stream is not None and proposal is not None:
+            counts = n.tolist()
+            stream([proposal[b, : counts[b]].tolist() for b in range(batch.size)])
+        progress.post(st.done)
+    if progress.lagged:
+        stats.drop_idle_tail()
+    return _output(st, step, dllm, stats, run.cuda_graph, eos_pad(dllm, step))
+
+
+def eos_pad(dllm, step) -> int:
+    """The token written after a row's end: the dLLM's pad token, else the first EOS, else mask."""
+    pad = dllm.config.pad_token_id
+    return pad if pad is not None else step.eos_list[0] if step.eos_list else dllm.mask_token_id
+
+
+def _output(st, step, dllm, stats: Stats, cuda_graph, pad: int) -> GenerateOutput:
+    L = step.L
+    seq = st.canvas[:, :L].clone()
+    if step.pads_tail:  # paper semantics: nothing after a row's end
+        seq = torch.where(torch.arange(L, device=seq.device).view(1, -1) >= st.curr.view(-1, 1), pad, seq)
+    num_generated = (st.curr - st.start).cpu()
+    return GenerateOutput(sequences=seq.cpu(), num_generated=num_generated,
+                          stats=stats.build(step, num_generated, cuda_graph))

@@ -1,0 +1,178 @@
+"""What `generate` checks and prepares before any work: the runners (order, device, vocabulary,
+EOS), the prompts (a `Batch`: the canvas, prompt lengths, row seeds) and the length limit. Errors
+name the argument and say what it takes."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+from apd_ext.decode.config import DecodeConfig
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_runners(dllm, verifier) -> None:
+    """The dLLM (with a mask token) first, the verifier second, on one device."""
+    d_mask = getattr(getattr(dllm, "config", None), "mask_token_id", None)
+    v_mask = getattr(getattr(verifier, "config", None), "mask_token_id", None)
+    if d_mask is None:
+        swapped = v_mask is not None or not hasattr(verifier, "prefill")
+        hint = ("the runners look swapped: pass generate(dllm, verifier, ...)" if swapped else
+                "pass a DllmRunner or HFDllm (with mask_token_id) as the first argument")
+        raise TypeError(f"dllm (the first argument) must be the diffusion model, got {type(dllm).__name__} "
+                        f"without a mask_token_id; {hint}")
+    if not hasattr(verifier, "prefill") or not hasattr(verifier, "step"):
+        raise TypeError(f"verifier (the second argument) must be a VerifierRunner or HFVerifier, got "
+                        f"{type(verifier).__name__}")
+    if dllm.device != verifier.device:
+        raise ValueError(f"dllm is on {dllm.device}, verifier on {verifier.device}: put both on one device")
+
+
+def shared_vocab(dllm, verifier, vocab_size) -> int:
+    """The vocabulary both models sample from (vocab_size, or the models' common size)."""
+    if vocab_size is None:
+        if dllm.vocab_size != verifier.vocab_size:
+            raise ValueError(
+                f"dLLM vocabulary ({dllm.vocab_size}) and verifier vocabulary ({verifier.vocab_size}) differ; "
+                f"pass vocab_size= the size of the tokenizer they share (e.g. 151936 for Dream + Qwen2.5)")
+        return dllm.vocab_size
+    if not _is_int(vocab_size):
+        raise TypeError(f"vocab_size must be an integer or None, got {vocab_size!r}")
+    if not 0 < vocab_size <= min(dllm.vocab_size, verifier.vocab_size):
+        raise ValueError(f"vocab_size={vocab_size} must be in [1, {min(dllm.vocab_size, verifier.vocab_size)}] "
+                         f"(it exceeds a model's vocabulary)")
+    return int(vocab_size)
+
+
+def eos_ids(dllm, verifier, eos_token_id, both_models: bool) -> list[int]:
+    """eos_token_id as a list (int, list of ints, or [] for none); default: the models' EOS,
+    which must agree when both models decide tokens (both_models)."""
+    if eos_token_id is None:
+        d_eos, v_eos = dllm.config.eos_ids, verifier.config.eos_ids
+        if d_eos and v_eos and set(d_eos) != set(v_eos) and both_models:
+            raise ValueError(f"EOS tokens disagree: dLLM {d_eos}, verifier {v_eos}; pass eos_token_id=")
+        return list(d_eos or v_eos)
+    ids = [eos_token_id] if _is_int(eos_token_id) else eos_token_id
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__") or not all(_is_int(e) for e in ids):
+        raise TypeError(f"eos_token_id must be an int, a list of ints or None, got {eos_token_id!r}")
+    return [int(e) for e in ids]
+
+
+def prompt_rows(input_ids, attention_mask=None) -> list[list[int]]:
+    """The prompts as token lists: input_ids int [B, P] or [P] (attention_mask [B, P] marking real
+    tokens, left or right padded) or a list of token lists (or one list of ints)."""
+    if isinstance(input_ids, (str, bytes)) or (isinstance(input_ids, (list, tuple)) and input_ids
+                                                and isinstance(input_ids[0], (str, bytes))):
+        raise TypeError("input_ids is text: tokenize it first (tokenizer.encode(text)) and pass the token ids")
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got a {input_ids.dtype} tensor")
+        ids = input_ids.unsqueeze(0) if input_ids.dim() == 1 else input_ids
+        if ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, P] or [P], got shape {tuple(input_ids.shape)}")
+        rows = ids.tolist()
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != ids.shape:
+                raise ValueError(f"attention_mask must be a tensor of input_ids' shape {tuple(ids.shape)}")
+            rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, attention_mask.tolist())]
+    else:
+        if attention_mask is not None:
+            raise ValueError("attention_mask needs input_ids as a tensor (lists of token lists need no mask)")
+        items = list(input_ids) if hasattr(input_ids, "__iter__") else None
+        if items is None:
+            raise TypeError(f"input_ids must be a tensor or a list of token lists, got {type(input_ids).__name__}")
+        if items and all(_is_int(t) for t in items):
+            items = [items]  # one flat list of ints: one prompt
+        rows = []
+        for r in items:
+            if not hasattr(r, "__iter__") or isinstance(r, (str, bytes)):
+                raise TypeError(f"input_ids must be a list of token lists, got an element {r!r}")
+            rows.append(list(r))
+            bad = [t for t in rows[-1] if not _is_int(t)]
+            if bad:
+                raise TypeError(f"input_ids must hold integer token ids, got {bad[0]!r} ({type(bad[0]).__name__})")
+    if not rows:
+        raise ValueError("empty batch: input_ids has no rows")
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("input_ids: every prompt needs at least one token")
+    return [[int(t) for t in r] for r in rows]
+
+
+def row_seeds(seed, batch: int) -> torch.Tensor:
+    """int64 [batch] row seeds on the host: seed + b for an int (any value in [-2^63, 2^64): those
+    from 2^63 on wrap to int64, as the ops take them), or an int64 tensor of 1 or `batch` seeds;
+    None draws one."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)))
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64:
+            raise TypeError(f"seed tensor must be int64, got {seed.dtype}")
+        s = seed.detach().to("cpu").reshape(-1)
+        if s.numel() not in (1, batch):
+            raise ValueError(f"seed tensor must hold 1 or {batch} (the batch size) values, got {s.numel()}")
+        return s + torch.arange(batch, dtype=torch.int64) if s.numel() == 1 else s.clone()
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an int or an int64 tensor, got {seed!r} ({type(seed).__name__})")
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must fit in 64 bits ([-2^63, 2^64)), got {seed}")
+    seed = int(seed) - 2**64 if seed >= 2**63 else int(seed)
+    return torch.tensor([seed], dtype=torch.int64) + torch.arange(batch, dtype=torch.int64)  # wraps like uint64
+
+
+@dataclass
+class Batch:
+    """The prompts of one call on the host: canvas int64 [B, L + 1] (prompt, then mask tokens;
+    column L is scratch), prompt_len and seeds int64 [B], L = P_max + max_new_tokens."""
+
+    canvas: torch.Tensor
+    prompt_len: torch.Tensor
+    seeds: torch.Tensor
+    length: int
+
+    @property
+    def size(self) -> int:
+        return self.canvas.shape[0]
+
+
+def make_batch(dllm, verifier, rows: list[list[int]], config: DecodeConfig, seed) -> Batch:
+    """Check the prompts against the models (mask token, vocabulary, maximum length) and lay them
+    out on a canvas of L = P_max + max_new_tokens positions."""
+    mask_id = dllm.mask_token_id
+    limit_v = min(dllm.vocab_size, verifier.vocab_size)
+    if any(mask_id in r for r in rows):
+        raise ValueError(f"input_ids: a prompt contains the mask token {mask_id}")
+    if any(t < 0 or t >= limit_v for r in rows for t in r):
+        raise ValueError(f"input_ids: a prompt token is outside the models' vocabulary [0, {limit_v})")
+    P, N = max(len(r) for r in rows), config.max_new_tokens
+    limit = min(dllm.config.max_position_embeddings, verifier.config.max_position_embeddings)
+    if P + N > limit:
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({N}) exceeds the models' maximum length {limit} "
+                         f"(max_position_embeddings)")
+    B, L = len(rows), P + N
+    canvas = torch.full((B, L + 1), mask_id, dtype=torch.int64)
+    for b, r in enumerate(rows):
+        canvas[b, : len(r)] = torch.tensor(r, dtype=torch.int64)
+    prompt_len = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    return Batch(canvas, prompt_len, row_seeds(seed, B), L)
+
+
+def setup_runner(runner, batch: int, length: int) -> None:
+    """runner.setup(batch, length). A native runner keeps one scratch cache slot past the canvas,
+    at position `length`, which only padding rows write and nothing attends to; when the canvas
+    fills the models' max_position_embeddings exactly, the model's limit is lifted by that one slot
+    for the allocation (RoPE tables do not depend on it)."""
+    config = getattr(runner, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None or length < limit:
+        runner.setup(batch, length)
+        return
+    config.max_position_embeddings = length + 1
+    try:
+        runner.setup(batch, length)
+    finally:
+        config.max_position_embeddings = limit

@@ -1,0 +1,27 @@
+"""One step object per policy, behind one interface (documented in steps/base.py):
+
+    step = make_step(config, length=L, vocab=V, eos=[...], backend="auto", device=device)
+    n, proposal, span = step(state, dllm, verifier, first=False, noise=None, clock=NO_CLOCK)
+
+apd and dllm_fixed draft a window with the dLLM (window.py), ar samples the verifier alone (ar.py),
+diffusion runs the dLLM's own unmasking schedule (diffusion.py).
+"""
+
+from apd_ext.decode.config import DecodeConfig
+from apd_ext.decode.steps.ar import ArStep
+from apd_ext.decode.steps.base import StepBase, commit, keep_row
+from apd_ext.decode.steps.diffusion import DiffusionStep
+from apd_ext.decode.steps.window import ApdStep, DllmFixedStep
+
+STEPS = {"apd": ApdStep, "dllm_fixed": DllmFixedStep, "ar": ArStep, "diffusion": DiffusionStep}
+
+
+def make_step(config: DecodeConfig, *, length: int, vocab: int, eos: list[int], backend: str = "auto",
+              device="cpu") -> StepBase:
+    """The step object of config.policy for canvases of `length` positions (prompt + max_new_tokens),
+    a shared vocabulary of `vocab` tokens and the EOS ids `eos`, running the ops on `backend`."""
+    return STEPS[config.policy](config, length=length, vocab=vocab, eos=eos, backend=backend, device=device)
+
+
+__all__ = ["make_step", "STEPS", "StepBase", "ApdStep", "DllmFixedStep", "ArStep", "DiffusionStep", "commit",
+           "keep_row"]

@@ -1,0 +1,98 @@
+"""What every step object shares: its configuration (`StepBase`), the commit of accepted tokens
+and the verifier-row bookkeeping.
+
+The step interface (what the driver, the graph cache and compile_step rely on):
+
+    step.verifier_rows      rows of State.verifier_logits the step needs (0: no verifier)
+    step.dllm_forwards      dLLM forwards per step (0 or 1); step.verifier_forwards likewise
+    step.capturable         whether the steady step may be captured as a CUDA graph
+    step.pads_tail          whether positions after a row's end are overwritten with the pad token
+    step.key                what the step's computation depends on besides tensor contents
+    step(state, dllm, verifier, first=False, noise=None, clock=NO_CLOCK) -> (n, proposal, span)
+
+n int64 [B]: tokens committed per row; proposal int64 [B, W] whose first n[b] entries of row b are
+the committed tokens in order (None when the step commits out of order); span int64 [B, 2]: the
+dLLM's [left, right) input range (None when the step runs no dLLM). `first=True` is step 0; the
+steady step (`first=False`) has the same shapes at every step, synchronises nothing with the host
+and branches on no tensor value (python_tests/test_capture.py traces it with fullgraph=True).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from apd_ext import backends, ops
+from apd_ext.decode.config import DecodeConfig
+
+
+class StepBase:
+    """Configuration shared by the steps: canvas length L, the window size K (max_lookahead clipped
+    to max_new_tokens), the vocabulary, the sampling filters and backend, the EOS tensor. The object
+    holds no reference to the runners (they are call arguments), so a cached captured step does not
+    keep models alive."""
+
+    verifier_rows = 0
+    dllm_forwards = 0
+    verifier_forwards = 0
+    capturable = True
+
+    def __init__(self, config: DecodeConfig, *, length: int, vocab: int, eos: list[int], backend: str = "auto",
+                 device="cpu"):
+        c = config
+        self.config = c
+        self.L, self.vocab = int(length), int(vocab)
+        self.K = c.max_new_tokens if c.max_lookahead is None else min(c.max_lookahead, c.max_new_tokens)
+        top_k = c.effective_top_k
+        ops._check_filter(c.temperature, top_k, c.top_p)
+        self.filter = backends.Filter(c.temperature, top_k, c.top_p)
+        # the released code drafts at T^2 (APD_SPEC, last section)
+        draft_t = c.temperature * c.temperature if c.authors_compat else c.temperature
+        self.draft_filter = self.filter._replace(temperature=draft_t)
+        self.device = torch.device(device)
+        self.impl = backends.get(backend, self.device)
+        self.backend = getattr(self.impl, "name", None) or getattr(self.impl, "__name__", backend)
+        self.eos_list = tuple(int(e) for e in eos)
+        self.eos = torch.tensor(eos or [-1], dtype=torch.int64, device=self.device)
+        self.pads_tail = not c.authors_compat
+
+    def knobs(self) -> tuple:
+        """The knobs this step's computation reads (part of `key`)."""
+        return ()
+
+    @property
+    def key(self) -> tuple:
+        return (type(self).__name__, self.L, self.K, self.vocab, tuple(self.filter), self.config.authors_compat,
+                self.eos_list, self.backend, str(self.device)) + self.knobs()
+
+    def noise(self, st, noise, valid: torch.Tensor, width: int) -> backends.Noise:
+        """The Noise argument of the ops: counter noise from the row seeds at the state's offset, or
+        the uniforms noise(valid) [B, width, >= vocab] returns (golden replays, eager only)."""
+        u = None
+        if noise is not None:
+            u = ops._check_noise(noise(valid), valid.shape[0], width, self.vocab, valid.device)
+        return backends.Noise(st.seeds, 0, st.offset, 0, u)
+
+
+def keep_row(vl: torch.Tensor, n: torch.Tensor) -> None:
+    """Row 0 of the verifier buffer vl [R, B, V] becomes row n_b (the logits predicting the new
+    curr = curr + n; n = 0 keeps row 0): one [B, V] gather, no branch."""
+    vl[:1].copy_(torch.gather(vl, 0, n.view(1, -1, 1).expand(1, -1, vl.shape[-1])))
+
+
+def commit(st, n: torch.Tensor, proposal: torch.Tensor, eos: torch.Tensor, L: int, keep_block: bool) -> torch.Tensor:
+    """Commit proposal[b, :n[b]] at curr[b] and advance the state in place; returns the counts
+    after EOS: a row ends at its first EOS inside the accepted block (keep_block: the block is kept
+    whole, as the authors' released code does)."""
+    pos = torch.arange(proposal.shape[1], device=proposal.device).view(1, -1)
+    # not torch.isin: on CUDA it sorts and calls unique (a host read) past a few elements
+    is_eos = (proposal.unsqueeze(-1) == eos.view(1, 1, -1)).any(-1) & (pos < n.view(-1, 1))
+    hit = is_eos.any(dim=1)
+    if not keep_block:
+        n = torch.where(hit, is_eos.int().argmax(dim=1) + 1, n)
+    write = torch.where(pos < n.view(-1, 1), st.curr.view(-1, 1) + pos, L)
+    st.canvas.scatter_(1, write, proposal)
+    st.curr.add_(n)
+    st.n_prev.copy_(n)
+    st.done.logical_or_(hit | (st.curr >= st.row_end))
+    st.offset.add_(1)
+    return n

@@ -1,0 +1,94 @@
+"""The steps that draft a window of K tokens with the dLLM: "apd" (verify the draft, keep the
+agreeing prefix: APD_SPEC "One decoding step") and "dllm_fixed" (keep k draft tokens).
+
+The dLLM reads its span [left, right) of the canvas: the whole canvas at step 0 or without a cache
+(kv_window None); later, kv_window positions before the previous step's accepted tokens, those
+tokens and the window, one static input length kv_window + 2K - 1. kv_window is clamped to the
+canvas length L (a larger value recomputes the same whole prefix, only with a longer input).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from apd_ext.decode.stats import NO_CLOCK
+from apd_ext.decode.steps.base import StepBase, commit, keep_row
+
+
+class DraftStep(StepBase):
+    """Draft K tokens with the dLLM from its span of the canvas; subclasses decide what to keep."""
+
+    dllm_forwards = 1
+
+    def __init__(self, config, **kw):
+        super().__init__(config, **kw)
+        R = config.kv_window
+        self.kv_window = None if R is None else min(R, self.L)
+
+    def knobs(self) -> tuple:
+        return (self.kv_window,)
+
+    def draft(self, st, dllm, valid, first, noise, clock):
+        """(D [B, K, V] dLLM logits, draft int64 [B, K], span int64 [B, 2], the ops' Noise)."""
+        K = self.K
+        right = st.curr + valid
+        if self.kv_window is None or first:
+            left = torch.zeros_like(st.curr)
+            size = self.L
+        else:
+            left = (st.curr - self.kv_window - st.n_prev + 1).clamp(min=0)
+            size = self.kv_window + 2 * K - 1
+        span = torch.stack([left, right], dim=1)
+        with clock.phase("dllm"):
+            D = dllm.window_logits(st.canvas, left, right, st.curr, K, size)  # [B, K, V] model dtype
+        rng = self.noise(st, noise, valid, K)
+        with clock.phase("sampling"):
+            draft, _ = self.impl.sample_draft(D, self.vocab, self.draft_filter, rng)
+        return D, draft, span, rng
+
+    def valid(self, st) -> torch.Tensor:
+        """int64 [B]: window positions each row may fill (0 for finished rows)."""
+        return torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, self.K))
+
+    def __call__(self, st, dllm, verifier, first: bool = False, noise=None, clock=NO_CLOCK):
+        valid = self.valid(st)
+        D, draft, span, rng = self.draft(st, dllm, valid, first, noise, clock)
+        n = self.accept(st, verifier, D, draft, valid, rng, clock)
+        with clock.phase("other"):
+            n = commit(st, n, draft, self.eos, self.L, keep_block=not self.pads_tail)
+        return n, draft, span
+
+
+class ApdStep(DraftStep):
+    """APD: the verifier scores the draft, the mixture p_dLLM^w * p_verifier^(1-w) is sampled with
+    the draft's noise, and the longest agreeing prefix is kept (at least one token)."""
+
+    verifier_forwards = 1
+
+    @property
+    def verifier_rows(self) -> int:
+        return self.K + 1
+
+    def knobs(self) -> tuple:
+        return super().knobs() + (self.config.mixture_weight,)
+
+    def accept(self, st, verifier, D, draft, valid, rng, clock):
+        vl = st.verifier_logits  # [K + 1, B, V2]
+        with clock.phase("verifier"):
+            verifier.step(draft, st.curr, valid, out=vl[1:])  # rows 1..K: row r predicts curr + r
+        A = vl[: self.K].transpose(0, 1)  # [B, K, V2] view: position i's verifier logits (row 0 kept)
+        with clock.phase("sampling"):
+            n = self.impl.mixture_accept(D, A, draft, self.vocab, self.config.mixture_weight,
+                                         self.config.authors_compat, valid, self.filter, rng)[0]
+            keep_row(vl, n)
+        return n
+
+
+class DllmFixedStep(DraftStep):
+    """The dLLM alone keeps its first k draft tokens (k = 1 is the quality reference)."""
+
+    def knobs(self) -> tuple:
+        return super().knobs() + (self.config.k,)
+
+    def accept(self, st, verifier, D, draft, valid, rng, clock):
+        return valid.clamp(max=self.config.k)
