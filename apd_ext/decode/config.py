@@ -4,7 +4,7 @@ command line, eval, sweep and the benchmarks share, and the policy specs that pa
     cfg = DecodeConfig()                                         # APD, the defaults below
     cfg = DecodeConfig.from_spec("apd:mixture_weight=0.9,kv_window=none")
     cfg = cfg.replace(temperature=1.0)
-    cfg.to_spec()  # "apd:mixture_weight=0.9,kv_window=none,temperature=1.0"
+    cfg.to_spec()  # "apd:temperature=1.0,mixture_weight=0.9,kv_window=none"
 
 A spec is `policy[:knob=value,...]`; knob names are the field names (no aliases), `none` sets an
 optional knob to None, booleans are 0/1/true/false. Values are checked when the config is built:
@@ -200,4 +200,4 @@ def _format_value(value) -> str:
         return "none"
     if isinstance(value, bool):
         return "1" if value else "0"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return repr(value) if isinstance(value, float) else str(value)  # repr: the shortest exact float text
