@@ -18,8 +18,13 @@ from apd_ext.decode.steps import STEPS, make_step
 @dataclass
 class GenerateOutput:
     """sequences int64 [B, L]: prompt then generated tokens, `pad` after each row's end (mask
-    tokens in authors_compat mode, as the released code leaves them); num_generated int64 [B];
-    stats: forward counts, tokens per step, timings (see `generate`)."""
+    tokens in authors_compat mode, as the released code leaves them); num_generated int64 [B].
+
+    stats: steps, dllm_forwards, verifier_forwards, acceptance_counts [B, steps] (tokens committed
+    per row and step), tokens_per_step (mean over rows still decoding), tokens_per_step_histogram,
+    spans [B, steps, 2] (the dLLM's [left, right) per step, or None), time_s {dllm, verifier,
+    sampling, other, total; graph_step / compiled_step when used}, tokens_per_s, peak_memory_bytes
+    (CUDA; None on CPU), cuda_graph ("captured", "reused" or None)."""
 
     sequences: torch.Tensor
     num_generated: torch.Tensor
@@ -50,13 +55,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
         with native runners and generated noise); kept for later calls with the same
         decode.graphs.graph_key. The tokens equal eager mode's for the same seed.
     compile: run the steady step through apd_ext.decode.compiled.compile_step (torch.compile).
-
-    Returns GenerateOutput(sequences [B, L], num_generated [B], stats): steps, dllm_forwards,
-    verifier_forwards, acceptance_counts [B, steps] (tokens committed per row and step),
-    tokens_per_step (mean over rows still decoding), tokens_per_step_histogram, spans [B, steps, 2]
-    (the dLLM's [left, right) per step, or None), time_s {dllm, verifier, sampling, other, total;
-    graph_step / compiled_step when used}, tokens_per_s, peak_memory_bytes (CUDA; None on CPU),
-    cuda_graph ("captured", "reused" or None).
+    Returns a GenerateOutput (its docstring lists the stats).
     """
     cfg = (config or DecodeConfig()).replace(**knobs) if knobs else (config or DecodeConfig())
     if compile and cuda_graphs:
@@ -74,11 +73,9 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     stats = Stats(dllm.device)
     mode = execute.Graphed if graphed else execute.Compiled if compile else execute.Eager
     run = mode(step, dllm, verifier, batch.size, dllm.device, stats.clock, noise_fn)
-    st = run.state
+    st, step = run.state, run.step  # a cached graph's own step object and state
     st.fill(batch.canvas, batch.prompt_len, cfg.max_new_tokens, batch.seeds)
-    if step.verifier_rows:
-        with stats.clock.phase("verifier"):  # row 0: the logits predicting position curr
-            verifier.prefill(st.canvas, st.curr, int(batch.prompt_len.max()), out=st.verifier_logits[:1])
+    step.prefill(st, verifier, int(batch.prompt_len.max()), stats.clock)
     progress = Progress(dllm.device)
     while not progress.finished():
         n, proposal, span = run(stats.steps)

@@ -43,7 +43,7 @@ class Eager:
 
 class Compiled(Eager):
     """Step 0 eagerly, the steady step through apd_ext.decode.compiled.compile_step (torch.compile
-    / Inductor), timed as one "compiled_step" phase."""
+    / Inductor), which times it as one "compiled_step" phase."""
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -57,9 +57,7 @@ class Compiled(Eager):
     def __call__(self, i: int):
         if i == 0:
             return super().__call__(i)
-        with self.clock.phase("compiled_step"):
-            return self.compiled(self.state, self.dllm, self.verifier, first=False, noise=self.noise(i),
-                                 clock=NO_CLOCK)
+        return self.compiled(self.state, self.dllm, self.verifier, first=False, noise=self.noise(i), clock=self.clock)
 
 
 class Graphed(Eager):

@@ -3,6 +3,8 @@ authors' T^2) with the same filters and counter noise as the other policies."""
 
 from __future__ import annotations
 
+import torch
+
 from apd_ext.decode.stats import NO_CLOCK
 from apd_ext.decode.steps.base import StepBase, commit, keep_row
 
@@ -14,8 +16,12 @@ class ArStep(StepBase):
     verifier_rows = 2
     verifier_forwards = 1
 
+    def valid(self, st) -> torch.Tensor:
+        """int64 [B]: 1 while the row decodes, else 0."""
+        return (~st.done & (st.curr < st.row_end)).long()
+
     def __call__(self, st, dllm, verifier, first: bool = False, noise=None, clock=NO_CLOCK):
-        n = (~st.done & (st.curr < st.row_end)).long()  # int64 [B]: 1 while the row decodes
+        n = self.valid(st)
         vl = st.verifier_logits  # [2, B, V2]
         rng = self.noise(st, noise, n, 1)
         with clock.phase("sampling"):

@@ -8,6 +8,8 @@ The step interface (what the driver, the graph cache and compile_step rely on):
     step.capturable         whether the steady step may be captured as a CUDA graph
     step.pads_tail          whether positions after a row's end are overwritten with the pad token
     step.key                what the step's computation depends on besides tensor contents
+    step.valid(state)       int64 [B]: positions each row may fill this step (what noise(valid) gets)
+    step.prefill(state, verifier, P, clock)   before step 0: the verifier's prompt pass, if it has one
     step(state, dllm, verifier, first=False, noise=None, clock=NO_CLOCK) -> (n, proposal, span)
 
 n int64 [B]: tokens committed per row; proposal int64 [B, W] whose first n[b] entries of row b are
@@ -63,6 +65,18 @@ class StepBase:
     def key(self) -> tuple:
         return (type(self).__name__, self.L, self.K, self.vocab, tuple(self.filter), self.config.authors_compat,
                 self.eos_list, self.backend, str(self.device)) + self.knobs()
+
+    def prefill(self, st, verifier, prompt_max: int, clock) -> None:
+        """Before step 0, for a step with a verifier: write the prompts into the verifier's cache and
+        its logits predicting position curr into row 0 of State.verifier_logits."""
+        if self.verifier_rows:
+            with clock.phase("verifier"):
+                verifier.prefill(st.canvas, st.curr, prompt_max, out=st.verifier_logits[:1])
+
+    def valid(self, st) -> torch.Tensor:
+        """int64 [B]: the positions each row fills this step at most (0 for finished rows): the
+        window clipped to the row's end. An explicit noise callable receives it."""
+        return torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, self.K))
 
     def noise(self, st, noise, valid: torch.Tensor, width: int) -> backends.Noise:
         """The Noise argument of the ops: counter noise from the row seeds at the state's offset, or

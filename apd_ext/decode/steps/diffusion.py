@@ -58,6 +58,10 @@ class DiffusionStep(StepBase):
             return (lp.exp() * lp).sum(-1)  # negative entropy: higher is surer
         return random_scores(st.seeds, st.offset, self.N)
 
+    def valid(self, st) -> torch.Tensor:
+        """int64 [B]: the row's answer positions (max_new_tokens, or fewer past the canvas end)."""
+        return (st.row_end - st.start).clamp(0, self.N)
+
     def __call__(self, st, dllm, verifier, first: bool = False, noise=None, clock=NO_CLOCK):
         N, L = self.N, self.L
         ar = torch.arange(N, device=st.canvas.device).view(1, -1)
@@ -68,7 +72,7 @@ class DiffusionStep(StepBase):
         span = torch.stack([torch.zeros_like(st.start), st.row_end], dim=1)
         with clock.phase("dllm"):
             D = dllm.window_logits(st.canvas, span[:, 0], st.row_end, st.start, N, L)
-        rng = self.noise(st, noise, in_row.sum(1), N)
+        rng = self.noise(st, noise, self.valid(st), N)
         with clock.phase("sampling"):
             tokens, logp = self.impl.sample_draft(D, self.vocab, self.filter, rng)
             score = torch.where(masked, self._scores(st, D, logp), float("-inf"))

@@ -46,10 +46,6 @@ class DraftStep(StepBase):
             draft, _ = self.impl.sample_draft(D, self.vocab, self.draft_filter, rng)
         return D, draft, span, rng
 
-    def valid(self, st) -> torch.Tensor:
-        """int64 [B]: window positions each row may fill (0 for finished rows)."""
-        return torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, self.K))
-
     def __call__(self, st, dllm, verifier, first: bool = False, noise=None, clock=NO_CLOCK):
         valid = self.valid(st)
         D, draft, span, rng = self.draft(st, dllm, valid, first, noise, clock)
