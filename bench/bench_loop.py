@@ -33,6 +33,11 @@ On CUDA the phases are device times between events, other = wall time they do no
 Prints a Markdown table; appends one CSV row per configuration to bench/results/loop_<device>.csv.
 --profile: also profiles one APD step loop (B=1, w 0.7) with cProfile and torch.profiler and prints
 where the non-model time goes.
+
+--golden-pair: instead, apd_ext side by side with the authors' released loop on the golden tiny pair
+(bench/golden_pair.py; their code from --authors-repo, see bench/authors_loop.py):
+
+    PYTHONPATH=. python bench/bench_loop.py --golden-pair --authors-repo DIR --authors-pythonpath TF454_DIR
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import sys
 import torch
 
 import common  # bench/common.py (the script's directory is on sys.path)
+import golden_pair  # bench/golden_pair.py
 
 try:
     import apd_ext
@@ -80,20 +86,34 @@ CSV_FIELDS = ("policy", "knobs", "batch", "steps", "tokens", "tokens_per_step", 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when available (cpu with --golden-pair)")
     p.add_argument("--batches", default="1,4", help="comma-separated batch sizes (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per configuration after one warm-up")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per configuration after one warm-up (default 7; --golden-pair: 20 rounds)")
     p.add_argument("--logit-scale", type=float, default=8.0,
                    help="factor on the shared LM head (see the module docstring; 1 = default init)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (CPU; default: all cores, 1 with --golden-pair)")
     p.add_argument("--csv", default=None, help="CSV to append to (default bench/results/loop_<device>.csv)")
     p.add_argument("--profile", action="store_true", help="also profile the APD loop (B=1, w 0.7)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: batch 1, 32 new tokens, APD w 0.7 / dllm_fixed / ar, 1 repeat, CSV to "
                         "bench/results/loop_<device>_quick.csv.tmp (git-ignored)")
+    golden_pair.add_arguments(p)
     a = p.parse_args(argv)
+    if a.device is None:
+        a.device = "cuda" if torch.cuda.is_available() and not a.golden_pair else "cpu"
+    if a.threads is None:
+        a.threads = 1 if a.golden_pair else os.cpu_count()
+    if a.repeats is None and not a.golden_pair:
+        a.repeats = 7
+    if a.repeats is not None and a.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {a.repeats}")
+    if a.threads < 1:
+        p.error(f"--threads must be >= 1, got {a.threads}")
     a.batches = [int(b) for b in a.batches.split(",") if b.strip()]
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
@@ -229,6 +249,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if args.golden_pair:
+        return golden_pair.main(args)
     desc, stamp = common.device_description(device), common.timestamp()
     dllm, verifier = build_models(device, args.logit_scale)
     shared = (dllm.model.model.embed_tokens.weight, dllm.model.lm_head.weight)

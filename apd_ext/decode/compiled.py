@@ -81,23 +81,15 @@ def _compiled_function(step, backend: str, options: dict | None) -> Callable:
     return fn
 
 
-def _valid(step, st) -> torch.Tensor:
-    """int64 [B] positions the step drafts per row (0 for finished rows): what the step hands an
-    explicit noise callable. Uses the step's own `valid(st)` when it has one."""
-    own = getattr(step, "valid", None)
-    if callable(own):
-        return own(st)
-    return torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, step.M))
-
-
 class CompiledStep:
     """The compiled steady step of one step object, with the step's call signature:
     `(st, dllm, verifier, first=False, noise=None, clock=None) -> the step's outputs`.
 
     first=True runs the step eagerly (step 0 has its own shapes and runs once). `noise`
-    (callable(valid int64 [B]) -> uniforms [B, M, >= V]) is evaluated eagerly and its tensor passed
-    into the compiled step. `clock` (an object with phase(name) -> context manager, or None) times
-    the whole compiled call as one phase, "compiled_step"."""
+    (callable(valid int64 [B]) -> uniforms [B, K, >= V]) is evaluated eagerly, on the step's
+    `valid(st)`, and its tensor passed into the compiled step. `clock` (an object with
+    phase(name) -> context manager, or None) times the whole compiled call as one phase,
+    "compiled_step"."""
 
     def __init__(self, step, backend: str = "inductor", options: dict | None = None):
         self.step, self.backend = step, backend
@@ -108,7 +100,7 @@ class CompiledStep:
         if first:
             return self.step(st, dllm, verifier, first=True, noise=noise,
                              **({"clock": clock} if clock is not None else {}))
-        u = None if noise is None else noise(_valid(self.step, st))
+        u = None if noise is None else noise(self.step.valid(st))  # int64 [B] lengths the step drafts
         phase = clock.phase("compiled_step") if clock is not None else contextlib.nullcontext()
         with phase:
             return self.fn(self.step, st, dllm, verifier, u)
