@@ -5,6 +5,7 @@
     state.py     State (the device tensors a step updates in place), Progress (what the host knows)
     steps/       one step object per policy (apd, dllm_fixed, ar, diffusion) behind one interface
     execute.py   how step i runs: eagerly, compiled (compile=True) or as a replayed CUDA graph
+    compiled.py  compile_step: the steady step through torch.compile / Inductor
     graphs.py    the CUDA-graph cache
     stats.py     the per-phase Clock and the Stats collector
     driver.py    generate(), the loop

@@ -42,7 +42,8 @@ class DecodeConfig:
     mixture_weight: w in [0, 1]; the target samples p_dLLM^w * p_verifier^(1 - w).
     kv_window: R >= 1 positions recomputed before the window around the dLLM's approximate KV
         cache; None: no cache, every step recomputes the whole prefix.
-    max_lookahead: M >= 1 masked positions the dLLM sees; None: everything up to the row's end.
+    max_lookahead: >= 1, the window: the K masked positions the dLLM drafts per step (K =
+        max_lookahead clipped to the row's end); None: everything up to the row's end.
     temperature: T >= 0; 0 is greedy (the default: deterministic, as Hugging Face's generate).
     top_k: >= 0 (0: no filter); None: 0, or 50 with authors_compat (what the released code inherits).
     top_p: in (0, 1].

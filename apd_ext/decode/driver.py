@@ -68,9 +68,9 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     eos = inputs.eos_ids(dllm, verifier, eos_token_id, both_models=bool(kind.dllm_forwards and kind.verifier_forwards))
     step = make_step(cfg, length=batch.length, vocab=vocab, eos=eos, backend=backend, device=dllm.device)
     graphed = graphs.use_graphs(None if compile else cuda_graphs, dllm.device, noise_fn, step, dllm, verifier)
+    stats = Stats(dllm.device)  # the clock starts here: setting the runners up is part of the call
     for runner in graphs.used_runners(dllm, verifier, step):
         inputs.setup_runner(runner, batch.size, batch.length)
-    stats = Stats(dllm.device)
     mode = execute.Graphed if graphed else execute.Compiled if compile else execute.Eager
     run = mode(step, dllm, verifier, batch.size, dllm.device, stats.clock, noise_fn)
     st, step = run.state, run.step  # a cached graph's own step object and state
