@@ -1,17 +1,19 @@
 """Accuracy and speed of decoding policies on held-out problems with the bundled tiny pair.
 
-    from apd_ext.tiny import evaluate as ev
+    from apd_ext.tiny import evaluate as ev, task
     pair = ev.load_pair()                      # the bundled checkpoints
-    res = ev.evaluate(pair, ev.task.eval_problems(0, 50), "apd", mixture_weight=0.7)
+    res = ev.evaluate(pair, task.eval_problems(0, 50), "apd:mixture_weight=0.9")
 
-A policy is given as a spec string, `name[:key=value,...]`, e.g. "dllm_fixed:k=1",
-"apd:w=0.7,kv_window=16,max_lookahead=64", "apd:w=0.7,T=1.0,compat=1" (the authors' released
-semantics), "diffusion:steps=16", "ar". Every problem is decoded
-alone (batch 1, as the paper measures), greedy unless a temperature is given.
+A policy is a DecodeConfig or its spec string (apd_ext.decode.config: `policy[:knob=value,...]`,
+knob names are DecodeConfig's fields), e.g. "dllm_fixed:k=1", "apd:kv_window=none",
+"apd:temperature=1,authors_compat=1" (the authors' released semantics), "diffusion:diffusion_steps=16",
+"ar". Specs parse onto TASK_CONFIG: the library's defaults, answers of the task's length. Every
+problem is decoded alone (batch 1, as the paper measures), greedy unless a temperature is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -19,16 +21,26 @@ from pathlib import Path
 
 import torch
 
+from apd_ext.decode.config import DecodeConfig
 from apd_ext.generate import generate
 from apd_ext.models.runners import DllmRunner, VerifierRunner
-from apd_ext.tiny import task
+from apd_ext.tiny import ASSETS, task
 from apd_ext.tiny.tokenizer import TinyTokenizer
 from apd_ext.tiny.train import MAX_NEW_TOKENS
 
-ASSETS = Path(__file__).parent / "assets"
-DEFAULT_POLICIES = ["dllm_fixed:k=1", "ar", "apd:w=0.7", "apd:w=0.9"]
-_ALIASES = {"w": "mixture_weight", "steps": "diffusion_steps", "alg": "diffusion_alg", "T": "temperature",
-            "compat": "authors_compat"}
+__all__ = ["ASSETS", "TASK_CONFIG", "DEFAULT_POLICIES", "Pair", "load_pair", "policy_config", "run_decode",
+           "decode", "evaluate", "evaluate_many", "format_table", "ProgressBar"]
+
+# The library's defaults with the answer region the pair was trained on (64 tokens; its models hold
+# 256 positions, fewer than prompt + DecodeConfig's 256 new tokens).
+TASK_CONFIG = DecodeConfig(max_new_tokens=MAX_NEW_TOKENS)
+
+# The recorded figures (bench/results/eval_tiny_seed0_n50.json, BENCHMARKS.md) decode without the
+# dLLM cache and with the whole answer region visible: those knobs are spelled out; "apd" is the
+# library's default (kv_window 16, max_lookahead 100).
+NO_CACHE = "kv_window=none,max_lookahead=none"
+DEFAULT_POLICIES = [f"dllm_fixed:k=1,{NO_CACHE}", "ar", f"apd:mixture_weight=0.7,{NO_CACHE}",
+                    f"apd:mixture_weight=0.9,{NO_CACHE}", "apd"]
 
 
 @dataclass
@@ -38,32 +50,24 @@ class Pair:
     tok: TinyTokenizer
 
 
-def load_pair(path: str | Path = ASSETS, device: str = "cpu") -> Pair:
+def load_pair(path: str | Path = ASSETS, device: str | torch.device = "cpu") -> Pair:
+    """The pair in `path` (dllm/ and verifier/ checkpoint directories; default: the bundled one)."""
     path = Path(path)
     return Pair(DllmRunner.from_pretrained(path / "dllm", device=device),
                 VerifierRunner.from_pretrained(path / "verifier", device=device),
                 TinyTokenizer.from_file(path / "dllm" / "tokenizer.json"))
 
 
-def parse_policy(spec: str) -> tuple[str, dict]:
-    """"apd:w=0.7,kv_window=none" -> ("apd", {"mixture_weight": 0.7, "kv_window": None})."""
-    name, _, rest = spec.partition(":")
-    kw: dict = {"temperature": 0.0, "kv_window": None, "max_lookahead": None}
-    for item in filter(None, rest.split(",")):
-        key, _, val = item.partition("=")
-        key = _ALIASES.get(key.strip(), key.strip())
-        val = val.strip()
-        if val.lower() == "none":
-            kw[key] = None
-        elif key == "authors_compat":
-            if val.lower() not in ("1", "0", "true", "false"):
-                raise ValueError(f"authors_compat takes 0/1/true/false, got {val!r}")
-            kw[key] = val.lower() in ("1", "true")
-        elif key == "diffusion_alg":
-            kw[key] = val
-        else:
-            kw[key] = float(val) if "." in val or key in ("mixture_weight", "temperature") else int(val)
-    return name, kw
+def policy_config(policy: str | DecodeConfig, base: DecodeConfig = TASK_CONFIG) -> DecodeConfig:
+    """A spec parsed onto `base` (knobs it leaves out keep base's values); a DecodeConfig as is.
+    Raises ValueError naming the knob for a bad spec."""
+    return policy if isinstance(policy, DecodeConfig) else DecodeConfig.from_spec(policy, base=base)
+
+
+def run_decode(dllm, verifier, input_ids, config: DecodeConfig, *, seed, stream=None, **extra):
+    """apd_ext.generate with every knob of `config` (the one place the tiny task and the command
+    line call the loop); `extra`: generate's other keywords (vocab_size, eos_token_id, ...)."""
+    return generate(dllm, verifier, input_ids, seed=seed, stream=stream, **dataclasses.asdict(config), **extra)
 
 
 class ProgressBar:
@@ -90,13 +94,13 @@ class ProgressBar:
         self.stream.flush()
 
 
-def decode(pair: Pair, problem: task.Problem, policy: str, seed: int = 0, stream=None, **kw):
-    """(answer text, answer token ids, stats). The answer ends at its first EOS (kept in the ids): in
-    authors_compat mode generate() also returns the tokens accepted after it in the same block, which
-    are neither part of the answer nor counted as generated here (stats["emitted_tokens"] counts them)."""
+def decode(pair: Pair, problem: task.Problem, policy: str | DecodeConfig, seed: int = 0, stream=None):
+    """(answer text, answer token ids, stats) of one problem. The answer ends at its first EOS (kept
+    in the ids): in authors_compat mode generate() also returns the tokens accepted after it in the
+    same block, which are neither part of the answer nor counted as generated here
+    (stats["emitted_tokens"] counts them)."""
     ids = pair.tok.encode(problem.prompt)
-    out = generate(pair.dllm, pair.verifier, [ids], max_new_tokens=kw.pop("max_new_tokens", MAX_NEW_TOKENS),
-                   policy=policy, seed=seed, stream=stream, **kw)
+    out = run_decode(pair.dllm, pair.verifier, [ids], policy_config(policy), seed=seed, stream=stream)
     n = int(out.num_generated[0])
     gen = out.sequences[0, len(ids): len(ids) + n].tolist()
     stats = {**out.stats, "emitted_tokens": len(gen)}
@@ -105,37 +109,42 @@ def decode(pair: Pair, problem: task.Problem, policy: str, seed: int = 0, stream
     return pair.tok.decode(gen), gen, stats
 
 
-def evaluate(pair: Pair, problems: list[task.Problem], spec: str, progress: bool = True, seed: int = 0) -> dict:
-    """Accuracy and speed of one policy spec over `problems` (decoded one at a time). Token counts
-    (generated_tokens, tokens per forward, tokens/s) count each answer up to its first EOS."""
-    name, kw = parse_policy(spec)
-    correct = tokens = emitted = dllm_f = ver_f = steps = 0
+def evaluate(pair: Pair, problems: list[task.Problem], policy: str | DecodeConfig, progress: bool = True,
+             seed: int = 0) -> dict:
+    """Accuracy and speed of one policy over `problems` (problem i decoded alone with seed + i).
+    Token counts (generated_tokens, tokens per forward, tokens/s) count each answer up to its first
+    EOS. "policy" is the spec as given (a DecodeConfig's own spec), "params" the knobs it reads."""
+    cfg = policy_config(policy)
+    label = policy if isinstance(policy, str) else cfg.to_spec()
+    totals = dict.fromkeys(("correct", "tokens", "emitted", "dllm_forwards", "verifier_forwards", "steps"), 0)
     wall = 0.0
-    bar = ProgressBar(len(problems), f"{spec:>24}") if progress else None
+    bar = ProgressBar(len(problems), f"{label:>24}") if progress else None
     failures = []
     for i, p in enumerate(problems):
         t0 = time.perf_counter()
-        text, gen, stats = decode(pair, p, name, seed=seed + i, **dict(kw))
+        text, gen, stats = decode(pair, p, cfg, seed=seed + i)
         wall += time.perf_counter() - t0
         ok = task.extract_answer(text) == p.answer
-        correct += ok
         if not ok and len(failures) < 5:
             failures.append({"seed": p.seed, "expected": p.answer, "got": text})
-        tokens += len(gen)
-        emitted += stats["emitted_tokens"]
-        dllm_f += stats["dllm_forwards"]
-        ver_f += stats["verifier_forwards"]
-        steps += stats["steps"]
+        for key, value in (("correct", ok), ("tokens", len(gen)), ("emitted", stats["emitted_tokens"]),
+                           ("dllm_forwards", stats["dllm_forwards"]),
+                           ("verifier_forwards", stats["verifier_forwards"]), ("steps", stats["steps"])):
+            totals[key] += int(value)
         if bar:
-            bar.update(1, f"acc {correct / (i + 1):.2f}")
+            bar.update(1, f"acc {totals['correct'] / (i + 1):.2f}")
     if bar:
         bar.close()
-    n = len(problems)
+    return _summary(label, cfg, len(problems), totals, wall, failures)
+
+
+def _summary(label: str, cfg: DecodeConfig, n: int, t: dict, wall: float, failures: list) -> dict:
+    tokens, dllm_f, steps = t["tokens"], t["dllm_forwards"], t["steps"]
     return {
-        "policy": spec, "name": name, "params": {k: v for k, v in kw.items()},
-        "num_problems": n, "correct": correct, "accuracy": correct / max(1, n),
-        "generated_tokens": tokens, "emitted_tokens": emitted, "dllm_forwards": dllm_f, "verifier_forwards": ver_f,
-        "steps": steps,
+        "policy": label, "name": cfg.policy, "params": {k: getattr(cfg, k) for k in cfg.knobs},
+        "num_problems": n, "correct": t["correct"], "accuracy": t["correct"] / max(1, n),
+        "generated_tokens": tokens, "emitted_tokens": t["emitted"], "dllm_forwards": dllm_f,
+        "verifier_forwards": t["verifier_forwards"], "steps": steps,
         "tokens_per_dllm_forward": tokens / dllm_f if dllm_f else None,
         "tokens_per_step": tokens / steps if steps else None,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall,
@@ -143,17 +152,19 @@ def evaluate(pair: Pair, problems: list[task.Problem], spec: str, progress: bool
     }
 
 
-def evaluate_many(pair: Pair, problems: list[task.Problem], specs: list[str], progress: bool = True,
+def evaluate_many(pair: Pair, problems: list[task.Problem], policies: list, progress: bool = True,
                   seed: int = 0) -> list[dict]:
-    return [evaluate(pair, problems, s, progress=progress, seed=seed) for s in specs]
+    return [evaluate(pair, problems, s, progress=progress, seed=seed) for s in policies]
 
 
 def format_table(results: list[dict]) -> str:
-    head = f"{'policy':<34} {'acc':>6} {'tok/dLLM fwd':>12} {'tok/step':>8} {'tok/s':>8} {'wall s':>7}"
+    """One row per result of evaluate(): accuracy, tokens per dLLM forward and per step, tokens/s."""
+    width = max([34] + [len(r["policy"]) for r in results])
+    head = f"{'policy':<{width}} {'acc':>6} {'tok/dLLM fwd':>12} {'tok/step':>8} {'tok/s':>8} {'wall s':>7}"
     rows = [head, "-" * len(head)]
     for r in results:
         tpf = f"{r['tokens_per_dllm_forward']:.2f}" if r["tokens_per_dllm_forward"] else "-"
         tps = f"{r['tokens_per_step']:.2f}" if r["tokens_per_step"] else "-"
-        rows.append(f"{r['policy']:<34} {r['accuracy']:>6.3f} {tpf:>12} {tps:>8} {r['tokens_per_s']:>8.1f} "
+        rows.append(f"{r['policy']:<{width}} {r['accuracy']:>6.3f} {tpf:>12} {tps:>8} {r['tokens_per_s']:>8.1f} "
                     f"{r['wall_s']:>7.2f}")
     return "\n".join(rows)

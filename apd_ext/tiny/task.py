@@ -52,6 +52,16 @@ class Problem:
         return self.prompt + self.solution
 
 
+def format_prompt(question: str) -> str:
+    """A user's question as the model's prompt: "Question: " prepended unless it starts the text,
+    the answer marker appended unless the text has one (then it ends with a newline), e.g.
+    "Tom has 5 coins. ..." -> "Question: Tom has 5 coins. ...\nAnswer:\n"."""
+    prompt = question if question.startswith(PROMPT_PREFIX) else PROMPT_PREFIX + question
+    if ANSWER_MARK.strip() not in prompt:
+        return prompt.rstrip() + ANSWER_MARK
+    return prompt if prompt.endswith("\n") else prompt + "\n"
+
+
 def train_seed(index: int) -> int:
     """Seed of the index-th training problem (even)."""
     return 2 * index

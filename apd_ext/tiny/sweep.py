@@ -1,0 +1,164 @@
+"""Speed/quality study of the bundled tiny pair: accuracy against tokens per model forward, one row
+per policy (python -m apd_ext sweep; bench/results/sweep_tiny.{csv,png}).
+
+The default grid (greedy, every held-out problem decoded alone, the task's 64 new tokens):
+  apd          mixture_weight in {0, 0.1, ..., 1}, no dLLM cache, whole answer region visible
+  apd grid     kv_window in {none, 4, 16} x max_lookahead in {4, 8, 16, 64} at mixture_weight 0.7
+  dllm_fixed   k in {1, 2, 4, 8} (no cache)
+  diffusion    diffusion_steps in {8, 16, 32, 64} (confidence order)
+  ar           the verifier alone
+  apd_sampled  mixture_weight in {0.3, 0.5, 0.7, 0.9} at `temperature` (0.5), the paper's semantics
+  apd_compat   the same with authors_compat (drafts at T^2 with top_k 50, the target is the mixture's
+               mode); greedy decoding cannot tell the two apart, so they are compared sampled
+Knobs that differ from DecodeConfig's defaults are spelled out in each spec, so that a spec means
+the same under `eval-tiny`. Tokens count each answer up to its first EOS.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+from apd_ext.decode.config import DecodeConfig
+from apd_ext.tiny import evaluate as ev
+
+NO_CACHE = ev.NO_CACHE
+FIELDS = ["family", "policy", "accuracy", "correct", "num_problems", "tokens_per_dllm_forward",
+          "tokens_per_model_forward", "tokens_per_step", "tokens_per_s", "wall_s", "dllm_forwards",
+          "verifier_forwards", "generated_tokens", "emitted_tokens"]
+
+
+def configurations(quick: bool = False, temperature: float = 0.5) -> list[str]:
+    """The default grid's policy specs (quick: a smaller one)."""
+    ws = [0.0, 0.5, 0.7, 0.9, 1.0] if quick else [round(0.1 * i, 1) for i in range(11)]
+    out = [f"apd:mixture_weight={w},{NO_CACHE}" for w in ws]
+    kvs = ["none", "16"] if quick else ["none", "4", "16"]
+    las = [8, 64] if quick else [4, 8, 16, 64]
+    out += [f"apd:mixture_weight=0.7,kv_window={kv},max_lookahead={la}" for kv in kvs for la in las
+            if not (kv == "none" and la == 64)]  # with 64 new tokens that is the w = 0.7 row above
+    out += [f"dllm_fixed:k={k},{NO_CACHE}" for k in (1, 2, 4, 8)]
+    out += [f"diffusion:diffusion_steps={s}" for s in ((16, 64) if quick else (8, 16, 32, 64))]
+    out += ["ar"]
+    sampled = (0.5, 0.9) if quick else (0.3, 0.5, 0.7, 0.9)
+    out += [f"apd:mixture_weight={w},{NO_CACHE},temperature={temperature}" for w in sampled]
+    out += [f"apd:mixture_weight={w},{NO_CACHE},temperature={temperature},authors_compat=1" for w in sampled]
+    return out
+
+
+def family_of(policy: str | DecodeConfig) -> str:
+    """The plot family: apd (greedy, no cache, whole region), apd_grid (greedy, kv_window or
+    max_lookahead set), "apd_sampled T=..." (paper semantics), "apd_compat T=..." (authors_compat),
+    or the policy's name."""
+    cfg = ev.policy_config(policy)
+    if cfg.policy != "apd":
+        return cfg.policy
+    if cfg.authors_compat:
+        return f"apd_compat T={cfg.temperature}"
+    if cfg.temperature:
+        return f"apd_sampled T={cfg.temperature}"
+    return "apd_grid" if cfg.kv_window is not None or cfg.max_lookahead is not None else "apd"
+
+
+def partial_path(csv_path: Path) -> Path:
+    """Where rows go while the sweep runs: OUT.partial.csv, renamed to OUT.csv when it completes."""
+    return csv_path.with_name(csv_path.stem + ".partial.csv")
+
+
+def run(pair, problems, policies, csv_path: Path, seed: int = 0, on_row=None) -> list[dict]:
+    """Evaluate each policy, appending its row to partial_path(csv_path) as measured; the file is
+    renamed to `csv_path` once every policy is done, so an interrupted sweep never leaves a CSV
+    that looks complete. on_row(row) is called after each policy."""
+    csv_path = Path(csv_path)
+    tmp = partial_path(csv_path)
+    rows = []
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for spec in policies:
+            r = ev.evaluate(pair, problems, spec, seed=seed)
+            r["family"] = family_of(spec)
+            r["tokens_per_model_forward"] = r["tokens_per_dllm_forward"] or (
+                r["generated_tokens"] / max(1, r["verifier_forwards"]))
+            rows.append(r)
+            writer.writerow(r)
+            f.flush()
+            if on_row:
+                on_row(r)
+    os.replace(tmp, csv_path)
+    return rows
+
+
+def read_rows(csv_path: Path) -> list[dict]:
+    """A sweep CSV's rows, numbers parsed, for plot(); the recorded family column is kept (older
+    CSVs spell their specs in the former syntax, w=, T=, compat=)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"policy", "accuracy", "num_problems", "tokens_per_model_forward", "tokens_per_s"} - set(
+        rows[0] if rows else FIELDS)
+    if not rows or missing:
+        why = "no rows" if not rows else "no column " + ", ".join(sorted(missing))
+        raise ValueError(f"{csv_path}: not a sweep CSV ({why})")
+    return [{**r, "family": r.get("family") or family_of(r["policy"]), "num_problems": int(r["num_problems"]),
+             **{k: float(r[k]) for k in ("accuracy", "tokens_per_model_forward", "tokens_per_s")}} for r in rows]
+
+
+def short_label(policy: str) -> str:
+    """A point's label on the plot: the knobs, shortened ("mixture_weight=0.7,kv_window=16,
+    max_lookahead=8" -> "w=0.7,kv16,M8"); the no-cache knobs, temperature and authors_compat,
+    which the family names, are left out. Reads the former syntax too."""
+    text = policy.split(":", 1)[-1]
+    text = re.sub(r",?(temperature|T)=[^,]*|,?(authors_compat|compat)=[^,]*", "", text)
+    if "kv_window=none,max_lookahead=none" in text:
+        text = text.replace(",kv_window=none,max_lookahead=none", "").replace("kv_window=none,max_lookahead=none", "")
+    for long, short in (("mixture_weight=", "w="), ("kv_window=", "kv"), ("max_lookahead=", "M"),
+                        ("diffusion_steps=", "steps=")):
+        text = text.replace(long, short)
+    return text.strip(",")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against tokens per model forward (dLLM; verifier for ar) and against tokens/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    for ax, key, xlabel in ((axes[0], "tokens_per_model_forward", "generated tokens per model forward "
+                             "(dLLM; verifier for ar)"), (axes[1], "tokens_per_s", "tokens/s (CPU, batch 1)")):
+        _plot_axis(ax, rows, key)
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel("accuracy (final answer)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"tiny dLLM + verifier, {rows[0]['num_problems']} held-out problems "
+                 f"(greedy unless the family is sampled)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+_MARKERS = {"apd": "o", "apd_grid": "s", "dllm_fixed": "^", "diffusion": "v", "ar": "*", "apd_sampled": "P",
+            "apd_compat": "X"}
+_LINES = ("apd", "dllm_fixed", "diffusion", "apd_sampled", "apd_compat")
+
+
+def _plot_axis(ax, rows: list[dict], key: str) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    xs = [r[key] for r in rows if r[key] > 0]
+    narrow = max(xs) < 4 * min(xs)  # under two octaves: label the minor ticks too
+    for fam in dict.fromkeys(r["family"] for r in rows):  # in order of appearance
+        base = max((k for k in _MARKERS if fam.startswith(k)), key=len, default="ar")
+        pts = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["tokens_per_model_forward"])
+        ax.plot([r[key] for r in pts], [r["accuracy"] for r in pts], _MARKERS[base] + ("-" if base in _LINES else ""),
+                label=fam, markersize=9 if fam == "ar" else 6, alpha=0.85)
+        for r in pts:
+            ax.annotate(short_label(r["policy"]), (r[key], r["accuracy"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(LogLocator(base=2, subs=(1.25, 1.5, 1.75)))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _, narrow=narrow: f"{x:.3g}" if narrow else ""))
+    ax.grid(alpha=0.3)
