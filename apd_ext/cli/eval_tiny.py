@@ -1,0 +1,60 @@
+"""`eval-tiny`: accuracy and speed of decoding policies on held-out problems of the bundled pair's
+task (apd_ext.tiny.evaluate), a table on stdout and optionally a JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from apd_ext.cli import common
+from apd_ext.cli.common import Interrupted, nonneg_int, positive_int
+from apd_ext.cli.demo import TINY_THREADS
+
+HELP = "accuracy and speed of policies on held-out problems"
+
+
+def add_parser(sub) -> None:
+    from apd_ext.tiny.evaluate import DEFAULT_POLICIES
+
+    p = sub.add_parser("eval-tiny", help=HELP, description=HELP)
+    p.add_argument("--assets", default=None, help="directory with dllm/ and verifier/ (default: the bundled pair)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="held-out set; problem i decodes with seed + i")
+    p.add_argument("--num-problems", type=positive_int, default=50)
+    p.add_argument("--json", default=None, help="write the results here (its directory must exist)")
+    p.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES,
+                   help="policy specs, knobs as DecodeConfig's fields (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    common.add_threads(p, f"{TINY_THREADS}")
+
+
+def run(args) -> None:
+    from apd_ext.tiny import ASSETS, evaluate as ev, task
+
+    common.check_policies(args.policies, ev.TASK_CONFIG)
+    assets = common.check_dir(args.assets, "--assets", ("dllm", "verifier")) if args.assets else ASSETS
+    device = common.resolve_device(args.device, "cpu")
+    if args.json:
+        common.check_writable(args.json, "--json")
+    threads = common.set_threads(args, TINY_THREADS)
+    pair = ev.load_pair(assets, device=device)
+    problems = task.eval_problems(args.seed, args.num_problems)
+    results = []
+    try:
+        for spec in args.policies:
+            results.append(ev.evaluate(pair, problems, spec, progress=not args.quiet, seed=args.seed))
+    except KeyboardInterrupt:
+        if results:  # what was measured is still worth a look
+            print("\n" + ev.format_table(results))
+        done = f"; {len(results)} of {len(args.policies)} policies done" if results else ""
+        raise Interrupted(f"eval-tiny stopped{done}" + (f", {args.json} not written" if args.json else "")) from None
+    print(ev.format_table(results))
+    if args.json:
+        doc = {"seed": args.seed, "num_problems": args.num_problems, "threads": threads,
+               "device": str(pair.dllm.device), "results": results}
+        tmp = f"{args.json}.partial"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=2)
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)

@@ -1,0 +1,78 @@
+"""`sweep`: accuracy against tokens per forward over a grid of policies (apd_ext.tiny.sweep), written
+to OUT.csv (one row per policy) and OUT.png; `--replot` redraws OUT.png from OUT.csv."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from apd_ext.cli import common
+from apd_ext.cli.common import CliError, Interrupted, nonneg_int, positive_int
+
+HELP = "accuracy vs tokens per forward over a grid of policies (CSV + PNG)"
+
+
+def _temperature(text: str) -> float:
+    value = common.finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"takes a number > 0 (the sampled families), got {value}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sweep", help=HELP, description=HELP)
+    p.add_argument("--num-problems", type=positive_int, default=50)
+    p.add_argument("--seed", type=nonneg_int, default=0, help="held-out set; problem i decodes with seed + i")
+    p.add_argument("--out", default="bench/results/sweep_tiny",
+                   help="writes OUT.csv and OUT.png (its directory must exist; default %(default)s)")
+    p.add_argument("--assets", default=None, help="directory with dllm/ and verifier/ (default: the bundled pair)")
+    p.add_argument("--quick", action="store_true", help="a smaller grid")
+    p.add_argument("--policies", nargs="+", default=None, help="policy specs instead of the default grid")
+    p.add_argument("--temperature", type=_temperature, default=0.5,
+                   help="of the apd_sampled / apd_compat families (%(default)s)")
+    p.add_argument("--replot", action="store_true", help="only redraw OUT.png from OUT.csv")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads of torch (%(default)s)")
+
+
+def run(args) -> None:
+    from apd_ext.tiny import sweep
+
+    out = Path(args.out)
+    if not out.name:
+        raise CliError(f"--out {args.out!r}: takes a file path without its suffix, e.g. bench/results/sweep_tiny")
+    csv_path, png_path = out.with_suffix(".csv"), out.with_suffix(".png")
+    if args.replot:
+        common.check_file(csv_path, "--replot: --out")
+        common.check_writable(png_path, "--out")
+        _plot(sweep, sweep.read_rows(csv_path), png_path)
+        return
+    from apd_ext.tiny import ASSETS, evaluate as ev, task
+
+    policies = args.policies or sweep.configurations(args.quick, args.temperature)
+    common.check_policies(policies, ev.TASK_CONFIG)
+    assets = common.check_dir(args.assets, "--assets", ("dllm", "verifier")) if args.assets else ASSETS
+    for path in (csv_path, png_path, sweep.partial_path(csv_path)):
+        common.check_writable(path, "--out")
+    common.set_threads(args, None)
+    pair = ev.load_pair(assets)
+    problems = task.eval_problems(args.seed, args.num_problems)
+    done: list[dict] = []
+    try:
+        rows = sweep.run(pair, problems, policies, csv_path, seed=args.seed, on_row=done.append)
+    except KeyboardInterrupt:
+        raise Interrupted(f"sweep stopped after {len(done)} of {len(policies)} policies; their rows are in "
+                          f"{sweep.partial_path(csv_path)}, {csv_path} was not written") from None
+    print(ev.format_table(rows))
+    _plot(sweep, rows, png_path, csv_path)
+
+
+def _plot(sweep, rows, png_path: Path, csv_path: Path | None = None) -> None:
+    try:
+        sweep.plot(rows, png_path)
+    except ImportError:
+        if csv_path is None:
+            raise CliError("--replot needs matplotlib", 1) from None
+        print(f"wrote {csv_path} (no matplotlib: no plot)", file=sys.stderr)
+        return
+    print("wrote " + (f"{csv_path} and " if csv_path else "") + str(png_path), file=sys.stderr)
