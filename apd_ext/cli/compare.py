@@ -44,8 +44,13 @@ def use_colour(args) -> bool:
 
 
 def label(cfg: DecodeConfig) -> str:
-    """A config's spec without max_new_tokens (the table shows the tokens)."""
-    return cfg.replace(max_new_tokens=DecodeConfig().max_new_tokens).to_spec()
+    """A config's spec for the table: the knobs that differ from the defaults, without
+    max_new_tokens (the table shows the tokens); dllm_fixed always names its k."""
+    spec = cfg.replace(max_new_tokens=DecodeConfig().max_new_tokens).to_spec()
+    if cfg.policy == "dllm_fixed" and cfg.k == DecodeConfig().k:
+        rest = spec.partition(":")[2]
+        spec = f"dllm_fixed:k={cfg.k}" + (f",{rest}" if rest else "")
+    return spec
 
 
 def comparisons(cfg: DecodeConfig, names) -> list[DecodeConfig]:

@@ -68,9 +68,11 @@ def run_tiny(args) -> None:
 
 
 def run_checkpoints(args) -> None:
-    """--dllm / --verifier: the pair's tokenizer, the chat template, a short warm-up."""
+    """--dllm / --verifier: the pair's tokenizer (apd_ext.tokenizer.pair_tokenizer), the chat
+    template, a short warm-up."""
     from apd_ext.cli.compare import decode_and_compare
     from apd_ext.models.runners import DllmRunner, VerifierRunner
+    from apd_ext.tokenizer import pair_tokenizer
 
     if not (args.dllm and args.verifier):
         raise CliError("--dllm and --verifier go together: pass both checkpoint directories")
@@ -81,7 +83,7 @@ def run_checkpoints(args) -> None:
     device = common.resolve_device(args.device, "cuda" if torch.cuda.is_available() else "cpu")
     cfg = common.config_from_args(args, DecodeConfig())
     common.set_threads(args, None)
-    tok = pair_tokenizer(dllm_dir, verifier_dir)
+    tok = pair_tokenizer(dllm_dir, verifier_dir)  # ValueError when they number tokens differently
     dtype = DTYPES.get(args.dtype)
     dllm = DllmRunner.from_pretrained(dllm_dir, device=device, dtype=dtype)
     verifier = VerifierRunner.from_pretrained(verifier_dir, device=device, dtype=dtype)
@@ -94,26 +96,3 @@ def run_checkpoints(args) -> None:
     decode_and_compare(args, cfg, dllm, verifier, tok, tok.encode(prompt),
                        compare=() if args.no_compare else ("dllm_fixed",),
                        warmup_tokens=min(8, cfg.max_new_tokens), **extra)
-
-
-def pair_tokenizer(dllm_dir, verifier_dir):
-    """The tokenizer of the pair: the dLLM's tokenizer.json, or the verifier's when the dLLM ships
-    only a slow tokenizer (Dream's DreamTokenizer); special tokens and chat template from the
-    dLLM's tokenizer_config.json (the format it was tuned on). The verifier scores the dLLM's token
-    ids, so every token of the verifier's tokenizer must have the same id in the dLLM's (the dLLM
-    may add tokens, e.g. its mask token)."""
-    from apd_ext.tokenizer import HFTokenizer
-
-    d, v = dllm_dir / "tokenizer.json", verifier_dir / "tokenizer.json"
-    if not d.exists() and not v.exists():
-        raise CliError(f"neither {dllm_dir} nor {verifier_dir} has a tokenizer.json", 1)
-    tok = HFTokenizer.from_pretrained(dllm_dir, tokenizer_file=d if d.exists() else v)
-    if d.exists() and v.exists():
-        theirs = HFTokenizer.from_pretrained(verifier_dir).vocab()
-        ours = tok.vocab()
-        bad = sorted((i, t) for t, i in theirs.items() if ours.get(t) != i)
-        if bad:
-            shown = ", ".join(f"{t!r} (id {i})" for i, t in bad[:5])
-            raise CliError(f"the dLLM's and the verifier's tokenizers differ on {len(bad)} tokens, e.g. {shown}: "
-                           f"APD needs one tokenizer for both models", 1)
-    return tok

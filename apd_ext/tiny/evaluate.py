@@ -13,7 +13,6 @@ problem is decoded alone (batch 1, as the paper measures), greedy unless a tempe
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -65,9 +64,9 @@ def policy_config(policy: str | DecodeConfig, base: DecodeConfig = TASK_CONFIG) 
 
 
 def run_decode(dllm, verifier, input_ids, config: DecodeConfig, *, seed, stream=None, **extra):
-    """apd_ext.generate with every knob of `config` (the one place the tiny task and the command
-    line call the loop); `extra`: generate's other keywords (vocab_size, eos_token_id, ...)."""
-    return generate(dllm, verifier, input_ids, seed=seed, stream=stream, **dataclasses.asdict(config), **extra)
+    """apd_ext.generate with `config` (the one place the tiny task and the command line call the
+    loop); `extra`: generate's other keywords (vocab_size, eos_token_id, ...)."""
+    return generate(dllm, verifier, input_ids, config, seed=seed, stream=stream, **extra)
 
 
 class ProgressBar:
