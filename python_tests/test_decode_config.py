@@ -36,7 +36,8 @@ def test_generate_defaults_equal_the_config_defaults():
     v = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"))
     ids = [[381] + list(range(5, 35))]  # longer than kv_window: the steady spans start after 0
     plain = generate(d, v, ids, max_new_tokens=10, seed=1)
-    for config in (DecodeConfig(max_new_tokens=10), DecodeConfig.from_spec("apd:max_new_tokens=10")):
+    for config in (DecodeConfig(max_new_tokens=10), DecodeConfig.from_spec("apd:max_new_tokens=10"),
+                   "apd:max_new_tokens=10"):
         out = generate(d, v, ids, config, seed=1)
         assert torch.equal(out.sequences, plain.sequences)
         assert torch.equal(out.stats["spans"], plain.stats["spans"])
@@ -44,6 +45,8 @@ def test_generate_defaults_equal_the_config_defaults():
     over = generate(d, v, ids, DecodeConfig(max_new_tokens=10, kv_window=None), kv_window=16, seed=1)
     assert torch.equal(over.stats["spans"], plain.stats["spans"])
     whole = generate(d, v, ids, DecodeConfig(max_new_tokens=10, kv_window=None), seed=1)
+    with pytest.raises(TypeError, match="config"):
+        generate(d, v, ids, {"max_new_tokens": 10})
     assert (whole.stats["spans"][0, :, 0] == 0).all() and not (plain.stats["spans"][0, 1:, 0] == 0).all()
 
 

@@ -33,6 +33,13 @@ def test_diffusion_random_order_rows_equal_single_runs(models):
     for b, (p, s) in enumerate(zip(prompts, (4, 70, 9))):
         single = generate(*models, [p], seed=s, **kw)
         assert batch.sequences[b, : len(p) + 10].tolist() == single.sequences[0, : len(p) + 10].tolist()
+    # the same loop as the other policies: one dLLM forward per step, spans over each whole row,
+    # every answer position unmasked once; nothing streamed (tokens are committed out of order)
+    chunks = []
+    s = generate(*models, prompts, seed=1, stream=chunks.append, **kw).stats
+    assert s["dllm_forwards"] == s["steps"] == 5 and s["verifier_forwards"] == 0 and not chunks
+    assert s["acceptance_counts"].sum(1).tolist() == [10, 10, 10]
+    assert (s["spans"][:, :, 0] == 0).all() and s["spans"][:, :, 1].tolist() == [[len(p) + 10] * 5 for p in prompts]
     # the order does depend on the seed (greedy tokens: only the order differs between seeds)
     greedy = {**kw, "temperature": 0.0}
     outs = {tuple(generate(*models, [prompts[0]], seed=s, **greedy).sequences[0].tolist()) for s in range(4)}

@@ -39,7 +39,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     dllm, verifier: DllmRunner / VerifierRunner (or the HFDllm / HFVerifier adapters), in that
         order, on one device. input_ids: int [B, P] (`attention_mask` [B, P] marks real tokens, left
         or right padded), [P], or a list of token lists; rows may differ in length.
-    config: a DecodeConfig; **knobs: its field names (max_new_tokens=, mixture_weight=, kv_window=,
+    config: a DecodeConfig or a policy spec ("apd:kv_window=none"); **knobs: its field names (max_new_tokens=, mixture_weight=, kv_window=,
         max_lookahead=, temperature=, top_k=, top_p=, policy=, k=, diffusion_steps=,
         diffusion_alg=, authors_compat=) override it. See apd_ext/decode/config.py for each knob.
     seed: int (row b uses seed + b; up to 2^64 - 1) or int64 tensor of B seeds; a row's tokens
@@ -57,7 +57,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     compile: run the steady step through apd_ext.decode.compiled.compile_step (torch.compile).
     Returns a GenerateOutput (its docstring lists the stats).
     """
-    cfg = (config or DecodeConfig()).replace(**knobs) if knobs else (config or DecodeConfig())
+    cfg = _config(config).replace(**knobs) if knobs else _config(config)
     if compile and cuda_graphs:
         raise ValueError("compile=True and cuda_graphs=True: choose one way to run the steady step")
     inputs.check_runners(dllm, verifier)
@@ -87,6 +87,16 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     if progress.lagged:
         stats.drop_idle_tail()
     return _output(st, step, dllm, stats, run.cuda_graph, eos_pad(dllm, step))
+
+
+def _config(config) -> DecodeConfig:
+    if config is None:
+        return DecodeConfig()
+    if isinstance(config, str):
+        return DecodeConfig.from_spec(config)
+    if not isinstance(config, DecodeConfig):
+        raise TypeError(f"config must be a DecodeConfig, a policy spec string or None, got {type(config).__name__}")
+    return config
 
 
 def eos_pad(dllm, step) -> int:
