@@ -27,8 +27,9 @@ recorded `uniform_noise`, which apd_ext gets through generate's noise_fn; the ch
 every draw had the recorded shape and that all of them were used.
 
 Step times: their `generation_tokens_hook_func(step, x, counts)` is called once before the loop
-and once after each step's commit; the child stamps time.perf_counter() there (nothing else), so
-step i's time is the gap between calls i and i + 1, loop-level host work included.
+and once after each step's commit; the child stamps time.perf_counter() and time.process_time()
+there (nothing else), so step i's wall and CPU times are the gaps between calls i and i + 1,
+loop-level host work included.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class AuthorsLoop:
     def run(self, file: str, mixture_weight: float, kv_window: int | None, max_lookahead: int | None,
             max_length: int) -> dict:
         """One golden run through their loop: {"sequences": [L], "acceptance_counts": [S],
-        "step_s": [S] (each step's time), "total_s": the diffusion_generate call's time}."""
+        "step_s": [S] (each step's wall time), "step_cpu_s": [S] (the process's CPU time in each
+        step), "total_s": the diffusion_generate call's wall time}."""
         req = dict(file=file, w=mixture_weight, kv=kv_window, la=max_lookahead, max_length=max_length)
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
@@ -133,7 +135,7 @@ def _serve_one(torch, dllm, verifier, golden: Path, req: dict) -> dict:
     stamps: list[float] = []
 
     def hook(step, x, counts):
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), time.process_time()))
         return x
 
     real = torch.rand_like
@@ -150,7 +152,8 @@ def _serve_one(torch, dllm, verifier, golden: Path, req: dict) -> dict:
     if uniforms.used != len(km):
         raise RuntimeError(f"{req['file']}: their loop drew {uniforms.used} noise tensors, the run recorded {len(km)}")
     return {"sequences": out.sequences[0].tolist(), "acceptance_counts": list(out.profile.acceptance_counts),
-            "step_s": [b - a for a, b in zip(stamps, stamps[1:])], "total_s": total}
+            "step_s": [b[0] - a[0] for a, b in zip(stamps, stamps[1:])],
+            "step_cpu_s": [b[1] - a[1] for a, b in zip(stamps, stamps[1:])], "total_s": total}
 
 
 def serve(repo: Path, golden: Path, threads: int) -> int:
