@@ -170,7 +170,9 @@ def serve(repo: Path, golden: Path, threads: int) -> int:
         dllm = DreamModel.from_pretrained(str(golden / "dream_tiny"), torch_dtype=torch.float32).eval()
         verifier = Qwen2ForCausalLM.from_pretrained(str(golden / "qwen2_tiny"), torch_dtype=torch.float32).eval()
     except Exception as e:  # reported to the parent as one line
-        print(json.dumps({"error": f"loading their model failed ({type(e).__name__}: {e}); {HOW_TO_GET}"}), flush=True)
+        version = sys.modules["transformers"].__version__ if "transformers" in sys.modules else "not importable"
+        print(json.dumps({"error": f"loading their model failed ({type(e).__name__}: {e}) with transformers {version}; "
+                                   f"{HOW_TO_GET}"}), flush=True)
         return 1
     print(json.dumps({"ready": True, "torch": torch.__version__, "transformers": transformers.__version__,
                       "threads": torch.get_num_threads()}), flush=True)

@@ -227,8 +227,11 @@ def main(args) -> int:
     if repo is None:
         note = authors_loop.HOW_TO_GET
     else:
-        authors = authors_loop.AuthorsLoop(repo, root, python=args.authors_python, pythonpath=args.authors_pythonpath,
-                                           threads=args.threads)
+        try:
+            authors = authors_loop.AuthorsLoop(repo, root, python=args.authors_python,
+                                               pythonpath=args.authors_pythonpath, threads=args.threads)
+        except (RuntimeError, OSError) as e:
+            raise SystemExit(f"error: {e}")
     impls = {}
     if authors is not None:
         impls["authors"] = lambda run: authors.run(run["file"], run["apd_mixture_weight"], run["kv_window"],
