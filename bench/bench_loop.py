@@ -245,14 +245,8 @@ def profile_loop(dllm, verifier, prompts, max_new_tokens, top: int = 25) -> None
     print(tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    if args.golden_pair:
-        return golden_pair.main(args)
-    desc, stamp = common.device_description(device), common.timestamp()
-    dllm, verifier = build_models(device, args.logit_scale)
+def print_setup(dllm, verifier, args, desc: str) -> None:
+    """The run's header: device, versions, model shapes and sizes, what is run."""
     shared = (dllm.model.model.embed_tokens.weight, dllm.model.lm_head.weight)
     print(f"device: {desc}")
     print(f"torch {torch.__version__}, apd_ext {apd_ext.__version__}, torch.get_num_threads() = "
@@ -265,6 +259,17 @@ def main(argv=None) -> int:
           f"shared with the dLLM (head scaled by {args.logit_scale:g})")
     print(f"runs: batches {args.batches}, prompt {args.prompt_len} tokens, {args.max_new_tokens} new tokens, "
           f"no EOS, seed {SEED}; 1 warm-up + {args.repeats} timed run(s) per configuration, the median run reported")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if args.golden_pair:
+        return golden_pair.main(args)
+    desc, stamp = common.device_description(device), common.timestamp()
+    dllm, verifier = build_models(device, args.logit_scale)
+    print_setup(dllm, verifier, args, desc)
 
     gen = torch.Generator().manual_seed(SEED)
     print(logit_summary(dllm, verifier, torch.randint(0, PAD_ID, (32, args.prompt_len), generator=gen).to(device), 32))
