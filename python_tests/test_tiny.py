@@ -228,7 +228,7 @@ def held_out():
 
 @pytest.fixture(scope="module")
 def k1(pair, held_out):
-    return ev.evaluate(pair, held_out, "dllm_fixed:k=1", progress=False)
+    return ev.evaluate(pair, held_out, f"dllm_fixed:k=1,{ev.NO_CACHE}", progress=False)
 
 
 def test_bundled_dllm_solves_half_at_one_token_per_step(k1):
@@ -242,13 +242,16 @@ def test_bundled_dllm_solves_half_at_one_token_per_step(k1):
 def test_bundled_apd_keeps_quality_where_fixed_parallel_decoding_loses_it(pair, held_out, k1):
     """The paper's claim on the bundled pair: APD (w = 0.7) emits at least 3 tokens per dLLM forward
     within 10 points of the dLLM's k = 1 accuracy; fixed parallel decoding at a similar rate (k = 4)
-    falls far below both."""
-    apd = ev.evaluate(pair, held_out, "apd:w=0.7", progress=False)
-    fixed = ev.evaluate(pair, held_out, "dllm_fixed:k=4", progress=False)
+    falls far below both (all without the dLLM cache, as the recorded figures)."""
+    apd = ev.evaluate(pair, held_out, f"apd:mixture_weight=0.7,{ev.NO_CACHE}", progress=False)
+    fixed = ev.evaluate(pair, held_out, f"dllm_fixed:k=4,{ev.NO_CACHE}", progress=False)
     assert apd["tokens_per_dllm_forward"] >= 3.0
     assert apd["accuracy"] >= k1["accuracy"] - 0.1, (apd["accuracy"], k1["accuracy"])
     assert fixed["tokens_per_dllm_forward"] >= 3.0
     assert fixed["accuracy"] <= apd["accuracy"] - 0.3, (fixed["accuracy"], apd["accuracy"])
+
+
+COMPAT = f"apd:mixture_weight=0.9,{ev.NO_CACHE},temperature=0.5,authors_compat=1"
 
 
 def test_answers_end_at_the_first_eos_in_both_semantics(pair):
@@ -256,20 +259,20 @@ def test_answers_end_at_the_first_eos_in_both_semantics(pair):
     answer at its first EOS so that both semantics count the same tokens."""
     problems = task.eval_problems(11, 3)
     totals, first = {}, {}
-    for spec in ("apd:w=0.9,T=0.5,compat=1", "apd:w=0.9,T=0.5"):
-        name, kw = ev.parse_policy(spec)
+    compat, paper = COMPAT, COMPAT.replace(",authors_compat=1", "")
+    for spec in (compat, paper):
         generated = emitted = 0
         for i, p in enumerate(problems):
-            text, gen, stats = ev.decode(pair, p, name, seed=i, **dict(kw))
+            text, gen, stats = ev.decode(pair, p, spec, seed=i)
             assert gen.count(pair.tok.eos_id) <= 1 and (pair.tok.eos_id not in gen[:-1])
             assert len(gen) <= stats["emitted_tokens"]
             generated, emitted = generated + len(gen), emitted + stats["emitted_tokens"]
             first.setdefault(spec, (len(gen), stats["emitted_tokens"]))
         totals[spec] = (generated, emitted)
     # evaluate() counts the same way (problem i decoded with seed i, as above)
-    res = ev.evaluate(pair, problems[:1], "apd:w=0.9,T=0.5,compat=1", progress=False)
-    assert (res["generated_tokens"], res["emitted_tokens"]) == first["apd:w=0.9,T=0.5,compat=1"]
-    generated, emitted = totals["apd:w=0.9,T=0.5,compat=1"]
+    res = ev.evaluate(pair, problems[:1], compat, progress=False)
+    assert (res["generated_tokens"], res["emitted_tokens"]) == first[compat]
+    generated, emitted = totals[compat]
     assert emitted > generated  # the released code's trailing block
 
 
@@ -282,10 +285,15 @@ def test_bundled_verifier_solves_a_majority(pair):
 
 def test_cli_eval_tiny_writes_json(tmp_path, capsys):
     path = tmp_path / "eval.json"
-    cli(["eval-tiny", "--seed", "5", "--num-problems", "1", "--json", str(path),
-         "--policies", "dllm_fixed:k=1", "ar", "apd:w=0.7"])
+    policies = ["dllm_fixed:k=1", "ar", "apd:mixture_weight=0.7,kv_window=none"]
+    cli(["eval-tiny", "--seed", "5", "--num-problems", "1", "--json", str(path), "--policies", *policies])
     doc = json.loads(path.read_text())
-    assert doc["num_problems"] == 1 and [r["policy"] for r in doc["results"]] == ["dllm_fixed:k=1", "ar", "apd:w=0.7"]
+    assert doc["num_problems"] == 1 and [r["policy"] for r in doc["results"]] == policies
+    assert doc["threads"] == 1 and doc["device"] == "cpu"
+    # each policy's knobs: its spec on the task's config (the library's defaults, 64 new tokens)
+    assert doc["results"][0]["params"] == {"max_new_tokens": 64, "temperature": 0.0, "top_k": None, "top_p": 1.0,
+                                           "k": 1, "kv_window": 16, "max_lookahead": 100, "authors_compat": False}
+    assert doc["results"][2]["params"]["kv_window"] is None and doc["results"][2]["params"]["mixture_weight"] == 0.7
     for r in doc["results"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["wall_s"] > 0 and r["tokens_per_s"] > 0
     assert doc["results"][0]["tokens_per_dllm_forward"] == pytest.approx(1.0)
@@ -299,7 +307,7 @@ def test_cli_demo_and_generate_run(capsys):
     out = capsys.readouterr().out
     assert "Question:" in out and "dllm_fixed:k=1" in out and "tok/s" in out
     cli(["generate", "--prompt", "Tom has 12 coins. He finds 5 coins. How many coins does Tom have now?",
-         "--color", "--policy", "apd:w=0.9", "--no-compare"])
+         "--color", "--policy", "apd:mixture_weight=0.9", "--no-compare"])
     out = capsys.readouterr().out
     assert "\033[" in out and "Answer:" in out
     cli(["demo", "--synthetic", "--steps", "1", "--vocab", "1000"])
@@ -307,16 +315,33 @@ def test_cli_demo_and_generate_run(capsys):
     # bad knobs and specs end in one line, not a traceback
     with pytest.raises(SystemExit, match="error: mixture_weight must be in"):
         cli(["generate", "-w", "1.5", "--no-compare"])
-    with pytest.raises(SystemExit, match="error: policy must be one of"):
+    with pytest.raises(SystemExit, match="error: unknown policy 'fastest'"):
         cli(["demo", "--policy", "fastest"])
 
 
-def test_parse_policy():
-    assert ev.parse_policy("apd:w=0.7,kv_window=16")[1]["mixture_weight"] == 0.7
-    name, kw = ev.parse_policy("diffusion:steps=8,alg=entropy")
-    assert name == "diffusion" and kw["diffusion_steps"] == 8 and kw["diffusion_alg"] == "entropy"
-    assert ev.parse_policy("dllm_fixed:k=4")[1]["k"] == 4
-    assert ev.parse_policy("apd:w=0.5,T=1.0,compat=1")[1]["authors_compat"] is True
-    assert ev.parse_policy("apd:compat=false")[1]["authors_compat"] is False
-    with pytest.raises(ValueError, match="authors_compat"):
-        ev.parse_policy("apd:compat=2")
+def test_policy_specs_parse_onto_the_task_config():
+    """Specs take DecodeConfig's field names on the task's config (the library's defaults, the
+    task's 64 new tokens); the default policy list spells out the recorded figures' knobs."""
+    cfg = ev.policy_config("apd:mixture_weight=0.9,kv_window=none")
+    assert (cfg.policy, cfg.mixture_weight, cfg.kv_window, cfg.max_lookahead) == ("apd", 0.9, None, 100)
+    assert cfg.max_new_tokens == train.MAX_NEW_TOKENS == 64 and cfg.temperature == 0.0
+    cfg = ev.policy_config("diffusion:diffusion_steps=8,diffusion_alg=entropy")
+    assert (cfg.policy, cfg.diffusion_steps, cfg.diffusion_alg) == ("diffusion", 8, "entropy")
+    assert ev.policy_config("dllm_fixed:k=4").k == 4
+    assert ev.policy_config(COMPAT).authors_compat is True
+    assert ev.policy_config(cfg) is cfg
+    for old in ("apd:w=0.7", "diffusion:steps=8", "apd:T=1", "apd:compat=1"):  # former aliases: errors list the knobs
+        with pytest.raises(ValueError, match="unknown knob .* reads: .*mixture_weight|unknown knob .* diffusion_steps"):
+            ev.policy_config(old)
+    recorded = [ev.policy_config(s) for s in ev.DEFAULT_POLICIES]
+    assert [(c.policy, c.kv_window, c.max_lookahead) for c in recorded[:4]] == [
+        ("dllm_fixed", None, None), ("ar", 16, 100), ("apd", None, None), ("apd", None, None)]
+    assert [c.mixture_weight for c in recorded[2:4]] == [0.7, 0.9] and recorded[4] == ev.TASK_CONFIG
+
+
+def test_format_prompt():
+    want = "Question: Tom has 5 coins. How many coins does Tom have now?\nAnswer:\n"
+    assert task.format_prompt("Tom has 5 coins. How many coins does Tom have now?  ") == want
+    assert task.format_prompt(want) == want
+    assert task.format_prompt(want.rstrip("\n")) == want
+    assert task.format_prompt("Question: x\nAnswer:\n4+1=5") == "Question: x\nAnswer:\n4+1=5\n"

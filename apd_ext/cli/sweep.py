@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=_temperature, default=0.5,
                    help="of the apd_sampled / apd_compat families (%(default)s)")
     p.add_argument("--replot", action="store_true", help="only redraw OUT.png from OUT.csv")
-    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads of torch (%(default)s)")
+    common.add_threads(p, "1")
 
 
 def run(args) -> None:
@@ -54,7 +54,7 @@ def run(args) -> None:
     assets = common.check_dir(args.assets, "--assets", ("dllm", "verifier")) if args.assets else ASSETS
     for path in (csv_path, png_path, sweep.partial_path(csv_path)):
         common.check_writable(path, "--out")
-    common.set_threads(args, None)
+    common.set_threads(args, 1)
     pair = ev.load_pair(assets)
     problems = task.eval_problems(args.seed, args.num_problems)
     done: list[dict] = []
