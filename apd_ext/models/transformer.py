@@ -88,22 +88,23 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, x, cos, sin, positions, bias):
-        # bias: additive [B, 1, G*S or 1, Lc] in x's dtype (Transformer.attention_bias)
+    def forward(self, x, cos, sin, positions, bias, rows):
+        # bias: additive [B, 1, G*S or 1, Lc] in x's dtype (Transformer.attention_bias); rows:
+        # int64 [B, 1] batch indices. The projections call F.linear directly (what nn.Linear does,
+        # without a module call per projection: the eager step is dispatch-bound at small sizes).
         B, S, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        q = self.q_proj(x).view(B, S, H, D).transpose(1, 2)  # [B, H, S, D]
-        k = self.k_proj(x).view(B, S, Hkv, D).transpose(1, 2)  # [B, Hkv, S, D]
-        v = self.v_proj(x).view(B, S, Hkv, D).transpose(1, 2)
+        q = F.linear(x, self.q_proj.weight, self.q_proj.bias).view(B, S, H, D).transpose(1, 2)  # [B, H, S, D]
+        k = F.linear(x, self.k_proj.weight, self.k_proj.bias).view(B, S, Hkv, D).transpose(1, 2)  # [B, Hkv, S, D]
+        v = F.linear(x, self.v_proj.weight, self.v_proj.bias).view(B, S, Hkv, D).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        rows = torch.arange(B, device=x.device).unsqueeze(1)  # [B, 1]
         self.k_cache[rows, :, positions] = k.transpose(1, 2).to(self.k_cache.dtype)  # cache: [B, Hkv, Lc, D]
         self.v_cache[rows, :, positions] = v.transpose(1, 2).to(self.v_cache.dtype)
         G = H // Hkv  # query heads per K/V head: head h = kv * G + g reads K/V head kv
         q = q.reshape(B, Hkv, G * S, D)  # [B, Hkv, G*S, D], row g*S + s
         out = attend(q, self.k_cache, self.v_cache, bias)  # [B, Hkv, G*S, D]
         out = out.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4).reshape(B, S, H * D)
-        return self.o_proj(out)
+        return F.linear(out, self.o_proj.weight)
 
 
 class MLP(nn.Module):
@@ -114,7 +115,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, self.gate_proj.weight), F.linear(x, self.up_proj.weight)
+        return F.linear(F.silu(gate) * up, self.down_proj.weight)
 
 
 class Layer(nn.Module):
@@ -125,8 +127,8 @@ class Layer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, positions, bias):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, bias)
+    def forward(self, x, cos, sin, positions, bias, rows):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, bias, rows)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -188,9 +190,12 @@ class Transformer(nn.Module):
             raise ValueError(f"mask must be [B, 1, S or 1, {self.cache_len}], got {tuple(mask.shape)}")
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be boolean (True = may attend), got {mask.dtype}")
-        bias = torch.zeros(mask.shape[:-1] + (self.cache_slots,), dtype=dtype, device=mask.device)
-        bias[..., :Lm].masked_fill_(~mask, float("-inf"))
-        bias[..., Lm:] = float("-inf")
+        if Lm == self.cache_slots:  # no padding slots (CPU): one op
+            bias = torch.where(mask, 0.0, float("-inf")).to(dtype)
+        else:
+            bias = torch.zeros(mask.shape[:-1] + (self.cache_slots,), dtype=dtype, device=mask.device)
+            bias[..., :Lm].masked_fill_(~mask, float("-inf"))
+            bias[..., Lm:] = float("-inf")
         G = self.config.num_attention_heads // self.config.num_key_value_heads
         if bias.shape[2] == queries and queries > 1 and G > 1:
             bias = bias.repeat(1, 1, G, 1)  # folded query row g*S + s reads mask row s
@@ -214,8 +219,9 @@ class Transformer(nn.Module):
         cos = self.rope_cos[positions].unsqueeze(1)  # [B, 1, S, D]
         sin = self.rope_sin[positions].unsqueeze(1)
         bias = self.attention_bias(mask, x.dtype, input_ids.shape[1])
+        rows = torch.arange(input_ids.shape[0], device=x.device).unsqueeze(1)  # [B, 1], shared by the layers
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, bias)
+            x = layer(x, cos, sin, positions, bias, rows)
         if logit_rows is not None:
             x = torch.gather(x, 1, logit_rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         h = self.model.norm(x)  # [B, R, hidden]
