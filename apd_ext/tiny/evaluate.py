@@ -116,24 +116,25 @@ def evaluate(pair: Pair, problems: list[task.Problem], policy: str | DecodeConfi
     cfg = policy_config(policy)
     label = policy if isinstance(policy, str) else cfg.to_spec()
     totals = dict.fromkeys(("correct", "tokens", "emitted", "dllm_forwards", "verifier_forwards", "steps"), 0)
-    wall = 0.0
+    wall, failures = 0.0, []
     bar = ProgressBar(len(problems), f"{label:>24}") if progress else None
-    failures = []
-    for i, p in enumerate(problems):
-        t0 = time.perf_counter()
-        text, gen, stats = decode(pair, p, cfg, seed=seed + i)
-        wall += time.perf_counter() - t0
-        ok = task.extract_answer(text) == p.answer
-        if not ok and len(failures) < 5:
-            failures.append({"seed": p.seed, "expected": p.answer, "got": text})
-        for key, value in (("correct", ok), ("tokens", len(gen)), ("emitted", stats["emitted_tokens"]),
-                           ("dllm_forwards", stats["dllm_forwards"]),
-                           ("verifier_forwards", stats["verifier_forwards"]), ("steps", stats["steps"])):
-            totals[key] += int(value)
+    try:
+        for i, p in enumerate(problems):
+            t0 = time.perf_counter()
+            text, gen, stats = decode(pair, p, cfg, seed=seed + i)
+            wall += time.perf_counter() - t0
+            ok = task.extract_answer(text) == p.answer
+            if not ok and len(failures) < 5:
+                failures.append({"seed": p.seed, "expected": p.answer, "got": text})
+            for key, value in (("correct", ok), ("tokens", len(gen)), ("emitted", stats["emitted_tokens"]),
+                               ("dllm_forwards", stats["dllm_forwards"]),
+                               ("verifier_forwards", stats["verifier_forwards"]), ("steps", stats["steps"])):
+                totals[key] += int(value)
+            if bar:
+                bar.update(1, f"acc {totals['correct'] / (i + 1):.2f}")
+    finally:  # the bar's line ends even when interrupted, so that what follows starts a line
         if bar:
-            bar.update(1, f"acc {totals['correct'] / (i + 1):.2f}")
-    if bar:
-        bar.close()
+            bar.close()
     return _summary(label, cfg, len(problems), totals, wall, failures)
 
 
