@@ -55,10 +55,9 @@ def main(argv=None) -> None:
 
 
 def _message(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.filename is not None:
+    if isinstance(e, OSError) and e.filename is not None:  # e.g. "No such file or directory: x.json"
         return f"{e.strerror or type(e).__name__}: {e.filename}"
-    text = str(e)
-    return text.strip("'\"") if isinstance(e, KeyError) else text or type(e).__name__
+    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":
