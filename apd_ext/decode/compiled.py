@@ -39,6 +39,10 @@ from typing import Callable
 import torch
 
 _SIMPLE = (bool, int, float, str, type(None))
+# Inductor options for steps on the CPU: the whole graph as one C++ function (a C++ wrapper calling
+# the generated kernels and library ops) instead of a Python wrapper calling each kernel; measured
+# about 17% off the compiled steady step on the golden tiny pair (0.33 vs 0.40 ms, CPU time).
+CPU_OPTIONS = {"cpp_wrapper": True}
 _MAX_CONFIGS = 32  # compiled functions kept (least recently used dropped first)
 _FUNCTIONS: "OrderedDict[tuple, Callable]" = OrderedDict()
 _WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -112,13 +116,15 @@ def compile_step(step, backend: str = "inductor", options: dict | None = None) -
     call and is shared by steps of the same configuration (see the module docstring).
 
     backend: torch.compile's backend ("inductor"; "aot_eager" traces the same graph without
-        code generation, for quick checks). options: its options (e.g. {"cpp_wrapper": True} for
-        Inductor); None = the defaults.
+        code generation, for quick checks). options: its options; None = CPU_OPTIONS for Inductor
+        on a CPU step (step.device), else torch.compile's defaults; {} = Inductor's defaults.
     """
     if not callable(step):
         raise TypeError(f"compile_step: step must be a callable step object, got {type(step).__name__}")
     if not isinstance(backend, str):
         raise TypeError(f"compile_step: backend must be a torch.compile backend name, got {backend!r}")
+    if options is None and backend == "inductor" and torch.device(getattr(step, "device", "cpu")).type == "cpu":
+        options = CPU_OPTIONS
     cached = _WRAPPERS.get(step)
     if cached is not None and (cached.backend, cached.options) == (backend, dict(options) if options else None):
         return cached
