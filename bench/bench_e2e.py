@@ -53,11 +53,13 @@ import common
 
 try:
     import apd_ext
-    from apd_ext.generate import clear_graph_cache
+    from apd_ext.decode import DecodeConfig
+    from apd_ext.decode.graphs import clear_graph_cache
+    from apd_ext.decode.state import State
+    from apd_ext.decode.steps import make_step
     from apd_ext.models.config import ModelConfig
     from apd_ext.models.runners import DllmRunner, VerifierRunner
     from apd_ext.models.transformer import Transformer
-    from apd_ext.steps import State, Step
 except ModuleNotFoundError as e:
     if e.name != "apd_ext":
         raise
@@ -184,7 +186,7 @@ class _ProfilerClock:
 
 @torch.no_grad()
 def attention_profile(dllm, verifier, prompts, R, M, new_tokens, vocab) -> dict:
-    """A few eager steady APD steps (apd_ext.steps.Step, the function generate runs) under
+    """A few eager steady APD steps (apd_ext.decode.steps.make_step, the function generate runs) under
     torch.profiler: the SDPA backend op that ran, its costliest kernel, its time per step; and
     torch's own backend choice for one call of each model (torch._fused_sdp_choice)."""
     from torch.autograd import DeviceType
@@ -193,8 +195,9 @@ def attention_profile(dllm, verifier, prompts, R, M, new_tokens, vocab) -> dict:
     device = prompts.device
     B, P = prompts.shape
     L = P + new_tokens
-    step = Step("apd", window=M, length=L, kv_window=R, vocab=vocab, k=1, mixture_weight=MIXTURE_WEIGHT,
-                temperature=1.0, top_k=0, top_p=1.0, authors_compat=False, eos=[], backend="auto", device=device)
+    config = DecodeConfig(max_new_tokens=new_tokens, mixture_weight=MIXTURE_WEIGHT, kv_window=R, max_lookahead=M,
+                          temperature=1.0)
+    step = make_step(config, length=L, vocab=vocab, eos=[], device=device)
     dllm.setup(B, L)
     verifier.setup(B, L)
     st = State.allocate(B, L, step.verifier_rows, verifier.vocab_size, verifier.logits_dtype, device)

@@ -84,7 +84,8 @@ def test_bench_e2e_quick(tmp_path):
 
 
 def test_sweep_writes_rows_and_plot(tmp_path):
-    specs = ["dllm_fixed:k=2", "apd:w=0.7,T=0.5", "apd:w=0.7,T=0.5,compat=1"]
+    specs = ["dllm_fixed:k=2", "apd:mixture_weight=0.7,temperature=0.5",
+             "apd:mixture_weight=0.7,temperature=0.5,authors_compat=1"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "apd_ext", "sweep", "--num-problems", "1", "--out",
                         str(tmp_path / "sweep"), "--policies", *specs], env=env, capture_output=True, text=True,
