@@ -72,7 +72,8 @@ class AuthorsLoop:
                  threads: int = 1, timeout_s: float = 600.0):
         env = dict(os.environ)
         if pythonpath:
-            env["PYTHONPATH"] = os.pathsep.join([str(pythonpath)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+            rest = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
+            env["PYTHONPATH"] = os.pathsep.join([str(pythonpath)] + rest)
         cmd = [python or sys.executable, str(Path(__file__).resolve()), "--serve", "--authors-repo", str(repo),
                "--golden", str(golden), "--threads", str(threads)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
@@ -116,7 +117,8 @@ class _Uniforms:
 
     def __call__(self, like, dtype=None, **kw):
         if self.used >= len(self.slabs):
-            raise RuntimeError(f"their loop drew noise {self.used + 1} times; the golden run recorded {len(self.slabs)}")
+            raise RuntimeError(f"their loop drew noise {self.used + 1} times; the golden run recorded "
+                               f"{len(self.slabs)}")
         u = self.slabs[self.used]
         if tuple(u.shape) != tuple(like.shape):
             raise RuntimeError(f"draw {self.used}: their loop asked for {tuple(like.shape)}, the golden run recorded "

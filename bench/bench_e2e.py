@@ -166,7 +166,7 @@ def forward_ms(dllm: DllmRunner, batch: int, R: int, M: int, L: int, device) -> 
 
 def generate_kw(R, M, new_tokens, vocab, policy="apd") -> dict:
     return dict(policy=policy, max_new_tokens=new_tokens, kv_window=R, max_lookahead=M,
-                mixture_weight=MIXTURE_WEIGHT, seed=SEED, eos_token_id=[], vocab_size=vocab)
+                mixture_weight=MIXTURE_WEIGHT, temperature=1.0, seed=SEED, eos_token_id=[], vocab_size=vocab)
 
 
 def timed(dllm, verifier, prompts, kw, cuda_graphs):

@@ -23,9 +23,9 @@ between steps counts. steady ms/step: median over every step after the first (th
 all runs and rounds, with its 25th-75th percentiles; steady CPU ms/step: the same median of the
 process's CPU time (time.process_time; one thread per process), which time spent waiting for a
 core does not inflate: on a busy shared machine the wall-time figures of the longer steps are hit
-by more preemptions, so the CPU figures are the fairer comparison there; loop ms/step: the whole call (setup, step 0,
-prefill) over the steps, median over rounds; tok/s: tokens over whole-call time, median over
-rounds. speed-up: the authors' figure over the implementation's.
+by more preemptions, so the CPU figures are the fairer comparison there; loop ms/step: the whole
+call (setup, step 0, prefill) over the steps, median over rounds; tok/s: tokens over whole-call
+time, median over rounds. speed-up: the authors' figure over the implementation's.
 
 Writes one CSV row per setting and implementation to bench/results/loop_authors_<device>.csv.
 Without --authors-repo the apd_ext rows are measured alone and the table says the baseline is missing.

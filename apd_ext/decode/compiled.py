@@ -6,16 +6,17 @@ python_tests/test_capture.py checks it). So Inductor can compile it whole: on CP
 C++ loops that fuse the elementwise work of both models, the mask and position arithmetic and the
 commit, leaving the matrix products, attention and the apd_ext sampling ops as library calls. On
 the golden tiny pair (CPU, fp32, one thread) that removes most of the per-op dispatch that
-dominates an eager step (bench/bench_loop.py --authors-repo measures it).
+dominates an eager step (bench/bench_loop.py --golden-pair measures it beside the authors' loop).
 
 What it costs: the first call of a new shape or configuration compiles (tens of seconds on a
-2-core CPU when nothing is cached; a few seconds when Inductor's on-disk cache already holds the
-same graph, e.g. a second process). Compilation is therefore opt-in: worth it for long runs and
-benchmarks, not for a short demo.
+2-core CPU when nothing is cached: 30-70 s for the golden pair's first graph; a few seconds when
+Inductor's on-disk cache already holds the same graph or its kernels, e.g. a second process or
+another mixture weight, which is a constant of the graph). Compilation is therefore opt-in:
+worth it for long runs and benchmarks, not for a short demo.
 
 Caching: one compiled function per configuration of the step (its `key`, see
-apd_ext/decode/steps/base.py), shared by every step object of that configuration: the step object, the
-state and the runners are arguments of the compiled function, so a new step object of the same
+apd_ext/decode/steps/base.py), shared by every step object of that configuration: the step object,
+the state and the runners are arguments of the compiled function, so a new step object of the same
 configuration (a new `generate` call) reuses the compiled code, guarded by torch.compile's own
 checks (tensor shapes, dtypes, devices and the step's attributes). Each configuration gets its
 own copy of the function's code object, so it has its own torch.compile recompile budget (a sweep
@@ -50,7 +51,7 @@ _WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _steady(step, st, dllm, verifier, u):
     """The function torch.compile sees: the steady step (first=False, untimed) on the state `st`,
-    with the explicit uniforms `u` ([B, M, >= V] float, or None for the step's own generator)."""
+    with the explicit uniforms `u` ([B, K, >= V] float, or None for the step's own generator)."""
     noise = None if u is None else (lambda valid: u)
     return step(st, dllm, verifier, first=False, noise=noise)
 
