@@ -6,6 +6,7 @@ verifier, trained in this repository on multi-step arithmetic word problems.
                   back with apd_ext.tokenizer.HFTokenizer (TinyTokenizer: the same class, tiny defaults)
     train.py      the training recipe (CPU, one thread): python -m apd_ext.tiny.train
     evaluate.py   accuracy and speed of decoding policies; load_pair() loads the bundled checkpoints
+    sweep.py      the speed/quality sweep over policies (python -m apd_ext sweep): CSV + plot
     assets/       dllm/ and verifier/: config.json, model.safetensors, tokenizer.json (Hugging Face layout)
 """
 
