@@ -250,3 +250,29 @@ def test_read_json_object_and_strict_loading(tmp_path, qwen_dir):
     assert torch.equal(model.lm_head.weight, state["lm_head.weight"])
     with pytest.raises(CheckpointError, match="unrelated.weight"):
         load_weights(model, qwen_dir)
+
+
+# --- runner arguments ----------------------------------------------------------------------------------
+
+def test_dllm_without_mask_token_id_names_the_config(dream_dir):
+    cfg = json.loads((dream_dir / "config.json").read_text())
+    del cfg["mask_token_id"]
+    (dream_dir / "config.json").write_text(json.dumps(cfg))
+    _fails(DllmRunner, dream_dir, CheckpointError, re.escape(str(dream_dir / "config.json")), "mask_token_id")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64, "bfloat16"])
+def test_runner_dtype_must_be_a_float_model_dtype(qwen_dir, dtype):
+    with pytest.raises(TypeError, match="dtype must be one of torch.float32"):
+        VerifierRunner.from_pretrained(qwen_dir, dtype=dtype)
+
+
+def test_canvas_of_max_position_embeddings_fits_with_the_scratch_slot(qwen_dir):
+    """The runner's scratch slot is no position: a canvas of exactly max_position_embeddings tokens
+    sets up, one more does not (the error names the limit)."""
+    v = VerifierRunner.from_pretrained(qwen_dir)
+    limit = v.config.max_position_embeddings
+    v.setup(1, limit)
+    assert v.model.cache_len == limit + 1
+    with pytest.raises(ValueError, match=f"max length {limit + 1} exceeds max_position_embeddings {limit}"):
+        v.setup(1, limit + 1)

@@ -70,7 +70,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     graphed = graphs.use_graphs(None if compile else cuda_graphs, dllm.device, noise_fn, step, dllm, verifier)
     stats = Stats(dllm.device)  # the clock starts here: setting the runners up is part of the call
     for runner in graphs.used_runners(dllm, verifier, step):
-        inputs.setup_runner(runner, batch.size, batch.length)
+        runner.setup(batch.size, batch.length)  # + a scratch slot that is no position
     mode = execute.Graphed if graphed else execute.Compiled if compile else execute.Eager
     run = mode(step, dllm, verifier, batch.size, dllm.device, stats.clock, noise_fn)
     st, step = run.state, run.step  # a cached graph's own step object and state

@@ -159,20 +159,3 @@ def make_batch(dllm, verifier, rows: list[list[int]], config: DecodeConfig, seed
         canvas[b, : len(r)] = torch.tensor(r, dtype=torch.int64)
     prompt_len = torch.tensor([len(r) for r in rows], dtype=torch.int64)
     return Batch(canvas, prompt_len, row_seeds(seed, B), L)
-
-
-def setup_runner(runner, batch: int, length: int) -> None:
-    """runner.setup(batch, length). A native runner keeps one scratch cache slot past the canvas,
-    at position `length`, which only padding rows write and nothing attends to; when the canvas
-    fills the models' max_position_embeddings exactly, the model's limit is lifted by that one slot
-    for the allocation (RoPE tables do not depend on it)."""
-    config = getattr(runner, "config", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is None or length < limit:
-        runner.setup(batch, length)
-        return
-    config.max_position_embeddings = length + 1
-    try:
-        runner.setup(batch, length)
-    finally:
-        config.max_position_embeddings = limit

@@ -26,14 +26,20 @@ from pathlib import Path
 import torch
 
 from apd_ext.models.checkpoint import load_weights
-from apd_ext.models.config import ModelConfig
+from apd_ext.models.config import CheckpointError, ModelConfig
 from apd_ext.models.transformer import Transformer
 
 DLLM_TYPES = {"dream": True, "llada": False}  # model_type -> logits shifted by one
 VERIFIER_TYPES = {"qwen2", "llama", "qwen3"}
 
 
+LOAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _load(path, device, dtype) -> tuple[Transformer, ModelConfig]:
+    if dtype is not None and dtype not in LOAD_DTYPES:
+        raise TypeError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16 or None "
+                        f"(the checkpoint's own), got {dtype!r}")
     config = ModelConfig.from_pretrained(path)
     if dtype is not None:
         config.dtype = dtype
@@ -67,7 +73,7 @@ class _Runner:
         """Allocate caches for `batch` rows of canvases up to `max_len` tokens (+1 scratch slot);
         a repeated call with the same shape keeps every tensor (and its address)."""
         self.max_len = max_len
-        self.model.setup_cache(batch, max_len + 1)
+        self.model.setup_cache(batch, max_len + 1, scratch=1)
         slots = getattr(self, "_slots", None)
         if slots is None or slots.shape[0] != self.model.cache_slots or slots.device != self.device:
             self._slots = torch.arange(self.model.cache_slots, device=self.device)  # every cache slot
@@ -103,6 +109,9 @@ class DllmRunner(_Runner):
         kind = config.model_type.lower()
         if kind not in DLLM_TYPES:
             raise ValueError(f"{path}: model_type {config.model_type!r} is not a supported dLLM ({sorted(DLLM_TYPES)})")
+        if config.mask_token_id is None:
+            raise CheckpointError(f"{Path(path) / 'config.json'}: mask_token_id is required for a dLLM "
+                                  f"(the id of the masked positions)")
         return cls(model, config, DLLM_TYPES[kind])
 
     @property

@@ -156,17 +156,21 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
 
-    def setup_cache(self, batch: int, max_len: int, key_alignment: int | None = None) -> None:
+    def setup_cache(self, batch: int, max_len: int, key_alignment: int | None = None, scratch: int = 0) -> None:
         """Allocate [batch, kv_heads, Lc, head_dim] K/V caches and RoPE tables (once per shape: the
         same shape keeps the same tensors, which a captured CUDA graph relies on).
 
         Lc = max_len rounded up to `key_alignment` (default cache_alignment(device): 16 on CUDA,
-        1 on CPU); slots >= max_len are padding that masks always exclude.
+        1 on CPU); slots >= max_len are padding that masks always exclude. The last `scratch` of
+        the max_len slots hold no token of any sequence (the runners' scratch slot: writes of rows
+        that have nothing to write, never attended to), so only max_len - scratch positions count
+        against max_position_embeddings.
         """
         p = self.lm_head.weight
         c = self.config
-        if max_len > c.max_position_embeddings:
-            raise ValueError(f"max length {max_len} exceeds max_position_embeddings {c.max_position_embeddings}")
+        if max_len - scratch > c.max_position_embeddings:
+            raise ValueError(f"max length {max_len - scratch} exceeds max_position_embeddings "
+                             f"{c.max_position_embeddings}")
         if key_alignment is None:
             key_alignment = cache_alignment(p.device)
         slots = -(-max_len // key_alignment) * key_alignment
