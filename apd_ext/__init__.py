@@ -14,10 +14,11 @@ Backends: "cpu" and "cuda" (the compiled extension apd_ext._C), "triton", and "r
 
 from apd_ext.backends import available as available_backends
 from apd_ext.ops import mixture_accept, sample_draft
-from apd_ext.generate import GenerateOutput, clear_graph_cache, generate  # noqa: E402  (the function shadows the module name)
+from apd_ext.decode.driver import GenerateOutput, generate
+from apd_ext.decode.graphs import clear_graph_cache
 from apd_ext.decode.config import DecodeConfig
 from apd_ext.models import DllmRunner, HFDllm, HFVerifier, VerifierRunner
 
-__all__ = ["sample_draft", "mixture_accept", "generate", "GenerateOutput", "DecodeConfig", "clear_graph_cache", "available_backends",
-           "DllmRunner", "VerifierRunner", "HFDllm", "HFVerifier"]
+__all__ = ["sample_draft", "mixture_accept", "generate", "GenerateOutput", "DecodeConfig", "clear_graph_cache",
+           "available_backends", "DllmRunner", "VerifierRunner", "HFDllm", "HFVerifier"]
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import golden
-from apd_ext.generate import generate
+from apd_ext.decode.driver import generate
 from apd_ext.models import transformer
 from apd_ext.models.runners import DllmRunner, VerifierRunner
 

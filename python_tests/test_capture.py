@@ -12,7 +12,6 @@ No GPU here, so both are checked on CPU with the golden tiny pair:
   that every tensor the step reads kept its address (which a real graph depends on).
 """
 
-import importlib
 import weakref
 
 import pytest
@@ -24,11 +23,11 @@ import golden
 import apd_ext
 from apd_ext import backends, reference
 from apd_ext.decode import DecodeConfig, graphs
+from apd_ext.decode.driver import generate
 from apd_ext.decode.state import State
 from apd_ext.decode.steps import make_step
 from apd_ext.models.runners import DllmRunner, VerifierRunner
 
-gen_mod = importlib.import_module("apd_ext.generate")  # the package attribute is the function
 V = 384
 pytestmark = pytest.mark.skipif(backends.extension() is None, reason="extension apd_ext._C not built")
 
@@ -284,10 +283,10 @@ class FakeGraph:
 def fake_graphs(monkeypatch):
     monkeypatch.setattr(graphs, "graphs_possible", lambda device: True)
     monkeypatch.setattr(graphs, "capture", FakeGraph)
-    gen_mod.clear_graph_cache()
+    graphs.clear_graph_cache()
     FakeGraph.captured = 0
     yield
-    gen_mod.clear_graph_cache()
+    graphs.clear_graph_cache()
 
 
 def _prompts(seed, n=2):
@@ -302,15 +301,15 @@ def test_generate_reuses_a_captured_step_and_its_state(models, fake_graphs, poli
     kw = dict(max_new_tokens=14, max_lookahead=4, kv_window=kv_window, policy=policy, k=2, eos_token_id=[],
               temperature=1.0)
     a, b = _prompts(1), _prompts(2)  # different prompts, same padded length
-    eager_a = gen_mod.generate(*models, a, seed=7, cuda_graphs=False, **kw)
-    eager_b = gen_mod.generate(*models, b, seed=9, cuda_graphs=False, **kw)
+    eager_a = generate(*models, a, seed=7, cuda_graphs=False, **kw)
+    eager_b = generate(*models, b, seed=9, cuda_graphs=False, **kw)
     assert eager_a.stats["cuda_graph"] is None and len(graphs.GRAPH_CACHE) == 0
 
-    g1 = gen_mod.generate(*models, a, seed=7, cuda_graphs=True, **kw)
+    g1 = generate(*models, a, seed=7, cuda_graphs=True, **kw)
     assert g1.stats["cuda_graph"] == "captured" and FakeGraph.captured == 1
     entry = next(iter(graphs.GRAPH_CACHE.entries.values()))
     state_ids = [id(t) for t in entry.state.tensors()]
-    g2 = gen_mod.generate(*models, b, seed=9, cuda_graphs=True, **kw)
+    g2 = generate(*models, b, seed=9, cuda_graphs=True, **kw)
     assert g2.stats["cuda_graph"] == "reused" and FakeGraph.captured == 1 and entry.uses == 2
     assert [id(t) for t in entry.state.tensors()] == state_ids
     for eager, graph in ((eager_a, g1), (eager_b, g2)):
@@ -320,11 +319,11 @@ def test_generate_reuses_a_captured_step_and_its_state(models, fake_graphs, poli
             assert torch.equal(eager.stats["spans"], graph.stats["spans"])
 
     # other knobs: another entry, captured anew
-    g3 = gen_mod.generate(*models, a, seed=7, cuda_graphs=True, **{**kw, "temperature": 0.5})
+    g3 = generate(*models, a, seed=7, cuda_graphs=True, **{**kw, "temperature": 0.5})
     assert g3.stats["cuda_graph"] == "captured" and len(graphs.GRAPH_CACHE) == 2
     # a run of another length in between re-allocates the runners' caches: the entry is stale
-    gen_mod.generate(*models, a, seed=7, cuda_graphs=False, **{**kw, "max_new_tokens": 9})
-    g4 = gen_mod.generate(*models, a, seed=7, cuda_graphs=True, **kw)
+    generate(*models, a, seed=7, cuda_graphs=False, **{**kw, "max_new_tokens": 9})
+    g4 = generate(*models, a, seed=7, cuda_graphs=True, **kw)
     assert g4.stats["cuda_graph"] == "captured" and torch.equal(g4.sequences, eager_a.sequences)
     apd_ext.clear_graph_cache()
     assert len(graphs.GRAPH_CACHE) == 0

@@ -15,7 +15,9 @@ from apd_ext import backends, reference
 from apd_ext.decode import compiled
 from apd_ext.decode.compiled import compile_step
 from apd_ext.models.runners import DllmRunner, VerifierRunner
-from apd_ext.steps import State, Step
+from apd_ext.decode import DecodeConfig
+from apd_ext.decode.state import State
+from apd_ext.decode.steps import make_step
 
 V, MASK, EOS = 384, 383, 382
 B, P, NEW, M = 2, 7, 12, 4
@@ -29,10 +31,8 @@ def models():
 
 
 def _step(**over):
-    kw = dict(window=M, length=P + NEW, kv_window=3, vocab=V, k=1, mixture_weight=0.7, temperature=1.0, top_k=0,
-              top_p=1.0, authors_compat=False, eos=[EOS], backend="cpu", device="cpu")
-    kw.update(over)
-    return Step("apd", **kw)
+    knobs = dict(dict(max_new_tokens=NEW, max_lookahead=M, kv_window=3, mixture_weight=0.7, temperature=1.0), **over)
+    return make_step(DecodeConfig(**knobs), length=P + NEW, vocab=V, eos=[EOS], backend="cpu", device="cpu")
 
 
 def _start(models, step):

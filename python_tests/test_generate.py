@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+import apd_ext
 import golden
-from apd_ext.generate import generate
+from apd_ext.decode.driver import generate
 from apd_ext.models.runners import DllmRunner, VerifierRunner
 
 V = 384
@@ -279,15 +280,12 @@ def test_cuda_graph_replay_matches_eager(policy, kv_window):
 def test_cuda_graph_is_reused_across_calls(policy):
     """A second call with the same shapes and knobs replays the first call's graph (no capture)
     on its refilled state; both match eager mode for their own prompts and seeds."""
-    import importlib
-
-    gen_mod = importlib.import_module("apd_ext.generate")
     dllm = DllmRunner.from_pretrained(golden.path("dream_tiny"), device="cuda", dtype=torch.bfloat16)
     verifier = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"), device="cuda", dtype=torch.bfloat16)
     kw = dict(max_new_tokens=40, eos_token_id=[], kv_window=3, max_lookahead=6, policy=policy, temperature=1.0)
     a = torch.tensor([[5, 9, 17, 33], [7, 8, 9, 10]], device="cuda")
     b = torch.tensor([[1, 2, 3, 4], [40, 41, 42, 43]], device="cuda")
-    gen_mod.clear_graph_cache()
+    apd_ext.clear_graph_cache()
     first = generate(dllm, verifier, a, seed=3, cuda_graphs=True, **kw)
     second = generate(dllm, verifier, b, seed=5, cuda_graphs=True, **kw)
     assert first.stats["cuda_graph"] == "captured" and second.stats["cuda_graph"] == "reused"
@@ -295,4 +293,4 @@ def test_cuda_graph_is_reused_across_calls(policy):
         eager = generate(dllm, verifier, ids, seed=seed, cuda_graphs=False, **kw)
         assert torch.equal(eager.sequences, out.sequences)
         assert torch.equal(eager.stats["acceptance_counts"], out.stats["acceptance_counts"])
-    gen_mod.clear_graph_cache()
+    apd_ext.clear_graph_cache()

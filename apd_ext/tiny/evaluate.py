@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from apd_ext.decode.config import DecodeConfig
-from apd_ext.generate import generate
+from apd_ext.decode.driver import generate
 from apd_ext.models.runners import DllmRunner, VerifierRunner
 from apd_ext.tiny import ASSETS, task
 from apd_ext.tiny.tokenizer import TinyTokenizer
