@@ -122,7 +122,8 @@ def parse_args(argv=None):
         a.batches, a.max_new_tokens, a.repeats = [1], 32, 1
         a.configs = (CONFIGS[0], CONFIGS[3], CONFIGS[4])
     if a.csv is None:
-        a.csv = common.RESULTS / (f"loop_{a.device}_quick.csv.tmp" if a.quick else f"loop_{a.device}.csv")
+        name = "loop_authors_cpu" if a.golden_pair else f"loop_{a.device}"
+        a.csv = common.RESULTS / (f"{name}_quick.csv.tmp" if a.quick else f"{name}.csv")
     return a
 
 

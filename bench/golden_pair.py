@@ -266,7 +266,6 @@ def main(args) -> int:
                  authors_transformers=tf)
         for k, v in r.items():
             r[k] = f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)
-    path = common.append_csv(common.RESULTS / f"loop_authors_cpu{'_quick.csv.tmp' if args.quick else '.csv'}",
-                             rows, CSV_FIELDS)
+    path = common.append_csv(args.csv, rows, CSV_FIELDS)
     print(f"\n{len(rows)} rows appended to {path}")
     return 0

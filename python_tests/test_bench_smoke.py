@@ -101,3 +101,16 @@ def test_sweep_writes_rows_and_plot(tmp_path):
     r = subprocess.run([sys.executable, "-m", "apd_ext", "sweep", "--replot", "--out", str(tmp_path / "sweep")],
                        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0 and png.stat().st_size > 10_000, r.stderr[-3000:]
+
+
+def test_loop_beside_the_authors_without_their_code(tmp_path):
+    """bench_loop --golden-pair without the authors' repository: apd_ext's rows alone, and a line
+    saying the baseline is missing and how to get it (the full comparison needs their code at run
+    time: BENCHMARKS.md)."""
+    env = {"APD_AUTHORS_REPO": "", "APD_AUTHORS_PYTHONPATH": ""}
+    out = _run("bench_loop.py", "--golden-pair", "--quick", "--no-compile", "--csv", str(tmp_path / "gp.csv"),
+               env=env)
+    assert "baseline missing" in out and "--authors-repo" in out
+    rows = _rows(tmp_path / "gp.csv")
+    assert [r["impl"] for r in rows] == ["eager", "eager"], rows
+    assert all(float(r["steady_ms_per_step"]) > 0 and r["tokens_equal"] == "yes" for r in rows), rows
