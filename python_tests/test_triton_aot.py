@@ -63,25 +63,26 @@ def test_every_kernel_is_enumerated(listed):
 
 def test_every_mode_of_every_dtype(listed):
     """Every constexpr value the launchers produce, in every combination, for every logit dtype."""
-    ma, sd = _module("mixture_accept"), _module("sample_draft")
+    ma, modes = _module("mixture_accept"), _module("modes")
 
     dtypes = {"fp32", "fp16", "bf16"}
     bools = (False, True)
-    noise = {int(m.value) for m in (sd.NOISE_NONE, sd.NOISE_PHILOX, sd.NOISE_TENSOR)}
-    targets = {int(m.value) for m in (ma.TARGET_GREEDY, ma.TARGET_KEPT, ma.TARGET_PHILOX, ma.TARGET_TENSOR)}
+    noise = {int(m.value) for m in (modes.DRAFT_ARGMAX, modes.DRAFT_PHILOX, modes.DRAFT_UNIFORM)}
+    targets = {int(m.value) for m in (modes.TARGET_ARGMAX_MIX, modes.TARGET_ARGMAX_KEPT, modes.TARGET_PHILOX,
+                                      modes.TARGET_UNIFORM)}
     weights = {int(m.value) for m in (ma.W_MIX, ma.W_ONE, ma.W_ZERO)}
     assert len(noise) == 3 and len(targets) == 4 and len(weights) == 3
 
     draft = listed["_draft_partial_kernel"]
     assert _values(draft, "d_ptr", "HAS_TAU", "NOISE", "FINAL") == set(itertools.product(dtypes, bools, noise, bools))
-    tensor_noise = [s for s in draft if s["constexprs"]["NOISE"] == int(sd.NOISE_TENSOR.value)]
+    tensor_noise = [s for s in draft if s["constexprs"]["NOISE"] == int(modes.DRAFT_UNIFORM.value)]
     assert _values(tensor_noise, "u_ptr") == {("fp32",), ("fp64",)}
     assert _values(listed["_draft_finalize_kernel"], "d_ptr", "HAS_TAU") == set(itertools.product(dtypes, bools))
 
     mix = listed["_mixture_partial_kernel"]
     assert _values(mix, "d_ptr", "HAS_TAU", "W_MODE", "TARGET") == set(
         itertools.product(dtypes, bools, weights, targets))
-    tensor_target = [s for s in mix if s["constexprs"]["TARGET"] == int(ma.TARGET_TENSOR.value)]
+    tensor_target = [s for s in mix if s["constexprs"]["TARGET"] == int(modes.TARGET_UNIFORM.value)]
     assert _values(tensor_target, "u_ptr") == {("fp32",), ("fp64",)}
     assert _values(mix, "d_ptr", "a_ptr") == set(itertools.product(dtypes, dtypes))  # mixed dLLM/verifier
     assert _values(listed["_mixture_finalize_kernel"], "d_ptr", "HAS_TAU", "W_MODE") == set(

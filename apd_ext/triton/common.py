@@ -3,7 +3,7 @@
 Device helpers (@triton.jit, inlined):
 * load_row_block: a [BLOCK_G, 4] block of a logit row as float32, NaN -> -inf, entries past the
   end -> -inf. Blocks are groups of 4 consecutive entries (one Philox call each, noise.py).
-* lse_add / lse_finish / lse_merge: online log-sum-exp kept per lane (max, sum of exp(x - max))
+* lse_add / lse_finish / lse_merge / log_prob: online log-sum-exp kept per lane (max, sum of exp(x - max))
   with one exp per entry, reduced over the lanes once at the end of a scan.
 * argmax_update / argmax_finish: first-argmax states per group of 4 entries (the 4 entries of a
   group sit in one thread, so the group's reduction stays in registers).
@@ -78,8 +78,11 @@ def lse_merge(m1, s1, m2, s2):
 
 
 @triton.jit
-def lse_value(m, s):
-    return tl.where(m == NEG_INF, NEG_INF, m + tl.log(s))
+def log_prob(x, m, s):
+    """log softmax of x in the row whose state is (m, s): (x - m) - log(s), never m + log(s) first,
+    which rounds at m's scale for large logits (fp16 near 6e4, float32 near 3e38). NaN for a row
+    without finite entries (as apd::log_prob)."""
+    return tl.where(m == NEG_INF, x - m, (x - m) - tl.log(s))
 
 
 @triton.jit

@@ -218,10 +218,6 @@ def _filter_kernel(
         tl.debug_barrier()  # every thread is done with cm_ptr before the next row rewrites it
 
 
-def filter_active(top_k: int, top_p: float, vocab: int) -> bool:
-    return 0 < top_k < vocab or top_p < 1.0
-
-
 def filter_programs(rows: int, row_bytes: int, l2_bytes: int) -> int:
     """Programs of the persistent grid: the most for which programs * row_bytes <= l2_bytes / 2,
     balanced so that every program takes the same number of rows (+-1)."""
@@ -235,7 +231,7 @@ _INTERPRETER_L2_ROWS = 3
 
 def compute_tau(dllm: torch.Tensor, vocab: int, inv_t: float, top_k: int, top_p: float,
                 valid_lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 [B * K] thresholds of the rows of dllm (only call when filter_active)."""
+    """float32 [B * K] thresholds of the rows of dllm (only call when modes.filter_active)."""
     B, K, _ = dllm.shape
     rows = B * K
     use_k = 0 < top_k < vocab

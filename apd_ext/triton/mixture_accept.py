@@ -24,20 +24,19 @@ import triton.language as tl
 
 from apd_ext.triton.common import (
     NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, interpreting, inv_temperature, load_row_block,
-    lse_add, lse_finish, lse_merge, lse_value, noise_key_args, row_config, split_plan, valid_length,
+    lse_add, lse_finish, lse_merge, log_prob, noise_key_args, row_config, split_plan, valid_length,
     vector_aligned,
 )
-from apd_ext.triton.filter import compute_tau, filter_active
+from apd_ext.triton.filter import compute_tau
+from apd_ext.triton.modes import (
+    TARGET_ARGMAX_KEPT, TARGET_ARGMAX_MIX, TARGET_PHILOX, TARGET_UNIFORM, filter_active, target_mode,
+)
 from apd_ext.triton.noise import GUMBEL_MAX, NEG_INF, gumbel_from_explicit, philox_gumbel_block, row_noise_key
 
 W_MIX = tl.constexpr(0)
 W_ONE = tl.constexpr(1)  # mix = D
 W_ZERO = tl.constexpr(2)  # mix = A
 
-TARGET_GREEDY = tl.constexpr(0)  # argmax of the raw mixture (greedy_target)
-TARGET_KEPT = tl.constexpr(1)  # argmax of mix_kept (T == 0)
-TARGET_PHILOX = tl.constexpr(2)  # argmax of mix_kept * inv_T + g, generated g
-TARGET_TENSOR = tl.constexpr(3)  # same with g from explicit uniforms
 
 NAN = tl.constexpr(float("nan"))
 NPART = tl.constexpr(7)  # floats per partial: (max, sum) of kept D, A, mix_kept; best score
@@ -79,7 +78,7 @@ def _mixture_partial_kernel(
         tau = tl.load(tau_ptr + row)
     if TARGET == TARGET_PHILOX:
         k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode, b)
-    if TARGET == TARGET_TENSOR:
+    if TARGET == TARGET_UNIFORM:
         u_row = u_ptr + b.to(tl.int64) * u_sb + i.to(tl.int64) * u_sk
 
     lane_v = tl.arange(0, BLOCK_G)[:, None] * 4 + tl.arange(0, 4)[None, :]
@@ -107,9 +106,9 @@ def _mixture_partial_kernel(
         ma, sa = lse_add(ma, sa, a)
         if W_MODE != W_ONE:  # w == 1: mix_kept is kept D
             mm, sm = lse_add(mm, sm, mk)
-        if TARGET == TARGET_GREEDY:
+        if TARGET == TARGET_ARGMAX_MIX:
             best_s, best_i = argmax_update(best_s, best_i, mix, v)
-        elif TARGET == TARGET_KEPT:
+        elif TARGET == TARGET_ARGMAX_KEPT:
             best_s, best_i = argmax_update(best_s, best_i, mk, v)
         elif TARGET == TARGET_PHILOX:
             t = mk * inv_t
@@ -186,9 +185,9 @@ def _mixture_finalize_kernel(
         keep = d > NEG_INF
         if HAS_TAU:
             keep = keep & (d * inv_t >= tl.load(tau_ptr + r, mask=act, other=NEG_INF))
-        lpd = tl.where(keep, d, NEG_INF) - lse_value(ld_m, ld_s)
-        lpa = a - lse_value(la_m, la_s)
-        lpm = tl.where(keep, _mix(d, a, wf, omwf, W_MODE), NEG_INF) - lse_value(lm_m, lm_s)
+        lpd = log_prob(tl.where(keep, d, NEG_INF), ld_m, ld_s)
+        lpa = log_prob(a, la_m, la_s)
+        lpm = log_prob(tl.where(keep, _mix(d, a, wf, omwf, W_MODE), NEG_INF), lm_m, lm_s)
         lpd = tl.where(act, tl.where(in_range, lpd, NAN), 0.0)
         lpa = tl.where(act, tl.where(in_range, lpa, NAN), 0.0)
         lpm = tl.where(act, tl.where(in_range, lpm, NAN), 0.0)
@@ -211,14 +210,8 @@ def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, 
     inv_t = inv_temperature(temperature)
     w = float(mixture_weight)
     w_mode = 1 if w == 1.0 else 2 if w == 0.0 else 0
-    if greedy_target:
-        target = 0
-    elif temperature == 0:
-        target = 1
-    elif noise is not None:
-        target = 3
-    else:
-        target = 2
+    target = target_mode(greedy_target, temperature, noise is not None)
+    explicit = target == TARGET_UNIFORM.value
     num_accepted = torch.empty(B, dtype=torch.int64, device=dev)
     target_tokens = torch.empty(B, K, dtype=torch.int64, device=dev)
     lpd = torch.empty(B, K, dtype=torch.float32, device=dev)
@@ -228,9 +221,10 @@ def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, 
     has_valid = valid_lengths is not None
     valid = valid_lengths if has_valid else num_accepted
     tau = compute_tau(dllm, vocab, inv_t, top_k, top_p, valid_lengths) if has_tau else lpd
-    key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, num_accepted, used=target == 2)
-    u = noise if target == 3 else lpd
-    u_sb, u_sk = (noise.stride(0), noise.stride(1)) if target == 3 else (0, 0)
+    key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, num_accepted,
+                              used=target == TARGET_PHILOX.value)
+    u = noise if explicit else lpd
+    u_sb, u_sk = (noise.stride(0), noise.stride(1)) if explicit else (0, 0)
 
     cfg = row_config(vocab, dev)
     splits, cps = split_plan(rows, vocab, cfg)
@@ -239,7 +233,7 @@ def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, 
     # The register budget (3 blocks per SM) is for the hot path: generated or no noise, rows that
     # Triton can load in 16-byte vectors. Explicit float64 uniforms (the replay path: float64
     # logs) and unaligned rows (no vectorised layout) compile without it, without spills.
-    budget = target != 3 and vector_aligned(vocab, dllm, verifier)
+    budget = not explicit and vector_aligned(vocab, dllm, verifier)
     _mixture_partial_kernel[(rows * splits,)](
         dllm, dllm.stride(0), dllm.stride(1), verifier, verifier.stride(0), verifier.stride(1),
         K, vocab, splits, cps, valid, int(has_valid), inv_t, w, 1.0 - w, tau,

@@ -23,14 +23,12 @@ import triton.language as tl
 
 from apd_ext.triton.common import (
     NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, inv_temperature, load_row_block, lse_add,
-    lse_finish, lse_merge, lse_value, noise_key_args, row_config, split_plan,
+    lse_finish, lse_merge, log_prob, noise_key_args, row_config, split_plan,
 )
-from apd_ext.triton.filter import compute_tau, filter_active
+from apd_ext.triton.filter import compute_tau
+from apd_ext.triton.modes import DRAFT_ARGMAX, DRAFT_PHILOX, DRAFT_UNIFORM, draft_mode, filter_active
 from apd_ext.triton.noise import GUMBEL_MAX, NEG_INF, gumbel_from_explicit, philox_gumbel_block, row_noise_key
 
-NOISE_NONE = tl.constexpr(0)  # T == 0: plain argmax
-NOISE_PHILOX = tl.constexpr(1)
-NOISE_TENSOR = tl.constexpr(2)
 
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE, do_not_specialize_on_alignment=NO_ALIGN)
@@ -52,9 +50,9 @@ def _draft_partial_kernel(
     tau = tl.full((), NEG_INF, tl.float32)
     if HAS_TAU:
         tau = tl.load(tau_ptr + row)
-    if NOISE == NOISE_PHILOX:
+    if NOISE == DRAFT_PHILOX:
         k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode, b)
-    if NOISE == NOISE_TENSOR:
+    if NOISE == DRAFT_UNIFORM:
         u_row = u_ptr + b.to(tl.int64) * u_sb + i.to(tl.int64) * u_sk
 
     lane_v = tl.arange(0, BLOCK_G)[:, None] * 4 + tl.arange(0, 4)[None, :]
@@ -73,9 +71,9 @@ def _draft_partial_kernel(
             d = tl.where(keep, d, NEG_INF)
             x = tl.where(keep, x, NEG_INF)
         m, s = lse_add(m, s, d)
-        if NOISE == NOISE_NONE:
+        if NOISE == DRAFT_ARGMAX:
             best_s, best_i = argmax_update(best_s, best_i, x, v)
-        elif NOISE == NOISE_PHILOX:
+        elif NOISE == DRAFT_PHILOX:
             if tl.max(x) + GUMBEL_MAX > bound:
                 g = philox_gumbel_block(c * BLOCK_G, i, k0, k1, o0, o1, BLOCK_G)
                 score = x + g
@@ -94,7 +92,7 @@ def _draft_partial_kernel(
         if HAS_TAU:
             dt = tl.where(dt * inv_t >= tau, dt, NEG_INF)
         tl.store(tok_ptr + row, bi.to(tl.int64))
-        tl.store(lp_ptr + row, dt - lse_value(lm, ls))
+        tl.store(lp_ptr + row, log_prob(dt, lm, ls))
     else:
         tl.store(part_f_ptr + pid * 3 + 0, lm)
         tl.store(part_f_ptr + pid * 3 + 1, ls)
@@ -132,7 +130,7 @@ def _draft_finalize_kernel(
         tau = tl.load(tau_ptr + r, mask=rm, other=NEG_INF)
         dt = tl.where(dt * inv_t >= tau, dt, NEG_INF)
     tl.store(tok_ptr + r, bi.to(tl.int64), mask=rm)
-    tl.store(lp_ptr + r, dt - lse_value(lm, ls), mask=rm)
+    tl.store(lp_ptr + r, log_prob(dt, lm, ls), mask=rm)
 
 
 def sample_draft(dllm, vocab, filt, rng):
@@ -147,15 +145,11 @@ def sample_draft(dllm, vocab, filt, rng):
     logprobs = torch.empty(B, K, dtype=torch.float32, device=dev)
     has_tau = filter_active(top_k, top_p, vocab)
     tau = compute_tau(dllm, vocab, inv_t, top_k, top_p) if has_tau else logprobs
-    if temperature == 0:
-        mode = 0
-    elif noise is not None:
-        mode = 2
-    else:
-        mode = 1
-    key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, tokens, used=mode == 1)
-    u = noise if mode == 2 else logprobs
-    u_sb, u_sk = (noise.stride(0), noise.stride(1)) if mode == 2 else (0, 0)
+    mode = draft_mode(temperature, noise is not None)
+    key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, tokens, used=mode == DRAFT_PHILOX.value)
+    explicit = mode == DRAFT_UNIFORM.value
+    u = noise if explicit else logprobs
+    u_sb, u_sk = (noise.stride(0), noise.stride(1)) if explicit else (0, 0)
 
     cfg = row_config(vocab, dev)
     splits, cps = split_plan(rows, vocab, cfg)

@@ -17,6 +17,8 @@ float top_p_threshold(std::vector<float>& vals, double top_p) {
   const int64_t n = static_cast<int64_t>(vals.size());
   if (n == 0) return std::numeric_limits<float>::infinity();
   const float m = *std::max_element(vals.begin(), vals.end());
+  // +inf entries (x = D / T overflowed) hold all the mass: only they are kept (reference.py).
+  if (m == std::numeric_limits<float>::infinity()) return m;
   double z = 0.0;
   for (float v : vals) z += std::exp(static_cast<double>(v - m));
   const double target = top_p * z;

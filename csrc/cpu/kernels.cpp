@@ -94,7 +94,7 @@ auto with_dtype(const void* p, apd_dtype dtype, F&& f) {
 
 }  // namespace
 
-DraftRow draft_row(const void* row, apd_dtype dtype, int64_t vocab, const RowMath& rm, const NoiseRow& nr) {
+DraftRow draft_row(const void* row, apd_dtype dtype, int64_t vocab, const RowMath& rm, const RowNoise& nr) {
   return with_dtype(row, dtype, [&](auto* r) {
 #if defined(APD_HAVE_AVX2_VARIANT)
     if (isa() == Isa::kAvx512) return avx512::draft_row(r, vocab, rm, nr);
@@ -105,7 +105,7 @@ DraftRow draft_row(const void* row, apd_dtype dtype, int64_t vocab, const RowMat
 }
 
 MixtureRow mixture_row(const void* drow, apd_dtype dtype_d, const void* arow, apd_dtype dtype_a,
-                       int64_t vocab, const RowMath& rm, const MixMath& mm, const NoiseRow& nr) {
+                       int64_t vocab, const RowMath& rm, const MixMath& mm, const RowNoise& nr) {
   return with_dtype(drow, dtype_d, [&](auto* d) {
     return with_dtype(arow, dtype_a, [&](auto* a) {
 #if defined(APD_HAVE_AVX2_VARIANT)

@@ -4,17 +4,10 @@
 #include <cstdint>
 
 #include "apd/apd.h"
+#include "apd/math.h"
+#include "apd/modes.h"
 
 namespace apd::cpu {
-
-// Per-row noise source: an explicit uniform row (float or double) or the counter-based generator.
-struct NoiseRow {
-  const float* uniform32;
-  const double* uniform64;
-  uint64_t seed;
-  uint64_t offset;
-  uint32_t window_index;
-};
 
 // How a row's logits D become the values that are filtered and sampled: x = D * inv_temperature
 // (x = D when greedy, i.e. T == 0); entries with x < threshold are outside the filtered support.
@@ -25,24 +18,24 @@ struct RowMath {
 };
 
 struct MixMath {
-  float w, omw;  // float32(w), float32(1 - w)
+  float w, omw;  // float32(mixture_weight), float32(1 - mixture_weight)
   bool weight_is_one, weight_is_zero;
-  bool greedy_target;
+  apd_target_mode target;  // apd/modes.h
 };
 
 struct DraftRow {
   int64_t token;
-  float lse_kept;  // log-sum-exp of D over the kept entries
+  Lse kept;  // log-sum-exp state of D over the kept entries
 };
 
 struct MixtureRow {
   int64_t target;
-  float lse_dllm_kept, lse_verifier, lse_mixture_kept;
+  Lse dllm_kept, verifier, mixture_kept;  // log-sum-exp states
 };
 
-DraftRow draft_row(const void* row, apd_dtype dtype, int64_t vocab, const RowMath& rm, const NoiseRow& nr);
+DraftRow draft_row(const void* row, apd_dtype dtype, int64_t vocab, const RowMath& rm, const RowNoise& nr);
 MixtureRow mixture_row(const void* drow, apd_dtype dtype_d, const void* arow, apd_dtype dtype_a,
-                       int64_t vocab, const RowMath& rm, const MixMath& mm, const NoiseRow& nr);
+                       int64_t vocab, const RowMath& rm, const MixMath& mm, const RowNoise& nr);
 
 // float32 value of entry j of a row of the given dtype (NaN -> -inf).
 float load_entry(const void* row, apd_dtype dtype, int64_t j);

@@ -19,6 +19,7 @@
 #include <cstdio>
 
 #include "apd/apd.h"
+#include "apd/modes.h"
 #include "apd/validate.h"
 #include "kernels.cuh"
 
@@ -100,10 +101,6 @@ Plan plan_splits(int64_t rows, int64_t vocab, int chunk_width, int sms) {
   return plan;
 }
 
-bool filter_active(const apd_filter& f, int64_t vocab) {
-  return (f.top_k > 0 && f.top_k < vocab) || f.top_p < 1.0;
-}
-
 // Carves the workspace; returns APD_OK and sets tau / partials (null when not needed).
 apd_status carve(void* workspace, size_t workspace_bytes, int64_t rows, bool filtered, int64_t partials,
                  size_t partial_bytes, float** tau, void** part) {
@@ -142,6 +139,39 @@ FilterParams filter_params(const apd_logits& l, int64_t rows, int64_t window, in
   return fp;
 }
 
+// What both entry points do before their own launch: the split plan, the workspace carve-up and,
+// with an active filter, the filter kernel writing tau. Args: apd_sample_draft_args or
+// apd_mixture_accept_args; single_split_partials: whether one split still needs partials.
+struct Prepared {
+  int64_t rows;
+  Plan plan;
+  float* tau;
+  void* partials;
+};
+
+template <class Args>
+apd_status prepare(const Args& a, int chunk_width, size_t partial_bytes, bool single_split_partials,
+                   const int64_t* valid_lengths, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                   Prepared* out) {
+  if (apd::check_args(a) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  out->rows = rows_of(a.batch, a.window);
+  if (out->rows < 0) return APD_ERROR_INVALID_ARGUMENT;
+  int sms = 0;
+  if (const cudaError_t e = sm_count(&sms); e != cudaSuccess) return cuda_failure("SM count query", e);
+  out->plan = plan_splits(out->rows, a.vocab, chunk_width, sms);
+  const int64_t rows = out->rows, splits = out->plan.splits;
+  if (rows * splits > INT32_MAX) return APD_ERROR_INVALID_ARGUMENT;
+  const bool filtered = apd_filter_active(&a.filter, a.vocab) != 0;
+  const int64_t partials = splits > 1 || single_split_partials ? rows * splits : 0;
+  const apd_status st =
+      carve(workspace, workspace_bytes, rows, filtered, partials, partial_bytes, &out->tau, &out->partials);
+  if (st != APD_OK || !filtered) return st;
+  const FilterParams fp = filter_params(a.dllm, rows, a.window, a.vocab, a.filter, valid_lengths, out->tau);
+  if (const cudaError_t e = run_filter(a.dllm.dtype, fp, stream); e != cudaSuccess)
+    return cuda_failure("filter launch", e);
+  return APD_OK;
+}
+
 }  // namespace
 }  // namespace apd::cuda
 
@@ -159,26 +189,13 @@ extern "C" int apd_has_cuda(void) { return 1; }
 extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, void* workspace,
                                             size_t workspace_bytes, cudaStream_t stream) {
   using namespace apd::cuda;
-  if (args == nullptr || apd::check_args(*args) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  if (args == nullptr) return APD_ERROR_INVALID_ARGUMENT;
   const apd_sample_draft_args& a = *args;
-  const int64_t rows = rows_of(a.batch, a.window);
-  if (rows < 0) return APD_ERROR_INVALID_ARGUMENT;
-  int sms = 0;
-  if (const cudaError_t e = sm_count(&sms); e != cudaSuccess) return cuda_failure("SM count query", e);
-  const Plan plan = plan_splits(rows, a.vocab, chunk_width_of(a.dllm.dtype), sms);
-  if (rows * plan.splits > INT32_MAX) return APD_ERROR_INVALID_ARGUMENT;
-  const bool filtered = filter_active(a.filter, a.vocab);
-  float* tau = nullptr;
-  void* part = nullptr;
-  const apd_status st = carve(workspace, workspace_bytes, rows, filtered, plan.splits > 1 ? rows * plan.splits : 0,
-                              sizeof(DraftPartial), &tau, &part);
-  if (st != APD_OK) return st;
-
-  if (filtered) {
-    const FilterParams fp = filter_params(a.dllm, rows, a.window, a.vocab, a.filter, nullptr, tau);
-    if (const cudaError_t e = run_filter(a.dllm.dtype, fp, stream); e != cudaSuccess)
-      return cuda_failure("filter launch", e);
-  }
+  Prepared w{};
+  if (const apd_status st = prepare(a, chunk_width_of(a.dllm.dtype), sizeof(DraftPartial), false, nullptr, workspace,
+                                    workspace_bytes, stream, &w);
+      st != APD_OK)
+    return st;
   DraftParams p{};
   p.logits = a.dllm.data;
   p.stride_b = a.dllm.stride_b;
@@ -186,15 +203,15 @@ extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, v
   p.window = a.window;
   p.vocab = a.vocab;
   p.inv_t = inv_temperature(a.filter.temperature);
-  p.tau = tau;
-  p.noise = noise_args(a.noise);
-  p.splits = plan.splits;
-  p.chunks_per_split = plan.chunks_per_split;
-  p.partials = static_cast<DraftPartial*>(part);
+  p.tau = w.tau;
+  p.noise = a.noise;
+  p.splits = w.plan.splits;
+  p.chunks_per_split = w.plan.chunks_per_split;
+  p.partials = static_cast<DraftPartial*>(w.partials);
   p.tokens = a.tokens;
   p.logprobs = a.logprobs;
-  const bool sampled = a.filter.temperature > 0.0;
-  if (const cudaError_t e = launch_sample_draft(a.dllm.dtype, sampled, p, rows, stream); e != cudaSuccess)
+  const bool sampled = apd_draft_mode_of(&a.filter, &a.noise) != APD_DRAFT_ARGMAX;
+  if (const cudaError_t e = launch_sample_draft(a.dllm.dtype, sampled, p, w.rows, stream); e != cudaSuccess)
     return cuda_failure("sample_draft launch", e);
   return APD_OK;
 }
@@ -202,26 +219,13 @@ extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, v
 extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* args, void* workspace,
                                               size_t workspace_bytes, cudaStream_t stream) {
   using namespace apd::cuda;
-  if (args == nullptr || apd::check_args(*args) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  if (args == nullptr) return APD_ERROR_INVALID_ARGUMENT;
   const apd_mixture_accept_args& a = *args;
-  const int64_t rows = rows_of(a.batch, a.window);
-  if (rows < 0) return APD_ERROR_INVALID_ARGUMENT;
-  int sms = 0;
-  if (const cudaError_t e = sm_count(&sms); e != cudaSuccess) return cuda_failure("SM count query", e);
-  const Plan plan = plan_splits(rows, a.vocab, mixture_chunk_width(a.dllm.dtype, a.verifier.dtype), sms);
-  if (rows * plan.splits > INT32_MAX) return APD_ERROR_INVALID_ARGUMENT;
-  const bool filtered = filter_active(a.filter, a.vocab);
-  float* tau = nullptr;
-  void* part = nullptr;
-  const apd_status st =
-      carve(workspace, workspace_bytes, rows, filtered, rows * plan.splits, sizeof(MixPartial), &tau, &part);
-  if (st != APD_OK) return st;
-
-  if (filtered) {
-    const FilterParams fp = filter_params(a.dllm, rows, a.window, a.vocab, a.filter, a.valid_lengths, tau);
-    if (const cudaError_t e = run_filter(a.dllm.dtype, fp, stream); e != cudaSuccess)
-      return cuda_failure("filter launch", e);
-  }
+  Prepared w{};
+  if (const apd_status st = prepare(a, mixture_chunk_width(a.dllm.dtype, a.verifier.dtype), sizeof(MixPartial), true,
+                                    a.valid_lengths, workspace, workspace_bytes, stream, &w);
+      st != APD_OK)
+    return st;
   MixParams p{};
   p.dllm = a.dllm.data;
   p.d_stride_b = a.dllm.stride_b;
@@ -239,21 +243,18 @@ extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* arg
   p.wf = static_cast<float>(a.mixture_weight);
   p.omwf = static_cast<float>(1.0 - a.mixture_weight);
   p.w_mode = a.mixture_weight == 1.0 ? kWeightOne : a.mixture_weight == 0.0 ? kWeightZero : kWeightMix;
-  p.tau = tau;
-  p.noise = noise_args(a.noise);
-  p.splits = plan.splits;
-  p.chunks_per_split = plan.chunks_per_split;
-  p.partials = static_cast<MixPartial*>(part);
+  p.tau = w.tau;
+  p.noise = a.noise;
+  p.splits = w.plan.splits;
+  p.chunks_per_split = w.plan.chunks_per_split;
+  p.partials = static_cast<MixPartial*>(w.partials);
   p.num_accepted = a.num_accepted;
   p.target_tokens = a.target_tokens;
   p.logp_dllm = a.logp_dllm;
   p.logp_verifier = a.logp_verifier;
   p.logp_mixture = a.logp_mixture;
-  const int target_mode = a.greedy_target       ? kTargetArgmaxMix
-                          : a.filter.temperature == 0.0 ? kTargetArgmaxKept
-                                                        : kTargetSampled;
-  if (const cudaError_t e = launch_mixture_accept(a.dllm.dtype, a.verifier.dtype, target_mode, p, stream);
-      e != cudaSuccess)
+  const apd_target_mode mode = apd_target_mode_of(a.greedy_target, &a.filter, &a.noise);
+  if (const cudaError_t e = launch_mixture_accept(a.dllm.dtype, a.verifier.dtype, mode, p, stream); e != cudaSuccess)
     return cuda_failure("mixture_accept launch", e);
   return APD_OK;
 }

@@ -233,7 +233,7 @@ __device__ __forceinline__ Lse lse_combine(Lse a, Lse b) {
   return Lse{m, a.sum * ex2_approx((a.max - m) * kLog2e) + b.sum * ex2_approx((b.max - m) * kLog2e)};
 }
 
-__device__ __forceinline__ float lse_final(Lse s) { return s.max == kNegInf ? kNegInf : s.max + logf(s.sum); }
+// Log-probs from a merged state: apd::log_prob (apd/math.h).
 
 // First argmax merge (apd::best_merge): larger score wins, equal scores go to the lower index.
 // Every state whose score is -inf has index 0 (states start at {-inf, 0} and only move on a

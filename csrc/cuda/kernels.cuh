@@ -41,6 +41,7 @@
 #include <cstdint>
 
 #include "apd/apd.h"
+#include "apd/modes.h"
 #include "common.cuh"
 #include "noise.cuh"
 
@@ -81,7 +82,7 @@ struct DraftParams {
   int64_t window, vocab;
   float inv_t;       // 1 when T == 0
   const float* tau;  // [rows] thresholds, or null (no filter)
-  NoiseArgs noise;   // used when sampled (T > 0)
+  apd_noise noise;  // used when sampled (T > 0); pointers are device memory
   int splits;
   int64_t chunks_per_split;  // in chunks of chunk_width<F>() entries
   DraftPartial* partials;    // [rows * splits] when splits > 1
@@ -93,7 +94,6 @@ cudaError_t launch_sample_draft(apd_dtype dtype, bool sampled, const DraftParams
 
 // ---- mixture_accept (mixture_accept.cu) --------------------------------------------------------
 enum WeightMode : int { kWeightMix = 0, kWeightOne = 1, kWeightZero = 2 };
-enum TargetMode : int { kTargetSampled = 0, kTargetArgmaxKept = 1, kTargetArgmaxMix = 2 };
 
 struct MixPartial {
   Lse ld, la, lm;  // log-sum-exp of kept D, of all A, of the kept mixture
@@ -113,7 +113,7 @@ struct MixParams {
   float wf, omwf;  // float32(w), float32(1 - w)
   int w_mode;      // WeightMode
   const float* tau;
-  NoiseArgs noise;
+  apd_noise noise;
   int splits;
   int64_t chunks_per_split;  // in chunks of mixture_chunk_width() entries
   MixPartial* partials;      // [rows * splits]
@@ -121,7 +121,8 @@ struct MixParams {
   int64_t* target_tokens;
   float *logp_dllm, *logp_verifier, *logp_mixture;
 };
-cudaError_t launch_mixture_accept(apd_dtype dllm_dtype, apd_dtype verifier_dtype, int target_mode,
+// target_mode: apd/modes.h (both sampled modes run one kernel: RowNoise picks the noise source).
+cudaError_t launch_mixture_accept(apd_dtype dllm_dtype, apd_dtype verifier_dtype, apd_target_mode target_mode,
                                   const MixParams& p, cudaStream_t stream);
 
 // Entries per chunk (host side): 16 bytes of the widest logit dtype involved.

@@ -7,22 +7,22 @@ namespace apd::cuda {
 namespace {
 
 template <class FD, class FA, bool kFiltered>
-void launch_partial(int target_mode, const MixParams& p, dim3 grid, cudaStream_t stream) {
+void launch_partial(apd_target_mode target_mode, const MixParams& p, dim3 grid, cudaStream_t stream) {
   switch (target_mode) {
-    case kTargetArgmaxMix:
-      mixture_partial_kernel<FD, FA, kTargetArgmaxMix, kFiltered><<<grid, kThreads, 0, stream>>>(p);
+    case APD_TARGET_ARGMAX_MIX:
+      mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_MIX, kFiltered><<<grid, kThreads, 0, stream>>>(p);
       break;
-    case kTargetArgmaxKept:
-      mixture_partial_kernel<FD, FA, kTargetArgmaxKept, kFiltered><<<grid, kThreads, 0, stream>>>(p);
+    case APD_TARGET_ARGMAX_KEPT:
+      mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_KEPT, kFiltered><<<grid, kThreads, 0, stream>>>(p);
       break;
-    default:
-      mixture_partial_kernel<FD, FA, kTargetSampled, kFiltered><<<grid, kThreads, 0, stream>>>(p);
+    default:  // APD_TARGET_PHILOX and APD_TARGET_UNIFORM: one kernel reads either noise source
+      mixture_partial_kernel<FD, FA, APD_TARGET_PHILOX, kFiltered><<<grid, kThreads, 0, stream>>>(p);
       break;
   }
 }
 
 template <class FD, class FA>
-cudaError_t launch(int target_mode, const MixParams& p, cudaStream_t stream) {
+cudaError_t launch(apd_target_mode target_mode, const MixParams& p, cudaStream_t stream) {
   const int64_t rows = p.batch * p.window;
   const dim3 grid(static_cast<unsigned>(rows * p.splits));
   // The unfiltered instantiation (no threshold test) only for equal dtypes, the common case;
@@ -42,7 +42,7 @@ cudaError_t launch(int target_mode, const MixParams& p, cudaStream_t stream) {
 }
 
 template <class FD>
-cudaError_t launch_a(apd_dtype a, int target_mode, const MixParams& p, cudaStream_t stream) {
+cudaError_t launch_a(apd_dtype a, apd_target_mode target_mode, const MixParams& p, cudaStream_t stream) {
   switch (a) {
     case APD_FLOAT16:
       return launch<FD, F16>(target_mode, p, stream);
@@ -55,7 +55,7 @@ cudaError_t launch_a(apd_dtype a, int target_mode, const MixParams& p, cudaStrea
 
 }  // namespace
 
-cudaError_t launch_mixture_accept(apd_dtype dllm_dtype, apd_dtype verifier_dtype, int target_mode,
+cudaError_t launch_mixture_accept(apd_dtype dllm_dtype, apd_dtype verifier_dtype, apd_target_mode target_mode,
                                   const MixParams& p, cudaStream_t stream) {
   switch (dllm_dtype) {
     case APD_FLOAT16:

@@ -39,6 +39,7 @@ struct MixEntry {
   float dk, mk, tt;
 };
 
+// kTarget: an apd_target_mode (apd/modes.h); APD_TARGET_PHILOX stands for both sampled modes.
 // kFiltered = false: tau is -inf, so keep = (D > -inf) and kept D is D itself.
 template <int kTarget, bool kFiltered = true>
 __device__ __forceinline__ MixEntry mix_entry(const MixParams& p, float d, float a, float tau, float inv_t) {
@@ -47,9 +48,9 @@ __device__ __forceinline__ MixEntry mix_entry(const MixParams& p, float d, float
   MixEntry e;
   e.dk = kFiltered ? (keep ? d : kNegInf) : d;
   e.mk = keep ? mix : kNegInf;
-  if constexpr (kTarget == kTargetArgmaxMix)
+  if constexpr (kTarget == APD_TARGET_ARGMAX_MIX)
     e.tt = mix;
-  else if constexpr (kTarget == kTargetArgmaxKept)
+  else if constexpr (kTarget == APD_TARGET_ARGMAX_KEPT)
     e.tt = e.mk;
   else
     e.tt = __fmul_rn(e.mk, inv_t);
@@ -61,7 +62,7 @@ template <class FD, class FA, int kTarget, bool kFiltered>
 __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixParams p) {
   constexpr int CW = mix_cw<FD, FA>();
   constexpr int U = kMixUnroll;
-  constexpr bool kSampled = kTarget == kTargetSampled;
+  constexpr bool kSampled = kTarget == APD_TARGET_PHILOX;
 
   const int64_t row = blockIdx.x / p.splits;
   const int split = static_cast<int>(blockIdx.x - row * p.splits);
@@ -201,10 +202,10 @@ __global__ void __launch_bounds__(kThreads) mixture_finalize_kernel(const MixPar
       const float d = load_entry<FD>(row_pointer<FD>(p.dllm, p.d_stride_b, p.d_stride_k, b, i), tok);
       const float a = load_entry<FA>(row_pointer<FA>(p.verifier, p.a_stride_b, p.a_stride_k, b, i), tok);
       const float tau = p.tau != nullptr ? p.tau[r] : kNegInf;
-      const MixEntry e = mix_entry<kTargetArgmaxKept>(p, d, a, tau, p.inv_t);
-      p.logp_dllm[r] = e.dk - lse_final(m.ld);
-      p.logp_verifier[r] = a - lse_final(m.la);
-      p.logp_mixture[r] = e.mk - lse_final(m.lm);
+      const MixEntry e = mix_entry<APD_TARGET_ARGMAX_KEPT>(p, d, a, tau, p.inv_t);
+      p.logp_dllm[r] = log_prob(e.dk, m.ld);
+      p.logp_verifier[r] = log_prob(a, m.la);
+      p.logp_mixture[r] = log_prob(e.mk, m.lm);
     } else {
       p.logp_dllm[r] = p.logp_verifier[r] = p.logp_mixture[r] = nan;
     }

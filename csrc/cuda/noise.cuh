@@ -27,57 +27,6 @@
 
 namespace apd::cuda {
 
-// The noise description of apd_noise, as kernels read it.
-struct NoiseArgs {
-  const int64_t* seeds;  // device
-  int64_t seed_value;
-  int per_row;
-  const int64_t* offset;  // device
-  int64_t offset_value;
-  const void* uniform;  // device [batch, window, >= vocab], float or double
-  int uniform_f64;
-  int64_t uniform_stride_b, uniform_stride_k;
-};
-
-inline NoiseArgs noise_args(const apd_noise& n) {
-  NoiseArgs a{};
-  a.seeds = n.seeds;
-  a.seed_value = n.seed_value;
-  a.per_row = n.seed_per_row != 0;
-  a.offset = n.offset;
-  a.offset_value = n.offset_value;
-  a.uniform = n.uniform;
-  a.uniform_f64 = n.uniform_dtype == APD_FLOAT64;
-  a.uniform_stride_b = n.uniform_stride_b;
-  a.uniform_stride_k = n.uniform_stride_k;
-  return a;
-}
-
-// Noise of one row (b, i).
-struct RowNoise {
-  uint64_t seed, offset;
-  uint32_t i;
-  const float* u32;  // explicit uniforms of this row, or null
-  const double* u64;
-  __device__ __forceinline__ bool generated() const { return u32 == nullptr && u64 == nullptr; }
-};
-
-__device__ __forceinline__ RowNoise row_noise(const NoiseArgs& n, int64_t b, int64_t i) {
-  RowNoise r{};
-  if (n.uniform != nullptr) {
-    const int64_t off = b * n.uniform_stride_b + i * n.uniform_stride_k;
-    if (n.uniform_f64)
-      r.u64 = static_cast<const double*>(n.uniform) + off;
-    else
-      r.u32 = static_cast<const float*>(n.uniform) + off;
-    return r;
-  }
-  r.seed = row_seed(n.seeds, n.seed_value, n.per_row != 0, b);
-  r.offset = static_cast<uint64_t>(n.offset != nullptr ? *n.offset : n.offset_value);
-  r.i = static_cast<uint32_t>(i);
-  return r;
-}
-
 // apd::noise_bits4 for the row of r (v0 is 64-bit there: vocabularies up to 2^34, apd/validate.h).
 __device__ __forceinline__ Philox4 noise_bits4_wide(const RowNoise& r, int64_t v0) {
   return noise_bits4(r.seed, r.offset, r.i, static_cast<uint64_t>(v0));

@@ -25,7 +25,7 @@ __device__ __forceinline__ void draft_output(const DraftParams& p, int64_t row, 
   const float d = load_entry<F>(rowp, tok);
   const bool keep = __fmul_rn(d, p.inv_t) >= tau;
   p.tokens[row] = tok;
-  p.logprobs[row] = (keep ? d : kNegInf) - lse_final(lse);
+  p.logprobs[row] = log_prob(keep ? d : kNegInf, lse);
 }
 
 template <class F, bool kSampled>

@@ -9,35 +9,17 @@
 namespace apd::torch_ops {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> sample_draft_cpu(const at::Tensor& dllm, int64_t vocab, double temperature,
-                                                    int64_t top_k, double top_p,
-                                                    const std::optional<at::Tensor>& seed, int64_t seed_value,
-                                                    const std::optional<at::Tensor>& offset, int64_t offset_value,
-                                                    const std::optional<at::Tensor>& noise) {
-  SampleDraftCall c =
-      sample_draft_call(dllm, vocab, temperature, top_k, top_p, seed, seed_value, offset, offset_value, noise);
-  const apd_status st = apd_sample_draft_cpu(&c.args);
-  TORCH_CHECK(st == APD_OK, "apd_ext.sample_draft (cpu): ", apd_status_string(st));
-  return {c.tokens, c.logprobs};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_accept_cpu(
-    const at::Tensor& dllm, const at::Tensor& verifier, const at::Tensor& draft, int64_t vocab,
-    double mixture_weight, double temperature, int64_t top_k, double top_p,
-    const std::optional<at::Tensor>& valid_lengths, bool greedy_target, const std::optional<at::Tensor>& seed,
-    int64_t seed_value, const std::optional<at::Tensor>& offset, int64_t offset_value,
-    const std::optional<at::Tensor>& noise) {
-  MixtureAcceptCall c = mixture_accept_call(dllm, verifier, draft, vocab, mixture_weight, temperature, top_k,
-                                            top_p, valid_lengths, greedy_target, seed, seed_value, offset,
-                                            offset_value, noise);
-  const apd_status st = apd_mixture_accept_cpu(&c.args);
-  TORCH_CHECK(st == APD_OK, "apd_ext.mixture_accept (cpu): ", apd_status_string(st));
-  return {c.num_accepted, c.target_tokens, c.logp_dllm, c.logp_verifier, c.logp_mixture};
-}
+struct Cpu {
+  static constexpr const char* name = "cpu";
+  static apd_status sample_draft(SampleDraftCall& c) { return apd_sample_draft_cpu(&c.args); }
+  static apd_status mixture_accept(MixtureAcceptCall& c) { return apd_mixture_accept_cpu(&c.args); }
+};
 
 }  // namespace
 }  // namespace apd::torch_ops
 
+// The schemas take apd_filter (temperature, top_k, top_p) and apd_noise (seed, seed_value,
+// offset, offset_value, noise) flat, in that order; apd_ext/fake.py mirrors them.
 TORCH_LIBRARY(apd_ext, m) {
   m.def(
       "sample_draft(Tensor dllm_logits, int vocab_size, float temperature, int top_k, float top_p, "
@@ -50,8 +32,8 @@ TORCH_LIBRARY(apd_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(apd_ext, CPU, m) {
-  m.impl("sample_draft", &apd::torch_ops::sample_draft_cpu);
-  m.impl("mixture_accept", &apd::torch_ops::mixture_accept_cpu);
+  m.impl("sample_draft", &apd::torch_ops::sample_draft_op<apd::torch_ops::Cpu>);
+  m.impl("mixture_accept", &apd::torch_ops::mixture_accept_op<apd::torch_ops::Cpu>);
 }
 
 PYBIND11_MODULE(_C, m) {

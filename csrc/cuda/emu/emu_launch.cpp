@@ -40,16 +40,16 @@ cudaError_t launch_sample_draft(apd_dtype dtype, bool sampled, const DraftParams
 }
 
 template <class FD, class FA, bool kFiltered>
-static void launch_partial(int target_mode, const MixParams& p, dim3 grid) {
+static void launch_partial(apd_target_mode target_mode, const MixParams& p, dim3 grid) {
   switch (target_mode) {
-    case kTargetArgmaxMix: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, kTargetArgmaxMix, kFiltered>(p); }); break;
-    case kTargetArgmaxKept: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, kTargetArgmaxKept, kFiltered>(p); }); break;
-    default: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, kTargetSampled, kFiltered>(p); }); break;
+    case APD_TARGET_ARGMAX_MIX: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_MIX, kFiltered>(p); }); break;
+    case APD_TARGET_ARGMAX_KEPT: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_KEPT, kFiltered>(p); }); break;
+    default: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, APD_TARGET_PHILOX, kFiltered>(p); }); break;
   }
 }
 
 template <class FD, class FA>
-static cudaError_t launch_m(int target_mode, const MixParams& p) {
+static cudaError_t launch_m(apd_target_mode target_mode, const MixParams& p) {
   const int64_t rows = p.batch * p.window;
   const dim3 grid(static_cast<unsigned>(rows * p.splits));
   bool unfiltered_done = false;
@@ -64,14 +64,14 @@ static cudaError_t launch_m(int target_mode, const MixParams& p) {
   return cudaSuccess;
 }
 template <class FD>
-static cudaError_t launch_ma(apd_dtype a, int t, const MixParams& p) {
+static cudaError_t launch_ma(apd_dtype a, apd_target_mode t, const MixParams& p) {
   switch (a) {
     case APD_FLOAT16: return launch_m<FD, F16>(t, p);
     case APD_BFLOAT16: return launch_m<FD, BF16>(t, p);
     default: return launch_m<FD, F32>(t, p);
   }
 }
-cudaError_t launch_mixture_accept(apd_dtype d, apd_dtype a, int t, const MixParams& p, cudaStream_t) {
+cudaError_t launch_mixture_accept(apd_dtype d, apd_dtype a, apd_target_mode t, const MixParams& p, cudaStream_t) {
   switch (d) {
     case APD_FLOAT16: return launch_ma<F16>(a, t, p);
     case APD_BFLOAT16: return launch_ma<BF16>(a, t, p);

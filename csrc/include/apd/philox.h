@@ -4,12 +4,15 @@
 //   counter = (v >> 2, i, offset & 0xffffffff, offset >> 32)
 //   key     = (row_seed & 0xffffffff, row_seed >> 32)
 //   row_seed = seed[b] when one seed per row is given, else seed + b (two's complement wrap).
-// apd_ext/reference.py, apd_ext/triton/noise.py and csrc/cuda implement the same function;
-// python_tests/test_noise.py checks them against each other and against the Random123 answers.
+// apd_ext/reference.py, apd_ext/triton/noise.py, csrc/cpu and csrc/cuda implement the same
+// function; python_tests/test_ops_vs_reference.py (and, for the CUDA code, csrc/cuda/emu) checks
+// them against each other, python_tests/test_semantics.py against the Random123 answers.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+
+#include "apd/apd.h"
 
 #if defined(__CUDACC__)
 #define APD_HD __host__ __device__ __forceinline__
@@ -94,6 +97,34 @@ APD_HD uint64_t row_seed(const int64_t* seeds, int64_t seed_value, bool per_row,
 APD_HD Philox4 noise_bits4(uint64_t seed, uint64_t offset, uint32_t i, uint64_t v0) {
   return philox4x32_10(static_cast<uint32_t>(v0 >> 2), i, static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// The noise of one row (b, i) as the kernels read it: the row's explicit uniforms (u32 or u64,
+// from apd_noise.uniform) or the generator's (row seed, offset, window index i).
+struct RowNoise {
+  uint64_t seed, offset;
+  uint32_t i;
+  const float* u32;
+  const double* u64;
+  APD_HD bool generated() const { return u32 == nullptr && u64 == nullptr; }
+};
+
+// Row (b, i) of an apd_noise (apd.h). Its pointers are read here: host memory for the CPU kernels,
+// device memory inside the CUDA kernels.
+APD_HD RowNoise row_noise(const apd_noise& n, int64_t b, int64_t i) {
+  RowNoise r{};
+  if (n.uniform != nullptr) {
+    const int64_t off = b * n.uniform_stride_b + i * n.uniform_stride_k;
+    if (n.uniform_dtype == APD_FLOAT64)
+      r.u64 = static_cast<const double*>(n.uniform) + off;
+    else
+      r.u32 = static_cast<const float*>(n.uniform) + off;
+    return r;
+  }
+  r.seed = row_seed(n.seeds, n.seed_value, n.seed_per_row != 0, b);
+  r.offset = static_cast<uint64_t>(n.offset != nullptr ? *n.offset : n.offset_value);
+  r.i = static_cast<uint32_t>(i);
+  return r;
 }
 
 }  // namespace apd

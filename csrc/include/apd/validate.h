@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "apd/apd.h"
+#include "apd/modes.h"
 
 namespace apd {
 
@@ -43,7 +44,7 @@ inline const char* check_args(const apd_sample_draft_args& a) {
   if (a.dllm.data == nullptr || a.tokens == nullptr || a.logprobs == nullptr) return "null pointer argument";
   if (!is_logit_dtype(a.dllm.dtype)) return "dllm logits must be float32, float16 or bfloat16";
   if (const char* e = check_filter(a.filter)) return e;
-  return check_noise(a.noise, a.filter.temperature > 0.0);
+  return check_noise(a.noise, apd_draft_mode_of(&a.filter, &a.noise) != APD_DRAFT_ARGMAX);
 }
 
 inline const char* check_args(const apd_mixture_accept_args& a) {
@@ -56,7 +57,7 @@ inline const char* check_args(const apd_mixture_accept_args& a) {
   if (!is_logit_dtype(a.verifier.dtype)) return "verifier logits must be float32, float16 or bfloat16";
   if (!(a.mixture_weight >= 0.0 && a.mixture_weight <= 1.0)) return "mixture_weight must be in [0, 1]";
   if (const char* e = check_filter(a.filter)) return e;
-  return check_noise(a.noise, a.filter.temperature > 0.0 && !a.greedy_target);
+  return check_noise(a.noise, apd_target_sampled(apd_target_mode_of(a.greedy_target, &a.filter, &a.noise)) != 0);
 }
 
 }  // namespace apd
