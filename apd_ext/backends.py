@@ -7,8 +7,13 @@ as the C ABI groups them (csrc/include/apd/apd.h: apd_filter, apd_noise):
     mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths,
                    filt: Filter, noise: Noise) -> num_accepted, target_tokens, logp_dllm, logp_verifier, logp_mixture
 
-Only the torch op schemas (csrc/torch_ops/bindings.cpp) take them flat, in the fields' order. "auto" picks: CUDA tensors -> "cuda" when the extension has CUDA kernels, else "triton";
-CPU tensors -> "cpu" when the extension is built, else "reference". APD_EXT_BACKEND overrides "auto".
+Only the torch op schemas (csrc/torch_ops/bindings.cpp) take them flat, in the fields' order.
+"auto" picks: CUDA tensors -> "cuda" when the extension has CUDA kernels, else "triton"; CPU
+tensors -> "cpu" when the extension is built, else "reference". APD_EXT_BACKEND overrides "auto".
+
+Importing this module loads the extension when it is built, so torch.ops.apd_ext.* exist right
+after ``import apd_ext``; an unbuilt checkout imports and runs the Python backends, and a build
+that fails to load raises at import.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ NAMES = ("auto", "cpu", "cuda", "triton", "reference")
 
 
 class Filter(NamedTuple):
-    """apd_filter: the sampling filters of the dLLM distribution (checked by ops.check_filter)."""
+    """apd_filter: the sampling filters of the dLLM distribution (checked by ops._check_filter)."""
 
     temperature: float  # >= 0; 0 is greedy (no noise)
-    top_k: int  # >= 0; 0 disables it
+    top_k: int  # >= 0; 0 disables it (ops turn top_k >= vocab into 0)
     top_p: float  # in (0, 1]; 1 disables it
 
 
@@ -154,3 +159,6 @@ def get(name: str, device: torch.device):
 
         return triton_backend
     return _TorchOp(name)
+
+
+extension()  # at import: registers torch.ops.apd_ext.* (see the module docstring)

@@ -6,11 +6,15 @@ callers pass, fills in defaults and hands normalised arguments to one backend (a
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from apd_ext import backends
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INT64_MAX = 2**63 - 1
 
 
 def _check_logits(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -27,15 +31,38 @@ def _check_logits(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _check_filter(temperature: float, top_k: int, top_p: float) -> None:
-    if not temperature >= 0.0:  # also rejects NaN
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+def _real(name: str, value) -> float:
+    """value as a float; TypeError naming the argument for anything but a real number (str, None,
+    bool, tensors)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value, what: str) -> int:
+    """value as an int; TypeError naming the argument for anything but an integer (float, str, None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def _check_filter(temperature, top_k, top_p, vocab: int | None = None) -> backends.Filter:
+    """The checked filter (apd_filter) of an op call. top_k >= vocab (or >= 2**63 - 1 when vocab is
+    not given) keeps every entry and becomes 0, so that any integer top_k reaches the backends as int64."""
+    temperature = _real("temperature", temperature)
+    if not 0.0 <= temperature < math.inf:  # also rejects NaN
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
     if temperature != 0.0 and 1.0 / temperature > torch.finfo(torch.float32).max:
         raise ValueError(f"temperature {temperature} is too small; use 0 for greedy")
-    if int(top_k) != top_k or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0, got {top_k}")
+    top_k = _integer("top_k", top_k, "an integer >= 0 (0: no top-k filter)")
+    if top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0: no top-k filter), got {top_k}")
+    if top_k >= (_INT64_MAX if vocab is None else vocab):
+        top_k = 0
+    top_p = _real("top_p", top_p)
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    return backends.Filter(temperature, top_k, top_p)
 
 
 def _rng_arg(name: str, value, batch: int, device: torch.device, per_row_ok: bool):
@@ -50,11 +77,9 @@ def _rng_arg(name: str, value, batch: int, device: torch.device, per_row_ok: boo
             allowed = f"1 or B={batch}" if per_row_ok else "1"
             raise ValueError(f"{name} tensor must hold {allowed} values, got shape {tuple(value.shape)}")
         return value.reshape(-1).contiguous(), 0
-    if isinstance(value, bool) or int(value) != value:
-        raise TypeError(f"{name} must be an int or an int64 tensor, got {value!r}")
-    value = int(value)
+    value = _integer(name, value, "an int in [-2**63, 2**64) or an int64 tensor")
     if not -(2**63) <= value < 2**64:
-        raise ValueError(f"{name} must fit in 64 bits, got {value}")
+        raise ValueError(f"{name} must fit in 64 bits ([-2**63, 2**64)), got {value}")
     return None, value - 2**64 if value >= 2**63 else value
 
 
@@ -68,15 +93,52 @@ def _rng(seed, offset, batch: int, device: torch.device):
 
 
 def _check_noise(noise, batch: int, window: int, vocab: int, device: torch.device):
+    """The explicit uniforms of a call (None: the generator's noise), checked: [B, K, >= vocab]
+    float32/float64 on the logits' device, every used entry in the open interval (0, 1). The range
+    check reads the values on the host (a device sync on CUDA): explicit noise is for replays."""
     if noise is None:
         return None
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise must be a float32 or float64 tensor of uniforms, got {type(noise).__name__}")
     if noise.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"noise must be float32 or float64 uniforms, got {noise.dtype}")
     if noise.dim() != 3 or noise.shape[0] != batch or noise.shape[1] != window or noise.shape[2] < vocab:
         raise ValueError(f"noise must have shape [{batch}, {window}, >={vocab}], got {tuple(noise.shape)}")
     if noise.device != device:
         raise ValueError(f"noise is on {noise.device}, the logits on {device}")
+    used = noise[..., :vocab]
+    outside = ~((used > 0) & (used < 1))  # NaN is outside too
+    if bool(outside.any()):
+        bad = used[outside][0].item()
+        raise ValueError(f"noise must hold uniforms in the open interval (0, 1), got {bad}")
     return noise if noise.stride(-1) == 1 else noise.contiguous()
+
+
+def _check_valid_lengths(valid_lengths, batch: int, window: int, device: torch.device):
+    if valid_lengths is None:
+        return None
+    if not isinstance(valid_lengths, torch.Tensor):
+        raise TypeError(f"valid_lengths must be an int64 tensor of shape [{batch}], got {type(valid_lengths).__name__}")
+    if valid_lengths.dtype != torch.int64 or tuple(valid_lengths.shape) != (batch,):
+        raise ValueError(f"valid_lengths must be int64 [{batch}], got {valid_lengths.dtype} {tuple(valid_lengths.shape)}")
+    if valid_lengths.device != device:
+        raise ValueError(f"valid_lengths is on {valid_lengths.device}, the logits on {device}")
+    if device.type == "cpu" and bool(((valid_lengths < 0) | (valid_lengths > window)).any()):
+        raise ValueError(f"valid_lengths must lie in [0, {window}], got {valid_lengths.tolist()}")
+    return valid_lengths.contiguous()
+
+
+def _check_draft(draft_tokens, batch: int, window: int, vocab: int, device: torch.device) -> torch.Tensor:
+    if not isinstance(draft_tokens, torch.Tensor) or draft_tokens.dtype != torch.int64:
+        raise TypeError("draft_tokens must be an int64 tensor")
+    if tuple(draft_tokens.shape) != (batch, window):
+        raise ValueError(f"draft_tokens must have shape [{batch}, {window}], got {tuple(draft_tokens.shape)}")
+    if draft_tokens.device != device:
+        raise ValueError(f"draft_tokens is on {draft_tokens.device}, the logits on {device}")
+    if device.type == "cpu" and bool(((draft_tokens < 0) | (draft_tokens >= vocab)).any()):
+        bad = draft_tokens[(draft_tokens < 0) | (draft_tokens >= vocab)][0].item()
+        raise ValueError(f"draft_tokens holds {bad}, outside the vocabulary [0, {vocab})")
+    return draft_tokens if draft_tokens.stride(-1) == 1 else draft_tokens.contiguous()
 
 
 def _vocab(vocab_size, *sizes: int, names: tuple[str, ...]) -> int:
@@ -85,7 +147,8 @@ def _vocab(vocab_size, *sizes: int, names: tuple[str, ...]) -> int:
             desc = ", ".join(f"{n} has {s}" for n, s in zip(names, sizes))
             raise ValueError(f"vocabulary sizes differ ({desc}); pass vocab_size= the shared vocabulary")
         return sizes[0]
-    if int(vocab_size) != vocab_size or vocab_size <= 0:
+    vocab_size = _integer("vocab_size", vocab_size, "a positive integer")
+    if vocab_size <= 0:
         raise ValueError(f"vocab_size must be a positive integer, got {vocab_size}")
     for n, s in zip(names, sizes):
         if vocab_size > s:
@@ -108,17 +171,21 @@ def sample_draft(
     """Draft one token per window position from the dLLM's marginals (APD_SPEC step 1).
 
     Args:
-        dllm_logits: [B, K, V] float32/float16/bfloat16; row (b, i) holds the dLLM logits of window
-            position i. Read in place (rows must be contiguous; batch/window strides are free).
+        dllm_logits: [B, K, V] float32/float16/bfloat16, K the window (positions drafted at once);
+            row (b, i) holds the dLLM logits of window position i. Read in place (rows must be contiguous; batch/window strides are free).
         temperature: T >= 0. Tokens are ``argmax_v(D / T + g)``; T = 0 is greedy (no noise).
-        top_k, top_p: restrict the draft distribution (0 and 1 disable them); top-p mass is taken
-            from ``softmax(D / T)`` after top-k. See reference.py for ties.
+        top_k, top_p: restrict the draft distribution (0 and 1 disable them; top_k >= the vocabulary
+            keeps everything); top-p mass is taken from ``softmax(D / T)`` after top-k. See
+            reference.py for ties.
         vocab_size: use only the first vocab_size entries of each row (default V).
         seed: int, or int64 tensor of 1 or B values on the logits' device (graph-safe). Row b's
             seed is ``seed + b`` (one value) or ``seed[b]``. Default: drawn from torch's generator.
         offset: int or one-element int64 tensor; with the seed it picks the noise (default 0).
-        noise: optional [B, K, >= vocab] float32/float64 uniforms in (0, 1) replacing the generator.
+        noise: optional [B, K, >= vocab] float32/float64 uniforms replacing the generator (replays);
+            every used entry must lie in the open interval (0, 1), which is checked on the host.
         backend: "auto", "cpu", "cuda", "triton" or "reference".
+
+    Raises TypeError / ValueError naming the argument for a wrong type or value.
 
     Returns:
         tokens int64 [B, K]; logprobs float32 [B, K], ``log softmax(D)[token]`` at temperature 1 over
@@ -130,11 +197,10 @@ def sample_draft(
     dllm_logits = _check_logits("dllm_logits", dllm_logits)
     B, K, V = dllm_logits.shape
     vocab = _vocab(vocab_size, V, names=("dllm_logits",))
-    _check_filter(temperature, top_k, top_p)
+    filt = _check_filter(temperature, top_k, top_p, vocab)
     device = dllm_logits.device
     noise = _check_noise(noise, B, K, vocab, device)
     impl = backends.get(backend, device)
-    filt = backends.Filter(float(temperature), int(top_k), float(top_p))
     return impl.sample_draft(dllm_logits, vocab, filt, backends.Noise(*_rng(seed, offset, B, device), noise))
 
 
@@ -158,14 +224,16 @@ def mixture_accept(
     """Sample the APD target and find the accepted prefix (APD_SPEC steps 3-4) in one pass.
 
     Args:
-        dllm_logits: [B, K, V] dLLM logits of the K window positions (those the draft came from).
+        dllm_logits: [B, K, V] dLLM logits of the window's K positions (those the draft came from).
         verifier_logits: [B, K, V2] verifier logits aligned with them (row i predicts position i).
         draft_tokens: int64 [B, K], usually sample_draft's tokens.
-        mixture_weight: w in [0, 1]; the target samples ``p_dllm^w * p_verifier^(1-w)``.
+        mixture_weight: in [0, 1]; the target samples
+            ``p_dllm^mixture_weight * p_verifier^(1 - mixture_weight)``.
         temperature, top_k, top_p: as in :func:`sample_draft`; the filters also restrict the target.
         vocab_size: shared vocabulary; required when V != V2, at most min(V, V2).
         valid_lengths: optional int64 [B]: row b has only valid_lengths[b] real positions.
-        greedy_target: the authors' released code: target = argmax(w D + (1-w) A), no noise.
+        greedy_target: the authors' released code: target =
+            ``argmax(mixture_weight * D + (1 - mixture_weight) * A)``, no noise.
         seed, offset, noise: must be those of the draft, so both use the same Gumbel noise.
         backend: "auto", "cpu", "cuda", "triton" or "reference".
 
@@ -185,37 +253,19 @@ def mixture_accept(
     if verifier_logits.device != device:
         raise ValueError(f"verifier_logits is on {verifier_logits.device}, dllm_logits on {device}")
     vocab = _vocab(vocab_size, V, verifier_logits.shape[2], names=("dllm_logits", "verifier_logits"))
-    if not isinstance(draft_tokens, torch.Tensor) or draft_tokens.dtype != torch.int64:
-        raise TypeError("draft_tokens must be an int64 tensor")
-    if tuple(draft_tokens.shape) != (B, K):
-        raise ValueError(f"draft_tokens must have shape [{B}, {K}], got {tuple(draft_tokens.shape)}")
-    if draft_tokens.device != device:
-        raise ValueError(f"draft_tokens is on {draft_tokens.device}, the logits on {device}")
-    if draft_tokens.stride(-1) != 1:
-        draft_tokens = draft_tokens.contiguous()
-    if device.type == "cpu" and bool(((draft_tokens < 0) | (draft_tokens >= vocab)).any()):
-        bad = draft_tokens[(draft_tokens < 0) | (draft_tokens >= vocab)][0].item()
-        raise ValueError(f"draft_tokens holds {bad}, outside the vocabulary [0, {vocab})")
+    draft_tokens = _check_draft(draft_tokens, B, K, vocab, device)
+    mixture_weight = _real("mixture_weight", mixture_weight)
     if not 0.0 <= mixture_weight <= 1.0:
         raise ValueError(f"mixture_weight must be in [0, 1], got {mixture_weight}")
-    _check_filter(temperature, top_k, top_p)
-    if valid_lengths is not None:
-        if valid_lengths.dtype != torch.int64 or tuple(valid_lengths.shape) != (B,):
-            raise ValueError(f"valid_lengths must be int64 [{B}], got {valid_lengths.dtype} {tuple(valid_lengths.shape)}")
-        if valid_lengths.device != device:
-            raise ValueError(f"valid_lengths is on {valid_lengths.device}, the logits on {device}")
-        if device.type == "cpu" and bool(((valid_lengths < 0) | (valid_lengths > K)).any()):
-            raise ValueError(f"valid_lengths must lie in [0, {K}], got {valid_lengths.tolist()}")
-        valid_lengths = valid_lengths.contiguous()
+    filt = _check_filter(temperature, top_k, top_p, vocab)
+    valid_lengths = _check_valid_lengths(valid_lengths, B, K, device)
     noise = _check_noise(noise, B, K, vocab, device)
-    needs_noise = temperature > 0 and not greedy_target and noise is None
-    if needs_noise and seed is None:
+    if filt.temperature > 0 and not greedy_target and noise is None and seed is None:
         raise ValueError(
             "mixture_accept needs the seed and offset (or noise) that drew the draft: the target "
             "must reuse the draft's Gumbel noise (APD_SPEC step 3)"
         )
     impl = backends.get(backend, device)
-    filt = backends.Filter(float(temperature), int(top_k), float(top_p))
     rng = backends.Noise(*_rng(0 if seed is None else seed, offset, B, device), noise)
-    return impl.mixture_accept(dllm_logits, verifier_logits, draft_tokens, vocab, float(mixture_weight),
+    return impl.mixture_accept(dllm_logits, verifier_logits, draft_tokens, vocab, mixture_weight,
                                bool(greedy_target), valid_lengths, filt, rng)

@@ -13,16 +13,20 @@ The math is ../shared/APD_SPEC.md's; the choices that document leaves open are f
 * Filters restrict the dLLM distribution: ``top_k`` keeps entries ``>=`` the k-th largest (ties at
   the threshold are kept); ``top_p`` then keeps entry v when the probability mass of strictly larger
   kept entries is ``< top_p``, the mass taken from ``softmax(D / T)`` over the top-k set (``softmax(D)``
-  when T = 0). The same support restricts the target: the mixture lives where the filtered dLLM
+  when T = 0); when ``x`` holds ``+inf`` (``D / T`` overflowed) those entries hold all the mass and
+  only they are kept. The same support restricts the target: the mixture lives where the filtered dLLM
   has mass, so ``mixture_weight = 1`` accepts every draft.
-* ``mixture_weight`` w: the mixture logit is ``w * D + (1 - w) * A``, a zero-weight term dropping
-  out (so ``-inf`` never meets ``0``). It differs from ``w * logp_D + (1 - w) * logp_A`` by a per-row
-  constant, which changes no argmax.
-* Log-probs are reported at temperature 1 over the filtered support: ``logp_dllm = log_softmax(D)``
-  restricted to the kept entries, ``logp_verifier = log_softmax(A)`` over the shared vocabulary,
-  ``logp_mixture = log_softmax(w * D + (1 - w) * A)`` over the kept entries, each at the draft token.
+* ``mixture_weight``: the mixture logit is ``mixture_weight * D + (1 - mixture_weight) * A``, a
+  zero-weight term dropping out (so ``-inf`` never meets ``0``); a mixture entry that is NaN
+  (``D = +inf`` with ``A = -inf``) counts as ``-inf``, like a NaN logit. It differs from the same
+  mixture of ``logp_D`` and ``logp_A`` by a per-row constant, which changes no argmax.
+* Log-probs are reported at temperature 1 over the filtered support, computed as
+  ``(x - max) - log(sum(exp(x - max)))`` so that large logits keep their precision:
+  ``logp_dllm = log_softmax(D)`` restricted to the kept entries, ``logp_verifier = log_softmax(A)``
+  over the shared vocabulary, ``logp_mixture`` = the log softmax of the mixture over the kept
+  entries, each at the draft token.
 * ``greedy_target=True`` (the authors' released code): target = first argmax of the raw mixture
-  ``w * D + (1 - w) * A`` over the whole shared vocabulary, with no noise, temperature or filter.
+  over the whole shared vocabulary, with no noise, temperature or filter.
 * Acceptance: ``a_0 = 1``, ``a_i = [d_i == s_i]``, n = leading ones, capped by ``valid_lengths[b]``
   (0 gives n = 0). A draft token outside ``[0, vocab_size)`` ends the prefix before it (even at i = 0);
   the ops raise on such tokens when they can check without a device sync. Positions at or beyond
@@ -134,6 +138,8 @@ def filter_threshold(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         )
         kept = (mass_greater < top_p) & (vals > float("-inf"))
         tau_p = torch.where(kept, vals, float("inf")).amin(dim=-1)
+        # +inf entries (x = D / T overflowed) hold all the mass: only they are kept.
+        tau_p = torch.where(vals[..., 0] == float("inf"), float("inf"), tau_p)
         tau = torch.maximum(tau, tau_p)
     return tau
 
@@ -172,16 +178,28 @@ def sample_draft(
     score = x if temperature == 0 else x + _prepare_noise(noise, seed, offset, (B, K, V), D.device)
     score = torch.where(keep, score, float("-inf"))
     tokens = torch.argmax(score, dim=-1)
-    logp = torch.log_softmax(torch.where(keep, D, float("-inf")), dim=-1)
+    logp = log_softmax(torch.where(keep, D, float("-inf")))
     return tokens, torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def _mix(D: torch.Tensor, A: torch.Tensor, w: float) -> torch.Tensor:
-    if w == 1.0:
+def _mix(D: torch.Tensor, A: torch.Tensor, mixture_weight: float) -> torch.Tensor:
+    """The mixture logit; a NaN (e.g. D = +inf with A = -inf) counts as -inf, like NaN logits."""
+    if mixture_weight == 1.0:
         return D
-    if w == 0.0:
+    if mixture_weight == 0.0:
         return A
-    return torch.tensor(w, dtype=torch.float32) * D + torch.tensor(1.0 - w, dtype=torch.float32) * A
+    w = torch.tensor(mixture_weight, dtype=torch.float32)
+    mix = w * D + torch.tensor(1.0 - mixture_weight, dtype=torch.float32) * A
+    return torch.nan_to_num(mix, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """float32 log softmax over the last dim as ``(x - max) - log(sum(exp(x - max)))``: exact for
+    large logits (never ``max + log(sum)`` first, which rounds at max's scale). NaN on rows
+    without a finite entry."""
+    m = x.amax(dim=-1, keepdim=True)
+    shifted = x - m
+    return shifted - torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))
 
 
 def accepted_prefix(draft: torch.Tensor, target: torch.Tensor, vocab_size: int,
@@ -224,7 +242,7 @@ def mixture_accept(
     mix = _mix(D, A, mixture_weight)
     mix_kept = torch.where(keep, mix, float("-inf"))
     if greedy_target:
-        target = torch.argmax(torch.nan_to_num(mix, nan=float("-inf")), dim=-1)
+        target = torch.argmax(mix, dim=-1)
     elif temperature == 0:
         target = torch.argmax(mix_kept, dim=-1)
     else:
@@ -234,7 +252,7 @@ def mixture_accept(
     safe = draft.clamp(0, V - 1).unsqueeze(-1)
 
     def at_draft(logits):
-        lp = torch.gather(torch.log_softmax(logits, dim=-1), -1, safe).squeeze(-1)
+        lp = torch.gather(log_softmax(logits), -1, safe).squeeze(-1)
         return torch.where((draft >= 0) & (draft < V), lp, float("nan"))
 
     logp_d = at_draft(torch.where(keep, D, float("-inf")))

@@ -26,7 +26,19 @@ def t():
         (dict(temperature=float("nan")), ValueError, "temperature"),
         (dict(temperature=1e-45), ValueError, "temperature"),
         (dict(top_k=-1), ValueError, "top_k"),
-        (dict(top_k=2.5), ValueError, "top_k"),
+        (dict(top_k=2.5), TypeError, "top_k"),
+        (dict(top_k=2.0), TypeError, "top_k"),
+        (dict(top_k=float("nan")), TypeError, "top_k"),
+        (dict(top_k=float("inf")), TypeError, "top_k"),
+        (dict(top_k="3"), TypeError, "top_k"),
+        (dict(top_k=None), TypeError, "top_k"),
+        (dict(temperature="1"), TypeError, "temperature"),
+        (dict(temperature=None), TypeError, "temperature"),
+        (dict(temperature=float("inf")), ValueError, "temperature"),
+        (dict(top_p="0.9"), TypeError, "top_p"),
+        (dict(top_p=None), TypeError, "top_p"),
+        (dict(top_p=float("nan")), ValueError, "top_p"),
+        (dict(vocab_size="50"), TypeError, "vocab_size"),
         (dict(top_p=0.0), ValueError, "top_p"),
         (dict(top_p=1.5), ValueError, "top_p"),
         (dict(vocab_size=V + 1), ValueError, "vocab_size"),
@@ -34,15 +46,34 @@ def t():
         (dict(seed=torch.tensor([1, 2, 3])), ValueError, "seed"),
         (dict(seed=torch.tensor([1.0])), TypeError, "seed"),
         (dict(seed=2**64), ValueError, "seed"),
-        (dict(seed="x"), (TypeError, ValueError), "seed|invalid literal"),
+        (dict(seed="x"), TypeError, "seed"),
+        (dict(seed=1.5), TypeError, "seed"),
+        (dict(seed=None, offset=0.5), TypeError, "offset"),
         (dict(offset=torch.tensor([1, 2])), ValueError, "offset"),
         (dict(noise=torch.rand(B, K, V - 1)), ValueError, "noise"),
         (dict(noise=torch.rand(B, K, V).half()), TypeError, "noise"),
+        (dict(noise=torch.rand(B, K, V).tolist()), TypeError, "noise"),
     ],
 )
 def test_sample_draft_rejects(t, backend, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         apd_ext.sample_draft(t["D"], backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1.5, -0.5, float("inf"), float("-inf"), 0.0, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_outside_the_open_unit_interval_is_rejected(t, bad, dtype):
+    """Explicit uniforms must lie in (0, 1): each backend would turn others into a different token."""
+    u = torch.rand(B, K, V, dtype=dtype).clamp(1e-6, 1 - 1e-6)
+    u[1, 2, 7] = bad
+    with pytest.raises(ValueError, match=r"noise must hold uniforms in the open interval \(0, 1\)"):
+        apd_ext.sample_draft(t["D"], noise=u)
+    with pytest.raises(ValueError, match="noise must hold uniforms"):
+        apd_ext.mixture_accept(t["D"], t["A"], t["d"], mixture_weight=0.5, noise=u)
+    # entries past vocab_size are never used, so they are not checked
+    u[1, 2, 7] = 0.5
+    u[..., V - 1] = bad
+    apd_ext.sample_draft(t["D"], noise=u, vocab_size=V - 1)
 
 
 def test_sample_draft_rejects_bad_logits(t):
@@ -79,6 +110,15 @@ def test_unavailable_backend_says_what_is_available(t):
         (dict(valid_lengths=torch.tensor([1])), ValueError, "valid_lengths"),
         (dict(valid_lengths=torch.tensor([1, 2], dtype=torch.int32)), ValueError, "valid_lengths"),
         (dict(vocab_size=V + 1), ValueError, "vocab_size"),
+        (dict(mixture_weight="0.5"), TypeError, "mixture_weight"),
+        (dict(mixture_weight=None), TypeError, "mixture_weight"),
+        (dict(mixture_weight=float("nan")), ValueError, "mixture_weight"),
+        (dict(temperature=None), TypeError, "temperature"),
+        (dict(top_k=float("inf")), TypeError, "top_k"),
+        (dict(valid_lengths=[1, 2]), TypeError, "valid_lengths"),
+        (dict(noise=torch.rand(B, K, V).tolist()), TypeError, "noise"),
+        (dict(noise=torch.full((B, K, V), 1.5)), ValueError, "noise"),
+        (dict(seed=1.5), TypeError, "seed"),
     ],
 )
 def test_mixture_accept_rejects(t, change, exc, match):
