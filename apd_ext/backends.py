@@ -51,27 +51,6 @@ class Noise(NamedTuple):
     uniform: torch.Tensor | None = None
 
 
-class _Reference:
-    name = "reference"
-
-    def sample_draft(self, dllm, vocab, filt: Filter, noise: Noise):
-        return reference.sample_draft(dllm, vocab_size=vocab, **_reference_kw(filt, noise))
-
-    def mixture_accept(self, dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths,
-                       filt: Filter, noise: Noise):
-        return reference.mixture_accept(
-            dllm, verifier, draft, mixture_weight=mixture_weight, vocab_size=vocab, valid_lengths=valid_lengths,
-            greedy_target=greedy_target, **_reference_kw(filt, noise),
-        )
-
-
-def _reference_kw(filt: Filter, noise: Noise) -> dict:
-    seed = noise.seed_t if noise.seed_t is not None else noise.seed_v
-    offset = noise.offset_t if noise.offset_t is not None else noise.offset_v
-    return dict(temperature=filt.temperature, top_k=filt.top_k, top_p=filt.top_p, seed=seed, offset=offset,
-                noise=noise.uniform)
-
-
 class _TorchOp:
     """The C++/CUDA kernels registered as torch.ops.apd_ext.* (csrc/torch_ops/bindings.cpp), whose
     schemas take the Filter and Noise fields flat, in order."""
@@ -148,7 +127,7 @@ def get(name: str, device: torch.device):
             else:
                 name = "cpu" if extension() is not None else "reference"
     if name == "reference":
-        return _Reference()
+        return reference
     if name not in available(device.type):
         raise RuntimeError(
             f"backend {name!r} cannot run on {device.type} tensors here "

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import torch
 
+name = "reference"  # the backend name: this module is the "reference" backend (apd_ext/backends.py)
+
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M0 = 0xD2511F53
 _PHILOX_M1 = 0xCD9E8D57
@@ -144,38 +146,33 @@ def filter_threshold(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return tau
 
 
-def _prepare_noise(noise, seed, offset, shape, device) -> torch.Tensor | None:
+def gumbel_noise(noise, shape, device) -> torch.Tensor:
+    """float32 [B, K, V] Gumbel noise of a Noise (apd_ext/backends.py): from its explicit uniforms,
+    in their precision, or from the generator of its seed and offset."""
     B, K, V = shape
-    if noise is not None:
-        u = noise[..., :V]
-        return gumbel(u).to(torch.float32)
-    if seed is None or offset is None:
-        raise ValueError("reference: seed and offset (or noise) are required when temperature > 0")
+    if noise.uniform is not None:
+        return gumbel(noise.uniform[..., :V]).to(torch.float32)
+    seed = noise.seed_t if noise.seed_t is not None else noise.seed_v
+    offset = noise.offset_t if noise.offset_t is not None else noise.offset_v
     return gumbel(noise_uniform(seed, offset, B, K, V, device))
 
 
-def sample_draft(
-    dllm_logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    vocab_size: int | None = None,
-    seed=None,
-    offset=None,
-    noise: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_draft(dllm_logits: torch.Tensor, vocab_size: int, filt, noise) -> tuple[torch.Tensor, torch.Tensor]:
     """Draft tokens int64 [B, K] and their log-probs float32 [B, K] (APD_SPEC step 1).
 
+    Arguments as every backend takes them (apd_ext/backends.py; checked by apd_ext/ops.py, which
+    is how callers reach this with backend="reference"): the [B, K, V] logits, the vocabulary
+    used, a Filter (temperature, top_k, top_p) and a Noise (seed, offset or explicit uniforms).
     ``d = argmax_v(x[v] + g[v])`` over the filtered support with ``x = D / T`` (plain argmax when
     T = 0); log-prob of ``d`` under ``softmax(D)`` restricted to the support.
     """
+    temperature, top_k, top_p = filt
     B, K, _ = dllm_logits.shape
-    V = dllm_logits.shape[-1] if vocab_size is None else vocab_size
+    V = vocab_size
     D = _clean(dllm_logits, V)
     x = scaled(D, temperature)
     keep = x >= filter_threshold(x, top_k, top_p).unsqueeze(-1)
-    score = x if temperature == 0 else x + _prepare_noise(noise, seed, offset, (B, K, V), D.device)
+    score = x if temperature == 0 else x + gumbel_noise(noise, (B, K, V), D.device)
     score = torch.where(keep, score, float("-inf"))
     tokens = torch.argmax(score, dim=-1)
     logp = log_softmax(torch.where(keep, D, float("-inf")))
@@ -215,26 +212,15 @@ def accepted_prefix(draft: torch.Tensor, target: torch.Tensor, vocab_size: int,
     return n
 
 
-def mixture_accept(
-    dllm_logits: torch.Tensor,
-    verifier_logits: torch.Tensor,
-    draft_tokens: torch.Tensor,
-    *,
-    mixture_weight: float,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    vocab_size: int | None = None,
-    valid_lengths: torch.Tensor | None = None,
-    greedy_target: bool = False,
-    seed=None,
-    offset=None,
-    noise: torch.Tensor | None = None,
-):
+def mixture_accept(dllm_logits: torch.Tensor, verifier_logits: torch.Tensor, draft_tokens: torch.Tensor,
+                   vocab_size: int, mixture_weight: float, greedy_target: bool,
+                   valid_lengths: torch.Tensor | None, filt, noise):
     """APD_SPEC steps 3-4: (num_accepted [B], target_tokens [B, K], logp_dllm, logp_verifier,
-    logp_mixture [B, K]); see the module docstring for every convention."""
+    logp_mixture [B, K]), with the backend arguments of :func:`sample_draft`; see the module
+    docstring for every convention."""
+    temperature, top_k, top_p = filt
     B, K, _ = dllm_logits.shape
-    V = vocab_size if vocab_size is not None else dllm_logits.shape[-1]
+    V = vocab_size
     D = _clean(dllm_logits, V)
     A = _clean(verifier_logits, V)
     x = scaled(D, temperature)
@@ -246,7 +232,7 @@ def mixture_accept(
     elif temperature == 0:
         target = torch.argmax(mix_kept, dim=-1)
     else:
-        g = _prepare_noise(noise, seed, offset, (B, K, V), D.device)
+        g = gumbel_noise(noise, (B, K, V), D.device)
         target = torch.argmax(scaled(mix_kept, temperature) + g, dim=-1)
     draft = draft_tokens.to(torch.int64)
     safe = draft.clamp(0, V - 1).unsqueeze(-1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import apd_ext
-from apd_ext import backends, reference
+from apd_ext import backends, ops, reference
 
 TRITON_INTERPRETED = not torch.cuda.is_available()
 
@@ -49,6 +49,13 @@ def make_logits(kind: str, B: int, K: int, V: int, dtype=torch.float32, generato
     return x.to(dtype).to(device)
 
 
+def gumbel(uniform, seed, offset, shape, device) -> torch.Tensor:
+    """float32 [B, K, V] Gumbel noise of the reference for explicit uniforms (or None) and the
+    seed/offset as the public ops take them."""
+    rng = backends.Noise(*ops._rng(seed, offset, shape[0], torch.device(device)), uniform)
+    return reference.gumbel_noise(rng, shape, device)
+
+
 def draft_scores(D, temperature, top_k, top_p, seed, offset, noise=None):
     """float32 [B, K, V] of what sample_draft maximises (reference semantics)."""
     B, K, V = D.shape
@@ -56,7 +63,7 @@ def draft_scores(D, temperature, top_k, top_p, seed, offset, noise=None):
     x = reference.scaled(Dc, temperature)
     keep = x >= reference.filter_threshold(x, top_k, top_p).unsqueeze(-1)
     if temperature > 0:
-        x = x + reference._prepare_noise(noise, seed, offset, (B, K, V), D.device)
+        x = x + gumbel(noise, seed, offset, (B, K, V), D.device)
     return torch.where(keep, x, float("-inf"))
 
 
@@ -84,3 +91,13 @@ def assert_logprobs_close(got, expected, atol=2e-4, rtol=1e-5):
 
 def run(op, backend, *args, **kwargs):
     return getattr(apd_ext, op)(*args, backend=backend, **kwargs)
+
+
+def ref_sample_draft(dllm_logits, **kw):
+    """The reference backend (the executable spec) with the public op's keywords and checks."""
+    return apd_ext.sample_draft(dllm_logits, backend="reference", **kw)
+
+
+def ref_mixture_accept(dllm_logits, verifier_logits, draft_tokens, **kw):
+    """The reference backend of mixture_accept with the public op's keywords and checks."""
+    return apd_ext.mixture_accept(dllm_logits, verifier_logits, draft_tokens, backend="reference", **kw)

@@ -19,8 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 CHECK = r"""
 import torch, apd_ext
-from apd_ext import reference
-from helpers import assert_logprobs_close, assert_same_argmax, draft_scores, make_logits
+from helpers import assert_logprobs_close, assert_same_argmax, draft_scores, make_logits, ref_mixture_accept, ref_sample_draft
 
 gen = torch.Generator().manual_seed(7)
 cases = [(1, 5, 111, "flat", torch.float32, 1.0, 0, 1.0), (2, 7, 1000, "peaky", torch.bfloat16, 0.7, 0, 0.9),
@@ -31,11 +30,11 @@ for B, K, V, kind, dtype, T, top_k, top_p in cases:
     A = make_logits("flat", B, K, V, dtype, gen)
     kw = dict(temperature=T, top_k=top_k, top_p=top_p, seed=5, offset=3)
     tok, lp = apd_ext.sample_draft(D, backend="cpu", **kw)
-    rtok, rlp = reference.sample_draft(D, **kw)
+    rtok, rlp = ref_sample_draft(D, **kw)
     assert_same_argmax(tok, rtok, draft_scores(D, T, top_k, top_p, 5, 3))
     assert_logprobs_close(lp[tok == rtok], rlp[tok == rtok])
     out = apd_ext.mixture_accept(D, A, rtok, mixture_weight=0.6, backend="cpu", **kw)
-    ref = reference.mixture_accept(D, A, rtok, mixture_weight=0.6, **kw)
+    ref = ref_mixture_accept(D, A, rtok, mixture_weight=0.6, **kw)
     same = out[1] == ref[1]
     assert same.float().mean() > 0.99, (out[1], ref[1])
     for got, want in zip(out[2:], ref[2:]):

@@ -11,8 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import golden as golden_data
-from apd_ext import reference
-from helpers import backend_device, backend_params, run
+from helpers import backend_device, backend_params, ref_mixture_accept, ref_sample_draft, run
 
 WEIGHTS = {"w000": 0.0, "w030": 0.3, "w070": 0.7, "w100": 1.0}
 BACKENDS = backend_params(("reference", "cpu", "triton", "cuda"))
@@ -59,13 +58,13 @@ def test_paper_mode_with_golden_uniforms_matches_reference(golden, backend, case
     dev = backend_device(backend)
     noise = U.unsqueeze(0)
     tok, lp = run("sample_draft", backend, D.to(dev), temperature=T, noise=noise.to(dev))
-    ref_tok, ref_lp = reference.sample_draft(D, temperature=T, noise=noise)
+    ref_tok, ref_lp = ref_sample_draft(D, temperature=T, noise=noise)
     assert torch.equal(tok.cpu(), ref_tok)
     torch.testing.assert_close(lp.cpu(), ref_lp, atol=1e-4, rtol=1e-5)
     for w in WEIGHTS.values():
         out = run("mixture_accept", backend, D.to(dev), A.to(dev), ref_tok.to(dev), mixture_weight=w,
                   temperature=T, noise=noise.to(dev))
-        ref = reference.mixture_accept(D, A, ref_tok, mixture_weight=w, temperature=T, noise=noise)
+        ref = ref_mixture_accept(D, A, ref_tok, mixture_weight=w, temperature=T, noise=noise)
         assert torch.equal(out[0].cpu(), ref[0]) and torch.equal(out[1].cpu(), ref[1])
         for got, exp in zip(out[2:], ref[2:]):
             torch.testing.assert_close(got.cpu(), exp, atol=1e-4, rtol=1e-5)
@@ -75,6 +74,6 @@ def test_paper_mode_accepts_at_least_authors_mode_at_w1(golden):
     """At w = 1 the paper's coupled target equals the draft, so every position is accepted."""
     for case in [2, 3, 4]:
         D, A, T, U, _, _ = _case(golden, case)
-        tok, _ = reference.sample_draft(D, temperature=T, noise=U.unsqueeze(0))
-        n, *_ = reference.mixture_accept(D, A, tok, mixture_weight=1.0, temperature=T, noise=U.unsqueeze(0))
+        tok, _ = ref_sample_draft(D, temperature=T, noise=U.unsqueeze(0))
+        n, *_ = ref_mixture_accept(D, A, tok, mixture_weight=1.0, temperature=T, noise=U.unsqueeze(0))
         assert n.item() == D.shape[1]

@@ -9,7 +9,7 @@ import torch
 from apd_ext import reference
 from helpers import (
     assert_logprobs_close, assert_same_argmax, backend_device, backend_params, draft_scores,
-    interpreted, make_logits, run,
+    gumbel, interpreted, make_logits, ref_mixture_accept, ref_sample_draft, run,
 )
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -56,11 +56,11 @@ def test_grid_both_ops(backend, B, K, V, dtype):
     A = (0.8 * D.float() + 0.6 * torch.randn(B, K, V, generator=gen)).to(dtype)
     U = _uniforms(B, K, V, gen)
     tok, lp = run("sample_draft", backend, D.to(dev), noise=U.to(dev))
-    ref_tok, ref_lp = reference.sample_draft(D, noise=U)
+    ref_tok, ref_lp = ref_sample_draft(D, noise=U)
     assert_same_argmax(tok, ref_tok, draft_scores(D, 1.0, 0, 1.0, None, None, noise=U))
     assert_logprobs_close(lp, ref_lp)
     out = run("mixture_accept", backend, D.to(dev), A.to(dev), ref_tok.to(dev), mixture_weight=0.7, noise=U.to(dev))
-    ref = reference.mixture_accept(D, A, ref_tok, mixture_weight=0.7, noise=U)
+    ref = ref_mixture_accept(D, A, ref_tok, mixture_weight=0.7, noise=U)
     _check_mixture(out, ref, D, A, ref_tok, 0.7, 1.0, U)
 
 
@@ -77,7 +77,7 @@ def _check_mixture(out, ref, D, A, draft, w, T, U=None, seed=None, offset=None, 
         keep = (x >= reference.filter_threshold(x, top_k, top_p).unsqueeze(-1)) & (Dc > float("-inf"))
         scores = reference.scaled(torch.where(keep, reference._mix(Dc, Ac, w), float("-inf")), T)
         if T > 0:
-            scores = scores + reference._prepare_noise(U, seed, offset, (B, K, V), D.device)
+            scores = scores + gumbel(U, seed, offset, (B, K, V), D.device)
     valid = rtarget >= 0
     assert torch.equal(target < 0, ~valid)
     assert_same_argmax(torch.where(valid, target, 0), torch.where(valid, rtarget, 0), scores)
@@ -127,13 +127,13 @@ def test_seeded_knobs(backend, knobs, kind, dtype):
     seed, offset = int(torch.randint(0, 2**62, (1,), generator=gen)), 17
     T, tk, tp = knobs["temperature"], knobs.get("top_k", 0), knobs.get("top_p", 1.0)
     tok, lp = run("sample_draft", backend, D.to(dev), seed=seed, offset=offset, **knobs)
-    ref_tok, ref_lp = reference.sample_draft(D, seed=seed, offset=offset, **knobs)
+    ref_tok, ref_lp = ref_sample_draft(D, seed=seed, offset=offset, **knobs)
     assert_same_argmax(tok, ref_tok, draft_scores(D, T, tk, tp, seed, offset))
     assert_logprobs_close(lp, ref_lp)
     for w, greedy in ((0.0, False), (0.3, False), (0.7, True), (1.0, False)):
         out = run("mixture_accept", backend, D.to(dev), A.to(dev), ref_tok.to(dev), mixture_weight=w,
                   seed=seed, offset=offset, greedy_target=greedy, **knobs)
-        ref = reference.mixture_accept(D, A, ref_tok, mixture_weight=w, seed=seed, offset=offset,
+        ref = ref_mixture_accept(D, A, ref_tok, mixture_weight=w, seed=seed, offset=offset,
                                        greedy_target=greedy, **knobs)
         _check_mixture(out, ref, D, A, ref_tok, w, T, seed=seed, offset=offset, top_k=tk, top_p=tp,
                        greedy_target=greedy)
@@ -152,12 +152,12 @@ def test_seeded_generator_large_vocab(backend, B, K, V):
     A = make_logits("flat", B, K, V, torch.bfloat16, gen)
     seed = torch.tensor([123456789012345 + b * 7919 for b in range(B)])
     tok, lp = run("sample_draft", backend, D.to(dev), seed=seed.to(dev), offset=2**40 + 3)
-    ref_tok, ref_lp = reference.sample_draft(D, seed=seed, offset=2**40 + 3)
+    ref_tok, ref_lp = ref_sample_draft(D, seed=seed, offset=2**40 + 3)
     assert_same_argmax(tok, ref_tok, draft_scores(D, 1.0, 0, 1.0, seed, 2**40 + 3))
     assert_logprobs_close(lp, ref_lp)
     out = run("mixture_accept", backend, D.to(dev), A.to(dev), ref_tok.to(dev), mixture_weight=0.5,
               seed=seed.to(dev), offset=2**40 + 3)
-    ref = reference.mixture_accept(D, A, ref_tok, mixture_weight=0.5, seed=seed, offset=2**40 + 3)
+    ref = ref_mixture_accept(D, A, ref_tok, mixture_weight=0.5, seed=seed, offset=2**40 + 3)
     _check_mixture(out, ref, D, A, ref_tok, 0.5, 1.0, seed=seed, offset=2**40 + 3)
 
 
@@ -170,10 +170,10 @@ def test_valid_lengths_and_vocab_mismatch(backend):
     D = make_logits("peaky", B, K, V, torch.float32, gen)
     A = (D[..., :V2] + 0.3 * torch.randn(B, K, V2, generator=gen)).contiguous()
     valid = torch.tensor([6, 3, 0, 1])
-    tok, _ = reference.sample_draft(D, seed=3, offset=0, vocab_size=V2)
+    tok, _ = ref_sample_draft(D, seed=3, offset=0, vocab_size=V2)
     out = run("mixture_accept", backend, D.to(dev), A.to(dev), tok.to(dev), mixture_weight=0.9, seed=3,
               offset=0, vocab_size=V2, valid_lengths=valid.to(dev))
-    ref = reference.mixture_accept(D, A, tok, mixture_weight=0.9, seed=3, offset=0, vocab_size=V2,
+    ref = ref_mixture_accept(D, A, tok, mixture_weight=0.9, seed=3, offset=0, vocab_size=V2,
                                    valid_lengths=valid)
     _check_mixture(out, ref, D[..., :V2], A, tok, 0.9, 1.0, seed=3, offset=0)
     n, target = out[0].cpu(), out[1].cpu()

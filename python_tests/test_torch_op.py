@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import apd_ext
-from apd_ext import backends, reference
-from helpers import assert_logprobs_close, assert_same_argmax, draft_scores
+from apd_ext import backends
+from helpers import assert_logprobs_close, assert_same_argmax, draft_scores, ref_mixture_accept, ref_sample_draft
 
 needs_ext = pytest.mark.skipif(backends.extension() is None, reason="extension apd_ext._C not built")
 
@@ -95,12 +95,12 @@ def test_property_cpu_matches_reference(B, K, V, dtype, T, top_k, top_p, w, gree
     A = (torch.randn(B, K, V, generator=gen) * scale).to(dtype)
     kw = dict(temperature=T, top_k=top_k, top_p=top_p, seed=seed, offset=offset)
     tok, lp = apd_ext.sample_draft(D, backend="cpu", **kw)
-    ref_tok, ref_lp = reference.sample_draft(D, **kw)
+    ref_tok, ref_lp = ref_sample_draft(D, **kw)
     assert_same_argmax(tok, ref_tok, draft_scores(D, T, top_k, top_p, seed, offset))
     if torch.equal(tok, ref_tok):
         assert_logprobs_close(lp, ref_lp, atol=5e-4)
     out = apd_ext.mixture_accept(D, A, ref_tok, mixture_weight=w, greedy_target=greedy, backend="cpu", **kw)
-    ref = reference.mixture_accept(D, A, ref_tok, mixture_weight=w, greedy_target=greedy, **kw)
+    ref = ref_mixture_accept(D, A, ref_tok, mixture_weight=w, greedy_target=greedy, **kw)
     assert ((out[0] >= 1) & (out[0] <= K)).all()
     if torch.equal(out[1], ref[1]):
         assert torch.equal(out[0], ref[0])
@@ -145,12 +145,8 @@ def _probe(root):
                           timeout=120)
 
 
-def test_unbuilt_checkout_falls_back_to_python_backends(tmp_path):
-    """A checkout without the built extension imports and runs on the reference backend."""
-    r = _probe(_copy_package(tmp_path, None))
-    assert r.returncode == 0, r.stderr[-2000:]
-    first = r.stdout.splitlines()[0]
-    assert first.startswith("True") and "'cpu'" not in first, r.stdout
+# The unbuilt checkout (no extension file) is tested in test_ops_import.py, with the import blocked
+# by a finder: a copy of the package without _C*.so would still find an editable install's.
 
 
 def test_broken_extension_build_is_loud(tmp_path):
