@@ -185,8 +185,8 @@ def _mix(D: torch.Tensor, A: torch.Tensor, mixture_weight: float) -> torch.Tenso
         return D
     if mixture_weight == 0.0:
         return A
-    w = torch.tensor(mixture_weight, dtype=torch.float32)
-    mix = w * D + torch.tensor(1.0 - mixture_weight, dtype=torch.float32) * A
+    mix = (torch.tensor(mixture_weight, dtype=torch.float32) * D
+           + torch.tensor(1.0 - mixture_weight, dtype=torch.float32) * A)
     return torch.nan_to_num(mix, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
 
 

@@ -3,8 +3,10 @@
  * Semantics are apd_ext/reference.py's (the executable spec) and ../shared/APD_SPEC.md's:
  *   apd_sample_draft:   draft tokens d[b,i] = argmax_v(D[b,i,v] / T + g[b,i,v]) over the filtered
  *                       vocabulary, plus log softmax(D)[d] over that support.
- *   apd_mixture_accept: target tokens s[b,i] = argmax_v((w D + (1-w) A) / T + g) with the same g,
- *                       accepted prefix length n[b], and the three log-probs of the draft tokens.
+ *   apd_mixture_accept: target tokens s[b,i] = argmax_v((mixture_weight D + (1 - mixture_weight) A)
+ *                       / T + g) with the same g, accepted prefix length n[b], and the three
+ *                       log-probs of the draft tokens (modes.h lists how the target is chosen).
+ * `window` is the number of positions drafted and verified at once (K in the Python docs).
  * Layout: logits are [batch, window, vocab] rows of contiguous entries; stride_b and stride_k are
  * element strides between batch rows and window rows. Outputs are dense [batch] / [batch, window].
  * Pointers of the _cpu functions are host memory; those of the _cuda functions device memory
@@ -84,7 +86,7 @@ typedef struct apd_mixture_accept_args {
   int64_t draft_stride_b;
   const int64_t* valid_lengths; /* [batch] or NULL (all rows have `window` positions) */
   double mixture_weight;        /* in [0, 1] */
-  int32_t greedy_target;        /* 1: target = argmax(w D + (1-w) A), the authors' released code */
+  int32_t greedy_target;        /* 1: target = argmax of the raw mixture, the authors' released code */
   apd_filter filter;
   apd_noise noise;
   int64_t* num_accepted;  /* out [batch] */

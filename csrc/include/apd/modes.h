@@ -17,7 +17,7 @@ extern "C" {
 
 /* mixture_accept: how the target token of a window position is chosen. */
 typedef enum apd_target_mode {
-  APD_TARGET_ARGMAX_MIX = 0,  /* greedy_target: argmax of the raw mixture w D + (1-w) A, whole vocabulary */
+  APD_TARGET_ARGMAX_MIX = 0,  /* greedy_target: argmax of the raw mixture over the whole vocabulary */
   APD_TARGET_ARGMAX_KEPT = 1, /* T == 0: argmax of the mixture over the kept (filtered) entries */
   APD_TARGET_PHILOX = 2,      /* T > 0: argmax of kept mixture / T + g, g from the Philox generator */
   APD_TARGET_UNIFORM = 3      /* T > 0: the same, g = -log(-log(u)) of explicit uniforms u */
