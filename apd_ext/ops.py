@@ -95,7 +95,8 @@ def _rng(seed, offset, batch: int, device: torch.device):
 def _check_noise(noise, batch: int, window: int, vocab: int, device: torch.device):
     """The explicit uniforms of a call (None: the generator's noise), checked: [B, K, >= vocab]
     float32/float64 on the logits' device, every used entry in the open interval (0, 1). The range
-    check reads the values on the host (a device sync on CUDA): explicit noise is for replays."""
+    check reads the values on the host (a device sync on CUDA; skipped while torch.compile traces):
+    explicit noise is for replays."""
     if noise is None:
         return None
     if not isinstance(noise, torch.Tensor):
@@ -108,7 +109,9 @@ def _check_noise(noise, batch: int, window: int, vocab: int, device: torch.devic
         raise ValueError(f"noise is on {noise.device}, the logits on {device}")
     used = noise[..., :vocab]
     outside = ~((used > 0) & (used < 1))  # NaN is outside too
-    if bool(outside.any()):
+    # Under torch.compile (a compiled decoding step replaying uniforms) the values cannot be read
+    # while tracing: the check is the eager callers' (the public ops are never traced with noise).
+    if not torch.compiler.is_compiling() and bool(outside.any()):
         bad = used[outside][0].item()
         raise ValueError(f"noise must hold uniforms in the open interval (0, 1), got {bad}")
     return noise if noise.stride(-1) == 1 else noise.contiguous()
