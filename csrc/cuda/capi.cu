@@ -125,9 +125,7 @@ float inv_temperature(double t) { return t == 0.0 ? 1.0f : static_cast<float>(1.
 FilterParams filter_params(const apd_logits& l, int64_t rows, int64_t window, int64_t vocab, const apd_filter& f,
                            const int64_t* valid_lengths, float* tau) {
   FilterParams fp{};
-  fp.logits = l.data;
-  fp.stride_b = l.stride_b;
-  fp.stride_k = l.stride_k;
+  fp.logits = l;
   fp.rows = rows;
   fp.window = window;
   fp.vocab = vocab;
@@ -197,9 +195,7 @@ extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, v
       st != APD_OK)
     return st;
   DraftParams p{};
-  p.logits = a.dllm.data;
-  p.stride_b = a.dllm.stride_b;
-  p.stride_k = a.dllm.stride_k;
+  p.dllm = a.dllm;
   p.window = a.window;
   p.vocab = a.vocab;
   p.inv_t = inv_temperature(a.filter.temperature);
@@ -227,12 +223,8 @@ extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* arg
       st != APD_OK)
     return st;
   MixParams p{};
-  p.dllm = a.dllm.data;
-  p.d_stride_b = a.dllm.stride_b;
-  p.d_stride_k = a.dllm.stride_k;
-  p.verifier = a.verifier.data;
-  p.a_stride_b = a.verifier.stride_b;
-  p.a_stride_k = a.verifier.stride_k;
+  p.dllm = a.dllm;
+  p.verifier = a.verifier;
   p.batch = a.batch;
   p.window = a.window;
   p.vocab = a.vocab;

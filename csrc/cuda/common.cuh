@@ -326,10 +326,10 @@ __device__ __forceinline__ float key_to_float(uint32_t k) {
 // ---------------------------------------------------------------------------------------------
 // Row addressing.
 
+// Row (b, i) of a [batch, window, vocab] logit tensor (apd_logits: data and element strides).
 template <class F>
-__device__ __forceinline__ const typename F::T* row_pointer(const void* base, int64_t stride_b, int64_t stride_k,
-                                                            int64_t b, int64_t i) {
-  return static_cast<const typename F::T*>(base) + b * stride_b + i * stride_k;
+__device__ __forceinline__ const typename F::T* row_pointer(const apd_logits& l, int64_t b, int64_t i) {
+  return static_cast<const typename F::T*>(l.data) + b * l.stride_b + i * l.stride_k;
 }
 
 // Number of positions of batch row b that are processed: clamp(valid_lengths[b], 0, window).

@@ -65,7 +65,7 @@ __device__ __forceinline__ void filter_row(const FilterParams& p, int64_t row) {
 
   const int64_t b = row / p.window, i = row - b * p.window;
   if (i >= valid_length(p.valid_lengths, b, p.window)) return;  // block-uniform
-  const T* rowp = row_pointer<F>(p.logits, p.stride_b, p.stride_k, b, i);
+  const T* rowp = row_pointer<F>(p.logits, b, i);
   const bool vec_ok = vector_ok<F, CW>(rowp);
   const int64_t V = p.vocab;
   const int64_t nchunks = ceil_div(V, CW);

@@ -49,8 +49,7 @@ namespace apd::cuda {
 
 // ---- filter (filter.cu) ----------------------------------------------------------------------
 struct FilterParams {
-  const void* logits;
-  int64_t stride_b, stride_k;
+  apd_logits logits;             // device data, element strides
   int64_t rows, window, vocab;   // rows = batch * window
   const int64_t* valid_lengths;  // rows (b, i) with i >= valid length are skipped; null: none
   float inv_t;                   // x = D * inv_t (1 when T == 0)
@@ -77,8 +76,7 @@ struct DraftPartial {
 };
 
 struct DraftParams {
-  const void* logits;
-  int64_t stride_b, stride_k;
+  apd_logits dllm;  // device data, element strides
   int64_t window, vocab;
   float inv_t;       // 1 when T == 0
   const float* tau;  // [rows] thresholds, or null (no filter)
@@ -101,10 +99,7 @@ struct MixPartial {
 };
 
 struct MixParams {
-  const void* dllm;
-  int64_t d_stride_b, d_stride_k;
-  const void* verifier;
-  int64_t a_stride_b, a_stride_k;
+  apd_logits dllm, verifier;  // device data, element strides
   int64_t batch, window, vocab;
   const int64_t* valid_lengths;  // [batch] or null
   const int64_t* draft_tokens;

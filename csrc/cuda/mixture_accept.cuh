@@ -68,8 +68,8 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
   const int split = static_cast<int>(blockIdx.x - row * p.splits);
   const int64_t b = row / p.window, i = row - b * p.window;
   if (i >= valid_length(p.valid_lengths, b, p.window)) return;  // block-uniform
-  const auto* rowd = row_pointer<FD>(p.dllm, p.d_stride_b, p.d_stride_k, b, i);
-  const auto* rowa = row_pointer<FA>(p.verifier, p.a_stride_b, p.a_stride_k, b, i);
+  const auto* rowd = row_pointer<FD>(p.dllm, b, i);
+  const auto* rowa = row_pointer<FA>(p.verifier, b, i);
   const bool vec_d = vector_ok<FD, CW>(rowd), vec_a = vector_ok<FA, CW>(rowa);
   const int64_t V = p.vocab;
   const float tau = p.tau != nullptr ? p.tau[row] : kNegInf;
@@ -199,8 +199,8 @@ __global__ void __launch_bounds__(kThreads) mixture_finalize_kernel(const MixPar
     const int64_t tok = p.draft_tokens[b * p.draft_stride_b + i];
     const bool in_range = tok >= 0 && tok < V;
     if (in_range) {
-      const float d = load_entry<FD>(row_pointer<FD>(p.dllm, p.d_stride_b, p.d_stride_k, b, i), tok);
-      const float a = load_entry<FA>(row_pointer<FA>(p.verifier, p.a_stride_b, p.a_stride_k, b, i), tok);
+      const float d = load_entry<FD>(row_pointer<FD>(p.dllm, b, i), tok);
+      const float a = load_entry<FA>(row_pointer<FA>(p.verifier, b, i), tok);
       const float tau = p.tau != nullptr ? p.tau[r] : kNegInf;
       const MixEntry e = mix_entry<APD_TARGET_ARGMAX_KEPT>(p, d, a, tau, p.inv_t);
       p.logp_dllm[r] = log_prob(e.dk, m.ld);

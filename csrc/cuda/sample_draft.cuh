@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kThreads, 3) draft_partial_kernel(const DraftP
   const int64_t row = blockIdx.x / p.splits;
   const int split = static_cast<int>(blockIdx.x - row * p.splits);
   const int64_t b = row / p.window, i = row - b * p.window;
-  const T* rowp = row_pointer<F>(p.logits, p.stride_b, p.stride_k, b, i);
+  const T* rowp = row_pointer<F>(p.dllm, b, i);
   const bool vec_ok = vector_ok<F, CW>(rowp);
   const int64_t V = p.vocab;
   const float tau = p.tau != nullptr ? p.tau[row] : kNegInf;
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) draft_finalize_kernel(const DraftPar
   }
   const int64_t b = row / p.window, i = row - b * p.window;
   const float tau = p.tau != nullptr ? p.tau[row] : kNegInf;
-  draft_output<F>(p, row, row_pointer<F>(p.logits, p.stride_b, p.stride_k, b, i), tau, lse, best);
+  draft_output<F>(p, row, row_pointer<F>(p.dllm, b, i), tau, lse, best);
 }
 
 }  // namespace apd::cuda
