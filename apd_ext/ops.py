@@ -123,7 +123,8 @@ def _check_valid_lengths(valid_lengths, batch: int, window: int, device: torch.d
     if not isinstance(valid_lengths, torch.Tensor):
         raise TypeError(f"valid_lengths must be an int64 tensor of shape [{batch}], got {type(valid_lengths).__name__}")
     if valid_lengths.dtype != torch.int64 or tuple(valid_lengths.shape) != (batch,):
-        raise ValueError(f"valid_lengths must be int64 [{batch}], got {valid_lengths.dtype} {tuple(valid_lengths.shape)}")
+        got = f"{valid_lengths.dtype} {tuple(valid_lengths.shape)}"
+        raise ValueError(f"valid_lengths must be int64 [{batch}], got {got}")
     if valid_lengths.device != device:
         raise ValueError(f"valid_lengths is on {valid_lengths.device}, the logits on {device}")
     if device.type == "cpu" and bool(((valid_lengths < 0) | (valid_lengths > window)).any()):
@@ -175,7 +176,8 @@ def sample_draft(
 
     Args:
         dllm_logits: [B, K, V] float32/float16/bfloat16, K the window (positions drafted at once);
-            row (b, i) holds the dLLM logits of window position i. Read in place (rows must be contiguous; batch/window strides are free).
+            row (b, i) holds the dLLM logits of window position i. Read in place (rows must be
+            contiguous; batch/window strides are free).
         temperature: T >= 0. Tokens are ``argmax_v(D / T + g)``; T = 0 is greedy (no noise).
         top_k, top_p: restrict the draft distribution (0 and 1 disable them; top_k >= the vocabulary
             keeps everything); top-p mass is taken from ``softmax(D / T)`` after top-k. See

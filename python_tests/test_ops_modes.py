@@ -49,8 +49,10 @@ def test_target_mode_choice(greedy_target, temperature, uniform, expect):
     assert modes.target_mode(greedy_target, temperature, uniform) == _header_enum("TARGET")[expect]
 
 
-@pytest.mark.parametrize("temperature,uniform,expect",
-                         [(0.0, False, "ARGMAX"), (0.0, True, "ARGMAX"), (0.5, False, "PHILOX"), (0.5, True, "UNIFORM")])
+@pytest.mark.parametrize(
+    "temperature,uniform,expect",
+    [(0.0, False, "ARGMAX"), (0.0, True, "ARGMAX"), (0.5, False, "PHILOX"), (0.5, True, "UNIFORM")],
+)
 def test_draft_mode_choice(temperature, uniform, expect):
     assert modes.draft_mode(temperature, uniform) == _header_enum("DRAFT")[expect]
 
