@@ -99,8 +99,6 @@ APD_HD Lse lse_merge(Lse a, Lse b) {
   return Lse{m, a.sum * std::exp(a.max - m) + b.sum * std::exp(b.max - m)};
 }
 
-APD_HD float lse_value(Lse s) { return s.max == kNegInf ? kNegInf : s.max + std::log(s.sum); }
-
 // log softmax of an entry x of the row whose state is s: (x - max) - log(sum). Never max + log(sum)
 // first: at large logits (fp16 rows near 6e4, float32 near 3e38) that sum rounds at max's scale
 // (or overflows) and the difference loses the log-prob. A row without finite entries gives NaN.
