@@ -162,3 +162,19 @@ def test_compile_without_the_compiled_module_says_so(models, monkeypatch):
     monkeypatch.setitem(sys.modules, "apd_ext.decode.compiled", None)  # import fails
     with pytest.raises(ImportError, match="compile=True needs apd_ext.decode.compiled"):
         generate(*models, [[381, 5]], max_new_tokens=2, compile=True)
+
+
+def test_huge_top_k_means_no_filter(models):
+    """top_k of 2**63 or more (beyond any vocabulary) is no filter, as in the ops: the same tokens as
+    top_k=0 (None), through the step objects that call the backends directly."""
+    d, v = models
+    prompt = _prompts(1, 6, 3)[0]
+    kw = dict(max_new_tokens=8, temperature=1.0, seed=4, eos_token_id=[])
+    ref = generate(d, v, [prompt], top_k=0, **kw).sequences
+    for top_k in (384, 2**63, 2**70):
+        assert torch.equal(generate(d, v, [prompt], top_k=top_k, **kw).sequences, ref)
+
+
+def test_temperature_must_be_finite(models):
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        generate(*models, [[1, 2, 3]], temperature=float("inf"))

@@ -76,6 +76,8 @@ class DecodeConfig:
         if self.max_lookahead is not None:
             _int("max_lookahead", self.max_lookahead, 1, none_ok=True)
         _real("temperature", self.temperature, 0.0, math.inf)
+        if self.temperature == math.inf:
+            raise ValueError("temperature must be finite (0 is greedy), got inf")
         if self.temperature != 0.0 and 1.0 / self.temperature > 3.4028234663852886e38:
             raise ValueError(f"temperature {self.temperature} is too small (1/T overflows float32); use 0 for greedy")
         if self.top_k is not None:

@@ -44,12 +44,10 @@ class StepBase:
         self.config = c
         self.L, self.vocab = int(length), int(vocab)
         self.K = c.max_new_tokens if c.max_lookahead is None else min(c.max_lookahead, c.max_new_tokens)
-        top_k = c.effective_top_k
-        ops._check_filter(c.temperature, top_k, c.top_p)
-        self.filter = backends.Filter(c.temperature, top_k, c.top_p)
-        # the released code drafts at T^2 (APD_SPEC, last section)
+        # the ops' own check (top_k >= vocab becomes 0); the released code drafts at T^2 (APD_SPEC, last section)
+        self.filter = ops._check_filter(c.temperature, c.effective_top_k, c.top_p, self.vocab)
         draft_t = c.temperature * c.temperature if c.authors_compat else c.temperature
-        self.draft_filter = self.filter._replace(temperature=draft_t)
+        self.draft_filter = ops._check_filter(draft_t, self.filter.top_k, c.top_p, self.vocab)
         self.device = torch.device(device)
         self.impl = backends.get(backend, self.device)
         self.backend = getattr(self.impl, "name", None) or getattr(self.impl, "__name__", backend)
