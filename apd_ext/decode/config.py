@@ -153,7 +153,8 @@ class DecodeConfig:
         """The shortest spec that parses back to this config (the knobs of its policy that differ
         from the defaults)."""
         default = DecodeConfig()
-        parts = [f"{k}={_format_value(getattr(self, k))}" for k in self.knobs if getattr(self, k) != getattr(default, k)]
+        changed = [k for k in self.knobs if getattr(self, k) != getattr(default, k)]
+        parts = [f"{k}={_format_value(getattr(self, k))}" for k in changed]
         return self.policy + (":" + ",".join(parts) if parts else "")
 
 

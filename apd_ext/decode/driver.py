@@ -39,9 +39,10 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     dllm, verifier: DllmRunner / VerifierRunner (or the HFDllm / HFVerifier adapters), in that
         order, on one device. input_ids: int [B, P] (`attention_mask` [B, P] marks real tokens, left
         or right padded), [P], or a list of token lists; rows may differ in length.
-    config: a DecodeConfig or a policy spec ("apd:kv_window=none"); **knobs: its field names (max_new_tokens=, mixture_weight=, kv_window=,
-        max_lookahead=, temperature=, top_k=, top_p=, policy=, k=, diffusion_steps=,
-        diffusion_alg=, authors_compat=) override it. See apd_ext/decode/config.py for each knob.
+    config: a DecodeConfig or a policy spec ("apd:kv_window=none"); **knobs: its field names
+        (max_new_tokens=, mixture_weight=, kv_window=, max_lookahead=, temperature=, top_k=,
+        top_p=, policy=, k=, diffusion_steps=, diffusion_alg=, authors_compat=) override it.
+        See apd_ext/decode/config.py for each knob.
     seed: int (row b uses seed + b; up to 2^64 - 1) or int64 tensor of B seeds; a row's tokens
         depend only on its prompt, the knobs and its seed. None: a random seed.
     eos_token_id: int or list ([] for none); default: the models' EOS (which must agree).
