@@ -25,7 +25,9 @@ build: $(VENV)/.installed $(VENV)/.editable
 # APD_EXT_EXTENSION=0: the editable install registers the package only; build_ext --inplace above
 # builds the extension beside the sources, incrementally.
 $(VENV)/.editable: $(VENV)/.installed setup.py pyproject.toml
-	APD_EXT_EXTENSION=0 $(PY) -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v -e '^ *$$' -e '!!' -e '\*\*\*' -e 'Please be careful' -e 'name as your package' -e 'BuildBackendWarning: Editable' -e 'WheelFile' || true
+	@echo "pip install -e . into $(VENV) (log: $(VENV)/editable.log)"
+	@APD_EXT_EXTENSION=0 $(PY) -m pip install --no-build-isolation --no-deps -e . > $(VENV)/editable.log 2>&1 \
+	  || (cat $(VENV)/editable.log; exit 1)
 	$(PY) -c "import apd_ext, os; assert os.path.dirname(apd_ext.__file__) == os.path.abspath('apd_ext'), apd_ext.__file__"
 	touch $@
 
