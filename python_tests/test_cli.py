@@ -54,7 +54,7 @@ ARGUMENT_ERRORS = [
     (["generate", "--policy", "apd:w=0.7"], r"unknown knob 'w'.*mixture_weight"),  # the former alias
     (["eval-tiny", "--policies", "ar", "apd:foo=1"], r"--policies: .*unknown knob 'foo'"),
     (["sweep", "--policies", "dllm_fixed:k=0"], r"--policies: k must be >= 1"),
-    (["demo", "--policy", "ar", "-w", "0.5"], r"policy ar does not read mixture_weight"),
+    (["demo", "--policy", "ar", "--mixture-weight", "0.5"], r"policy ar does not read mixture_weight"),
     (["demo", "--max-new-tokens", "0"], r"--max-new-tokens: takes an integer >= 1, got 0"),
     (["demo", "--kv-window", "0"], r"--kv-window: takes an integer >= 1 or none"),
     (["demo", "--top-p", "0"], r"top_p must be in \(0, 1\]"),

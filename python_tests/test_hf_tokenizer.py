@@ -107,7 +107,7 @@ def test_cli_generate_from_checkpoint_dirs_applies_the_template(dirs, capsys):
     d, v = dirs
     prompt = "Question: Ann has 7 pens. She buys 4 pens. How many pens does Ann have now?\nAnswer:\n"
     cli(["generate", "--dllm", str(d), "--verifier", str(v), "--device", "cpu", "--prompt", prompt,
-         "--no-color", "-w", "0.8", "--kv-window", "none", "--max-new-tokens", "24"])
+         "--no-color", "--mixture-weight", "0.8", "--kv-window", "none", "--max-new-tokens", "24"])
     out = capsys.readouterr().out
     tok = HFTokenizer.from_pretrained(d)
     text = tok.apply_chat_template(prompt)
@@ -134,7 +134,7 @@ def test_cli_generate_bad_input(dirs, tmp_path):
     with pytest.raises(SystemExit, match="--prompt is needed"):
         cli(["generate", "--dllm", str(d), "--verifier", str(v), "--device", "cpu"])
     with pytest.raises(SystemExit, match="mixture_weight must be in"):
-        cli(["generate", "--dllm", str(d), "--verifier", str(v), "--device", "cpu", "--prompt", "x", "-w", "1.5"])
+        cli(["generate", "--dllm", str(d), "--verifier", str(v), "--device", "cpu", "--prompt", "x", "--mixture-weight", "1.5"])
     # a verifier whose tokenizer numbers tokens differently cannot score the dLLM's ids
     bad = tmp_path / "bad_verifier"
     shutil.copytree(v, bad)

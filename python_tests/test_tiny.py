@@ -324,7 +324,7 @@ def test_cli_demo_and_generate_run(capsys):
     assert "mixture_weight" in capsys.readouterr().out
     # bad knobs and specs end in one line, not a traceback
     with pytest.raises(SystemExit, match="error: mixture_weight must be in"):
-        cli(["generate", "-w", "1.5", "--no-compare"])
+        cli(["generate", "--mixture-weight", "1.5", "--no-compare"])
     with pytest.raises(SystemExit, match="error: unknown policy 'fastest'"):
         cli(["demo", "--policy", "fastest"])
 

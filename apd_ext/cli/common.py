@@ -204,11 +204,11 @@ def add_knob_flags(p, max_new_tokens_default: str) -> None:
                    "diffusion:diffusion_steps=16, ar (default: apd with the library's defaults)")
     k = p.add_argument_group("knobs (override the --policy spec; defaults: DecodeConfig's)")
     k.add_argument("--max-new-tokens", type=positive_int, default=None, help=f"default {max_new_tokens_default}")
-    k.add_argument("--mixture-weight", "-w", type=finite_float, default=None, help=f"w in [0, 1] ({d.mixture_weight})")
+    k.add_argument("--mixture-weight", type=finite_float, default=None, help=f"in [0, 1] ({d.mixture_weight})")
     k.add_argument("--kv-window", type=int_or_none, default=None,
                    help=f"R, or none: no dLLM cache ({d.kv_window})")
     k.add_argument("--max-lookahead", type=int_or_none, default=None, help=f"M, or none ({d.max_lookahead})")
-    k.add_argument("--temperature", "-T", type=finite_float, default=None, help="0: greedy (the default)")
+    k.add_argument("--temperature", type=finite_float, default=None, help="0: greedy (the default)")
     k.add_argument("--top-k", type=nonneg_int, default=None,
                    help="0: no filter (default: 0, or 50 with --authors-compat)")
     k.add_argument("--top-p", type=finite_float, default=None, help=f"in (0, 1] ({d.top_p:g})")
