@@ -37,7 +37,9 @@ Logit kinds (D: dLLM logits, A: verifier logits, both float32 from a fixed seed 
 
 Fault injection (tests): APD_BENCH_FAIL="provider[:op[=kill]],..." makes that provider's setup
 (no op) or that op's calls raise, like a real failure at the same place; "=kill" SIGKILLs the
-process instead (what a timeout does), to check that the rows measured before it are on disk.
+process instead (what a timeout does), to check that the rows measured before it are on disk
+(bench/ops_faults.py). The logits and the timed calls are made in bench/ops_calls.py, the CSV
+schema and the final tables in bench/ops_report.py.
 """
 
 from __future__ import annotations
@@ -45,18 +47,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-import authors_baseline
 import common
+from ops_report import OPS, Recorder, one_line, summarize
 
 try:
     import apd_ext
+    from ops_calls import (CORRELATION, DTYPES, KINDS, MIXTURE_WEIGHT, OFFSET, SEED, TEMPERATURE, apd_calls,
+                           baseline_calls, make_logits, max_softmax)
 except ModuleNotFoundError as e:
     if e.name != "apd_ext":
         raise
@@ -65,26 +69,21 @@ except ModuleNotFoundError as e:
 
 SHAPES_CPU = ((1, 16, 151936), (1, 100, 151936), (8, 100, 151936))
 SHAPES_GPU = tuple((B, K, 151936) for B in (1, 8) for K in (16, 100, 256))  # the GPU run's grid
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-KINDS = ("flat", "llm")
-OPS = ("sample_draft", "mixture_accept", "draft+accept")
 LOGIT_READS = {"sample_draft": 1, "mixture_accept": 2, "draft+accept": 3}  # logit tensors read once each
-TEMPERATURE, MIXTURE_WEIGHT, CORRELATION = 1.0, 0.7, 0.9
-SEED, OFFSET = 1234, 7
-HEADLINE_SHAPE, TARGET_SPEEDUP = (1, 100, 151936), 10.0
-BANDWIDTH_GOAL = 0.70  # of the device copy bandwidth
-CSV_FIELDS = ("op", "provider", "B", "K", "V", "dtype", "logits", "p20_ms", "p50_ms", "p80_ms", "gbps",
-              "speedup_vs_baseline", "device", "timestamp", "apd_ext_version", "torch_version",
-              "copy_fraction", "error")
+SHAPES_ERROR = "--shapes takes BxKxV triples, e.g. 1x100x151936"
 
 
-def parse_args(argv=None):
+def _shapes_text(shapes) -> str:
+    return ",".join("x".join(map(str, s)) for s in shapes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (defaults that depend on --device or --quick are None here: see parse_args)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--shapes", default=None,
                    help="comma-separated BxKxV (default on CUDA: the grid "
-                        + ",".join("x".join(map(str, s)) for s in SHAPES_GPU) + "; on CPU: "
-                        + ",".join("x".join(map(str, s)) for s in SHAPES_CPU) + ")")
+                        + _shapes_text(SHAPES_GPU) + "; on CPU: " + _shapes_text(SHAPES_CPU) + ")")
     p.add_argument("--dtypes", default="bf16,fp32", help="comma-separated of bf16, fp16, fp32")
     p.add_argument("--logits", default="flat,llm", help="comma-separated logit kinds: flat, llm")
     p.add_argument("--backends", default=None,
@@ -103,28 +102,36 @@ def parse_args(argv=None):
     p.add_argument("--copy-mib", type=int, default=None,
                    help="MiB copied by the copy-bandwidth measurement (read + written: twice that; "
                         "default 512 on CUDA, 64 on CPU, 16 with --quick)")
-    p.add_argument("--out", default=None, help="directory for the CSV (ops_<device>.csv) and the log (ops_<device>.log)")
+    p.add_argument("--out", default=None,
+                   help="directory for the CSV (ops_<device>.csv) and the log (ops_<device>.log)")
     p.add_argument("--csv", default=None,
-                   help="CSV to append to (default DIR/ops_<device>.csv with --out, else bench/results/ops_<device>.csv)")
+                   help="CSV to append to (default DIR/ops_<device>.csv with --out, "
+                        "else bench/results/ops_<device>.csv)")
     p.add_argument("--no-baseline", action="store_true", help="skip the authors' eager baseline")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: smallest shape, 3 repeats, no reference backend, CSV to "
                         "bench/results/ops_<device>_quick.csv.tmp (git-ignored) unless --out/--csv")
-    a = p.parse_args(argv)
+    return p
+
+
+def _parse_lists(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """--shapes (default: the device's grid), --dtypes and --logits as lists; p.error on bad ones."""
     if a.shapes is None:
-        a.shapes = ",".join("x".join(map(str, s)) for s in (SHAPES_GPU if a.device == "cuda" else SHAPES_CPU))
+        a.shapes = _shapes_text(SHAPES_GPU if a.device == "cuda" else SHAPES_CPU)
     try:
         a.shapes = [tuple(int(x) for x in s.lower().split("x")) for s in a.shapes.split(",") if s]
     except ValueError:
-        p.error("--shapes takes BxKxV triples, e.g. 1x100x151936")
+        p.error(SHAPES_ERROR)
     if any(len(s) != 3 or min(s) <= 0 for s in a.shapes):
-        p.error("--shapes takes BxKxV triples, e.g. 1x100x151936")
+        p.error(SHAPES_ERROR)
     a.dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
     a.logits = [k.strip() for k in a.logits.split(",") if k.strip()]
     if bad := [d for d in a.dtypes if d not in DTYPES] + [k for k in a.logits if k not in KINDS]:
         p.error(f"unknown dtype/logit kind {bad}")
-    if a.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but torch sees no CUDA device")
+
+
+def _apply_defaults(a: argparse.Namespace) -> None:
+    """--quick's settings, then the defaults that depend on the device (see the options' help)."""
     if a.quick:
         a.shapes = [min(a.shapes, key=math.prod)]
         a.repeats = a.repeats or 3
@@ -140,103 +147,21 @@ def parse_args(argv=None):
             a.csv = Path(a.out) / f"ops_{a.device}.csv"
         else:
             a.csv = common.RESULTS / (f"ops_{a.device}_quick.csv.tmp" if a.quick else f"ops_{a.device}.csv")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, checked, with shapes as (B, K, V) tuples and every default filled in."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    _parse_lists(p, a)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but torch sees no CUDA device")
+    _apply_defaults(a)
     return a
 
 
-def make_logits(kind: str, B: int, K: int, V: int, device: torch.device, seed: int = 0):
-    """(D, A) float32 [B, K, V] on `device` (generated there: a fixed seed per device type); see
-    the module docstring."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    scale = 1.0 if kind == "flat" else 2.5
-    D = torch.randn(B, K, V, generator=g, device=device).mul_(scale)
-    if kind == "llm":
-        p = torch.rand(B, K, 1, generator=g, device=device) * 0.6 + 0.3  # top probability per row
-        share = torch.tensor([0.6, 0.3, 0.1], device=device) * 0.6 * (1 - p)  # [B, K, 3] runner-ups
-        probs = torch.cat([p, share], dim=-1)  # [B, K, 4]
-        total = torch.logsumexp(D, -1, keepdim=True) - torch.log(0.4 * (1 - p))  # log of the row's total mass
-        ids = torch.randint(0, V, (B, K, 4), generator=g, device=device)
-        D.scatter_(-1, ids, torch.log(probs) + total)
-    noise = torch.randn(B, K, V, generator=g, device=device).mul_(scale * math.sqrt(1 - CORRELATION**2))
-    return D, noise.add_(D, alpha=CORRELATION)
-
-
-def max_softmax(x: torch.Tensor, rows: int = 64) -> tuple[float, float, float]:
-    """p10 / p50 / p90 over (up to `rows`) rows of the largest softmax probability."""
-    m = torch.softmax(x.reshape(-1, x.shape[-1])[:rows].float(), -1).amax(-1).cpu()
-    return tuple(torch.quantile(m, torch.tensor([0.1, 0.5, 0.9])).tolist())
-
-
-class InjectedFailure(RuntimeError):
-    """Raised where APD_BENCH_FAIL asks for it (see the module docstring)."""
-
-
-def injected_failures() -> dict[tuple[str, str | None], str]:
-    """APD_BENCH_FAIL parsed: {(provider, op or None): "raise" | "kill"}."""
-    out = {}
-    for item in filter(None, (x.strip() for x in os.environ.get("APD_BENCH_FAIL", "").split(","))):
-        what, _, action = item.partition("=")
-        provider, _, op = what.partition(":")
-        out[(provider, op or None)] = action or "raise"
-    return out
-
-
-def inject(provider: str, op: str | None) -> None:
-    action = injected_failures().get((provider, op))
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if action is not None:
-        raise InjectedFailure(f"APD_BENCH_FAIL: injected failure of {provider}" + (f" {op}" if op else " setup"))
-
-
-def with_injection(provider: str, calls: dict) -> dict:
-    """calls with APD_BENCH_FAIL's failures of this provider's ops raised from inside the call."""
-    def wrap(op, fn):
-        def call():
-            inject(provider, op)
-            return fn()
-        return call
-    return {op: wrap(op, fn) for op, fn in calls.items()}
-
-
-def baseline_calls(D, A):
-    inject("baseline", None)
-    x0 = authors_baseline.draft(D, TEMPERATURE)
-    return with_injection("baseline", {
-        "sample_draft": lambda: authors_baseline.draft(D, TEMPERATURE),
-        "mixture_accept": lambda: authors_baseline.accept(D, A, x0, MIXTURE_WEIGHT, D.shape[-1]),
-        "draft+accept": lambda: authors_baseline.draft_and_accept(D, A, MIXTURE_WEIGHT, TEMPERATURE, D.shape[-1]),
-    })
-
-
-def apd_calls(D, A, backend: str):
-    """The three timed calls of an apd_ext backend; raises when its first results are wrong."""
-    inject(backend, None)
-    B, K, V = D.shape
-    # int64 tensors: no host sync on CUDA, and what a CUDA-graph-captured loop passes
-    seed = torch.tensor([SEED], dtype=torch.int64, device=D.device)
-    offset = torch.tensor([OFFSET], dtype=torch.int64, device=D.device)
-    kw = dict(temperature=TEMPERATURE, vocab_size=V, seed=seed, offset=offset, backend=backend)
-
-    def draft():
-        return apd_ext.sample_draft(D, **kw)
-
-    def accept(tokens):
-        return apd_ext.mixture_accept(D, A, tokens, mixture_weight=MIXTURE_WEIGHT, **kw)
-
-    tokens = draft()[0]
-    if not bool(((tokens >= 0) & (tokens < V)).all()):
-        raise RuntimeError(f"{backend}: sample_draft tokens outside [0, {V})")
-    num_accepted = accept(tokens)[0]
-    if not bool(((num_accepted >= 1) & (num_accepted <= K)).all()):
-        raise RuntimeError(f"{backend}: num_accepted {num_accepted.tolist()} outside [1, {K}]")
-    return with_injection(backend, {
-        "sample_draft": draft,
-        "mixture_accept": lambda: accept(tokens),
-        "draft+accept": lambda: accept(draft()[0]),
-    })
-
-
 def version_string() -> str:
+    """apd_ext's version with the git commit (+g<hash>, .dirty with uncommitted tracked changes)."""
     v = apd_ext.__version__
     root = Path(__file__).resolve().parents[1]
     try:
@@ -247,11 +172,6 @@ def version_string() -> str:
     except (OSError, subprocess.CalledProcessError):
         pass
     return v
-
-
-def one_line(e: BaseException, limit: int = 400) -> str:
-    msg = " ".join(f"{type(e).__name__}: {e}".split())
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 def recover(device: torch.device) -> None:
@@ -265,26 +185,6 @@ def recover(device: torch.device) -> None:
             pass
 
 
-class Tee:
-    """A text stream that also appends everything to a log file (flushed on every write)."""
-
-    def __init__(self, stream, log):
-        self.stream, self.log = stream, log
-
-    def write(self, s):
-        self.stream.write(s)
-        self.log.write(s)
-        self.log.flush()
-        return len(s)
-
-    def flush(self):
-        self.stream.flush()
-        self.log.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
 def copy_bandwidth(device: torch.device, mib: int, timing_kw: dict) -> tuple[common.Timing, float]:
     """Timing and GB/s (bytes read + written) of copying `mib` MiB to another buffer on the device."""
     src = torch.empty(mib * 2**20, dtype=torch.uint8, device=device).fill_(1)
@@ -293,39 +193,164 @@ def copy_bandwidth(device: torch.device, mib: int, timing_kw: dict) -> tuple[com
     return t, 2 * src.numel() / (t.p50_ms * 1e-3) / 1e9
 
 
-class Recorder:
-    """Rows: appended to the CSV one by one as they are measured, kept for the final tables."""
+@dataclass
+class Run:
+    """What the measurements of one run share: the options, the providers timed, common.time_fn's
+    keywords, the Recorder (CSV rows), the printed table's lines, and the copy bandwidth (GB/s;
+    None until measured, or when its measurement failed)."""
 
-    def __init__(self, path, meta: dict):
-        self.path, self.meta = Path(path), meta
-        self.rows: list[dict] = []
-        self.failed: list[str] = []
+    args: argparse.Namespace
+    device: torch.device
+    providers: list[str]
+    timing_kw: dict
+    rec: Recorder
+    table: list[dict] = field(default_factory=list)
+    copy_gbps: float | None = None
 
-    def add(self, row: dict) -> dict:
-        self.rows.append(row)
-        out = dict(row, **self.meta)
-        for k in ("p20_ms", "p50_ms", "p80_ms", "gbps", "speedup_vs_baseline", "copy_fraction"):
-            if isinstance(out.get(k), float):
-                out[k] = f"{out[k]:.6g}"
-        common.append_csv(self.path, [out], CSV_FIELDS)
-        return row
+    def entries(self, config: dict, providers=None) -> list[dict]:
+        """Row keys of every op of `providers` (default: all) at config (B, K, V, dtype, logits)."""
+        return [dict(op=op, provider=p, **config) for p in (providers or self.providers) for op in OPS]
 
-    def error(self, entries: list[dict], e: BaseException, where: str) -> None:
-        """One failure: one ERROR line, a row with the error for each measurement it prevented."""
-        msg = one_line(e)
-        self.failed.append(f"{where}: {msg}")
-        print(f"  ERROR {where}: {msg}", flush=True)
-        for entry in entries:
-            self.add(dict(entry, error=msg))
+
+def timeable_backends(args, device: torch.device) -> list[str] | None:
+    """The apd_ext backends to time (--backends, else all that run on the device except Triton on
+    CPU); None (after a message on stderr) when --backends names one that cannot run here."""
+    backends = [b for b in apd_ext.available_backends(device.type) if not (device.type == "cpu" and b == "triton")]
+    if args.backends:
+        wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+        if missing := [b for b in wanted if b not in backends]:
+            print(f"backends {missing} cannot be timed on {device.type} here (available: {backends})", file=sys.stderr)
+            return None
+        backends = wanted
+    return backends
+
+
+def print_header(run: Run, desc: str, stamp: str, version: str) -> None:
+    """The run's first lines: command line, device, versions, settings, load average."""
+    args, device = run.args, run.device
+    print(f"=== bench_ops {stamp}: {' '.join(sys.argv[1:])}")
+    print(f"device: {desc}")
+    print(f"torch {torch.__version__}, apd_ext {version}, torch.get_num_threads() = {torch.get_num_threads()}")
+    print(f"providers: {', '.join(run.providers)}; T = {TEMPERATURE}, w = {MIXTURE_WEIGHT}, c = {CORRELATION}, "
+          f"seed/offset = {SEED}/{OFFSET}; timing: "
+          + ("CUDA events, L2 flushed before each call" if device.type == "cuda" else "time.perf_counter"))
+    print(f"reference backend timed only where B*K*V <= {args.reference_max_elems:.3g}; rows go to {args.csv}",
+          flush=True)
+    load = os.getloadavg()[0]
+    noisy = load > 0.5 and device.type == "cpu"
+    print(f"load average (1 min) before the run: {load:.2f}"
+          + ("  WARNING: other work is running, CPU timings will be noisy" if noisy else ""))
+
+
+def measure_copy(run: Run) -> None:
+    """The device copy bandwidth: one CSV row, printed, kept in run.copy_gbps."""
+    entry = dict(op="copy", provider="torch", B="", K="", V="", dtype="uint8", logits="-")
+    try:
+        t, run.copy_gbps = copy_bandwidth(run.device, run.args.copy_mib, run.timing_kw)
+        run.rec.add(dict(entry, p20_ms=t.p20_ms, p50_ms=t.p50_ms, p80_ms=t.p80_ms, gbps=run.copy_gbps,
+                         copy_fraction=1.0))
+        print(f"copy bandwidth: {run.copy_gbps:.0f} GB/s ({run.args.copy_mib} MiB read + written, "
+              f"p50 {t.p50_ms:.3f} ms)", flush=True)
+    except Exception as e:  # noqa: BLE001
+        run.rec.error([entry], e, "copy bandwidth")
+        recover(run.device)
+
+
+def measure_logits(run: Run, B: int, K: int, V: int, kind: str) -> None:
+    """Every dtype and provider on one (B, K, V) shape and logit kind."""
+    try:
+        D32, A32 = make_logits(kind, B, K, V, run.device)
+        lo, mid, hi = max_softmax(D32)
+        alo, amid, ahi = max_softmax(A32)
+    except Exception as e:  # noqa: BLE001
+        entries = [x for dname in run.args.dtypes for x in run.entries(dict(B=B, K=K, V=V, dtype=dname, logits=kind))]
+        run.rec.error(entries, e, f"{B}x{K}x{V} {kind} (making the logits)")
+        recover(run.device)
+        return
+    print(f"\n[{B}x{K}x{V} {kind}] max softmax of D p10/p50/p90 = {lo:.2f}/{mid:.2f}/{hi:.2f}, "
+          f"of A = {alo:.2f}/{amid:.2f}/{ahi:.2f}", flush=True)
+    for dname in run.args.dtypes:
+        measure_dtype(run, D32, A32, dict(B=B, K=K, V=V, dtype=dname, logits=kind))
+    del D32, A32
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure_dtype(run: Run, D32: torch.Tensor, A32: torch.Tensor, config: dict) -> None:
+    """Every provider on the float32 logits D32, A32 [B, K, V] cast to config["dtype"]."""
+    B, K, V, dname, kind = (config[k] for k in ("B", "K", "V", "dtype", "logits"))
+    try:
+        D, A = D32.to(DTYPES[dname]), A32.to(DTYPES[dname])
+    except Exception as e:  # noqa: BLE001
+        run.rec.error(run.entries(config), e, f"{B}x{K}x{V} {kind} {dname} (cast)")
+        recover(run.device)
+        return
+    base_ms: dict[str, float] = {}  # the baseline's p50 per op, filled by its measurements
+    for provider in run.providers:
+        measure_provider(run, D, A, config, provider, base_ms)
+
+
+def measure_provider(run: Run, D: torch.Tensor, A: torch.Tensor, config: dict, provider: str,
+                     base_ms: dict[str, float]) -> None:
+    """The three ops of one provider on D, A (the reference backend is skipped above
+    --reference-max-elems); a failure of its setup is recorded for all three."""
+    B, K, V, dname, kind = (config[k] for k in ("B", "K", "V", "dtype", "logits"))
+    shape, where = f"{B}x{K}x{V}", f"{B}x{K}x{V} {kind} {dname}"
+    if provider == "reference" and B * K * V > run.args.reference_max_elems:
+        for op in OPS:
+            run.table.append(dict(op=op, provider=provider, shape=shape, dtype=dname, logits=kind, p50="skipped",
+                                  spread=f"B*K*V > {run.args.reference_max_elems:.3g}"))
+        return
+    try:
+        calls = baseline_calls(D, A) if provider == "baseline" else apd_calls(D, A, provider)
+    except Exception as e:  # noqa: BLE001
+        entries = run.entries(config, [provider])
+        run.rec.error(entries, e, f"{where} {provider} (setup: first calls)")
+        run.table.extend(dict(x, shape=shape, p50="ERROR", spread=one_line(e, 60)) for x in entries)
+        recover(run.device)
+        return
+    for op in OPS:
+        measure_op(run, calls[op], dict(op=op, provider=provider, **config), D.element_size(), base_ms)
+
+
+def measure_op(run: Run, call, entry: dict, element_size: int, base_ms: dict[str, float]) -> None:
+    """Time call(): a CSV row, a table line and a printed line (or an ERROR). GB/s = bytes of logits
+    read / p50; the speedup is over base_ms[op] (the baseline's p50, recorded here when the
+    provider is the baseline)."""
+    op, provider, B, K, V = (entry[k] for k in ("op", "provider", "B", "K", "V"))
+    shape = f"{B}x{K}x{V}"
+    try:
+        t = common.time_fn(call, run.device, **run.timing_kw)
+    except Exception as e:  # noqa: BLE001
+        run.rec.error([entry], e, f"{shape} {entry['logits']} {entry['dtype']} {op} {provider}")
+        run.table.append(dict(entry, shape=shape, p50="ERROR", spread=one_line(e, 60)))
+        recover(run.device)
+        return
+    gbps = LOGIT_READS[op] * B * K * V * element_size / (t.p50_ms * 1e-3) / 1e9
+    if provider == "baseline":
+        base_ms[op] = t.p50_ms
+    speedup = base_ms[op] / t.p50_ms if op in base_ms else None
+    frac = gbps / run.copy_gbps if run.copy_gbps else None
+    run.rec.add(dict(entry, p20_ms=t.p20_ms, p50_ms=t.p50_ms, p80_ms=t.p80_ms, gbps=gbps,
+                     speedup_vs_baseline=speedup, copy_fraction=frac))
+    run.table.append(dict(
+        entry, shape=shape, p50=common.fmt(t.p50_ms),
+        spread=f"{common.fmt(t.p20_ms)}-{common.fmt(t.p80_ms)} ({t.repeats})",
+        gbps=common.fmt(gbps), speedup=common.fmt(speedup) + ("x" if speedup else ""),
+        copy="-" if frac is None else f"{100 * frac:.0f}%"))
+    print(f"  {entry['dtype']} {op:<15} {provider:<10} p50 {t.p50_ms:9.3f} ms  {gbps:7.2f} GB/s"
+          + ("" if frac is None else f" ({100 * frac:4.0f}% of copy)")
+          + (f"  {speedup:6.1f}x" if speedup else ""), flush=True)
 
 
 def main(argv=None) -> int:
+    """Parse the options, tee the output to DIR/ops_<device>.log with --out, and run."""
     args = parse_args(argv)
     log = None
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         log = open(Path(args.out) / f"ops_{args.device}.log", "a")
-        sys.stdout, sys.stderr = Tee(sys.stdout, log), Tee(sys.stderr, log)
+        sys.stdout, sys.stderr = common.Tee(sys.stdout, log), common.Tee(sys.stderr, log)
     try:
         return run(args)
     finally:
@@ -335,118 +360,27 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    """The whole benchmark: copy bandwidth, every configuration, the final tables. Returns the exit
+    status: 0, 1 when a measurement raised, 2 when --backends names one that cannot run here."""
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    backends = [b for b in apd_ext.available_backends(device.type) if not (device.type == "cpu" and b == "triton")]
-    if args.backends:
-        wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
-        if missing := [b for b in wanted if b not in backends]:
-            print(f"backends {missing} cannot be timed on {device.type} here (available: {backends})", file=sys.stderr)
-            return 2
-        backends = wanted
-    providers = ([] if args.no_baseline else ["baseline"]) + backends
+    backends = timeable_backends(args, device)
+    if backends is None:
+        return 2
     desc, stamp, version = common.device_description(device), common.timestamp(), version_string()
     timing_kw = {"repeats": args.repeats, "budget_s": args.budget_s}
     if device.type == "cuda":
         timing_kw.update(warmup=3, max_repeats=100)
-    rec = Recorder(args.csv, dict(device=desc, timestamp=stamp, apd_ext_version=version, torch_version=torch.__version__))
-    print(f"=== bench_ops {stamp}: {' '.join(sys.argv[1:])}")
-    print(f"device: {desc}")
-    print(f"torch {torch.__version__}, apd_ext {version}, torch.get_num_threads() = {torch.get_num_threads()}")
-    print(f"providers: {', '.join(providers)}; T = {TEMPERATURE}, w = {MIXTURE_WEIGHT}, c = {CORRELATION}, "
-          f"seed/offset = {SEED}/{OFFSET}; timing: "
-          + ("CUDA events, L2 flushed before each call" if device.type == "cuda" else "time.perf_counter"))
-    print(f"reference backend timed only where B*K*V <= {args.reference_max_elems:.3g}; rows go to {args.csv}",
-          flush=True)
-    load = os.getloadavg()[0]
-    print(f"load average (1 min) before the run: {load:.2f}"
-          + ("  WARNING: other work is running, CPU timings will be noisy" if load > 0.5 and device.type == "cpu" else ""))
-
-    copy_gbps = None
-    entry = dict(op="copy", provider="torch", B="", K="", V="", dtype="uint8", logits="-")
-    try:
-        t, copy_gbps = copy_bandwidth(device, args.copy_mib, timing_kw)
-        rec.add(dict(entry, p20_ms=t.p20_ms, p50_ms=t.p50_ms, p80_ms=t.p80_ms, gbps=copy_gbps, copy_fraction=1.0))
-        print(f"copy bandwidth: {copy_gbps:.0f} GB/s ({args.copy_mib} MiB read + written, p50 {t.p50_ms:.3f} ms)",
-              flush=True)
-    except Exception as e:  # noqa: BLE001
-        rec.error([entry], e, "copy bandwidth")
-        recover(device)
-
-    table = []
+    rec = Recorder(args.csv, dict(device=desc, timestamp=stamp, apd_ext_version=version,
+                                  torch_version=torch.__version__))
+    state = Run(args, device, ([] if args.no_baseline else ["baseline"]) + backends, timing_kw, rec)
+    print_header(state, desc, stamp, version)
+    measure_copy(state)
     for B, K, V in args.shapes:
-        n = B * K * V
         for kind in args.logits:
-            try:
-                D32, A32 = make_logits(kind, B, K, V, device)
-                lo, mid, hi = max_softmax(D32)
-                alo, amid, ahi = max_softmax(A32)
-            except Exception as e:  # noqa: BLE001
-                rec.error([dict(op=op, provider=provider, B=B, K=K, V=V, dtype=dname, logits=kind)
-                           for dname in args.dtypes for provider in providers for op in OPS], e,
-                          f"{B}x{K}x{V} {kind} (making the logits)")
-                recover(device)
-                continue
-            print(f"\n[{B}x{K}x{V} {kind}] max softmax of D p10/p50/p90 = {lo:.2f}/{mid:.2f}/{hi:.2f}, "
-                  f"of A = {alo:.2f}/{amid:.2f}/{ahi:.2f}", flush=True)
-            for dname in args.dtypes:
-                D = A = None
-                try:
-                    D, A = D32.to(DTYPES[dname]), A32.to(DTYPES[dname])
-                except Exception as e:  # noqa: BLE001
-                    rec.error([dict(op=op, provider=provider, B=B, K=K, V=V, dtype=dname, logits=kind)
-                               for provider in providers for op in OPS], e, f"{B}x{K}x{V} {kind} {dname} (cast)")
-                    recover(device)
-                    continue
-                nbytes = n * D.element_size()
-                base_ms: dict[str, float] = {}
-                for provider in providers:
-                    where = f"{B}x{K}x{V} {kind} {dname}"
-                    if provider == "reference" and n > args.reference_max_elems:
-                        for op in OPS:
-                            table.append(dict(op=op, provider=provider, shape=f"{B}x{K}x{V}", dtype=dname,
-                                              logits=kind, p50="skipped",
-                                              spread=f"B*K*V > {args.reference_max_elems:.3g}"))
-                        continue
-                    try:
-                        calls = baseline_calls(D, A) if provider == "baseline" else apd_calls(D, A, provider)
-                    except Exception as e:  # noqa: BLE001
-                        entries = [dict(op=op, provider=provider, B=B, K=K, V=V, dtype=dname, logits=kind) for op in OPS]
-                        rec.error(entries, e, f"{where} {provider} (setup: first calls)")
-                        table.extend(dict(x, shape=f"{B}x{K}x{V}", p50="ERROR", spread=one_line(e, 60)) for x in entries)
-                        recover(device)
-                        continue
-                    for op in OPS:
-                        entry = dict(op=op, provider=provider, B=B, K=K, V=V, dtype=dname, logits=kind)
-                        try:
-                            t = common.time_fn(calls[op], device, **timing_kw)
-                        except Exception as e:  # noqa: BLE001
-                            rec.error([entry], e, f"{where} {op} {provider}")
-                            table.append(dict(entry, shape=f"{B}x{K}x{V}", p50="ERROR", spread=one_line(e, 60)))
-                            recover(device)
-                            continue
-                        gbps = LOGIT_READS[op] * nbytes / (t.p50_ms * 1e-3) / 1e9
-                        if provider == "baseline":
-                            base_ms[op] = t.p50_ms
-                        speedup = base_ms[op] / t.p50_ms if op in base_ms else None
-                        frac = gbps / copy_gbps if copy_gbps else None
-                        rec.add(dict(entry, p20_ms=t.p20_ms, p50_ms=t.p50_ms, p80_ms=t.p80_ms, gbps=gbps,
-                                     speedup_vs_baseline=speedup, copy_fraction=frac))
-                        table.append(dict(
-                            entry, shape=f"{B}x{K}x{V}", p50=common.fmt(t.p50_ms),
-                            spread=f"{common.fmt(t.p20_ms)}-{common.fmt(t.p80_ms)} ({t.repeats})",
-                            gbps=common.fmt(gbps), speedup=common.fmt(speedup) + ("x" if speedup else ""),
-                            copy="-" if frac is None else f"{100 * frac:.0f}%"))
-                        print(f"  {dname} {op:<15} {provider:<10} p50 {t.p50_ms:9.3f} ms  {gbps:7.2f} GB/s"
-                              + ("" if frac is None else f" ({100 * frac:4.0f}% of copy)")
-                              + (f"  {speedup:6.1f}x" if speedup else ""), flush=True)
-                    del calls
-                del D, A
-            del D32, A32
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            measure_logits(state, B, K, V, kind)
 
-    summarize(rec, table, desc, version, stamp, device)
+    summarize(rec, state.table, desc, version, stamp)
     print(f"\n{len(rec.rows)} rows appended to {args.csv}")
     if rec.failed:
         print(f"\nFAILED: {len(rec.failed)} measurement(s) raised (their rows carry the error):")
@@ -454,63 +388,6 @@ def run(args) -> int:
             print(f"  {f}")
         return 1
     return 0
-
-
-def summarize(rec: Recorder, table: list[dict], desc: str, version: str, stamp: str, device: torch.device) -> None:
-    columns = [("op", "op"), ("provider", "provider"), ("shape", "BxKxV"), ("dtype", "dtype"), ("logits", "logits"),
-               ("p50", "p50 ms"), ("spread", "p20-p80 ms (n)"), ("gbps", "GB/s"), ("copy", "% of copy BW"),
-               ("speedup", "vs baseline")]
-    print(f"\n## {desc}; torch {torch.__version__}; apd_ext {version}; {torch.get_num_threads()} threads; {stamp}\n")
-    print(common.markdown_table(table, columns))
-
-    # Providers side by side: one line per (op, shape, dtype, logits).
-    ok = [r for r in rec.rows if not r.get("error") and r["op"] in OPS]
-    providers = list(dict.fromkeys(r["provider"] for r in ok))
-    apd = [p for p in providers if p != "baseline"]
-    ref = "cuda" if "cuda" in apd else (apd[0] if apd else None)
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for r in ok:
-        by_key.setdefault((r["op"], r["B"], r["K"], r["V"], r["dtype"], r["logits"]), {})[r["provider"]] = r
-    side = []
-    for (op, B, K, V, dtype, kind), got in by_key.items():
-        line = dict(op=op, shape=f"{B}x{K}x{V}", dtype=dtype, logits=kind)
-        for p in providers:
-            r = got.get(p)
-            line[p] = common.fmt(r["p50_ms"]) if r else "-"
-            if p != "baseline":
-                frac = r.get("copy_fraction") if r else None
-                line[p + "%"] = "-" if frac is None else f"{100 * frac:.0f}%"
-                base = got.get("baseline")
-                line[p + "x"] = f"{base['p50_ms'] / r['p50_ms']:.1f}x" if r and base else "-"
-                if ref and p != ref:
-                    rr = got.get(ref)
-                    line[p + "/" + ref] = f"{r['p50_ms'] / rr['p50_ms']:.2f}" if r and rr else "-"
-        side.append(line)
-    if side and apd:
-        cols = [("op", "op"), ("shape", "BxKxV"), ("dtype", "dtype"), ("logits", "logits")]
-        cols += [(p, f"{p} ms") for p in providers]
-        cols += [(p + "%", f"{p} % copy") for p in apd]
-        cols += [(p + "x", f"{p} vs baseline") for p in apd if "baseline" in providers]
-        cols += [(p + "/" + ref, f"{p} time / {ref}") for p in apd if p != ref]
-        print(f"\n### Side by side (p50; % of the copy bandwidth; speedup = baseline / provider)\n")
-        print(common.markdown_table(side, cols))
-
-    pairs = [r for r in ok if r["op"] == "draft+accept" and (r["B"], r["K"], r["V"]) == HEADLINE_SHAPE
-             and r["provider"] != "baseline" and r.get("speedup_vs_baseline")]
-    if pairs:
-        print(f"\ndraft+accept at {HEADLINE_SHAPE} vs the baseline (target >= {TARGET_SPEEDUP:g}x):")
-        for r in pairs:
-            met = "met" if r["speedup_vs_baseline"] >= TARGET_SPEEDUP else "NOT met"
-            print(f"  {r['provider']:<10} {r['dtype']} {r['logits']:<5} {r['speedup_vs_baseline']:6.1f}x  ({met})")
-    kernels = [r for r in ok if r["provider"] in ("cuda", "triton") and r.get("copy_fraction") is not None]
-    if kernels:
-        met = sum(r["copy_fraction"] >= BANDWIDTH_GOAL for r in kernels)
-        print(f"\nkernel bandwidth >= {100 * BANDWIDTH_GOAL:.0f}% of the copy bandwidth: {met} of {len(kernels)} "
-              "measurements; below:")
-        for r in kernels:
-            if r["copy_fraction"] < BANDWIDTH_GOAL:
-                print(f"  {r['provider']:<7} {r['op']:<15} {r['B']}x{r['K']}x{r['V']} {r['dtype']} {r['logits']:<5} "
-                      f"{100 * r['copy_fraction']:5.1f}%")
 
 
 if __name__ == "__main__":

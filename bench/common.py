@@ -1,4 +1,4 @@
-"""Timing, CSV and table helpers shared by the benchmarks in bench/ (no apd_ext imports here).
+"""Timing, CSV, table and log helpers shared by the benchmarks in bench/ (no apd_ext imports here).
 
 CPU: wall time with time.perf_counter around each call. CUDA: a pair of CUDA events around each
 call, the L2 cache flushed before it (so that small inputs are read from HBM, not from L2), one
@@ -188,3 +188,23 @@ def fmt(x: float | None, digits: int = 3) -> str:
     if abs(x) >= 10 ** digits:
         return f"{x:.0f}"
     return f"{x:.{digits}g}"
+
+
+class Tee:
+    """A text stream that also appends everything to a log file (flushed on every write)."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, s):
+        self.stream.write(s)
+        self.log.write(s)
+        self.log.flush()
+        return len(s)
+
+    def flush(self):
+        self.stream.flush()
+        self.log.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
