@@ -33,6 +33,8 @@ tokens/s at the paper's 9.3 tokens per dLLM forward (GSM8K, mixture weight 0.7):
 Targets (H100): step_graph at (16, 100), B = 1, within 1.3x of dllm_forward; dllm_forward within 1.3x
 of its floor.
 
+The attention profile is made by bench/e2e_attention.py.
+
 Each CSV row is appended (and the file closed) as soon as its configuration is measured, so a run
 cut short by a timeout keeps what it measured. The run prints an estimate of each configuration's
 time and skips those that would end past --budget-s (default 300 s: the device command's limit).
@@ -45,6 +47,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,13 +56,11 @@ import common
 
 try:
     import apd_ext
-    from apd_ext.decode import DecodeConfig
     from apd_ext.decode.graphs import clear_graph_cache
-    from apd_ext.decode.state import State
-    from apd_ext.decode.steps import make_step
     from apd_ext.models.config import ModelConfig
     from apd_ext.models.runners import DllmRunner, VerifierRunner
     from apd_ext.models.transformer import Transformer
+    from e2e_attention import attention_profile
 except ModuleNotFoundError as e:
     if e.name != "apd_ext":
         raise
@@ -75,7 +76,6 @@ TINY_DLLM = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, nu
 TINY_VERIFIER = dict(TINY_DLLM, num_hidden_layers=1, vocab_size=1000)
 PAPER_TOKENS_PER_FORWARD = 9.3
 PROMPT_LEN, SEED, MIXTURE_WEIGHT = 64, 0, 0.7
-PROFILED_STEPS = 3
 CSV_FIELDS = ("batch", "kv_window", "max_lookahead", "dllm_forward_ms", "dllm_floor_ms", "step_eager_ms",
               "step_graph_ms", "graph_vs_forward", "graph_reused", "achieved_gbps", "copy_gbps",
               "projected_tokens_per_s", "tokens_per_step", "steps", "peak_eager_gb", "peak_graph_gb",
@@ -177,114 +177,32 @@ def timed(dllm, verifier, prompts, kw, cuda_graphs):
     return out, 1e3 * out.stats["time_s"]["total"] / max(1, out.stats["steps"])
 
 
-class _ProfilerClock:
-    """Step phases as profiler ranges (what Step's `clock` argument expects)."""
+@dataclass
+class Bench:
+    """The run's models and fixed numbers: the weights' dtype, the dLLM and verifier runners, the autoregressive
+    baseline (the dLLM's weights read as a causal LM), the shared vocabulary, weight bytes, the copy
+    bandwidth (GB/s) and the dLLM's weight-bandwidth floor (ms per forward)."""
 
-    def phase(self, name):
-        return torch.profiler.record_function(name)
-
-
-@torch.no_grad()
-def attention_profile(dllm, verifier, prompts, R, M, new_tokens, vocab) -> dict:
-    """A few eager steady APD steps (apd_ext.decode.steps.make_step, the function generate runs) under
-    torch.profiler: the SDPA backend op that ran, its costliest kernel, its time per step; and
-    torch's own backend choice for one call of each model (torch._fused_sdp_choice)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    device = prompts.device
-    B, P = prompts.shape
-    L = P + new_tokens
-    config = DecodeConfig(max_new_tokens=new_tokens, mixture_weight=MIXTURE_WEIGHT, kv_window=R, max_lookahead=M,
-                          temperature=1.0)
-    step = make_step(config, length=L, vocab=vocab, eos=[], device=device)
-    dllm.setup(B, L)
-    verifier.setup(B, L)
-    st = State.allocate(B, L, step.verifier_rows, verifier.vocab_size, verifier.logits_dtype, device)
-    canvas = torch.full((B, L + 1), dllm.mask_token_id, dtype=torch.int64)
-    canvas[:, :P] = prompts.cpu()
-    st.fill(canvas, torch.full((B,), P), new_tokens, torch.arange(B) + SEED)
-    verifier.prefill(st.canvas, st.curr, P, out=st.verifier_logits[:1])
-    step(st, dllm, verifier, first=True)
-
-    # torch's choice for each model's attention call (recorded from one steady step)
-    calls = []
-    real = torch.nn.functional.scaled_dot_product_attention
-
-    def record(q, k, v, attn_mask=None, **kw):
-        if not calls or calls[-1][0].shape != q.shape:
-            calls.append((q, k, v, attn_mask, kw.get("enable_gqa", False)))
-        return real(q, k, v, attn_mask=attn_mask, **kw)
-
-    torch.nn.functional.scaled_dot_product_attention = record
-    try:
-        step(st, dllm, verifier)
-    finally:
-        torch.nn.functional.scaled_dot_product_attention = real
-
-    def chosen(*a, **kw) -> str:
-        try:
-            c = int(torch._fused_sdp_choice(*a, **kw))
-        except Exception as e:  # noqa: BLE001  (a private API: report, do not fail the benchmark)
-            return f"?({type(e).__name__})"
-        return {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}.get(c, str(c))
-
-    choice = []
-    for (q, k, v, m, gqa), model in zip(calls, ("dllm", "verifier")):
-        # and the form the models used before (boolean mask + enable_gqa, unfolded queries)
-        cfg = (dllm if model == "dllm" else verifier).config
-        G = cfg.num_attention_heads // cfg.num_key_value_heads
-        Bq, Hkv, GS, D = q.shape
-        old_q = q.reshape(Bq, Hkv * G, GS // G, D)
-        old_mask = (m[:, :, : GS // G] == 0) if m.shape[2] > 1 else (m == 0)
-        choice.append(f"{model}:{chosen(q, k, v, m, 0.0, False, enable_gqa=gqa)}"
-                      f"(old form:{chosen(old_q, k, v, old_mask, 0.0, False, enable_gqa=G > 1)})")
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    with profile(activities=acts) as prof:
-        for _ in range(PROFILED_STEPS):
-            step(st, dllm, verifier, clock=_ProfilerClock())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    wall_ms = 1e3 * (time.perf_counter() - t0) / PROFILED_STEPS
-    events = prof.events()
-    sdpa = [e for e in events if e.name.startswith("aten::_scaled_dot_product") or
-            e.name.startswith("aten::_flash_attention") or e.name.startswith("aten::_efficient_attention")]
-    # the outermost backend op of each call (its children are part of it)
-    top = [e for e in sdpa if not (e.cpu_parent and e.cpu_parent.name in {s.name for s in sdpa})]
-    backends_seen = sorted({e.name.replace("aten::", "") for e in top})
-    kernels: dict[str, float] = {}
-    if device.type == "cuda":
-        def walk(e):
-            for kern in getattr(e, "kernels", []):
-                kernels[kern.name] = kernels.get(kern.name, 0.0) + kern.duration
-            for c in e.cpu_children:
-                walk(c)
-        for e in top:
-            walk(e)
-        attn_us = sum(e.device_time_total for e in top)
-        total_us = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA)
-    else:
-        attn_us = sum(e.cpu_time_total for e in top)
-        total_us = wall_ms * 1e3 * PROFILED_STEPS
-    kernel = max(kernels, key=kernels.get) if kernels else (backends_seen[0] if backends_seen else "")
-    return dict(attention_backend="+".join(backends_seen), attention_kernel=kernel[:120],
-                attention_ms_per_step=attn_us / 1e3 / PROFILED_STEPS,
-                profiled_kernel_ms_per_step=total_us / 1e3 / PROFILED_STEPS,
-                attention_choice=" ".join(choice))
+    args: argparse.Namespace
+    device: torch.device
+    dtype: torch.dtype
+    desc: str
+    stamp: str
+    dllm: DllmRunner
+    verifier: VerifierRunner
+    ar_model: VerifierRunner
+    vocab: int
+    wd: int
+    wv: int
+    copy_gbps: float
+    floor: float
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    device = torch.device(args.device)
+def build(args, device: torch.device, desc: str, stamp: str) -> Bench:
+    """The models (tiny with --quick), the copy bandwidth and the floor."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dshape, vshape = (TINY_DLLM, TINY_VERIFIER) if args.quick else (DREAM_7B, QWEN_05B)
     L = PROMPT_LEN + args.new_tokens
-    desc, stamp = common.device_description(device), common.timestamp()
     dcfg, vcfg = config("Dream", dshape, dtype, L), config("qwen2", vshape, dtype, L)
     dllm = DllmRunner(random_model(dcfg, device, SEED), dcfg, shifted=True)
     verifier = VerifierRunner(random_model(vcfg, device, SEED + 1), vcfg)
@@ -294,21 +212,101 @@ def main(argv=None) -> int:
     wd, wv = weight_bytes(dllm.model), weight_bytes(verifier.model)
     copy_gbps = copy_bandwidth(device)
     floor = wd / (copy_gbps * 1e9) * 1e3
-    print(f"device: {desc}; torch {torch.__version__}; {dtype}; {stamp}")
-    print(f"dLLM {wd / 1e9:.2f} GB of weights, verifier {wv / 1e9:.2f} GB; copy bandwidth {copy_gbps:.0f} GB/s; "
-          f"{args.new_tokens} tokens per row and call; rows appended to {args.csv}", flush=True)
+    return Bench(args, device, dtype, desc, stamp, dllm, verifier, ar_model, vocab, wd, wv, copy_gbps, floor)
 
-    rows: list[dict] = []
-    result = dict(device=desc, timestamp=stamp, torch_version=torch.__version__, dtype=str(dtype),
-                  dllm_weight_bytes=wd, verifier_weight_bytes=wv, copy_gbps=copy_gbps, steps=rows)
+
+def time_steps(b: Bench, prompts, kw: dict) -> dict:
+    """Warm-up then timed generate calls: with CUDA graphs (CUDA only; graph_out, graph ms per step,
+    reused, peak_graph and reserved bytes) and eager (out, eager ms per step)."""
+    t = dict(graph=None, graph_out=None, peak_graph=None, reserved=None, reused="")
+    if b.device.type == "cuda":
+        clear_graph_cache()
+        torch.cuda.empty_cache()
+        timed(b.dllm, b.verifier, prompts, kw, True)  # warm-up: kernels, and the graph capture
+        t["graph_out"], t["graph"] = timed(b.dllm, b.verifier, prompts, kw, True)
+        t["reused"] = t["graph_out"].stats.get("cuda_graph") == "reused"
+        t["peak_graph"] = t["graph_out"].stats.get("peak_memory_bytes")
+        t["reserved"] = torch.cuda.memory_reserved(b.device)
+        clear_graph_cache()  # the eager call's peak without the graph's pool
+        torch.cuda.empty_cache()
+    else:
+        timed(b.dllm, b.verifier, prompts, kw, False)  # warm-up
+    t["out"], t["eager"] = timed(b.dllm, b.verifier, prompts, kw, False)
+    if t["graph_out"] is not None and not torch.equal(t["out"].sequences, t["graph_out"].sequences):
+        print("  WARNING: graph and eager tokens differ", flush=True)
+    return t
+
+
+def step_row(b: Bench, B: int, R: int, M: int, fwd: float, t: dict, prof: dict) -> dict:
+    """One configuration's result (CSV_FIELDS less the run's meta columns) from the forward time
+    fwd (ms), the step timings t (time_steps) and the attention profile."""
+    graph, eager, out = t["graph"], t["eager"], t["out"]
+    step = graph if graph is not None else eager
+    peak, peak_graph, reserved = out.stats.get("peak_memory_bytes"), t["peak_graph"], t["reserved"]
+    return dict(batch=B, kv_window=R, max_lookahead=M, dllm_forward_ms=fwd, dllm_floor_ms=b.floor,
+                step_eager_ms=eager, step_graph_ms=graph, graph_vs_forward=step / fwd,
+                graph_reused=t["reused"], achieved_gbps=(b.wd + b.wv) / (step * 1e-3) / 1e9, copy_gbps=b.copy_gbps,
+                projected_tokens_per_s=PAPER_TOKENS_PER_FORWARD * B / (step * 1e-3),
+                tokens_per_step=out.stats["tokens_per_step"], steps=out.stats["steps"],
+                peak_eager_gb=peak / 1e9 if peak else None,
+                peak_graph_gb=peak_graph / 1e9 if peak_graph else None,
+                reserved_graph_gb=reserved / 1e9 if reserved else None,
+                attention_backend=prof["attention_backend"], attention_kernel=prof["attention_kernel"],
+                attention_ms_per_step=prof["attention_ms_per_step"],
+                attention_share=prof["attention_ms_per_step"] / step,
+                attention_choice=prof["attention_choice"])
+
+
+def print_row(b: Bench, row: dict, prof: dict, seconds: float) -> None:
+    """One configuration's line: step times, memory, attention, and its wall seconds."""
+    B, R, M = row["batch"], row["kv_window"], row["max_lookahead"]
+    eager, graph, fwd = row["step_eager_ms"], row["step_graph_ms"], row["dllm_forward_ms"]
+    print(f"  B={B} R={R} M={M}: APD step eager {eager:.2f} ms"
+          + (f", graph {graph:.2f} ms (graph reused: {row['graph_reused']})" if graph is not None else "")
+          + f" = {row['graph_vs_forward']:.2f}x the forward (floor {b.floor:.2f} ms); {row['steps']} steps, "
+          f"{row['tokens_per_step']:.2f} tokens/step; {row['achieved_gbps']:.0f} GB/s of weights; "
+          f"peak {common.fmt(row['peak_eager_gb'])} GB eager, {common.fmt(row['peak_graph_gb'])} GB graph; "
+          f"attention {prof['attention_backend']} ({prof['attention_kernel'][:60]}) "
+          f"{prof['attention_ms_per_step']:.3f} ms/step = {100 * row['attention_share']:.1f}% of the step "
+          f"(profiled kernels {prof['profiled_kernel_ms_per_step']:.2f} ms/step); "
+          f"torch's choice: {prof['attention_choice']}; {seconds:.0f} s", flush=True)
+
+
+def append_row(b: Bench, row: dict) -> None:
+    """Append `row` with the run's meta columns to the CSV now (a timeout keeps it); floats to 6
+    digits, non-finite ones empty."""
+    csv_row = dict(row, device=b.desc, timestamp=b.stamp, torch_version=torch.__version__)
+    for k, v in csv_row.items():
+        if isinstance(v, float):
+            csv_row[k] = f"{v:.6g}" if math.isfinite(v) else ""
+    common.append_csv(b.args.csv, [csv_row], CSV_FIELDS)
+
+
+def measure(b: Bench, prompts, B: int, R: int, M: int, fwd: float, t_conf: float) -> dict:
+    """One configuration (batch B, kv_window R, max_lookahead M): timed, profiled, printed, and
+    appended to the CSV; returns its row."""
+    kw = generate_kw(R, M, b.args.new_tokens, b.vocab)
+    t = time_steps(b, prompts, kw)
+    prof = attention_profile(b.dllm, b.verifier, prompts, R, M, b.args.new_tokens, b.vocab,
+                             mixture_weight=MIXTURE_WEIGHT, seed=SEED)
+    row = step_row(b, B, R, M, fwd, t, prof)
+    print_row(b, row, prof, time.perf_counter() - t_conf)
+    append_row(b, row)
+    return row
+
+
+def run_grid(b: Bench, result: dict, t_start: float) -> list[dict]:
+    """Every (batch, window) configuration that fits in --budget-s (the first always runs), and
+    the autoregressive baseline after the first one (result["ar_ms_per_token"]); returns the rows."""
+    args, rows = b.args, result["steps"]
     gen = torch.Generator().manual_seed(SEED)
     ar_done = False
     factor = 3 * 1.5e-3
     for B in args.batches:
-        prompts = torch.randint(0, vocab - 2, (B, PROMPT_LEN), generator=gen).to(device)
+        prompts = torch.randint(0, b.vocab - 2, (B, PROMPT_LEN), generator=gen).to(b.device)
         for R, M in args.windows:
             t_conf = time.perf_counter()
-            fwd = forward_ms(dllm, B, R, M, L, device)
+            fwd = forward_ms(b.dllm, B, R, M, PROMPT_LEN + args.new_tokens, b.device)
             # three generate calls of at most new_tokens steps of about a forward each, capture and
             # profiling: seconds = factor * forward_ms * new_tokens, the factor measured on the last
             # configuration (the first guess assumes one token per step)
@@ -319,73 +317,45 @@ def main(argv=None) -> int:
             if elapsed + est > args.budget_s and rows:
                 print(f"  B={B} R={R} M={M}: skipped (estimated to end past --budget-s)", flush=True)
                 continue
-            kw = generate_kw(R, M, args.new_tokens, vocab)
-            graph = graph_out = peak_graph = reserved = None
-            reused = ""
-            if device.type == "cuda":
-                clear_graph_cache()
-                torch.cuda.empty_cache()
-                timed(dllm, verifier, prompts, kw, True)  # warm-up: kernels, and the graph capture
-                graph_out, graph = timed(dllm, verifier, prompts, kw, True)
-                reused = graph_out.stats.get("cuda_graph") == "reused"
-                peak_graph = graph_out.stats.get("peak_memory_bytes")
-                reserved = torch.cuda.memory_reserved(device)
-                clear_graph_cache()  # the eager call's peak without the graph's pool
-                torch.cuda.empty_cache()
-            else:
-                timed(dllm, verifier, prompts, kw, False)  # warm-up
-            out, eager = timed(dllm, verifier, prompts, kw, False)
-            if graph_out is not None and not torch.equal(out.sequences, graph_out.sequences):
-                print("  WARNING: graph and eager tokens differ", flush=True)
-            prof = attention_profile(dllm, verifier, prompts, R, M, args.new_tokens, vocab)
-            step = graph if graph is not None else eager
-            peak = out.stats.get("peak_memory_bytes")
-            row = dict(batch=B, kv_window=R, max_lookahead=M, dllm_forward_ms=fwd, dllm_floor_ms=floor,
-                       step_eager_ms=eager, step_graph_ms=graph, graph_vs_forward=step / fwd,
-                       graph_reused=reused, achieved_gbps=(wd + wv) / (step * 1e-3) / 1e9, copy_gbps=copy_gbps,
-                       projected_tokens_per_s=PAPER_TOKENS_PER_FORWARD * B / (step * 1e-3),
-                       tokens_per_step=out.stats["tokens_per_step"], steps=out.stats["steps"],
-                       peak_eager_gb=peak / 1e9 if peak else None,
-                       peak_graph_gb=peak_graph / 1e9 if peak_graph else None,
-                       reserved_graph_gb=reserved / 1e9 if reserved else None,
-                       attention_backend=prof["attention_backend"], attention_kernel=prof["attention_kernel"],
-                       attention_ms_per_step=prof["attention_ms_per_step"],
-                       attention_share=prof["attention_ms_per_step"] / step,
-                       attention_choice=prof["attention_choice"])
-            rows.append(row)
-            print(f"  B={B} R={R} M={M}: APD step eager {eager:.2f} ms"
-                  + (f", graph {graph:.2f} ms (graph reused: {reused})" if graph is not None else "")
-                  + f" = {step / fwd:.2f}x the forward (floor {floor:.2f} ms); {out.stats['steps']} steps, "
-                  f"{out.stats['tokens_per_step']:.2f} tokens/step; {row['achieved_gbps']:.0f} GB/s of weights; "
-                  f"peak {common.fmt(row['peak_eager_gb'])} GB eager, {common.fmt(row['peak_graph_gb'])} GB graph; "
-                  f"attention {prof['attention_backend']} ({prof['attention_kernel'][:60]}) "
-                  f"{prof['attention_ms_per_step']:.3f} ms/step = {100 * row['attention_share']:.1f}% of the step "
-                  f"(profiled kernels {prof['profiled_kernel_ms_per_step']:.2f} ms/step); "
-                  f"torch's choice: {prof['attention_choice']}; {time.perf_counter() - t_conf:.0f} s", flush=True)
-            csv_row = dict(row, device=desc, timestamp=stamp, torch_version=torch.__version__)
-            for k, v in csv_row.items():
-                if isinstance(v, float):
-                    csv_row[k] = f"{v:.6g}" if math.isfinite(v) else ""
-            common.append_csv(args.csv, [csv_row], CSV_FIELDS)  # now: a timeout keeps this row
+            rows.append(measure(b, prompts, B, R, M, fwd, t_conf))
             factor = max(1e-4, (time.perf_counter() - t_conf - 2) / (fwd * args.new_tokens))
             if not ar_done:
-                ar_ms = autoregressive_baseline(dllm, ar_model, device, gen, vocab, args.ar_tokens)
+                ar_ms = autoregressive_baseline(b.dllm, b.ar_model, b.device, gen, b.vocab, args.ar_tokens)
                 result["ar_ms_per_token"], ar_done = ar_ms, True
+    return rows
 
+
+def report(b: Bench, rows: list[dict], result: dict) -> None:
+    """The Markdown table of the rows, the AR baseline, the targets at B=1 (16, 100)."""
     columns = [(k, k) for k in ("batch", "kv_window", "max_lookahead", "dllm_forward_ms", "dllm_floor_ms",
                                 "step_eager_ms", "step_graph_ms", "graph_vs_forward", "peak_graph_gb",
                                 "attention_backend", "attention_share", "projected_tokens_per_s")]
     table = [{k: common.fmt(v) if isinstance(v, float) else "-" if v is None else v for k, v in r.items()}
              for r in rows]
-    print(f"\n## {desc}; torch {torch.__version__}; {stamp}\n")
+    print(f"\n## {b.desc}; torch {torch.__version__}; {b.stamp}\n")
     print(common.markdown_table(table, columns))
     if "ar_ms_per_token" in result:
-        print(f"\nAR baseline: {result['ar_ms_per_token']:.3g} ms/token; copy bandwidth {copy_gbps:.0f} GB/s")
+        print(f"\nAR baseline: {result['ar_ms_per_token']:.3g} ms/token; copy bandwidth {b.copy_gbps:.0f} GB/s")
     head = [r for r in rows if (r["batch"], r["kv_window"], r["max_lookahead"]) == (1, 16, 100)]
     if head:
         h = head[0]
         print(f"targets at B=1 (16, 100): step / forward = {h['graph_vs_forward']:.2f} (<= 1.3), "
               f"forward / floor = {h['dllm_forward_ms'] / h['dllm_floor_ms']:.2f} (<= 1.3)")
+
+
+def main(argv=None) -> int:
+    """Build the models, measure every configuration, print the report, write the JSON."""
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    device = torch.device(args.device)
+    b = build(args, device, common.device_description(device), common.timestamp())
+    print(f"device: {b.desc}; torch {torch.__version__}; {b.dtype}; {b.stamp}")
+    print(f"dLLM {b.wd / 1e9:.2f} GB of weights, verifier {b.wv / 1e9:.2f} GB; copy bandwidth {b.copy_gbps:.0f} GB/s; "
+          f"{args.new_tokens} tokens per row and call; rows appended to {args.csv}", flush=True)
+    result = dict(device=b.desc, timestamp=b.stamp, torch_version=torch.__version__, dtype=str(b.dtype),
+                  dllm_weight_bytes=b.wd, verifier_weight_bytes=b.wv, copy_gbps=b.copy_gbps, steps=[])
+    rows = run_grid(b, result, t_start)
+    report(b, rows, result)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
