@@ -183,7 +183,8 @@ def knobs_text(knobs: dict) -> str:
 
 
 def generate_kw(policy: str, knobs: dict, max_new_tokens: int) -> dict:
-    return dict(policy=policy, max_new_tokens=max_new_tokens, seed=SEED, eos_token_id=[], **knobs)
+    # sampled at T = 1, as the recorded figures were (the library default is greedy)
+    return dict(policy=policy, max_new_tokens=max_new_tokens, temperature=1.0, seed=SEED, eos_token_id=[], **knobs)
 
 
 def summarize_runs(policy: str, knobs: dict, batch: int, runs: list) -> dict:
