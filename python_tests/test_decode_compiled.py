@@ -126,7 +126,9 @@ def test_explicit_noise_replays_and_configurations_compile_apart(models):
 
 
 def test_compile_step_rejects_bad_arguments():
-    with pytest.raises(TypeError, match="step must be a callable"):
+    with pytest.raises(TypeError, match="step must be a step object"):
         compile_step(42)
+    with pytest.raises(TypeError, match="step must be a step object"):
+        compile_step(lambda *a, **k: None)  # callable, but no key to cache its compiled code by
     with pytest.raises(TypeError, match="backend must be"):
         compile_step(_step(), backend=None)

@@ -39,7 +39,6 @@ from typing import Callable
 
 import torch
 
-_SIMPLE = (bool, int, float, str, type(None))
 # Inductor options for steps on the CPU: the whole graph as one C++ function (a C++ wrapper calling
 # the generated kernels and library ops) instead of a Python wrapper calling each kernel; measured
 # about 17% off the compiled steady step on the golden tiny pair (0.33 vs 0.40 ms, CPU time).
@@ -58,16 +57,9 @@ def _steady(step, st, dllm, verifier, u):
 
 def _config_key(step) -> tuple:
     """One compiled function per distinct key: the step's type and its `key` (what its computation
-    depends on besides tensor contents; apd_ext.decode.steps), or for a step without one its plain
-    (int, float, str, ...) attributes. Tensors and other objects are left to torch.compile's guards."""
-    own = getattr(step, "key", None)
-    if own is not None:
-        return (type(step).__module__, type(step).__qualname__, own)
-    items = []
-    for name, value in sorted(vars(step).items()):
-        if isinstance(value, _SIMPLE) or (isinstance(value, tuple) and all(isinstance(v, _SIMPLE) for v in value)):
-            items.append((name, value))
-    return (type(step).__module__, type(step).__qualname__, tuple(items))
+    depends on besides tensor contents; apd_ext/decode/steps/base.py). Tensors and other objects are
+    left to torch.compile's guards."""
+    return (type(step).__module__, type(step).__qualname__, step.key)
 
 
 def _compiled_function(step, backend: str, options: dict | None) -> Callable:
@@ -120,8 +112,8 @@ def compile_step(step, backend: str = "inductor", options: dict | None = None) -
         code generation, for quick checks). options: its options; None = CPU_OPTIONS for Inductor
         on a CPU step (step.device), else torch.compile's defaults; {} = Inductor's defaults.
     """
-    if not callable(step):
-        raise TypeError(f"compile_step: step must be a callable step object, got {type(step).__name__}")
+    if not callable(step) or not hasattr(step, "key"):
+        raise TypeError(f"compile_step: step must be a step object (apd_ext.decode.steps), got {type(step).__name__}")
     if not isinstance(backend, str):
         raise TypeError(f"compile_step: backend must be a torch.compile backend name, got {backend!r}")
     if options is None and backend == "inductor" and torch.device(getattr(step, "device", "cpu")).type == "cpu":
