@@ -7,6 +7,13 @@ as the C ABI groups them (csrc/include/apd/apd.h: apd_filter, apd_noise):
     mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths,
                    filt: Filter, noise: Noise) -> num_accepted, target_tokens, logp_dllm, logp_verifier, logp_mixture
 
+and the vocabulary-parallel partial ops (reference.py documents them; apd_ext/parallel/vocab.py
+combines their outputs across ranks):
+
+    sample_draft_partial(dllm, vocab, vocab_offset, filt, noise, threshold) -> tokens, stats [B, K, 4]
+    mixture_accept_partial(dllm, verifier, draft, vocab, vocab_offset, mixture_weight, greedy_target,
+                           valid_lengths, filt, noise, threshold) -> target_tokens, stats [B, K, 10]
+
 Only the torch op schemas (csrc/torch_ops/bindings.cpp) take them flat, in the fields' order.
 "auto" picks: CUDA tensors -> "cuda" when the extension has CUDA kernels, else "triton"; CPU
 tensors -> "cpu" when the extension is built, else "reference". APD_EXT_BACKEND overrides "auto".
@@ -51,6 +58,12 @@ class Noise(NamedTuple):
     uniform: torch.Tensor | None = None
 
 
+# Fields of the float32 stats of the partial ops, in order (csrc/include/apd/apd.h mirrors them).
+DRAFT_STATS = ("score", "lse_max", "lse_sum", "value")
+MIXTURE_STATS = ("score", "dllm_max", "dllm_sum", "verifier_max", "verifier_sum", "mixture_max", "mixture_sum",
+                 "dllm_at", "verifier_at", "mixture_at")
+
+
 class _TorchOp:
     """The C++/CUDA kernels registered as torch.ops.apd_ext.* (csrc/torch_ops/bindings.cpp), whose
     schemas take the Filter and Noise fields flat, in order."""
@@ -66,6 +79,17 @@ class _TorchOp:
         T, top_k, top_p = filt
         return torch.ops.apd_ext.mixture_accept(
             dllm, verifier, draft, vocab, mixture_weight, T, top_k, top_p, valid_lengths, greedy_target, *noise,
+        )
+
+    def sample_draft_partial(self, dllm, vocab, vocab_offset, filt: Filter, noise: Noise, threshold):
+        return torch.ops.apd_ext.sample_draft_partial(dllm, vocab, vocab_offset, *filt, *noise, threshold)
+
+    def mixture_accept_partial(self, dllm, verifier, draft, vocab, vocab_offset, mixture_weight, greedy_target,
+                               valid_lengths, filt: Filter, noise: Noise, threshold):
+        T, top_k, top_p = filt
+        return torch.ops.apd_ext.mixture_accept_partial(
+            dllm, verifier, draft, vocab, vocab_offset, mixture_weight, T, top_k, top_p, valid_lengths,
+            greedy_target, *noise, threshold,
         )
 
 

@@ -250,3 +250,120 @@ def mixture_accept(dllm_logits: torch.Tensor, verifier_logits: torch.Tensor, dra
         target = torch.where(pad, -1, target)
         logp_d, logp_a, logp_m = (torch.where(pad, 0.0, t) for t in (logp_d, logp_a, logp_m))
     return n, target, logp_d, logp_a, logp_m
+
+
+# --- Vocabulary-parallel partial ops (APD_SPEC "Vocabulary-parallel form") -----------------------
+# A rank holding the logits of global tokens [vocab_offset, vocab_offset + vocab) computes, per
+# (b, i), what the combine (apd_ext/parallel/vocab.py) needs: its best (score, global id), the
+# log-sum-exp states (max, sum of exp(x - max)) of the normalisers and the values at the token
+# whose log-prob is reported. The layout of the float32 stats (backends.DRAFT_STATS /
+# MIXTURE_STATS) is every backend's. Generated noise is drawn at the GLOBAL token id
+# vocab_offset + j; explicit uniforms are indexed by the local column j (the caller slices them).
+# `threshold` (float32 [B, K], x units as filter_threshold) replaces the filters' own threshold:
+# the global one, found from every rank's candidates; None computes top_k / top_p over this slice
+# (right when the slice is the whole vocabulary or no filter is active).
+
+
+def noise_uniform_at(seed, offset, batch: int, window: int, vocab: int, vocab_offset: int,
+                     device="cpu") -> torch.Tensor:
+    """float32 [batch, window, vocab]: noise_uniform's entries of global tokens
+    [vocab_offset, vocab_offset + vocab) (vocab_offset a multiple of 4)."""
+    if vocab_offset % 4:
+        raise ValueError(f"vocab_offset must be a multiple of 4, got {vocab_offset}")
+    return noise_uniform(seed, offset, batch, window, vocab_offset + vocab, device)[..., vocab_offset:]
+
+
+def _slice_gumbel(noise, shape, vocab_offset: int, device) -> torch.Tensor:
+    B, K, V = shape
+    if noise.uniform is not None:
+        return gumbel(noise.uniform[..., :V]).to(torch.float32)
+    seed = noise.seed_t if noise.seed_t is not None else noise.seed_v
+    offset = noise.offset_t if noise.offset_t is not None else noise.offset_v
+    return gumbel(noise_uniform_at(seed, offset, B, K, V, vocab_offset, device))
+
+
+def _lse_state(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, sum(exp(x - max))) over the last dim; (-inf, 0) for a row without a finite entry."""
+    m = x.amax(dim=-1)
+    s = torch.exp(x - m.unsqueeze(-1)).sum(dim=-1)
+    finite = m > float("-inf")
+    return m, torch.where(finite, s, 0.0)
+
+
+def _first_best(score: torch.Tensor, vocab_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.argmax(score, dim=-1)  # the first maximal index, as the spec's argmax
+    return torch.gather(score, -1, idx.unsqueeze(-1)).squeeze(-1), idx + vocab_offset
+
+
+def _keep(x: torch.Tensor, filt, threshold) -> torch.Tensor:
+    _, top_k, top_p = filt
+    tau = filter_threshold(x, top_k, top_p) if threshold is None else threshold.to(torch.float32)
+    return x >= tau.unsqueeze(-1)
+
+
+def sample_draft_partial(dllm_logits: torch.Tensor, vocab_size: int, vocab_offset: int, filt, noise,
+                         threshold: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """sample_draft over one vocabulary slice: (token int64 [B, K], stats float32 [B, K, 4]).
+
+    token: the global id (vocab_offset + first local argmax) of the best score; stats (DRAFT_STATS):
+    score (x + g over the kept entries, x when greedy; -inf when none), lse_max and lse_sum of the
+    kept D, value (kept D at token; -inf when not kept). A row with no finite score reports
+    token vocab_offset and score -inf.
+    """
+    temperature = filt[0]
+    B, K, _ = dllm_logits.shape
+    V = vocab_size
+    D = _clean(dllm_logits, V)
+    x = scaled(D, temperature)
+    keep = _keep(x, filt, threshold)
+    score = x if temperature == 0 else x + _slice_gumbel(noise, (B, K, V), vocab_offset, D.device)
+    score = torch.where(keep, score, float("-inf"))
+    best, token = _first_best(score, vocab_offset)
+    Dk = torch.where(keep, D, float("-inf"))
+    m, s = _lse_state(Dk)
+    value = torch.gather(Dk, -1, (token - vocab_offset).unsqueeze(-1)).squeeze(-1)
+    return token, torch.stack([best, m, s, value], dim=-1)
+
+
+def mixture_accept_partial(dllm_logits: torch.Tensor, verifier_logits: torch.Tensor, draft_tokens: torch.Tensor,
+                           vocab_size: int, vocab_offset: int, mixture_weight: float, greedy_target: bool,
+                           valid_lengths: torch.Tensor | None, filt, noise,
+                           threshold: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """mixture_accept over one vocabulary slice: (target int64 [B, K], stats float32 [B, K, 10]).
+
+    draft_tokens are GLOBAL ids. target: global id of the best target score (as mixture_accept's
+    target, over this slice); stats (MIXTURE_STATS): score, then (max, sum) of the kept D, of A and
+    of the kept mixture, then the kept D, A and kept mixture at the draft token when this slice
+    holds it (-inf otherwise). Positions at or beyond valid_lengths[b] report target -1, score and
+    maxima -inf, sums 0, values -inf. The accepted prefix is the combine's (it needs every slice).
+    """
+    temperature = filt[0]
+    B, K, _ = dllm_logits.shape
+    V = vocab_size
+    D = _clean(dllm_logits, V)
+    A = _clean(verifier_logits, V)
+    x = scaled(D, temperature)
+    keep = _keep(x, filt, threshold) & (D > float("-inf"))
+    mix = _mix(D, A, mixture_weight)
+    mix_kept = torch.where(keep, mix, float("-inf"))
+    if greedy_target:
+        score = mix
+    elif temperature == 0:
+        score = mix_kept
+    else:
+        score = scaled(mix_kept, temperature) + _slice_gumbel(noise, (B, K, V), vocab_offset, D.device)
+    best, target = _first_best(score, vocab_offset)
+    Dk = torch.where(keep, D, float("-inf"))
+    states = [t for x_ in (Dk, A, mix_kept) for t in _lse_state(x_)]
+    local = draft_tokens.to(torch.int64) - vocab_offset
+    held = (local >= 0) & (local < V)
+    idx = local.clamp(0, V - 1).unsqueeze(-1)
+    at = [torch.where(held, torch.gather(x_, -1, idx).squeeze(-1), float("-inf")) for x_ in (Dk, A, mix_kept)]
+    stats = torch.stack([best, *states, *at], dim=-1)
+    if valid_lengths is not None:
+        pad = torch.arange(K, device=D.device).unsqueeze(0) >= valid_lengths.to(D.device).view(B, 1)
+        target = torch.where(pad, -1, target)
+        empty = torch.tensor([float("-inf")] + [float("-inf"), 0.0] * 3 + [float("-inf")] * 3,
+                             dtype=torch.float32, device=D.device)
+        stats = torch.where(pad.unsqueeze(-1), empty, stats)
+    return target, stats

@@ -1,0 +1,7 @@
+"""Tensor parallelism on torch.distributed: the group (group.py), how models are split (shard.py)
+and vocabulary-parallel sampling (vocab.py)."""
+
+from apd_ext.parallel.group import TensorParallel, TensorParallelError
+from apd_ext.parallel.shard import VOCAB_ALIGN, VocabShard, split_heads, vocab_bounds
+
+__all__ = ["TensorParallel", "TensorParallelError", "VocabShard", "VOCAB_ALIGN", "split_heads", "vocab_bounds"]

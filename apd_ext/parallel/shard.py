@@ -1,0 +1,74 @@
+"""How a model is split across the ranks of a TensorParallel group.
+
+Vocabulary: the shared vocabulary V (what the sampling ops use; Dream's 152064-row head and
+Qwen2.5's 151936-row head share V = 151936) is cut into one contiguous slice per rank, every
+boundary a multiple of VOCAB_ALIGN (the counter noise draws 4 tokens per Philox call), so that the
+dLLM's and the verifier's logits of one rank cover the same global tokens. The last rank also holds
+the head rows past V (which the ops ignore). Embeddings and LM heads are split the same way.
+
+Heads: q/k/v, gate and up projections are split by output columns (whole attention heads and K/V
+heads per rank), o_proj and down_proj by input rows; counts that do not divide by the world size
+are an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VOCAB_ALIGN = 64
+
+
+def vocab_bounds(vocab: int, world: int) -> list[int]:
+    """[b_0 = 0, b_1, ..., b_world = vocab]: rank r's slice of the shared vocabulary is
+    [b_r, b_{r+1}). Boundaries are multiples of VOCAB_ALIGN (of 4 when the vocabulary is too small
+    for that), and every rank gets at least one token."""
+    if vocab < 1 or world < 1:
+        raise ValueError(f"vocab and world must be >= 1, got {vocab} and {world}")
+    for align in (VOCAB_ALIGN, 4):
+        size = -(-vocab // world)
+        size = -(-size // align) * align
+        bounds = [min(r * size, vocab) for r in range(world)] + [vocab]
+        if all(bounds[r] < bounds[r + 1] for r in range(world)):
+            return bounds
+    raise ValueError(f"a vocabulary of {vocab} tokens is too small to give each of {world} ranks "
+                     f"a slice starting at a multiple of 4")
+
+
+@dataclass(frozen=True)
+class VocabShard:
+    """The vocabulary slice of one rank. lo, hi: the rows of the model's embedding and LM head it
+    holds (global token ids [lo, hi)); vocab: the shared vocabulary. The sampling ops of this rank
+    read its first `local_vocab` logit columns, global tokens [lo, lo + local_vocab)."""
+
+    lo: int
+    hi: int
+    vocab: int
+
+    @classmethod
+    def of(cls, model_vocab: int, shared_vocab: int, world: int, rank: int) -> "VocabShard":
+        """Rank `rank`'s slice of a model with `model_vocab` head rows, cut on the shared vocabulary."""
+        if shared_vocab > model_vocab:
+            raise ValueError(f"shared vocabulary {shared_vocab} exceeds the model's {model_vocab} rows")
+        b = vocab_bounds(shared_vocab, world)
+        return cls(b[rank], b[rank + 1] if rank < world - 1 else model_vocab, shared_vocab)
+
+    @property
+    def offset(self) -> int:
+        return self.lo
+
+    @property
+    def rows(self) -> int:
+        """Rows of the embedding / head this rank holds (its logits' last dimension)."""
+        return self.hi - self.lo
+
+    @property
+    def local_vocab(self) -> int:
+        """Columns of this rank's logits inside the shared vocabulary."""
+        return min(self.hi, self.vocab) - self.lo
+
+
+def split_heads(count: int, world: int, what: str) -> int:
+    """count / world, or a ValueError naming what does not divide."""
+    if count % world:
+        raise ValueError(f"{what} ({count}) does not divide by the tensor-parallel size {world}")
+    return count // world
