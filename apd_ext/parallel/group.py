@@ -20,6 +20,10 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 
+# all_gather_single replaces all_gather_tensor in newer torch (same signature)
+_all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+
+
 class TensorParallelError(RuntimeError):
     """A failure on one or more ranks, raised identically on every rank (check_all)."""
 
@@ -68,7 +72,7 @@ class TensorParallel:
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         """[world, *x.shape]: every rank's x, in rank order."""
-        out = funcol.all_gather_tensor(x.contiguous().unsqueeze(0), 0, self.group)
+        out = _all_gather(x.contiguous().unsqueeze(0), 0, self.group)
         return funcol.wait_tensor(out) if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
     def check_all(self, error: BaseException | None, what: str) -> None:
