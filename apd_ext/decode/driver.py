@@ -4,6 +4,7 @@ the host learns progress through one copy per step (decode/state.py Progress).""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,7 @@ from apd_ext.decode.config import DecodeConfig
 from apd_ext.decode.state import Progress
 from apd_ext.decode.stats import Stats
 from apd_ext.decode.steps import STEPS, make_step
+from apd_ext.parallel.group import TensorParallelError
 
 
 @dataclass
@@ -48,7 +50,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     eos_token_id: int or list ([] for none); default: the models' EOS (which must agree).
     vocab_size: the shared vocabulary when the models' differ (Dream 152064 vs Qwen2.5 151936).
     stream: callable(per-row lists of newly committed tokens), called once per step (not by the
-        diffusion policy, which commits out of order).
+        diffusion policy, which commits out of order; under tensor parallelism on rank 0 only).
     noise_fn: callable(step, valid [B]) -> uniforms [B, K, >= vocab] replacing the generator
         (golden replays; eager only).
     backend: the sampling ops' backend ("auto", "cpu", "cuda", "triton", "reference").
@@ -57,17 +59,24 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
         decode.graphs.graph_key. The tokens equal eager mode's for the same seed.
     compile: run the steady step through apd_ext.decode.compiled.compile_step (torch.compile).
     Returns a GenerateOutput (its docstring lists the stats).
+
+    Tensor parallelism: with runners loaded with tp= (apd_ext.parallel.TensorParallel) every rank
+    calls generate with the same arguments; the sampling ops combine the ranks' vocabulary slices
+    (apd_ext/parallel/vocab.py) and every rank returns the same output. APD_EXT_TP_CHECK=1 checks
+    after each step that the ranks agree.
     """
     cfg = _config(config).replace(**knobs) if knobs else _config(config)
     if compile and cuda_graphs:
         raise ValueError("compile=True and cuda_graphs=True: choose one way to run the steady step")
     inputs.check_runners(dllm, verifier)
     vocab = inputs.shared_vocab(dllm, verifier, vocab_size)
+    parallel = inputs.tensor_parallel(dllm, verifier, vocab)
     rows = inputs.prompt_rows(input_ids, attention_mask)
     batch = inputs.make_batch(dllm, verifier, rows, cfg, seed)
     kind = STEPS[cfg.policy]  # the models' EOS must agree when both models decide tokens
     eos = inputs.eos_ids(dllm, verifier, eos_token_id, both_models=bool(kind.dllm_forwards and kind.verifier_forwards))
-    step = make_step(cfg, length=batch.length, vocab=vocab, eos=eos, backend=backend, device=dllm.device)
+    step = make_step(cfg, length=batch.length, vocab=vocab, eos=eos, backend=backend, device=dllm.device,
+                     parallel=parallel)
     graphed = graphs.use_graphs(None if compile else cuda_graphs, dllm.device, noise_fn, step, dllm, verifier)
     stats = Stats(dllm.device)  # the clock starts here: setting the runners up is part of the call
     for runner in graphs.used_runners(dllm, verifier, step):
@@ -78,9 +87,14 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     st.fill(batch.canvas, batch.prompt_len, cfg.max_new_tokens, batch.seeds)
     step.prefill(st, verifier, int(batch.prompt_len.max()), stats.clock)
     progress = Progress(dllm.device)
+    check = agreement_check(parallel)
+    if parallel is not None and parallel[0].rank != 0:
+        stream = None  # under tensor parallelism rank 0 streams
     while not progress.finished():
         n, proposal, span = run(stats.steps)
         stats.record(n, span)
+        if check is not None:
+            check(st)
         if stream is not None and proposal is not None:
             counts = n.tolist()
             stream([proposal[b, : counts[b]].tolist() for b in range(batch.size)])
@@ -88,6 +102,26 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     if progress.lagged:
         stats.drop_idle_tail()
     return _output(st, step, dllm, stats, run.cuda_graph, eos_pad(dllm, step))
+
+
+def agreement_check(parallel):
+    """Under tensor parallelism with APD_EXT_TP_CHECK=1 (debug): a callable(state) that checks after
+    every step that all ranks hold the same canvas and positions (one all-gather of a checksum),
+    raising TensorParallelError on every rank when they differ. None otherwise. The ranks agree by
+    construction (same seeds, same combined tokens); this catches a broken backend or model."""
+    if parallel is None or os.environ.get("APD_EXT_TP_CHECK", "0") in ("", "0"):
+        return None
+    tp = parallel[0]
+
+    def check(st) -> None:
+        weights = torch.arange(1, st.canvas.shape[1] + 1, device=st.canvas.device)
+        mine = torch.stack([(st.canvas * weights).sum(1), st.curr]).view(-1)
+        every = tp.all_gather(mine)
+        if not bool((every == every[:1]).all()):
+            raise TensorParallelError(f"ranks disagree on the decoded tokens (canvas checksums and positions per "
+                                      f"rank: {every.tolist()})")
+
+    return check
 
 
 def _config(config) -> DecodeConfig:

@@ -14,9 +14,14 @@ from apd_ext.decode.state import State
 from apd_ext.decode.stats import NO_CLOCK
 
 
+def logits_width(runner) -> int:
+    """Columns of the logits a runner returns: its vocabulary, or its slice of it when sharded."""
+    return getattr(runner, "logits_width", runner.vocab_size)
+
+
 def new_state(step, verifier, batch: int, device) -> State:
     rows = step.verifier_rows
-    return State.allocate(batch, step.L, rows, verifier.vocab_size if rows else 0,
+    return State.allocate(batch, step.L, rows, logits_width(verifier) if rows else 0,
                           verifier.logits_dtype if rows else torch.float32, device)
 
 

@@ -16,6 +16,27 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def tensor_parallel(dllm, verifier, vocab: int):
+    """(tp, shard) when the runners are sharded (apd_ext.parallel), else None. Both must be sharded
+    over one group, their vocabulary slices cut on the shared vocabulary `vocab`, so that a rank's
+    dLLM and verifier logits cover the same global tokens."""
+    d_tp, v_tp = getattr(dllm, "tp", None), getattr(verifier, "tp", None)
+    if d_tp is None and v_tp is None:
+        return None
+    if d_tp is None or v_tp is None or d_tp.group is not v_tp.group:
+        raise ValueError("the dLLM and the verifier must both be loaded with the same tp= "
+                         "(TensorParallel) to decode with tensor parallelism")
+    d, v = dllm.shard, verifier.shard
+    if d.vocab != vocab or v.vocab != vocab:
+        raise ValueError(f"the runners' vocabulary slices were cut on {d.vocab} (dLLM) and {v.vocab} (verifier) "
+                         f"tokens, but decoding uses a shared vocabulary of {vocab}: load both with "
+                         f"vocab_size={vocab}")
+    if (d.lo, d.local_vocab) != (v.lo, v.local_vocab):
+        raise ValueError(f"rank {d_tp.rank}: the dLLM holds tokens [{d.lo}, {d.lo + d.local_vocab}) of the shared "
+                         f"vocabulary, the verifier [{v.lo}, {v.lo + v.local_vocab})")
+    return d_tp, d
+
+
 def check_runners(dllm, verifier) -> None:
     """The dLLM (with a mask token) first, the verifier second, on one device."""
     d_mask = getattr(getattr(dllm, "config", None), "mask_token_id", None)

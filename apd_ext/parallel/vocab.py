@@ -111,6 +111,16 @@ class VocabParallel:
             logps = [torch.where(pad, 0.0, lp) for lp in logps]
         return (n, target, *logps)
 
+    def neg_entropy(self, dllm: torch.Tensor) -> torch.Tensor:
+        """float32 [B, K]: sum_v p log p of softmax(D) over the whole shared vocabulary (the
+        diffusion policy's "entropy" confidence), from two all-reduces of [B, K] partials."""
+        x = dllm[..., : self.shard.local_vocab].float()
+        M = self.tp.all_reduce(x.amax(dim=-1), "max").unsqueeze(-1)
+        e = torch.exp(x - M)
+        xm = torch.where(e > 0, x - M, 0.0)
+        Z, S1 = self.tp.all_reduce(torch.stack([e.sum(-1), (e * xm).sum(-1)]), "sum")
+        return S1 / Z - torch.log(Z)
+
     # --- global filter thresholds -----------------------------------------------------------------
 
     def threshold(self, dllm: torch.Tensor, filt) -> torch.Tensor | None:

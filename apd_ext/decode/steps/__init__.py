@@ -17,10 +17,12 @@ STEPS = {"apd": ApdStep, "dllm_fixed": DllmFixedStep, "ar": ArStep, "diffusion":
 
 
 def make_step(config: DecodeConfig, *, length: int, vocab: int, eos: list[int], backend: str = "auto",
-              device="cpu") -> StepBase:
+              device="cpu", parallel=None) -> StepBase:
     """The step object of config.policy for canvases of `length` positions (prompt + max_new_tokens),
-    a shared vocabulary of `vocab` tokens and the EOS ids `eos`, running the ops on `backend`."""
-    return STEPS[config.policy](config, length=length, vocab=vocab, eos=eos, backend=backend, device=device)
+    a shared vocabulary of `vocab` tokens and the EOS ids `eos`, running the ops on `backend`;
+    parallel: (TensorParallel, VocabShard) when the logits are this rank's vocabulary slice."""
+    return STEPS[config.policy](config, length=length, vocab=vocab, eos=eos, backend=backend, device=device,
+                                parallel=parallel)
 
 
 __all__ = ["make_step", "STEPS", "StepBase", "ApdStep", "DllmFixedStep", "ArStep", "DiffusionStep", "commit",

@@ -8,6 +8,8 @@ The step interface (what the driver, the graph cache and compile_step rely on):
     step.capturable         whether the steady step may be captured as a CUDA graph
     step.pads_tail          whether positions after a row's end are overwritten with the pad token
     step.key                what the step's computation depends on besides tensor contents
+    step.impl               the sampling ops' backend (a VocabParallel over this rank's vocabulary
+                            slice under tensor parallelism)
     step.valid(state)       int64 [B]: positions each row may fill this step (what noise(valid) gets)
     step.prefill(state, verifier, P, clock)   before step 0: the verifier's prompt pass, if it has one
     step(state, dllm, verifier, first=False, noise=None, clock=NO_CLOCK) -> (n, proposal, span)
@@ -25,6 +27,7 @@ import torch
 
 from apd_ext import backends, ops
 from apd_ext.decode.config import DecodeConfig
+from apd_ext.parallel.vocab import VocabParallel
 
 
 class StepBase:
@@ -39,7 +42,7 @@ class StepBase:
     capturable = True
 
     def __init__(self, config: DecodeConfig, *, length: int, vocab: int, eos: list[int], backend: str = "auto",
-                 device="cpu"):
+                 device="cpu", parallel=None):
         c = config
         self.config = c
         self.L, self.vocab = int(length), int(vocab)
@@ -50,6 +53,8 @@ class StepBase:
         self.draft_filter = ops._check_filter(draft_t, self.filter.top_k, c.top_p, self.vocab)
         self.device = torch.device(device)
         self.impl = backends.get(backend, self.device)
+        if parallel is not None:  # the logits are this rank's vocabulary slice (apd_ext/parallel/vocab.py)
+            self.impl = VocabParallel(self.impl, *parallel)
         self.backend = getattr(self.impl, "name", None) or getattr(self.impl, "__name__", backend)
         self.eos_list = tuple(int(e) for e in eos)
         self.eos = torch.tensor(eos or [-1], dtype=torch.int64, device=self.device)

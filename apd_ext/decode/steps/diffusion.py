@@ -16,6 +16,7 @@ import torch
 from apd_ext import reference
 from apd_ext.decode.stats import NO_CLOCK
 from apd_ext.decode.steps.base import StepBase
+from apd_ext.parallel.vocab import VocabParallel
 
 _MASK32 = 0xFFFFFFFF
 _ORDER_STREAM = 0x6F726472  # Philox counter word that separates the order's draws from the token noise
@@ -54,6 +55,8 @@ class DiffusionStep(StepBase):
         if alg == "confidence":
             return logp
         if alg == "entropy":
+            if isinstance(self.impl, VocabParallel):  # D is this rank's vocabulary slice
+                return self.impl.neg_entropy(D)
             lp = torch.log_softmax(D[..., : self.vocab].float(), dim=-1)
             return (lp.exp() * lp).sum(-1)  # negative entropy: higher is surer
         return random_scores(st.seeds, st.offset, self.N)
