@@ -6,6 +6,7 @@
     python -m apd_ext generate --dllm DREAM_DIR --verifier QWEN_DIR --vocab-size 151936 --prompt "..."
     python -m apd_ext eval-tiny --seed 0 --num-problems 50 --json out.json [--policies ar dllm_fixed:k=1 ...]
     python -m apd_ext sweep --num-problems 50 --out bench/results/sweep_tiny   # CSV + PNG
+    torchrun --nproc-per-node 2 -m apd_ext generate --tp 2    # tensor parallel (also demo, eval-tiny)
 
 Decoding knobs default to DecodeConfig's (apd_ext/decode/config.py: apd, mixture_weight 0.7,
 kv_window 16, max_lookahead 100, greedy); a policy spec is `policy[:knob=value,...]` with
@@ -23,6 +24,7 @@ import sys
 
 from apd_ext.cli import common, demo, eval_tiny, generate, sweep
 from apd_ext.cli.common import CliError, Interrupted, fail
+from apd_ext.parallel import TensorParallelError
 
 COMMANDS = {"demo": demo, "generate": generate, "eval-tiny": eval_tiny, "sweep": sweep}
 
@@ -46,6 +48,8 @@ def main(argv=None) -> None:
         COMMANDS[args.command].run(args)
     except CliError as e:
         raise fail(f"error: {e}", e.status) from None
+    except TensorParallelError as e:  # raised alike on every rank (TensorParallel.check_all)
+        raise fail(f"error: {e}", 1, every_rank_has_it=True) from None
     except (ValueError, OSError) as e:  # bad values met while working: model files, lengths, vocabulary
         raise fail(f"error: {_message(e)}", 1) from None
     except Interrupted as e:

@@ -19,6 +19,7 @@ import torch
 from apd_ext.decode.config import DecodeConfig
 
 PROG = "python -m apd_ext"
+RANK = 0  # this process's tensor-parallel rank (cli/parallel.py sets it): only rank 0 prints shared errors
 
 
 class CliError(Exception):
@@ -46,8 +47,13 @@ class Exit(SystemExit):
         return self.line
 
 
-def fail(line: str, status: int) -> Exit:
-    """Print `line` on stderr; the Exit to raise."""
+def fail(line: str, status: int, every_rank_has_it: bool = False) -> Exit:
+    """Print `line` on stderr; the Exit to raise. Under --tp, ranks other than 0 prefix their rank,
+    and print nothing for an error every rank raised alike (every_rank_has_it: rank 0 reports it)."""
+    if RANK != 0:
+        if every_rank_has_it:
+            return Exit(status, line)
+        line = f"[rank {RANK}] {line}"
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
     return Exit(status, line)

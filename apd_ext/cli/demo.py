@@ -9,7 +9,7 @@ import sys
 import torch
 
 import apd_ext
-from apd_ext.cli import common
+from apd_ext.cli import common, parallel
 from apd_ext.cli.common import nonneg_int, positive_int
 
 HELP = "APD on a held-out problem with the bundled tiny pair (--synthetic: the ops alone)"
@@ -30,6 +30,7 @@ def add_tiny_source(p) -> None:
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="time the first calls too (they allocate caches)")
     common.add_threads(p, f"{TINY_THREADS} for the bundled pair")
+    parallel.add_tp(p)
 
 
 def add_parser(sub) -> None:
@@ -47,18 +48,23 @@ def add_parser(sub) -> None:
 
 
 def tiny_setup(args):
-    """Check --assets / --device, set the threads; (pair loader, base config, threads)."""
+    """Check --assets / --device, set the threads, join the --tp group; (pair loader, base config,
+    threads)."""
     from apd_ext.tiny import ASSETS, evaluate as ev
 
     assets = common.check_dir(args.assets, "--assets", ("dllm", "verifier")) if args.assets else ASSETS
     device = common.resolve_device(args.device, "cpu")
     cfg = common.config_from_args(args, ev.TASK_CONFIG)
     threads = common.set_threads(args, TINY_THREADS)
-    return (lambda: ev.load_pair(assets, device=device)), cfg, threads
+    tp = parallel.setup(args, device)
+    replicate = parallel.VERIFIER_MODES[args.verifier_tp]
+    return (lambda: ev.load_pair(assets, device=tp.device if tp else device, tp=tp, replicate=replicate)), cfg, threads
 
 
 def run(args) -> None:
     if args.synthetic:
+        if args.tp != 1:
+            raise common.CliError("--synthetic runs the ops alone, on one process: --tp does not apply")
         common.set_threads(args, TINY_THREADS)
         synthetic(args)
         return
@@ -68,10 +74,11 @@ def run(args) -> None:
     load, cfg, threads = tiny_setup(args)
     pair = load()
     problem = task.eval_problems(args.seed, args.problem + 1)[args.problem]
+    ranks = f" x {args.tp} ranks (parameters per rank)" if args.tp > 1 else ""
     print(f"apd_ext demo: the bundled tiny dLLM ({_params(pair.dllm):,} parameters) drafts, the tiny causal "
           f"verifier ({_params(pair.verifier):,}) checks; policy {cfg.to_spec()}, held-out problem "
-          f"(eval seed {args.seed}, #{args.problem}); {pair.dllm.device}, {threads} thread(s) (--threads N). "
-          f"Each colour is one decoding step.\n")
+          f"(eval seed {args.seed}, #{args.problem}); {pair.dllm.device}, {threads} thread(s) (--threads N)"
+          f"{ranks}. Each colour is one decoding step.\n")
     sys.stdout.write(problem.prompt)
     text = decode_and_compare(args, cfg, pair.dllm, pair.verifier, pair.tok, pair.tok.encode(problem.prompt),
                               compare=("dllm_fixed", "ar"), answer_of=task.extract_answer)

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from apd_ext.cli import common
+from apd_ext.cli import common, parallel
 from apd_ext.cli.common import Interrupted, nonneg_int, positive_int
 from apd_ext.cli.demo import TINY_THREADS
 
@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
                    help="policy specs, knobs as DecodeConfig's fields (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     common.add_threads(p, f"{TINY_THREADS}")
+    parallel.add_tp(p)
 
 
 def run(args) -> None:
@@ -38,21 +39,24 @@ def run(args) -> None:
     if args.json:
         common.check_writable(args.json, "--json")
     threads = common.set_threads(args, TINY_THREADS)
-    pair = ev.load_pair(assets, device=device)
+    tp = parallel.setup(args, device)
+    pair = ev.load_pair(assets, device=tp.device if tp else device, tp=tp,
+                        replicate=parallel.VERIFIER_MODES[args.verifier_tp])
+    progress = not args.quiet and common.RANK == 0
     problems = task.eval_problems(args.seed, args.num_problems)
     results = []
     try:
         for spec in args.policies:
-            results.append(ev.evaluate(pair, problems, spec, progress=not args.quiet, seed=args.seed))
+            results.append(ev.evaluate(pair, problems, spec, progress=progress, seed=args.seed))
     except KeyboardInterrupt:
         if results:  # what was measured is still worth a look
             print("\n" + ev.format_table(results))
         done = f"; {len(results)} of {len(args.policies)} policies done" if results else ""
         raise Interrupted(f"eval-tiny stopped{done}" + (f", {args.json} not written" if args.json else "")) from None
     print(ev.format_table(results))
-    if args.json:
+    if args.json and common.RANK == 0:
         doc = {"seed": args.seed, "num_problems": args.num_problems, "threads": threads,
-               "device": str(pair.dllm.device), "results": results}
+               "device": str(pair.dllm.device), "tp": args.tp, "results": results}
         tmp = f"{args.json}.partial"
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=2)

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from apd_ext.cli import common
+from apd_ext.cli import common, parallel
 from apd_ext.cli.common import CliError, nonneg_int, positive_int
 from apd_ext.cli.demo import add_tiny_source, tiny_setup
 from apd_ext.decode.config import DecodeConfig
@@ -67,6 +67,17 @@ def run_tiny(args) -> None:
         print(f"expected {problem.answer}, got {got}: {'correct' if got == problem.answer else 'wrong'}")
 
 
+def _shared_vocab(dllm_dir, verifier_dir) -> int:
+    """The vocabulary both checkpoints' heads have (without --vocab-size they must agree)."""
+    from apd_ext.models.config import ModelConfig
+
+    d, v = (ModelConfig.from_pretrained(p).vocab_size for p in (dllm_dir, verifier_dir))
+    if d != v:
+        raise CliError(f"the dLLM's vocabulary ({d}) and the verifier's ({v}) differ: pass --vocab-size, the size "
+                       f"of the tokenizer they share (151936 for Dream + Qwen2.5)")
+    return d
+
+
 def run_checkpoints(args) -> None:
     """--dllm / --verifier: the pair's tokenizer (apd_ext.tokenizer.pair_tokenizer), the chat
     template, a short warm-up."""
@@ -85,8 +96,11 @@ def run_checkpoints(args) -> None:
     common.set_threads(args, None)
     tok = pair_tokenizer(dllm_dir, verifier_dir)  # ValueError when they number tokens differently
     dtype = DTYPES.get(args.dtype)
-    dllm = DllmRunner.from_pretrained(dllm_dir, device=device, dtype=dtype)
-    verifier = VerifierRunner.from_pretrained(verifier_dir, device=device, dtype=dtype)
+    tp = parallel.setup(args, device)
+    d_kw, v_kw = parallel.load_kwargs(args, tp, args.vocab_size or _shared_vocab(dllm_dir, verifier_dir))
+    device = tp.device if tp else device
+    dllm = DllmRunner.from_pretrained(dllm_dir, device=device, dtype=dtype, **d_kw)
+    verifier = VerifierRunner.from_pretrained(verifier_dir, device=device, dtype=dtype, **v_kw)
     prompt = args.prompt
     if tok.chat_template is not None and not args.no_chat_template:
         prompt = tok.apply_chat_template(prompt, system=args.system)

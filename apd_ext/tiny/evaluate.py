@@ -49,11 +49,14 @@ class Pair:
     tok: TinyTokenizer
 
 
-def load_pair(path: str | Path = ASSETS, device: str | torch.device = "cpu") -> Pair:
-    """The pair in `path` (dllm/ and verifier/ checkpoint directories; default: the bundled one)."""
+def load_pair(path: str | Path = ASSETS, device: str | torch.device = "cpu", tp=None, replicate=None) -> Pair:
+    """The pair in `path` (dllm/ and verifier/ checkpoint directories; default: the bundled one).
+    tp: a TensorParallel group to shard both over (replicate: the verifier's mode, None = auto)."""
     path = Path(path)
-    return Pair(DllmRunner.from_pretrained(path / "dllm", device=device),
-                VerifierRunner.from_pretrained(path / "verifier", device=device),
+    kw = {} if tp is None else {"tp": tp}
+    return Pair(DllmRunner.from_pretrained(path / "dllm", device=device, **kw),
+                VerifierRunner.from_pretrained(path / "verifier", device=device,
+                                               **(kw if tp is None else dict(kw, replicate=replicate))),
                 TinyTokenizer.from_file(path / "dllm" / "tokenizer.json"))
 
 
