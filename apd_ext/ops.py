@@ -274,3 +274,96 @@ def mixture_accept(
     rng = backends.Noise(*_rng(0 if seed is None else seed, offset, B, device), noise)
     return impl.mixture_accept(dllm_logits, verifier_logits, draft_tokens, vocab, mixture_weight,
                                bool(greedy_target), valid_lengths, filt, rng)
+
+
+# --- vocabulary-parallel partial ops (tensor parallelism; apd_ext/parallel/vocab.py combines them) --
+
+def _check_slice(vocab_offset, threshold, batch: int, window: int, device: torch.device):
+    vocab_offset = _integer("vocab_offset", vocab_offset, "an integer >= 0, a multiple of 4")
+    if vocab_offset < 0 or vocab_offset % 4:
+        raise ValueError(f"vocab_offset must be >= 0 and a multiple of 4 (the counter noise draws 4 tokens "
+                         f"per call), got {vocab_offset}")
+    if threshold is not None:
+        if not isinstance(threshold, torch.Tensor) or threshold.dtype != torch.float32:
+            raise TypeError(f"threshold must be a float32 [{batch}, {window}] tensor, got "
+                            f"{getattr(threshold, 'dtype', type(threshold).__name__)}")
+        if tuple(threshold.shape) != (batch, window):
+            raise ValueError(f"threshold must have shape [{batch}, {window}], got {tuple(threshold.shape)}")
+        if threshold.device != device:
+            raise ValueError(f"threshold is on {threshold.device}, the logits on {device}")
+        threshold = threshold.contiguous()
+    return vocab_offset, threshold
+
+
+def sample_draft_partial(dllm_logits: torch.Tensor, *, vocab_offset: int, threshold: torch.Tensor | None = None,
+                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                         vocab_size: int | None = None, seed=None, offset=None, noise: torch.Tensor | None = None,
+                         backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """sample_draft over one slice of the vocabulary, for engines that shard the LM head.
+
+    dllm_logits [B, K, V] holds the logits of GLOBAL tokens [vocab_offset, vocab_offset + vocab_size)
+    (vocab_offset a multiple of 4). The counter noise is drawn at the global ids, so the slices of
+    one call together see exactly the unsharded noise; explicit `noise` uniforms are this slice's
+    columns. threshold: optional float32 [B, K], the GLOBAL filter threshold in units of D / T
+    (kept: D / T >= threshold), replacing top_k / top_p (which, without it, apply to this slice
+    only). Other arguments as :func:`sample_draft`.
+
+    Returns tokens int64 [B, K] (global ids of each row's best score over the slice, lowest on
+    ties) and stats float32 [B, K, 4] (backends.DRAFT_STATS: score, lse_max, lse_sum, value); the
+    combine across slices is apd_ext.parallel.vocab's (highest score, then lowest id; merged
+    log-sum-exps).
+    """
+    dllm_logits = _check_logits("dllm_logits", dllm_logits)
+    B, K, V = dllm_logits.shape
+    vocab = _vocab(vocab_size, V, names=("dllm_logits",))
+    filt = _check_filter(temperature, top_k, top_p, vocab)
+    device = dllm_logits.device
+    vocab_offset, threshold = _check_slice(vocab_offset, threshold, B, K, device)
+    noise = _check_noise(noise, B, K, vocab, device)
+    impl = backends.get(backend, device)
+    return impl.sample_draft_partial(dllm_logits, vocab, vocab_offset, filt,
+                                     backends.Noise(*_rng(seed, offset, B, device), noise), threshold)
+
+
+def mixture_accept_partial(dllm_logits: torch.Tensor, verifier_logits: torch.Tensor, draft_tokens: torch.Tensor, *,
+                           mixture_weight: float, vocab_offset: int, threshold: torch.Tensor | None = None,
+                           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                           vocab_size: int | None = None, valid_lengths: torch.Tensor | None = None,
+                           greedy_target: bool = False, seed=None, offset=None, noise: torch.Tensor | None = None,
+                           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """mixture_accept over one slice of the vocabulary (see :func:`sample_draft_partial`).
+
+    draft_tokens int64 [B, K] are GLOBAL ids (any value: a token outside the slice is simply not
+    held here). Returns target_tokens int64 [B, K] (global ids of the best target score over the
+    slice; -1 past valid_lengths) and stats float32 [B, K, 10] (backends.MIXTURE_STATS: score, the
+    (max, sum) log-sum-exp states of the kept D, of A and of the kept mixture, then those three at
+    the draft token when the slice holds it, else -inf). The accepted prefix needs every slice:
+    apd_ext.parallel.vocab computes it from the combined targets.
+    """
+    dllm_logits = _check_logits("dllm_logits", dllm_logits)
+    verifier_logits = _check_logits("verifier_logits", verifier_logits)
+    B, K, V = dllm_logits.shape
+    if verifier_logits.shape[:2] != (B, K):
+        raise ValueError(f"verifier_logits must be [B={B}, K={K}, V2], got {tuple(verifier_logits.shape)}")
+    device = dllm_logits.device
+    if verifier_logits.device != device:
+        raise ValueError(f"verifier_logits is on {verifier_logits.device}, dllm_logits on {device}")
+    vocab = _vocab(vocab_size, V, verifier_logits.shape[2], names=("dllm_logits", "verifier_logits"))
+    if not isinstance(draft_tokens, torch.Tensor) or draft_tokens.dtype != torch.int64:
+        raise TypeError("draft_tokens must be an int64 tensor")
+    if tuple(draft_tokens.shape) != (B, K) or draft_tokens.device != device:
+        raise ValueError(f"draft_tokens must be [{B}, {K}] on {device}, got {tuple(draft_tokens.shape)} on "
+                         f"{draft_tokens.device}")
+    mixture_weight = _real("mixture_weight", mixture_weight)
+    if not 0.0 <= mixture_weight <= 1.0:
+        raise ValueError(f"mixture_weight must be in [0, 1], got {mixture_weight}")
+    filt = _check_filter(temperature, top_k, top_p, vocab)
+    vocab_offset, threshold = _check_slice(vocab_offset, threshold, B, K, device)
+    valid_lengths = _check_valid_lengths(valid_lengths, B, K, device)
+    noise = _check_noise(noise, B, K, vocab, device)
+    if filt.temperature > 0 and not greedy_target and noise is None and seed is None:
+        raise ValueError("mixture_accept_partial needs the seed and offset (or noise) that drew the draft")
+    impl = backends.get(backend, device)
+    rng = backends.Noise(*_rng(0 if seed is None else seed, offset, B, device), noise)
+    return impl.mixture_accept_partial(dllm_logits, verifier_logits, draft_tokens.contiguous(), vocab, vocab_offset,
+                                       mixture_weight, bool(greedy_target), valid_lengths, filt, rng, threshold)

@@ -114,3 +114,43 @@ def test_vocab_parallel_bad_inputs():
     errors = run_ranks(_rank_bad_vocab, 2)[0]
     assert "not the shared vocabulary 410" in errors[0]
     assert "slice of the vocabulary" in errors[1]
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    ({"vocab_offset": 6}, ValueError, "multiple of 4"),
+    ({"vocab_offset": -4}, ValueError, "multiple of 4"),
+    ({"vocab_offset": 4.0}, TypeError, "vocab_offset"),
+    ({"vocab_offset": 0, "threshold": torch.zeros(2, 3, dtype=torch.float64)}, TypeError, "float32"),
+    ({"vocab_offset": 0, "threshold": torch.zeros(3, 2)}, ValueError, r"\[2, 3\]"),
+    ({"vocab_offset": 0, "threshold": [0.0]}, TypeError, "threshold"),
+])
+def test_public_partial_ops_reject_bad_slices(kw, err, match):
+    import apd_ext
+
+    D = torch.randn(2, 3, 64)
+    with pytest.raises(err, match=match):
+        apd_ext.sample_draft_partial(D, seed=1, backend="reference", **kw)
+    with pytest.raises(err, match=match):
+        apd_ext.mixture_accept_partial(D, D, torch.zeros(2, 3, dtype=torch.int64), mixture_weight=0.5, seed=1,
+                                       backend="reference", **kw)
+
+
+def test_public_partial_ops_are_the_backends():
+    """The checked public ops hand their arguments to the backend unchanged (reference here)."""
+    import apd_ext
+    from apd_ext import reference
+
+    g = torch.Generator().manual_seed(3)
+    D, A = torch.randn(2, 3, 100, generator=g), torch.randn(2, 3, 100, generator=g)
+    tau = torch.full((2, 3), 0.5)
+    tok, stats = apd_ext.sample_draft_partial(D, vocab_offset=64, threshold=tau, seed=9, offset=2, backend="reference")
+    noise = backends.Noise(torch.tensor([9]), 0, None, 2, None)
+    want = reference.sample_draft_partial(D, 100, 64, backends.Filter(1.0, 0, 1.0), noise, tau)
+    assert torch.equal(tok, want[0]) and torch.equal(stats, want[1])
+    assert bool((tok >= 64).all()) and bool((tok < 164).all())
+    draft = tok.clone()
+    got = apd_ext.mixture_accept_partial(D, A, draft, mixture_weight=0.6, vocab_offset=64, threshold=tau, seed=9,
+                                         offset=2, backend="reference")
+    want = reference.mixture_accept_partial(D, A, draft, 100, 64, 0.6, False, None, backends.Filter(1.0, 0, 1.0),
+                                            noise, tau)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
