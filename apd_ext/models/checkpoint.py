@@ -1,6 +1,9 @@
 """Hugging Face checkpoint files: config.json plus model.safetensors, or shards listed in
 model.safetensors.index.json. Loads tensors straight into a model's parameters (no extra copy of
-the state dict), converting dtype on the way.
+the state dict), converting dtype on the way. A tensor-parallel rank's model lists the parameters
+that hold a slice of the checkpoint's tensor (`model.slices`: name -> (dim, start, full size)); only
+those rows or columns are read from the file (safetensors get_slice), never the whole tensor, and
+shapes are checked against the full model's.
 
 Every file is checked before it is read: a missing file raises FileNotFoundError, an unusable one
 (empty, truncated, a Git LFS pointer, not safetensors, an index without a weight_map, a tensor
@@ -110,7 +113,9 @@ def load_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = Tru
     strict: a tensor with no parameter (rotary inv_freq buffers aside) and a parameter with no
     tensor (tied ones aside) are errors. Raises CheckpointError naming the file and the tensor."""
     path = Path(path)
-    params = dict(model.named_parameters())
+    tied = getattr(model, "tied_parameter_names", set())
+    params = {n: p for n, p in model.named_parameters() if n not in tied}
+    slices = getattr(model, "slices", {})
     listed = index_weight_map(path) if (path / INDEX).exists() else None
     seen: set[str] = set()
     for f in shard_files(path):
@@ -120,8 +125,7 @@ def load_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = Tru
             if absent:
                 raise CheckpointError(f"{path / INDEX}: lists tensor {absent[0]!r} in {f.name}, which does not "
                                       f"contain it ({len(absent)} such tensors)")
-        seen |= _load_file(f, shapes, params, strict, type(model).__name__)
-    tied = getattr(model, "tied_parameter_names", set())
+        seen |= _load_file(f, shapes, params, strict, type(model).__name__, slices)
     missing = [n for n in params if n not in seen and n not in tied]
     if strict and missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -129,13 +133,32 @@ def load_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = Tru
                               f"{missing[:5]}{more}")
 
 
-def _load_file(f: Path, shapes: dict, params: dict, strict: bool, model_name: str) -> set[str]:
+def full_shape(param: torch.Tensor, spec: tuple[int, int, int] | None) -> tuple[int, ...]:
+    """The checkpoint shape of a parameter that holds the slice `spec` = (dim, start, full size)
+    of its tensor (its own shape when spec is None)."""
+    shape = tuple(param.shape)
+    return shape if spec is None else shape[: spec[0]] + (spec[2],) + shape[spec[0] + 1 :]
+
+
+def _read(st, name: str, param: torch.Tensor, spec: tuple[int, int, int] | None) -> torch.Tensor:
+    """The tensor `name` of the open file st, or only its slice [start, start + local) along dim."""
+    if spec is None:
+        return st.get_tensor(name)
+    dim, start, _ = spec
+    index = (slice(None),) * dim + (slice(start, start + param.shape[dim]),)
+    return st.get_slice(name)[index]
+
+
+def _load_file(f: Path, shapes: dict, params: dict, strict: bool, model_name: str,
+               slices: dict | None = None) -> set[str]:
     """Copy the tensors of one safetensors file (shapes: its header, from tensor_shapes) into
-    `params`; returns the names copied. safetensors' own errors become CheckpointError."""
+    `params` (the slice slices[name] of a split parameter's tensor); returns the names copied.
+    safetensors' own errors become CheckpointError."""
+    slices = slices or {}
     for name, shape in shapes.items():
-        if name in params and shape != tuple(params[name].shape):
+        if name in params and shape != full_shape(params[name], slices.get(name)):
             raise CheckpointError(f"{f}: tensor {name!r} has shape {shape}; the model built from config.json "
-                                  f"expects {tuple(params[name].shape)}")
+                                  f"expects {full_shape(params[name], slices.get(name))}")
         if name not in params and strict and not name.endswith("rotary_emb.inv_freq"):
             raise CheckpointError(f"{f}: tensor {name!r} has no parameter in {model_name} (a different "
                                   f"architecture than config.json says?)")
@@ -145,7 +168,7 @@ def _load_file(f: Path, shapes: dict, params: dict, strict: bool, model_name: st
             for name in shapes:
                 if name not in params:
                     continue
-                t = st.get_tensor(name)
+                t = _read(st, name, params[name], slices.get(name))
                 if not t.is_floating_point() and params[name].is_floating_point():
                     raise CheckpointError(f"{f}: tensor {name!r} has dtype {t.dtype}; expected floating-point "
                                           f"weights")

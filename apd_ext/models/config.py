@@ -99,6 +99,15 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    def num_parameters(self) -> int:
+        """Parameters of the whole model this config describes (tied embeddings counted once)."""
+        h, d, i = self.hidden_size, self.head_dim, self.intermediate_size
+        q, kv = self.num_attention_heads * d, self.num_key_value_heads * d
+        attention = h * (q + 2 * kv) + (q + 2 * kv if self.attention_bias else 0) + q * h
+        layer = attention + 3 * h * i + 2 * h
+        heads = 1 if self.tie_word_embeddings else 2
+        return heads * self.vocab_size * h + self.num_hidden_layers * layer + h
+
     @property
     def eos_ids(self) -> list[int]:
         e = self.eos_token_id

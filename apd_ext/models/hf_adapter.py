@@ -52,6 +52,7 @@ class HFDllm:
 
     device = property(lambda self: self._device)
     vocab_size = property(lambda self: self.config.vocab_size)
+    logits_width = property(lambda self: self.config.vocab_size)  # never sharded: the whole vocabulary
     mask_token_id = property(lambda self: self.config.mask_token_id)
     logits_dtype = torch.float32
 
@@ -83,6 +84,7 @@ class HFVerifier:
 
     device = property(lambda self: self._device)
     vocab_size = property(lambda self: self.config.vocab_size)
+    logits_width = property(lambda self: self.config.vocab_size)  # never sharded: the whole vocabulary
     logits_dtype = torch.float32
 
     def setup(self, batch: int, max_len: int) -> None:

@@ -28,28 +28,78 @@ import torch
 from apd_ext.models.checkpoint import load_weights
 from apd_ext.models.config import CheckpointError, ModelConfig
 from apd_ext.models.transformer import Transformer
+from apd_ext.parallel.shard import VocabShard
 
 DLLM_TYPES = {"dream": True, "llada": False}  # model_type -> logits shifted by one
 VERIFIER_TYPES = {"qwen2", "llama", "qwen3"}
 
 
 LOAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# a tensor-parallel verifier with fewer parameters is replicated (replicate=None): reading a 0.5B
+# body costs less than two all-reduces per layer
+REPLICATE_BELOW = 1.5e9
 
 
-def _load(path, device, dtype) -> tuple[Transformer, ModelConfig]:
+def _load(path, device, dtype, tp=None, vocab_size: int | None = None,
+          replicate: bool | None = False) -> tuple[Transformer, ModelConfig]:
+    """The model at `path`, whole (tp None) or this rank's part of it (see Transformer). vocab_size:
+    the shared vocabulary the rank's slice is cut on (default: the model's). replicate: keep the
+    body whole on every rank (True), split it (False), or decide by `_replicates` (None).
+
+    Under tensor parallelism every rank calls tp.check_all after reading config.json and after
+    loading the weights, so a failure on any rank (a missing or corrupt file) raises the same
+    TensorParallelError on every rank instead of leaving the others in a collective; a model whose
+    heads do not divide by the world size raises the same ValueError on every rank."""
     if dtype is not None and dtype not in LOAD_DTYPES:
         raise TypeError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16 or None "
                         f"(the checkpoint's own), got {dtype!r}")
-    config = ModelConfig.from_pretrained(path)
+    if vocab_size is not None and (type(vocab_size) is not int or vocab_size < 1):
+        raise ValueError(f"vocab_size must be an integer >= 1 (the shared vocabulary), got {vocab_size!r}")
+    config = _on_every_rank(tp, path, lambda: ModelConfig.from_pretrained(path))
     if dtype is not None:
         config.dtype = dtype
-    with torch.device("meta"):
-        model = Transformer(config)
-    model = model.to_empty(device=device).to(config.dtype)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    load_weights(model, path)
-    return model.eval(), config
+    if vocab_size is not None and vocab_size > config.vocab_size:
+        raise ValueError(f"{path}: the shared vocabulary ({vocab_size}) exceeds the model's vocab_size "
+                         f"{config.vocab_size}")
+    shard = None
+    if tp is not None:
+        shard = VocabShard.of(config.vocab_size, vocab_size or config.vocab_size, tp.world, tp.rank)
+        replicate = _replicates(config, tp.world) if replicate is None else bool(replicate)
+    try:
+        with torch.device("meta"):  # ValueError when the heads do not divide (on every rank alike)
+            model = Transformer(config, tp, shard, replicate_body=bool(replicate) and tp is not None)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+    def fill() -> Transformer:
+        m = model.to_empty(device=device).to(config.dtype)
+        m.tie_weights()
+        load_weights(m, path)
+        return m.eval()
+
+    return _on_every_rank(tp, path, fill), config
+
+
+def _on_every_rank(tp, path, work):
+    """work(); under tensor parallelism followed by tp.check_all, so that any rank's failure raises
+    the same TensorParallelError on every rank."""
+    if tp is None:
+        return work()
+    result, error = None, None
+    try:
+        result = work()
+    except Exception as e:  # reported to every rank by check_all
+        error = e
+    tp.check_all(error, f"loading {path}")
+    return result
+
+
+def _replicates(config: ModelConfig, world: int) -> bool:
+    """replicate=None: keep a verifier's body whole when it has fewer than REPLICATE_BELOW parameters
+    or when its heads, K/V heads or intermediate size do not divide by the world size."""
+    divides = all(n % world == 0 for n in (config.num_attention_heads, config.num_key_value_heads,
+                                            config.intermediate_size))
+    return not divides or config.num_parameters() < REPLICATE_BELOW
 
 
 class _Runner:
@@ -62,7 +112,27 @@ class _Runner:
 
     @property
     def vocab_size(self) -> int:
+        """The model's whole vocabulary (its head rows), sharded or not."""
         return self.config.vocab_size
+
+    @property
+    def tp(self):
+        """The TensorParallel group the model is split over, or None."""
+        return self.model.tp
+
+    @property
+    def shard(self) -> VocabShard | None:
+        """This rank's vocabulary slice (its logits are global tokens [lo, hi)), or None."""
+        return self.model.shard
+
+    @property
+    def logits_width(self) -> int:
+        """Columns of the logits this runner returns: shard.rows when sharded, else vocab_size."""
+        return self.model.lm_head.weight.shape[0]
+
+    def weight_bytes(self) -> int:
+        """Bytes of this rank's parameters (tied ones counted once)."""
+        return self.model.weight_bytes()
 
     @property
     def logits_dtype(self) -> torch.dtype:
@@ -104,8 +174,14 @@ class DllmRunner(_Runner):
             raise ValueError("the dLLM config has no mask_token_id")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> "DllmRunner":
-        model, config = _load(path, device, dtype)
+    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None, *, tp=None,
+                        vocab_size: int | None = None) -> "DllmRunner":
+        """The dLLM at `path`. tp: a TensorParallel group to split the model over (this process is
+        rank tp.rank; every rank calls this with the same arguments); vocab_size: the shared
+        vocabulary the logits' slices are cut on (default: the model's; give a dLLM and its verifier
+        the same value, e.g. 151936 for Dream + Qwen2.5, so that a rank's logits of both cover the
+        same global tokens)."""
+        model, config = _load(path, device, dtype, tp, vocab_size)
         kind = config.model_type.lower()
         if kind not in DLLM_TYPES:
             raise ValueError(f"{path}: model_type {config.model_type!r} is not a supported dLLM ({sorted(DLLM_TYPES)})")
@@ -143,11 +219,24 @@ class VerifierRunner(_Runner):
         self.model, self.config = model, config
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> "VerifierRunner":
-        model, config = _load(path, device, dtype)
+    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None, *, tp=None,
+                        vocab_size: int | None = None, replicate: bool | None = None) -> "VerifierRunner":
+        """The verifier at `path`; tp and vocab_size as in DllmRunner.from_pretrained. replicate
+        (tensor parallelism only): True keeps the whole body on every rank (no collective in its
+        forward) and splits only the LM head, so its logits are the same vocabulary slice as the
+        dLLM's; False splits it like the dLLM; None (default) replicates when the verifier has fewer
+        than REPLICATE_BELOW (1.5e9) parameters (a 0.5B body reads faster than two all-reduces per
+        layer cost) or when its heads do not divide by the world size."""
+        model, config = _load(path, device, dtype, tp, vocab_size, replicate)
         if config.model_type.lower() not in VERIFIER_TYPES:
-            raise ValueError(f"{path}: model_type {config.model_type!r} is not a supported verifier {sorted(VERIFIER_TYPES)}")
+            raise ValueError(f"{path}: model_type {config.model_type!r} is not a supported verifier "
+                             f"{sorted(VERIFIER_TYPES)}")
         return cls(model, config)
+
+    @property
+    def replicated(self) -> bool:
+        """True when the model is tensor-parallel with its body whole on every rank."""
+        return self.model.replicate_body
 
     def _causal_mask(self, pos: torch.Tensor) -> torch.Tensor:
         # query at position p attends slots j <= p; scratch rows (p = max_len) attend every real

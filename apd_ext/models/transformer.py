@@ -14,6 +14,18 @@ mask is an additive bias in the query dtype built once per forward (broadcast ov
 queries where the mask is the same for all of them), and on CUDA the key length is padded to a
 multiple of 16 so that every bias stride is 8-aligned (the efficient kernel would otherwise pad a
 copy of the bias in every layer). python_tests/test_attention.py checks these constraints.
+
+Tensor parallelism (`tp`, a TensorParallel group, and `shard`, the rank's VocabShard), gpt-fast
+style: q/k/v (weights and biases), gate and up are split by output columns (whole attention heads
+and K/V heads per rank), o_proj and down_proj by input rows, each of those two followed by one
+all-reduce; the K/V caches hold the rank's K/V heads only. The embedding and the LM head hold rows
+[shard.lo, shard.hi) (tied ones stay one tensor): a lookup reads the ids of the slice, zeros for
+the others, and one all-reduce sums the ranks' rows; the logits are the rank's slice
+[B, R, shard.rows], never gathered. `replicate_body=True` keeps the whole body (and embedding) on
+every rank, no collective in forward, and only the LM head rows [lo, hi) (a small verifier, whose
+body costs less than two all-reduces a layer). `slices` maps each split parameter name to
+(dim, start, full size): the checkpoint loader reads those slices only. With tp None the model and
+its forward are exactly the unsharded ones.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apd_ext.models.config import ModelConfig
+from apd_ext.parallel.shard import VocabShard, split_heads
 
 
 class RMSNorm(nn.Module):
@@ -76,15 +89,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """Self-attention over h query heads and kv K/V heads (this rank's, under tensor parallelism);
+    reduce: None, or the all-reduce that sums the ranks' o_proj partial products."""
+
+    def __init__(self, config: ModelConfig, h: int, kv: int, reduce=None):
         super().__init__()
-        h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        d = config.head_dim
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, h * d, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, kv * d, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, kv * d, bias=bias)
         self.o_proj = nn.Linear(h * d, config.hidden_size, bias=False)
         self.n_heads, self.n_kv, self.head_dim = h, kv, d
+        self.reduce = reduce
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
@@ -104,26 +121,31 @@ class Attention(nn.Module):
         q = q.reshape(B, Hkv, G * S, D)  # [B, Hkv, G*S, D], row g*S + s
         out = attend(q, self.k_cache, self.v_cache, bias)  # [B, Hkv, G*S, D]
         out = out.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4).reshape(B, S, H * D)
-        return F.linear(out, self.o_proj.weight)
+        out = F.linear(out, self.o_proj.weight)  # [B, S, hidden]; a partial sum over the heads when sharded
+        return out if self.reduce is None else self.reduce(out)
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """SwiGLU over `inter` intermediate columns (this rank's); reduce as in Attention."""
+
+    def __init__(self, config: ModelConfig, inter: int, reduce=None):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = nn.Linear(config.hidden_size, inter, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, inter, bias=False)
+        self.down_proj = nn.Linear(inter, config.hidden_size, bias=False)
+        self.reduce = reduce
 
     def forward(self, x):
         gate, up = F.linear(x, self.gate_proj.weight), F.linear(x, self.up_proj.weight)
-        return F.linear(F.silu(gate) * up, self.down_proj.weight)
+        out = F.linear(F.silu(gate) * up, self.down_proj.weight)
+        return out if self.reduce is None else self.reduce(out)
 
 
 class Layer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, heads: int, kv_heads: int, inter: int, reduce=None):
         super().__init__()
-        self.self_attn = Attention(config)
-        self.mlp = MLP(config)
+        self.self_attn = Attention(config, heads, kv_heads, reduce)
+        self.mlp = MLP(config, inter, reduce)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -133,28 +155,90 @@ class Layer(nn.Module):
 
 
 class Body(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, embed_rows: int, heads: int, kv_heads: int, inter: int, reduce=None):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.embed_tokens = nn.Embedding(embed_rows, config.hidden_size)
+        self.layers = nn.ModuleList(Layer(config, heads, kv_heads, inter, reduce)
+                                    for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class Transformer(nn.Module):
-    """Decoder stack + LM head. Call `setup_cache` once, then `forward` with positions and a mask."""
+    """Decoder stack + LM head. Call `setup_cache` once, then `forward` with positions and a mask.
 
-    def __init__(self, config: ModelConfig):
+    tp: None (the whole model), or this rank's TensorParallel group; shard: its VocabShard (default:
+    the model's own vocabulary cut over tp.world); replicate_body: keep the body whole on every rank
+    and split only the LM head (see the module docstring). Raises ValueError when the heads, K/V
+    heads or intermediate size do not divide by the world size (sharded body only).
+    """
+
+    def __init__(self, config: ModelConfig, tp=None, shard: VocabShard | None = None, replicate_body: bool = False):
         super().__init__()
-        self.config = config
-        self.model = Body(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        if tp is None and (shard is not None or replicate_body):
+            raise ValueError("shard and replicate_body need a tensor-parallel group (tp)")
+        if tp is not None and shard is None:
+            shard = VocabShard.of(config.vocab_size, config.vocab_size, tp.world, tp.rank)
+        self.config, self.tp, self.shard, self.replicate_body = config, tp, shard, replicate_body
+        split = tp is not None and not replicate_body  # the body is split over the ranks
+        world, rank = (tp.world, tp.rank) if split else (1, 0)
+        heads = split_heads(config.num_attention_heads, world, "num_attention_heads")
+        kv_heads = split_heads(config.num_key_value_heads, world, "num_key_value_heads")
+        inter = split_heads(config.intermediate_size, world, "intermediate_size")
+        # (lo, rows) of the embedding slice this rank holds, None when it holds every row
+        self.embed_slice = (shard.lo, shard.rows) if split else None
+        self.reduce = tp.all_reduce if split else None
+        self.kv_heads = kv_heads
+        self.model = Body(config, shard.rows if split else config.vocab_size, heads, kv_heads, inter, self.reduce)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size if shard is None else shard.rows, bias=False)
         self.tied_parameter_names = {"lm_head.weight"} if config.tie_word_embeddings else set()
+        self.slices = self._slice_table(rank, world, heads, kv_heads, inter)
+        self.tie_weights()
         self.cache_len = 0  # slots the caller addresses (positions < cache_len)
         self.cache_slots = 0  # allocated slots (cache_len rounded up to the key alignment)
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+
+    def _slice_table(self, rank: int, world: int, heads: int, kv_heads: int, inter: int) -> dict:
+        """name -> (dim, start, full size) of every parameter that holds a slice of the
+        checkpoint's tensor along `dim` (the loader reads rows/columns [start, start + local))."""
+        c, shard, table = self.config, self.shard, {}
+        if shard is not None:
+            if self.embed_slice is not None:
+                table["model.embed_tokens.weight"] = (0, shard.lo, c.vocab_size)
+            if not c.tie_word_embeddings:
+                table["lm_head.weight"] = (0, shard.lo, c.vocab_size)
+        if world == 1:
+            return table
+        d = c.head_dim
+        q, kv = (0, rank * heads * d, c.num_attention_heads * d), (0, rank * kv_heads * d, c.num_key_value_heads * d)
+        mlp = (0, rank * inter, c.intermediate_size)
+        for i in range(c.num_hidden_layers):
+            p = f"model.layers.{i}."
+            for proj, spec in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+                table[f"{p}self_attn.{proj}.weight"] = spec
+                if c.attention_bias:
+                    table[f"{p}self_attn.{proj}.bias"] = spec
+            table[f"{p}self_attn.o_proj.weight"] = (1,) + q[1:]
+            table[f"{p}mlp.gate_proj.weight"] = table[f"{p}mlp.up_proj.weight"] = mlp
+            table[f"{p}mlp.down_proj.weight"] = (1,) + mlp[1:]
+        return table
+
+    def tie_weights(self) -> None:
+        """Make the LM head share the embedding (tie_word_embeddings): the same parameter, or, when
+        the embedding is whole and the head a row slice (replicate_body), a view of its rows
+        [lo, hi). Call again after anything that replaces the parameters (to_empty, .to)."""
+        if not self.config.tie_word_embeddings:
+            return
+        embed = self.model.embed_tokens.weight
+        if self.shard is not None and self.embed_slice is None:
+            self.lm_head.weight = nn.Parameter(embed.detach()[self.shard.lo : self.shard.hi], embed.requires_grad)
+        else:
+            self.lm_head.weight = embed
+
+    def weight_bytes(self) -> int:
+        """Bytes of this rank's parameters (a tied LM head counted once, with the embedding)."""
+        return sum(p.numel() * p.element_size() for n, p in self.named_parameters()
+                   if n not in self.tied_parameter_names)
 
     def setup_cache(self, batch: int, max_len: int, key_alignment: int | None = None, scratch: int = 0) -> None:
         """Allocate [batch, kv_heads, Lc, head_dim] K/V caches and RoPE tables (once per shape: the
@@ -174,7 +258,7 @@ class Transformer(nn.Module):
         if key_alignment is None:
             key_alignment = cache_alignment(p.device)
         slots = -(-max_len // key_alignment) * key_alignment
-        shape = (batch, c.num_key_value_heads, slots, c.head_dim)
+        shape = (batch, self.kv_heads, slots, c.head_dim)
         for layer in self.model.layers:
             a = layer.self_attn
             if a.k_cache is None or a.k_cache.shape != shape or a.k_cache.device != p.device:
@@ -205,9 +289,22 @@ class Transformer(nn.Module):
             bias = bias.repeat(1, 1, G, 1)  # folded query row g*S + s reads mask row s
         return bias
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, S, hidden] embeddings of int64 ids [B, S]. With a row slice [lo, lo + rows) of the
+        embedding (tensor parallelism): the rows of the ids in the slice, zeros for the others, summed
+        over the ranks by one all-reduce (no data-dependent branch: traceable, graph-capturable)."""
+        if self.embed_slice is None:
+            return self.model.embed_tokens(input_ids)
+        lo, rows = self.embed_slice
+        local = input_ids - lo
+        outside = (local < 0) | (local >= rows)
+        x = F.embedding(local.clamp(0, rows - 1), self.model.embed_tokens.weight)
+        return self.reduce(x.masked_fill(outside.unsqueeze(-1), 0))
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                 logit_rows: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, R, V] in the model's dtype (no upcast: the sampling ops read bf16 directly).
+        """Logits [B, R, V] in the model's dtype (no upcast: the sampling ops read bf16 directly);
+        V = shard.rows under tensor parallelism (this rank's vocabulary slice), else vocab_size.
 
         input_ids, positions: int64 [B, S] (positions index the cache; K/V are written there).
         mask: bool [B, 1, S or 1, cache_len], True where query s may attend cache position j (a
@@ -219,7 +316,7 @@ class Transformer(nn.Module):
         """
         if self.cache_len == 0:
             raise RuntimeError("call setup_cache(batch, max_len) before forward")
-        x = self.model.embed_tokens(input_ids)
+        x = self.embed(input_ids)
         cos = self.rope_cos[positions].unsqueeze(1)  # [B, 1, S, D]
         sin = self.rope_sin[positions].unsqueeze(1)
         bias = self.attention_bias(mask, x.dtype, input_ids.shape[1])
