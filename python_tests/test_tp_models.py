@@ -141,9 +141,22 @@ def _record_whole_reads():
     return names, lambda: setattr(checkpoint, "safe_open", real)
 
 
+COMPILED = (3, 6)  # cases whose split forward is also traced whole by torch.compile
+
+
+def _compiled_outputs(runner, x: dict) -> dict:
+    """_outputs with the model's forward traced by torch.compile in one graph (fullgraph: no break
+    at the collectives; aot_eager: the traced graph run without code generation)."""
+    runner.model.forward = torch.compile(runner.model.forward, backend="aot_eager", fullgraph=True, dynamic=False)
+    try:
+        return _outputs(runner, x)
+    finally:
+        del runner.model.forward
+
+
 def _cases_rank(tp, cases: list) -> list:
     out = []
-    for kind, path, kw, x in cases:
+    for i, (kind, path, kw, x) in enumerate(cases):
         whole_reads, restore = _record_whole_reads()
         try:
             runner = _load(kind, path, tp, **kw)
@@ -158,7 +171,8 @@ def _cases_rank(tp, cases: list) -> list:
         out.append({"logits": logits, "bytes": runner.weight_bytes(), "params": params,
                     "slices": dict(runner.model.slices), "whole_reads": whole_reads, "all_reduces": len(calls),
                     "shard": (runner.shard.lo, runner.shard.hi, runner.shard.vocab), "width": runner.logits_width,
-                    "replicated": getattr(runner, "replicated", False), "vocab_size": runner.vocab_size})
+                    "replicated": getattr(runner, "replicated", False), "vocab_size": runner.vocab_size,
+                    "compiled": _compiled_outputs(runner, x) if i in COMPILED else None})
     return out
 
 
@@ -201,6 +215,14 @@ def test_sharded_logits_concatenate_to_the_unsharded(world2, i):
     assert shards[0][0] == 0 and shards[0][1] == shards[1][0] and shards[1][1] == vocab
     assert [r[i]["width"] for r in ranks] == [hi - lo for lo, hi, _ in shards]
     assert all(r[i]["vocab_size"] == vocab for r in ranks)
+
+
+@pytest.mark.parametrize("i", COMPILED)
+def test_split_forward_compiles_in_one_graph(world2, i):
+    _, _, ranks = world2
+    for r in ranks:
+        for key, eager in r[i]["logits"].items():
+            torch.testing.assert_close(r[i]["compiled"][key], eager)
 
 
 def test_dllm_and_verifier_slices_cover_the_same_tokens(world2):
