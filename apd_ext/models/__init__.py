@@ -4,6 +4,13 @@ transformers with static KV caches, plus slow adapters for model objects already
     dllm = DllmRunner.from_pretrained("path/to/Dream-v0-Instruct-7B", device="cuda", dtype=torch.bfloat16)
     verifier = VerifierRunner.from_pretrained("path/to/Qwen2.5-0.5B-Instruct", device="cuda", dtype=torch.bfloat16)
 
+Tensor parallelism (one process per rank, under torchrun): every rank loads its part, and the
+logits of both runners are the rank's slice of the shared vocabulary (see runners.py):
+
+    tp = apd_ext.parallel.TensorParallel.init()
+    dllm = DllmRunner.from_pretrained(dream_path, device=tp.device, tp=tp, vocab_size=151936)
+    verifier = VerifierRunner.from_pretrained(qwen_path, device=tp.device, tp=tp, vocab_size=151936)
+
 A missing file raises FileNotFoundError; a present but unusable one (config.json, index, shard)
 raises CheckpointError, a ValueError naming the file and key or tensor.
 """

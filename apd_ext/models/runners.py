@@ -17,6 +17,13 @@ read them; the verifier can write them into a caller's position-major buffer (`o
 decoding loop's [B, K, V] verifier logits are a view of persistent memory, not a per-step copy.
 `setup` keeps its tensors when the shape does not change (a captured CUDA graph holds their
 addresses); `static_tensors` lists every tensor a forward reads that it did not make itself.
+
+Tensor parallelism (`from_pretrained(..., tp=tp, vocab_size=V)` on every rank of a TensorParallel
+group): each rank loads its part of the model (Transformer's tp mode; only its slices are read from
+the files) and every call returns its vocabulary slice of the logits, [..., logits_width] with
+logits_width = shard.rows (global tokens [shard.lo, shard.hi)); `out=` buffers have that width.
+Both runners of a pair take the same shared vocabulary V so that a rank's dLLM and verifier logits
+cover the same tokens. A small verifier keeps its body whole on every rank (`replicate`).
 """
 
 from __future__ import annotations
