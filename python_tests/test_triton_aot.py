@@ -88,6 +88,22 @@ def test_every_mode_of_every_dtype(listed):
     assert _values(listed["_mixture_finalize_kernel"], "d_ptr", "HAS_TAU", "W_MODE") == set(
         itertools.product(dtypes, bools, weights))
 
+    # the vocabulary-parallel partial ops: draft stats written by one program per row (FINAL) or by
+    # the finalize kernel; generated noise shifted to the global ids; the mixture's stats kernel
+    philox_d, philox_t = int(modes.DRAFT_PHILOX.value), int(modes.TARGET_PHILOX.value)
+    stats = [s for s in draft if s["constexprs"]["STATS"]]
+    assert _values(stats, "d_ptr", "HAS_TAU", "NOISE", "FINAL") == set(itertools.product(dtypes, bools, noise, {True}))
+    shifted = [s for s in draft if s["constexprs"]["SHIFT_NOISE"]]
+    assert _values(shifted, "d_ptr", "HAS_TAU", "NOISE", "FINAL") == set(
+        itertools.product(dtypes, bools, {philox_d}, bools))
+    assert _values(listed["_draft_finalize_kernel"], "d_ptr", "HAS_TAU", "STATS") == set(
+        itertools.product(dtypes, bools, bools))
+    shifted = [s for s in mix if s["constexprs"]["SHIFT_NOISE"]]
+    assert _values(shifted, "d_ptr", "HAS_TAU", "W_MODE", "TARGET") == set(
+        itertools.product(dtypes, bools, weights, {philox_t}))
+    assert _values(listed["_mixture_stats_kernel"], "d_ptr", "HAS_TAU", "W_MODE") == set(
+        itertools.product(dtypes, bools, weights))
+
     filt = _values(listed["_filter_kernel"], "d_ptr", "USE_K", "USE_P", "K_BOUND", "PRUNE_P")
     expect = set()
     for dt in dtypes:

@@ -1,4 +1,4 @@
-"""Triton backend of apd_ext: the two ops with the normalised backend signatures of
+"""Triton backend of apd_ext: the ops with the normalised backend signatures of
 apd_ext/backends.py (Filter and Noise grouped as the C ABI groups them), computing
 apd_ext/reference.py's functions (up to float rounding).
 
@@ -6,8 +6,18 @@ apd_ext/reference.py's functions (up to float rounding).
     mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths, filt, noise)
         -> num_accepted int64 [B], target_tokens int64 [B, K], logp_dllm, logp_verifier, logp_mixture
 
-Inputs are checked by apd_ext/ops.py. Logit rows are read in place through their strides; seed and
-offset tensors are read inside the kernels (CUDA-graph safe); nothing syncs with the host.
+and the vocabulary-parallel partial ops over a slice of global tokens [vocab_offset, vocab_offset + vocab)
+(reference.sample_draft_partial / mixture_accept_partial; apd_ext/parallel/vocab.py combines them):
+
+    sample_draft_partial(dllm, vocab, vocab_offset, filt, noise, threshold)
+        -> tokens int64 [B, K] (global ids), stats float32 [B, K, 4] (backends.DRAFT_STATS)
+    mixture_accept_partial(dllm, verifier, draft, vocab, vocab_offset, mixture_weight, greedy_target,
+                           valid_lengths, filt, noise, threshold)
+        -> target_tokens int64 [B, K] (global ids), stats float32 [B, K, 10] (backends.MIXTURE_STATS)
+
+Inputs are checked by apd_ext/ops.py (the partial ops' vocab_offset and threshold shape here).
+Logit rows are read in place through their strides; seed and offset tensors are read inside the
+kernels (CUDA-graph safe); nothing syncs with the host.
 On machines without a GPU the kernels run through Triton's interpreter (TRITON_INTERPRET=1 set
 before triton is imported) on CPU tensors.
 
@@ -17,9 +27,9 @@ aot.py (the ahead-of-time compile check for sm_80/sm_90: `python -m apd_ext.trit
 interpreter accepts code that the compiler rejects).
 """
 
-from apd_ext.triton.mixture_accept import mixture_accept
-from apd_ext.triton.sample_draft import sample_draft
+from apd_ext.triton.mixture_accept import mixture_accept, mixture_accept_partial
+from apd_ext.triton.sample_draft import sample_draft, sample_draft_partial
 
 name = "triton"
 
-__all__ = ["sample_draft", "mixture_accept", "name"]
+__all__ = ["sample_draft", "mixture_accept", "sample_draft_partial", "mixture_accept_partial", "name"]

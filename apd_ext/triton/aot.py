@@ -8,8 +8,8 @@ The Triton interpreter (TRITON_INTERPRET=1, the tests on machines without a GPU)
 the compiler rejects, so this check compiles, for each target architecture, every kernel
 specialisation the ops can launch:
 
-1. Enumerate. The real host functions (sample_draft, mixture_accept, compute_tau) run on a grid of
-   options with tensors on the "meta" device, which the launchers plan as on a GPU
+1. Enumerate. The real host functions (sample_draft, mixture_accept, their vocabulary-parallel
+   partial forms, compute_tau) run on a grid of options with tensors on the "meta" device, which the launchers plan as on a GPU
    (common.META_GPU: 132 SMs, 50 MB of L2). A stand-in Triton driver reports a CUDA target of the
    requested architecture, and Triton's jit_cache_hook receives what Triton itself derived from
    the actual arguments (signature, constexprs, pointer/int alignment attributes, options) and
@@ -188,6 +188,7 @@ FILTERS = [  # (top_k, top_p): none, top-k (<= and > the filter's chunk), top-p 
     (50, 0.9), (5000, 0.9), (50, 0.9999), (5000, 0.9999),
 ]
 SEEDS = ["int", "tensor1", "tensorB"]
+PARTIAL_OFFSET = 151936  # vocab_offset of the partial ops' launches (a runtime value: any multiple of 4)
 OFFSETS = ["int", "tensor"]
 
 
@@ -205,7 +206,8 @@ def launch_grid():
     import torch
 
     from apd_ext.backends import Filter, Noise
-    from apd_ext.triton import mixture_accept, sample_draft
+    from apd_ext.triton import mixture_accept, mixture_accept_partial, sample_draft, sample_draft_partial
+    from apd_ext.triton.modes import filter_active
 
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     V = 151936
@@ -228,10 +230,15 @@ def launch_grid():
                     continue  # explicit noise: seed and offset unused
                 noise = None if ndt is None else torch.empty(B, K, Vv, dtype=ndt, device="meta")
                 filt, rng = Filter(T, tk, tp), Noise(*_seed_offset(ks, ko, B), noise)
+                # the partial ops as apd_ext/parallel/vocab.py calls them: a slice at a nonzero
+                # offset, the global threshold given exactly when a filter is active
+                tau = torch.empty(B, K, device="meta") if filter_active(tk, tp, Vv) else None
                 sample_draft(D, Vv, filt, rng)
+                sample_draft_partial(D, Vv, PARTIAL_OFFSET, filt, rng, tau)
                 for w, g, has_valid in itertools.product(weights, greedy, valids):
                     valid = torch.empty(B, dtype=torch.int64, device="meta") if has_valid else None
                     mixture_accept(D, A, draft, Vv, w, g, valid, filt, rng)
+                    mixture_accept_partial(D, A, draft, Vv, PARTIAL_OFFSET, w, g, valid, filt, rng, tau)
                 yield f"{label} {dd}/{da} T={T} noise={ndt} top_k={tk} top_p={tp} seed={ks} offset={ko}"
 
     same = [(f32, f32), (f16, f16), (bf16, bf16)]

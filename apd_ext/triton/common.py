@@ -225,6 +225,22 @@ def inv_temperature(temperature: float) -> float:
     return float(torch.tensor(1.0 / temperature, dtype=torch.float32))
 
 
+def check_vocab_offset(vocab_offset: int) -> int:
+    """The partial ops' vocab_offset as an int: the first global token id of the slice, >= 0 and a
+    multiple of 4 (generated noise comes in groups of 4 entries per Philox call)."""
+    off = int(vocab_offset)
+    if off < 0 or off % 4:
+        raise ValueError(f"vocab_offset must be a non-negative multiple of 4, got {off}")
+    return off
+
+
+def slice_threshold(threshold: torch.Tensor, batch: int, window: int, device: torch.device) -> torch.Tensor:
+    """A partial op's given threshold [B, K] as the kernels read it: float32 [B * K], contiguous."""
+    if tuple(threshold.shape) != (batch, window):
+        raise ValueError(f"threshold must have shape [{batch}, {window}], got {list(threshold.shape)}")
+    return threshold.to(device=device, dtype=torch.float32).contiguous().view(batch * window)
+
+
 def noise_key_args(seed_t, seed_v: int, offset_t, offset_v: int, batch: int, dummy: torch.Tensor,
                    used: bool = True):
     """(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode) for noise.row_noise_key
@@ -244,5 +260,5 @@ def noise_key_args(seed_t, seed_v: int, offset_t, offset_v: int, batch: int, dum
 # in address arithmetic or loop bounds (Triton would compile a variant for the value 1), mode
 # flags read once per program, and pointers to scalars (no vector access to align).
 NO_SPECIALIZE = ["K", "splits", "chunks_per_split", "rows", "seed_v", "seed_mode", "offset_v", "offset_mode",
-                 "has_valid"]
+                 "has_valid", "vocab_offset"]
 NO_ALIGN = ["seed_ptr", "offset_ptr", "valid_ptr"]

@@ -14,18 +14,30 @@ spills (at BLOCK_G = 512, two groups per thread, it took up to 187 registers: on
 _mixture_finalize_kernel: one program per batch row b, vectorised over the window positions: merges
 the splits of each position in split order, writes targets and log-probs, and reduces the first
 rejected position across the window to num_accepted (no host sync anywhere).
+
+mixture_accept_partial (reference.mixture_accept_partial): the same row kernel over one vocabulary
+slice, global tokens [vocab_offset, vocab_offset + vocab) (generated noise at the global ids:
+constexpr SHIFT_NOISE, the Philox group index plus vocab_offset / 4; explicit uniforms at the local
+column; a given threshold [B, K] replaces compute_tau's), then _mixture_stats_kernel instead of
+the finalize kernel: per row the global target and float32 stats [B, K, 10]
+(backends.MIXTURE_STATS: best score, (max, sum) of kept D, A and kept mixture, then those three at
+the global draft token when the slice holds it, else -inf); rows at i >= L(b) get target -1 and
+(-inf, (-inf, 0) x 3, -inf x 3). The accepted prefix is apd_ext/parallel/vocab.py's (it needs
+every slice). mixture_accept's kernels compile to the same code as before (SHIFT_NOISE False).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from apd_ext.triton.common import (
-    NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, interpreting, inv_temperature, load_row_block,
-    lse_add, lse_finish, lse_merge, log_prob, noise_key_args, row_config, split_plan, valid_length,
-    vector_aligned,
+    NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, check_vocab_offset, interpreting, inv_temperature,
+    load_row_block, lse_add, lse_finish, lse_merge, log_prob, noise_key_args, row_config, slice_threshold,
+    split_plan, valid_length, vector_aligned,
 )
 from apd_ext.triton.filter import compute_tau
 from apd_ext.triton.modes import (
@@ -59,8 +71,9 @@ def _mixture_partial_kernel(
     d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, K, V, splits, chunks_per_split, valid_ptr, has_valid,
     inv_t, wf, omwf, tau_ptr,
     seed_ptr, seed_v: tl.int64, seed_mode, offset_ptr, offset_v: tl.int64, offset_mode, u_ptr, u_sb, u_sk,
-    part_f_ptr, part_i_ptr,
-    HAS_TAU: tl.constexpr, W_MODE: tl.constexpr, TARGET: tl.constexpr, BLOCK_G: tl.constexpr,
+    part_f_ptr, part_i_ptr, vocab_offset,
+    HAS_TAU: tl.constexpr, W_MODE: tl.constexpr, TARGET: tl.constexpr, SHIFT_NOISE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
 ):
     BLOCK_V: tl.constexpr = 4 * BLOCK_G
     pid = tl.program_id(0)
@@ -78,6 +91,8 @@ def _mixture_partial_kernel(
         tau = tl.load(tau_ptr + row)
     if TARGET == TARGET_PHILOX:
         k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode, b)
+        if SHIFT_NOISE:
+            group_shift = vocab_offset // 4  # noise of global ids: group index + vocab_offset / 4
     if TARGET == TARGET_UNIFORM:
         u_row = u_ptr + b.to(tl.int64) * u_sb + i.to(tl.int64) * u_sk
 
@@ -113,7 +128,10 @@ def _mixture_partial_kernel(
         elif TARGET == TARGET_PHILOX:
             t = mk * inv_t
             if tl.max(t) + GUMBEL_MAX > bound:
-                score = t + philox_gumbel_block(c * BLOCK_G, i, k0, k1, o0, o1, BLOCK_G)
+                group0 = c * BLOCK_G
+                if SHIFT_NOISE:
+                    group0 = group0 + group_shift
+                score = t + philox_gumbel_block(group0, i, k0, k1, o0, o1, BLOCK_G)
                 best_s, best_i = argmax_update(best_s, best_i, score, v)
                 bound = tl.maximum(bound, tl.max(score))
         else:
@@ -141,6 +159,38 @@ def _mixture_partial_kernel(
     tl.store(part_i_ptr + pid, bi)
 
 
+@triton.jit
+def _merge_splits(part_f_ptr, part_i_ptr, r, splits, act, ld_m, ld_s, la_m, la_s, lm_m, lm_s, bs, bi):
+    """Merges the partial states of rows r (masked by act) in split order into the given states:
+    the three (max, sum) pairs and the first argmax (ties stay with the earlier split)."""
+    for sp in range(0, splits):
+        q = part_f_ptr + (r * splits + sp) * NPART
+        ld_m, ld_s = lse_merge(ld_m, ld_s, tl.load(q + 0, mask=act, other=NEG_INF),
+                               tl.load(q + 1, mask=act, other=0.0))
+        la_m, la_s = lse_merge(la_m, la_s, tl.load(q + 2, mask=act, other=NEG_INF),
+                               tl.load(q + 3, mask=act, other=0.0))
+        lm_m, lm_s = lse_merge(lm_m, lm_s, tl.load(q + 4, mask=act, other=NEG_INF),
+                               tl.load(q + 5, mask=act, other=0.0))
+        sc = tl.load(q + 6, mask=act, other=NEG_INF)
+        ix = tl.load(part_i_ptr + r * splits + sp, mask=act, other=0)
+        upd = sc > bs  # ties stay with the earlier split (lower indices)
+        bs = tl.where(upd, sc, bs)
+        bi = tl.where(upd, ix, bi)
+    return ld_m, ld_s, la_m, la_s, lm_m, lm_s, bs, bi
+
+
+@triton.jit
+def _values_at(d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, b, i, r, col, ld, act, inv_t, wf, omwf, tau_ptr,
+               HAS_TAU: tl.constexpr, W_MODE: tl.constexpr):
+    """(kept D, A, kept mixture) at column col of rows (b, i) (flat index r), -inf where ~ld."""
+    d = load_row_block(d_ptr + b.to(tl.int64) * d_sb + i.to(tl.int64) * d_sk, col, ld)
+    a = load_row_block(a_ptr + b.to(tl.int64) * a_sb + i.to(tl.int64) * a_sk, col, ld)
+    keep = d > NEG_INF
+    if HAS_TAU:
+        keep = keep & (d * inv_t >= tl.load(tau_ptr + r, mask=act, other=NEG_INF))
+    return tl.where(keep, d, NEG_INF), a, tl.where(keep, _mix(d, a, wf, omwf, W_MODE), NEG_INF)
+
+
 @triton.jit(do_not_specialize=NO_SPECIALIZE + ["dr_sb"], do_not_specialize_on_alignment=NO_ALIGN)
 def _mixture_finalize_kernel(
     part_f_ptr, part_i_ptr, splits, d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, draft_ptr, dr_sb, K, V,
@@ -163,31 +213,16 @@ def _mixture_finalize_kernel(
         lm_s = tl.zeros([BLOCK_K], tl.float32)
         bs = tl.full([BLOCK_K], NEG_INF, tl.float32)
         bi = tl.zeros([BLOCK_K], tl.int32)
-        for sp in range(0, splits):
-            q = part_f_ptr + (r * splits + sp) * NPART
-            ld_m, ld_s = lse_merge(ld_m, ld_s, tl.load(q + 0, mask=act, other=NEG_INF),
-                                   tl.load(q + 1, mask=act, other=0.0))
-            la_m, la_s = lse_merge(la_m, la_s, tl.load(q + 2, mask=act, other=NEG_INF),
-                                   tl.load(q + 3, mask=act, other=0.0))
-            lm_m, lm_s = lse_merge(lm_m, lm_s, tl.load(q + 4, mask=act, other=NEG_INF),
-                                   tl.load(q + 5, mask=act, other=0.0))
-            sc = tl.load(q + 6, mask=act, other=NEG_INF)
-            ix = tl.load(part_i_ptr + r * splits + sp, mask=act, other=0)
-            upd = sc > bs  # ties stay with the earlier split (lower indices)
-            bs = tl.where(upd, sc, bs)
-            bi = tl.where(upd, ix, bi)
+        ld_m, ld_s, la_m, la_s, lm_m, lm_s, bs, bi = _merge_splits(
+            part_f_ptr, part_i_ptr, r, splits, act, ld_m, ld_s, la_m, la_s, lm_m, lm_s, bs, bi)
         tok = tl.load(draft_ptr + b.to(tl.int64) * dr_sb + i, mask=inb, other=0)
         in_range = (tok >= 0) & (tok < V)
         safe = tl.where(in_range, tok, 0)
-        ld = act & in_range
-        d = load_row_block(d_ptr + b.to(tl.int64) * d_sb + i.to(tl.int64) * d_sk, safe, ld)
-        a = load_row_block(a_ptr + b.to(tl.int64) * a_sb + i.to(tl.int64) * a_sk, safe, ld)
-        keep = d > NEG_INF
-        if HAS_TAU:
-            keep = keep & (d * inv_t >= tl.load(tau_ptr + r, mask=act, other=NEG_INF))
-        lpd = log_prob(tl.where(keep, d, NEG_INF), ld_m, ld_s)
+        dk, a, mk = _values_at(d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, b, i, r, safe, act & in_range, act, inv_t,
+                               wf, omwf, tau_ptr, HAS_TAU, W_MODE)
+        lpd = log_prob(dk, ld_m, ld_s)
         lpa = log_prob(a, la_m, la_s)
-        lpm = log_prob(tl.where(keep, _mix(d, a, wf, omwf, W_MODE), NEG_INF), lm_m, lm_s)
+        lpm = log_prob(mk, lm_m, lm_s)
         lpd = tl.where(act, tl.where(in_range, lpd, NAN), 0.0)
         lpa = tl.where(act, tl.where(in_range, lpa, NAN), 0.0)
         lpm = tl.where(act, tl.where(in_range, lpm, NAN), 0.0)
@@ -200,8 +235,75 @@ def _mixture_finalize_kernel(
     tl.store(n_ptr + b, first_fail)
 
 
-def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths, filt, rng):
-    """Host side of mixture_accept (normalised backend arguments, see apd_ext/backends.py)."""
+NSTATS = tl.constexpr(10)  # floats per row of the partial op's stats (backends.MIXTURE_STATS)
+
+
+@triton.jit(do_not_specialize=NO_SPECIALIZE + ["dr_sb", "dr_sk"], do_not_specialize_on_alignment=NO_ALIGN)
+def _mixture_stats_kernel(
+    part_f_ptr, part_i_ptr, splits, d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, draft_ptr, dr_sb, dr_sk, K, V,
+    vocab_offset, valid_ptr, has_valid, inv_t, wf, omwf, tau_ptr, tgt_ptr, stats_ptr,
+    HAS_TAU: tl.constexpr, W_MODE: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """mixture_accept_partial's outputs, one program per batch row b: merges the splits of each
+    position (as _mixture_finalize_kernel), writes the global target and the MIXTURE_STATS."""
+    b = tl.program_id(0)
+    L = valid_length(valid_ptr, b, K, has_valid)
+    for k0 in range(0, K, BLOCK_K):
+        i = k0 + tl.arange(0, BLOCK_K)
+        inb = i < K
+        act = i < L
+        r = b.to(tl.int64) * K + i
+        ld_m = tl.full([BLOCK_K], NEG_INF, tl.float32)
+        ld_s = tl.zeros([BLOCK_K], tl.float32)
+        la_m = tl.full([BLOCK_K], NEG_INF, tl.float32)
+        la_s = tl.zeros([BLOCK_K], tl.float32)
+        lm_m = tl.full([BLOCK_K], NEG_INF, tl.float32)
+        lm_s = tl.zeros([BLOCK_K], tl.float32)
+        bs = tl.full([BLOCK_K], NEG_INF, tl.float32)
+        bi = tl.zeros([BLOCK_K], tl.int32)
+        # rows at i >= L load nothing: they keep these empty states (-inf, 0) and score -inf
+        ld_m, ld_s, la_m, la_s, lm_m, lm_s, bs, bi = _merge_splits(
+            part_f_ptr, part_i_ptr, r, splits, act, ld_m, ld_s, la_m, la_s, lm_m, lm_s, bs, bi)
+        tok = tl.load(draft_ptr + b.to(tl.int64) * dr_sb + i.to(tl.int64) * dr_sk, mask=inb, other=-1)
+        local = tok - vocab_offset  # the draft token's column in this slice
+        held = (local >= 0) & (local < V)
+        col = tl.where(held, local, 0)
+        dk, a, mk = _values_at(d_ptr, d_sb, d_sk, a_ptr, a_sb, a_sk, b, i, r, col, act & held, act, inv_t,
+                               wf, omwf, tau_ptr, HAS_TAU, W_MODE)
+        tl.store(tgt_ptr + r, tl.where(act, bi.to(tl.int64) + vocab_offset, -1), mask=inb)
+        q = stats_ptr + r * NSTATS
+        tl.store(q + 0, bs, mask=inb)
+        tl.store(q + 1, ld_m, mask=inb)
+        tl.store(q + 2, ld_s, mask=inb)
+        tl.store(q + 3, la_m, mask=inb)
+        tl.store(q + 4, la_s, mask=inb)
+        tl.store(q + 5, lm_m, mask=inb)
+        tl.store(q + 6, lm_s, mask=inb)
+        tl.store(q + 7, dk, mask=inb)
+        tl.store(q + 8, a, mask=inb)
+        tl.store(q + 9, mk, mask=inb)
+
+
+class _Rows(NamedTuple):
+    """What the row kernel left for the finalize/stats kernel: partial states and the arguments both read."""
+
+    part_f: torch.Tensor
+    part_i: torch.Tensor
+    splits: int
+    tau: torch.Tensor  # float32 [B * K] thresholds (a dummy when not has_tau)
+    has_tau: bool
+    valid: torch.Tensor  # int64 [B] valid lengths (a dummy when not has_valid)
+    has_valid: bool
+    inv_t: float
+    w: float
+    w_mode: int
+
+
+def _scan_rows(dllm, verifier, vocab, mixture_weight, greedy_target, valid_lengths, filt, rng, threshold,
+               vocab_offset, partial, dummy) -> _Rows:
+    """Launches _mixture_partial_kernel over every row (b, i < L(b)) of [B, K, >= vocab] logits.
+    threshold: float32 [B * K] or None (compute_tau when a filter is active); dummy: an int64 output
+    tensor, passed for the integer pointers that are not read."""
     temperature, top_k, top_p = filt
     seed_t, seed_v, offset_t, offset_v, noise = rng
     B, K, _ = dllm.shape
@@ -212,24 +314,20 @@ def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, 
     w_mode = 1 if w == 1.0 else 2 if w == 0.0 else 0
     target = target_mode(greedy_target, temperature, noise is not None)
     explicit = target == TARGET_UNIFORM.value
-    num_accepted = torch.empty(B, dtype=torch.int64, device=dev)
-    target_tokens = torch.empty(B, K, dtype=torch.int64, device=dev)
-    lpd = torch.empty(B, K, dtype=torch.float32, device=dev)
-    lpa = torch.empty(B, K, dtype=torch.float32, device=dev)
-    lpm = torch.empty(B, K, dtype=torch.float32, device=dev)
-    has_tau = filter_active(top_k, top_p, vocab)
-    has_valid = valid_lengths is not None
-    valid = valid_lengths if has_valid else num_accepted
-    tau = compute_tau(dllm, vocab, inv_t, top_k, top_p, valid_lengths) if has_tau else lpd
-    key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, num_accepted,
-                              used=target == TARGET_PHILOX.value)
-    u = noise if explicit else lpd
-    u_sb, u_sk = (noise.stride(0), noise.stride(1)) if explicit else (0, 0)
-
     cfg = row_config(vocab, dev)
     splits, cps = split_plan(rows, vocab, cfg)
     part_f = torch.empty(rows * splits * 7, dtype=torch.float32, device=dev)
     part_i = torch.empty(rows * splits, dtype=torch.int32, device=dev)
+    has_valid = valid_lengths is not None
+    valid = valid_lengths if has_valid else dummy
+    if threshold is not None:
+        has_tau, tau = True, threshold
+    else:
+        has_tau = filter_active(top_k, top_p, vocab)
+        tau = compute_tau(dllm, vocab, inv_t, top_k, top_p, valid_lengths) if has_tau else part_f
+    key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, dummy, used=target == TARGET_PHILOX.value)
+    u = noise if explicit else part_f
+    u_sb, u_sk = (noise.stride(0), noise.stride(1)) if explicit else (0, 0)
     # The register budget (3 blocks per SM) is for the hot path: generated or no noise, rows that
     # Triton can load in 16-byte vectors. Explicit float64 uniforms (the replay path: float64
     # logs) and unaligned rows (no vectorised layout) compile without it, without spills.
@@ -237,16 +335,59 @@ def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, 
     _mixture_partial_kernel[(rows * splits,)](
         dllm, dllm.stride(0), dllm.stride(1), verifier, verifier.stride(0), verifier.stride(1),
         K, vocab, splits, cps, valid, int(has_valid), inv_t, w, 1.0 - w, tau,
-        *key_args, u, u_sb, u_sk, part_f, part_i,
-        HAS_TAU=has_tau, W_MODE=w_mode, TARGET=target, BLOCK_G=cfg.block_g, num_warps=cfg.num_warps,
-        maxnreg=cfg.maxnreg if budget else 128, enable_fp_fusion=False,
+        *key_args, u, u_sb, u_sk, part_f, part_i, vocab_offset,
+        HAS_TAU=has_tau, W_MODE=w_mode, TARGET=target, SHIFT_NOISE=partial and target == TARGET_PHILOX.value,
+        BLOCK_G=cfg.block_g, num_warps=cfg.num_warps, maxnreg=cfg.maxnreg if budget else 128,
+        enable_fp_fusion=False,
     )
-    block_k = 4 if interpreting() and dev.type == "cpu" else min(256, max(16, triton.next_power_of_2(K)))
+    return _Rows(part_f, part_i, splits, tau, has_tau, valid, has_valid, inv_t, w, w_mode)
+
+
+def _block_k(K: int, device: torch.device) -> int:
+    return 4 if interpreting() and device.type == "cpu" else min(256, max(16, triton.next_power_of_2(K)))
+
+
+def mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths, filt, rng):
+    """Host side of mixture_accept (normalised backend arguments, see apd_ext/backends.py)."""
+    B, K, _ = dllm.shape
+    dev = dllm.device
+    num_accepted = torch.empty(B, dtype=torch.int64, device=dev)
+    target_tokens = torch.empty(B, K, dtype=torch.int64, device=dev)
+    lpd = torch.empty(B, K, dtype=torch.float32, device=dev)
+    lpa = torch.empty(B, K, dtype=torch.float32, device=dev)
+    lpm = torch.empty(B, K, dtype=torch.float32, device=dev)
+    st = _scan_rows(dllm, verifier, vocab, mixture_weight, greedy_target, valid_lengths, filt, rng, None, 0,
+                    partial=False, dummy=num_accepted)
     _mixture_finalize_kernel[(B,)](
-        part_f, part_i, splits, dllm, dllm.stride(0), dllm.stride(1), verifier, verifier.stride(0),
-        verifier.stride(1), draft, draft.stride(0), K, vocab, valid, int(has_valid), inv_t, w, 1.0 - w, tau,
-        num_accepted, target_tokens, lpd, lpa, lpm,
-        HAS_TAU=has_tau, W_MODE=w_mode, BLOCK_K=block_k, num_warps=4,
+        st.part_f, st.part_i, st.splits, dllm, dllm.stride(0), dllm.stride(1), verifier, verifier.stride(0),
+        verifier.stride(1), draft, draft.stride(0), K, vocab, st.valid, int(st.has_valid), st.inv_t, st.w,
+        1.0 - st.w, st.tau, num_accepted, target_tokens, lpd, lpa, lpm,
+        HAS_TAU=st.has_tau, W_MODE=st.w_mode, BLOCK_K=_block_k(K, dev), num_warps=4,
         enable_fp_fusion=False,
     )
     return num_accepted, target_tokens, lpd, lpa, lpm
+
+
+def mixture_accept_partial(dllm, verifier, draft, vocab, vocab_offset, mixture_weight, greedy_target,
+                           valid_lengths, filt, rng, threshold):
+    """Host side of mixture_accept_partial (apd_ext/backends.py): dllm and verifier [B, K, >= vocab]
+    hold the logits of global tokens [vocab_offset, vocab_offset + vocab); draft: global ids [B, K];
+    threshold: None or float32 [B, K] in x units. Returns (target int64 [B, K], global ids, -1 past
+    valid_lengths; stats float32 [B, K, 10], backends.MIXTURE_STATS)."""
+    B, K, _ = dllm.shape
+    dev = dllm.device
+    offset = check_vocab_offset(vocab_offset)
+    tau = None if threshold is None else slice_threshold(threshold, B, K, dev)
+    draft = draft.to(torch.int64)
+    target_tokens = torch.empty(B, K, dtype=torch.int64, device=dev)
+    stats = torch.empty(B, K, NSTATS.value, dtype=torch.float32, device=dev)
+    st = _scan_rows(dllm, verifier, vocab, mixture_weight, greedy_target, valid_lengths, filt, rng, tau, offset,
+                    partial=True, dummy=target_tokens)
+    _mixture_stats_kernel[(B,)](
+        st.part_f, st.part_i, st.splits, dllm, dllm.stride(0), dllm.stride(1), verifier, verifier.stride(0),
+        verifier.stride(1), draft, draft.stride(0), draft.stride(1), K, vocab, offset, st.valid,
+        int(st.has_valid), st.inv_t, st.w, 1.0 - st.w, st.tau, target_tokens, stats,
+        HAS_TAU=st.has_tau, W_MODE=st.w_mode, BLOCK_K=_block_k(K, dev), num_warps=4,
+        enable_fp_fusion=False,
+    )
+    return target_tokens, stats

@@ -1,6 +1,15 @@
 """sample_draft (reference.sample_draft): per row (b, i), token = first argmax over the kept entries
 of x + g (x = D * inv_T; plain x when T == 0), logprob = D[token] - logsumexp(kept D).
 
+sample_draft_partial (reference.sample_draft_partial): the same scan over one vocabulary slice,
+global tokens [vocab_offset, vocab_offset + vocab): token = vocab_offset + first local argmax and
+float32 stats [B, K, 4] (backends.DRAFT_STATS: best score, lse_max, lse_sum of the kept D, kept D
+at the token) for apd_ext/parallel/vocab.py to combine across ranks. Generated noise is drawn at
+the global id (constexpr SHIFT_NOISE: the Philox counter's group index plus vocab_offset / 4);
+explicit uniforms are read at the local column. A given threshold [B, K] replaces compute_tau's.
+Constexpr switches (STATS, SHIFT_NOISE) select the partial outputs, so that sample_draft's
+kernels compile to the same code as without them.
+
 _draft_partial_kernel: grid rows * splits; program (row, split) scans BLOCK_V-entry chunks
 [split * chunks_per_split, ...) of its row once, as [BLOCK_G, 4] blocks (one Philox call per group
 of 4), keeping per-lane online (max, sum-exp) and per-group (score, index) states that it reduces
@@ -22,22 +31,37 @@ import triton
 import triton.language as tl
 
 from apd_ext.triton.common import (
-    NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, inv_temperature, load_row_block, lse_add,
-    lse_finish, lse_merge, log_prob, noise_key_args, row_config, split_plan,
+    NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, check_vocab_offset, inv_temperature, load_row_block,
+    lse_add, lse_finish, lse_merge, log_prob, noise_key_args, row_config, slice_threshold, split_plan,
 )
 from apd_ext.triton.filter import compute_tau
 from apd_ext.triton.modes import DRAFT_ARGMAX, DRAFT_PHILOX, DRAFT_UNIFORM, draft_mode, filter_active
 from apd_ext.triton.noise import GUMBEL_MAX, NEG_INF, gumbel_from_explicit, philox_gumbel_block, row_noise_key
 
 
+NSTATS = tl.constexpr(4)  # floats per row of the partial op's stats (backends.DRAFT_STATS)
+
+
+@triton.jit
+def _store_stats(stats_ptr, row, score, lse_max, lse_sum, value, mask=None):
+    """The DRAFT_STATS of row(s) `row`: (score, lse_max, lse_sum, value)."""
+    q = stats_ptr + row.to(tl.int64) * NSTATS
+    tl.store(q + 0, score, mask=mask)
+    tl.store(q + 1, lse_max, mask=mask)
+    tl.store(q + 2, lse_sum, mask=mask)
+    tl.store(q + 3, value, mask=mask)
+
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE, do_not_specialize_on_alignment=NO_ALIGN)
 def _draft_partial_kernel(
     d_ptr, d_sb, d_sk, K, V, splits, chunks_per_split, inv_t, tau_ptr,
     seed_ptr, seed_v: tl.int64, seed_mode, offset_ptr, offset_v: tl.int64, offset_mode, u_ptr, u_sb, u_sk,
-    part_f_ptr, part_i_ptr, tok_ptr, lp_ptr,
-    HAS_TAU: tl.constexpr, NOISE: tl.constexpr, FINAL: tl.constexpr, BLOCK_G: tl.constexpr,
+    part_f_ptr, part_i_ptr, tok_ptr, lp_ptr, stats_ptr, vocab_offset,
+    HAS_TAU: tl.constexpr, NOISE: tl.constexpr, FINAL: tl.constexpr, STATS: tl.constexpr,
+    SHIFT_NOISE: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
+    """Program (row, split). FINAL (splits == 1): writes token and log-prob, or with STATS the
+    global token and the stats; else the partial state (max, sum, score; index) of its range."""
     BLOCK_V: tl.constexpr = 4 * BLOCK_G
     pid = tl.program_id(0)
     row = pid // splits
@@ -52,6 +76,8 @@ def _draft_partial_kernel(
         tau = tl.load(tau_ptr + row)
     if NOISE == DRAFT_PHILOX:
         k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode, b)
+        if SHIFT_NOISE:
+            group_shift = vocab_offset // 4  # noise of global ids: group index + vocab_offset / 4
     if NOISE == DRAFT_UNIFORM:
         u_row = u_ptr + b.to(tl.int64) * u_sb + i.to(tl.int64) * u_sk
 
@@ -75,7 +101,10 @@ def _draft_partial_kernel(
             best_s, best_i = argmax_update(best_s, best_i, x, v)
         elif NOISE == DRAFT_PHILOX:
             if tl.max(x) + GUMBEL_MAX > bound:
-                g = philox_gumbel_block(c * BLOCK_G, i, k0, k1, o0, o1, BLOCK_G)
+                group0 = c * BLOCK_G
+                if SHIFT_NOISE:
+                    group0 = group0 + group_shift
+                g = philox_gumbel_block(group0, i, k0, k1, o0, o1, BLOCK_G)
                 score = x + g
                 best_s, best_i = argmax_update(best_s, best_i, score, v)
                 bound = tl.maximum(bound, tl.max(score))
@@ -91,8 +120,12 @@ def _draft_partial_kernel(
         dt = tl.where(dt == dt, dt, NEG_INF)
         if HAS_TAU:
             dt = tl.where(dt * inv_t >= tau, dt, NEG_INF)
-        tl.store(tok_ptr + row, bi.to(tl.int64))
-        tl.store(lp_ptr + row, log_prob(dt, lm, ls))
+        if STATS:
+            tl.store(tok_ptr + row, bi.to(tl.int64) + vocab_offset)
+            _store_stats(stats_ptr, row, bs, lm, ls, dt)
+        else:
+            tl.store(tok_ptr + row, bi.to(tl.int64))
+            tl.store(lp_ptr + row, log_prob(dt, lm, ls))
     else:
         tl.store(part_f_ptr + pid * 3 + 0, lm)
         tl.store(part_f_ptr + pid * 3 + 1, ls)
@@ -103,8 +136,10 @@ def _draft_partial_kernel(
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _draft_finalize_kernel(
     part_f_ptr, part_i_ptr, splits, rows, d_ptr, d_sb, d_sk, K, inv_t, tau_ptr, tok_ptr, lp_ptr,
-    HAS_TAU: tl.constexpr, BLOCK_R: tl.constexpr,
+    stats_ptr, vocab_offset,
+    HAS_TAU: tl.constexpr, STATS: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
+    """Merges the splits of BLOCK_R rows in split order; writes what the FINAL programs write."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = r < rows
     lm = tl.full([BLOCK_R], NEG_INF, tl.float32)
@@ -129,12 +164,33 @@ def _draft_finalize_kernel(
     if HAS_TAU:
         tau = tl.load(tau_ptr + r, mask=rm, other=NEG_INF)
         dt = tl.where(dt * inv_t >= tau, dt, NEG_INF)
-    tl.store(tok_ptr + r, bi.to(tl.int64), mask=rm)
-    tl.store(lp_ptr + r, log_prob(dt, lm, ls), mask=rm)
+    if STATS:
+        tl.store(tok_ptr + r, bi.to(tl.int64) + vocab_offset, mask=rm)
+        _store_stats(stats_ptr, r, bs, lm, ls, dt, rm)
+    else:
+        tl.store(tok_ptr + r, bi.to(tl.int64), mask=rm)
+        tl.store(lp_ptr + r, log_prob(dt, lm, ls), mask=rm)
 
 
 def sample_draft(dllm, vocab, filt, rng):
     """Host side of sample_draft (normalised backend arguments, see apd_ext/backends.py)."""
+    tokens, logprobs = _launch(dllm, vocab, filt, rng, None, 0, partial=False)
+    return tokens, logprobs
+
+
+def sample_draft_partial(dllm, vocab, vocab_offset, filt, rng, threshold):
+    """Host side of sample_draft_partial (apd_ext/backends.py): dllm [B, K, >= vocab] holds the logits
+    of global tokens [vocab_offset, vocab_offset + vocab); threshold: None or float32 [B, K] in x units.
+    Returns (tokens int64 [B, K], global ids; stats float32 [B, K, 4], backends.DRAFT_STATS)."""
+    B, K, _ = dllm.shape
+    offset = check_vocab_offset(vocab_offset)
+    tau = None if threshold is None else slice_threshold(threshold, B, K, dllm.device)
+    return _launch(dllm, vocab, filt, rng, tau, offset, partial=True)
+
+
+def _launch(dllm, vocab, filt, rng, threshold, vocab_offset, partial):
+    """Both ops: threshold (float32 [B * K] or None: compute_tau when a filter is active) and the
+    outputs (log-probs [B, K], or stats [B, K, 4] with global tokens when partial)."""
     temperature, top_k, top_p = filt
     seed_t, seed_v, offset_t, offset_v, noise = rng
     B, K, _ = dllm.shape
@@ -142,33 +198,38 @@ def sample_draft(dllm, vocab, filt, rng):
     dev = dllm.device
     inv_t = inv_temperature(temperature)
     tokens = torch.empty(B, K, dtype=torch.int64, device=dev)
-    logprobs = torch.empty(B, K, dtype=torch.float32, device=dev)
-    has_tau = filter_active(top_k, top_p, vocab)
-    tau = compute_tau(dllm, vocab, inv_t, top_k, top_p) if has_tau else logprobs
+    out = torch.empty((B, K, NSTATS.value) if partial else (B, K), dtype=torch.float32, device=dev)
+    if threshold is not None:
+        has_tau, tau = True, threshold
+    else:
+        has_tau = filter_active(top_k, top_p, vocab)
+        tau = compute_tau(dllm, vocab, inv_t, top_k, top_p) if has_tau else out
     mode = draft_mode(temperature, noise is not None)
     key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, tokens, used=mode == DRAFT_PHILOX.value)
     explicit = mode == DRAFT_UNIFORM.value
-    u = noise if explicit else logprobs
+    u = noise if explicit else out
     u_sb, u_sk = (noise.stride(0), noise.stride(1)) if explicit else (0, 0)
+    shift_noise = partial and mode == DRAFT_PHILOX.value  # only generated noise depends on the offset
 
     cfg = row_config(vocab, dev)
     splits, cps = split_plan(rows, vocab, cfg)
     final = splits == 1
     if final:
-        part_f, part_i = logprobs, tokens  # unused
+        part_f, part_i = out, tokens  # unused
     else:
         part_f = torch.empty(rows * splits * 3, dtype=torch.float32, device=dev)
         part_i = torch.empty(rows * splits, dtype=torch.int32, device=dev)
     _draft_partial_kernel[(rows * splits,)](
         dllm, dllm.stride(0), dllm.stride(1), K, vocab, splits, cps, inv_t, tau,
-        *key_args, u, u_sb, u_sk, part_f, part_i, tokens, logprobs,
-        HAS_TAU=has_tau, NOISE=mode, FINAL=final,
+        *key_args, u, u_sb, u_sk, part_f, part_i, tokens, out, out, vocab_offset,
+        HAS_TAU=has_tau, NOISE=mode, FINAL=final, STATS=partial and final, SHIFT_NOISE=shift_noise,
         BLOCK_G=cfg.block_g, num_warps=cfg.num_warps, enable_fp_fusion=False,
     )
     if not final:
         block_r = 128
         _draft_finalize_kernel[(triton.cdiv(rows, block_r),)](
             part_f, part_i, splits, rows, dllm, dllm.stride(0), dllm.stride(1), K, inv_t, tau,
-            tokens, logprobs, HAS_TAU=has_tau, BLOCK_R=block_r, num_warps=4, enable_fp_fusion=False,
+            tokens, out, out, vocab_offset, HAS_TAU=has_tau, STATS=partial, BLOCK_R=block_r, num_warps=4,
+            enable_fp_fusion=False,
         )
-    return tokens, logprobs
+    return tokens, out
