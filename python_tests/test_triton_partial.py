@@ -85,6 +85,7 @@ DRAFT_CASES = [  # (kind, dtype, V, offset, temperature, top_k, top_p, threshold
     ("flat", torch.float32, 200, 64, 0.9, 20, 0.8, True, "int"),  # a given threshold
     ("flat", torch.float32, 30, 0, 0.0, 5, 1.0, True, "int"),
     ("flat", torch.float32, 200, 0, 0.7, 0, 1.0, False, "uniform64"),
+    ("peaky", torch.bfloat16, 200, 64, 0.9, 0, 0.9, False, "int"),  # the slice's own top-p
 ]
 
 
@@ -105,15 +106,16 @@ def test_draft_partial_matches_reference(triton_backend, kind, dtype, V, offset,
 
 # --- mixture_accept_partial -------------------------------------------------------------------------
 
-MIX_CASES = [  # (kind, dtype, V, offset, T, top_k, threshold given, weight, greedy, valid, noise)
-    ("flat", torch.float32, 200, 0, 0.0, 0, False, 0.5, False, None, "int"),
-    ("ties", torch.bfloat16, 200, 64, 0.0, 0, False, 0.5, False, [3, 1], "int"),
-    ("flat", torch.float32, 200, 4, 0.8, 0, False, 0.3, False, [2, 0], "int"),
-    ("inf", torch.bfloat16, 132, 64, 1.0, 0, False, 1.0, False, None, "tensor"),
-    ("flat", torch.float32, 200, 64, 0.7, 20, False, 0.0, False, [3, 2], "int"),  # the slice's own top-k
-    ("flat", torch.float32, 200, 4, 0.7, 20, True, 0.5, False, None, "uniform"),  # a given threshold
-    ("peaky", torch.bfloat16, 200, 64, 0.9, 20, True, 0.5, True, [1, 3], "int"),  # greedy target
-    ("flat", torch.float32, 30, 4, 0.6, 0, False, 0.5, False, None, "uniform64"),
+MIX_CASES = [  # (kind, dtype, V, offset, T, top_k, top_p, threshold given, weight, greedy, valid, noise)
+    ("flat", torch.float32, 200, 0, 0.0, 0, 1.0, False, 0.5, False, None, "int"),
+    ("ties", torch.bfloat16, 200, 64, 0.0, 0, 1.0, False, 0.5, False, [3, 1], "int"),
+    ("flat", torch.float32, 200, 4, 0.8, 0, 1.0, False, 0.3, False, [2, 0], "int"),
+    ("inf", torch.bfloat16, 132, 64, 1.0, 0, 1.0, False, 1.0, False, None, "tensor"),
+    ("flat", torch.float32, 200, 64, 0.7, 20, 1.0, False, 0.0, False, [3, 2], "int"),  # the slice's own top-k
+    ("peaky", torch.bfloat16, 200, 64, 0.9, 0, 0.9, False, 0.5, False, None, "int"),  # the slice's own top-p
+    ("flat", torch.float32, 200, 4, 0.7, 20, 1.0, True, 0.5, False, None, "uniform"),  # a given threshold
+    ("peaky", torch.bfloat16, 200, 64, 0.9, 20, 1.0, True, 0.5, True, [1, 3], "int"),  # greedy target
+    ("flat", torch.float32, 30, 4, 0.6, 0, 1.0, False, 0.5, False, None, "uniform64"),
 ]
 
 
@@ -126,13 +128,13 @@ def _draft_tokens(V, offset, seed):
     return d.to(DEV)
 
 
-@pytest.mark.parametrize("kind,dtype,V,offset,T,top_k,given,w,greedy,valid,noise", MIX_CASES)
-def test_mixture_partial_matches_reference(triton_backend, kind, dtype, V, offset, T, top_k, given, w, greedy,
-                                           valid, noise):
+@pytest.mark.parametrize("kind,dtype,V,offset,T,top_k,top_p,given,w,greedy,valid,noise", MIX_CASES)
+def test_mixture_partial_matches_reference(triton_backend, kind, dtype, V, offset, T, top_k, top_p, given, w,
+                                           greedy, valid, noise):
     D = _logits(kind, V, dtype, seed=V + offset)
     A = _logits("flat", V, dtype, seed=V + offset + 1)
     draft = _draft_tokens(V, offset, seed=offset)
-    filt = Filter(T, top_k, 1.0)
+    filt = Filter(T, top_k, top_p)
     rng = _noise(noise, V)
     tau = _threshold(D * 1.25, filt) if given else None
     vl = None if valid is None else torch.tensor(valid, dtype=torch.int64, device=DEV)

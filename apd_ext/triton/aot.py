@@ -9,8 +9,8 @@ the compiler rejects, so this check compiles, for each target architecture, ever
 specialisation the ops can launch:
 
 1. Enumerate. The real host functions (sample_draft, mixture_accept, their vocabulary-parallel
-   partial forms, compute_tau) run on a grid of options with tensors on the "meta" device, which the launchers plan as on a GPU
-   (common.META_GPU: 132 SMs, 50 MB of L2). A stand-in Triton driver reports a CUDA target of the
+   partial forms, compute_tau) run on a grid of options with tensors on the "meta" device, which
+   the launchers plan as on a GPU (common.META_GPU: 132 SMs, 50 MB of L2). A stand-in Triton driver reports a CUDA target of the
    requested architecture, and Triton's jit_cache_hook receives what Triton itself derived from
    the actual arguments (signature, constexprs, pointer/int alignment attributes, options) and
    skips the compile and the launch. Identical specialisations are recorded once.
