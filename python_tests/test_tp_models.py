@@ -154,7 +154,8 @@ def _compiled_outputs(runner, x: dict) -> dict:
         del runner.model.forward
 
 
-def _cases_rank(tp, cases: list) -> list:
+def _cases_rank(tp, cases: list, wrong_shape: Path) -> tuple[list, tuple]:
+    wrong = _outcome(lambda: DllmRunner.from_pretrained(wrong_shape, tp=tp))
     out = []
     for i, (kind, path, kw, x) in enumerate(cases):
         whole_reads, restore = _record_whole_reads()
@@ -173,7 +174,7 @@ def _cases_rank(tp, cases: list) -> list:
                     "shard": (runner.shard.lo, runner.shard.hi, runner.shard.vocab), "width": runner.logits_width,
                     "replicated": getattr(runner, "replicated", False), "vocab_size": runner.vocab_size,
                     "compiled": _compiled_outputs(runner, x) if i in COMPILED else None})
-    return out
+    return out, wrong
 
 
 @pytest.fixture(scope="module")
@@ -199,12 +200,18 @@ def world2(tmp_path_factory):
     for kind, path, kw, x in cases:
         runner = _load(kind, path, None, vocab_size=kw.get("vocab_size"))
         whole.append({"runner": runner, "logits": _outputs(runner, x)})
-    return cases, whole, run_ranks(_cases_rank, 2, cases)
+    wrong = tmp / "wrong"  # the golden dLLM with a config that says intermediate_size 256 (it is 128)
+    shutil.copytree(dream, wrong)
+    (wrong / "config.json").chmod(0o644)
+    (wrong / "config.json").write_text(json.dumps(dict(json.loads((dream / "config.json").read_text()),
+                                                       intermediate_size=256)))
+    ranks = run_ranks(_cases_rank, 2, cases, wrong)
+    return cases, whole, [r[0] for r in ranks], [r[1] for r in ranks]
 
 
 @pytest.mark.parametrize("i", range(N_CASES))
 def test_sharded_logits_concatenate_to_the_unsharded(world2, i):
-    cases, whole, ranks = world2
+    cases, whole, ranks, _ = world2
     kind, path, kw, _ = cases[i]
     want = whole[i]["logits"]
     for key, w in want.items():
@@ -219,7 +226,7 @@ def test_sharded_logits_concatenate_to_the_unsharded(world2, i):
 
 @pytest.mark.parametrize("i", COMPILED)
 def test_split_forward_compiles_in_one_graph(world2, i):
-    _, _, ranks = world2
+    _, _, ranks, _ = world2
     for r in ranks:
         for key, eager in r[i]["logits"].items():
             torch.testing.assert_close(r[i]["compiled"][key], eager)
@@ -228,7 +235,7 @@ def test_split_forward_compiles_in_one_graph(world2, i):
 def test_dllm_and_verifier_slices_cover_the_same_tokens(world2):
     """A pair given one shared vocabulary: each rank's dLLM and verifier logits start at the same
     global token (the last rank's also hold their model's rows past it)."""
-    cases, _, ranks = world2
+    cases, _, ranks, _ = world2
     for r in ranks:
         assert r[0]["shard"] == r[1]["shard"] == r[2]["shard"][:2] + (410,)
         assert r[3]["shard"] == r[5]["shard"] == r[6]["shard"]
@@ -239,7 +246,7 @@ def test_dllm_and_verifier_slices_cover_the_same_tokens(world2):
 def test_each_rank_holds_and_reads_only_its_slices(world2, i):
     """Split parameters concatenate to the unsharded ones, the others are whole on every rank; a
     split tensor is never read whole (get_slice only)."""
-    cases, whole, ranks = world2
+    cases, whole, ranks, _ = world2
     model = whole[i]["runner"].model
     tied = model.tied_parameter_names
     for name, full in model.named_parameters():
@@ -260,7 +267,7 @@ def test_each_rank_holds_and_reads_only_its_slices(world2, i):
 
 @pytest.mark.parametrize("i", [0, 3, 6])
 def test_sharded_bodies_hold_about_half_the_bytes(world2, i):
-    cases, whole, ranks = world2
+    cases, whole, ranks, _ = world2
     full = whole[i]["runner"].weight_bytes()
     assert full == sum(p.numel() * p.element_size() for p in whole[i]["runner"].model.parameters())
     assert all(r[i]["bytes"] < 0.6 * full for r in ranks), ([r[i]["bytes"] for r in ranks], full)
@@ -272,7 +279,7 @@ def test_sharded_bodies_hold_about_half_the_bytes(world2, i):
 def test_replicated_verifiers_run_no_collective(world2):
     """A replicated body runs no all-reduce in its forwards; a split one runs one after the
     embedding and two per layer in each of its 4 forwards (2 prefill + 2 step)."""
-    cases, whole, ranks = world2
+    cases, whole, ranks, _ = world2
     for i, (kind, path, kw, _) in enumerate(cases):
         layers = whole[i]["runner"].config.num_hidden_layers
         replicated = ranks[0][i]["replicated"]
@@ -281,8 +288,20 @@ def test_replicated_verifiers_run_no_collective(world2):
         assert all(r[i]["all_reduces"] == (0 if replicated else forwards * (1 + 2 * layers)) for r in ranks)
 
 
+def test_wrong_shape_names_file_tensor_and_full_shapes(world2):
+    """Shapes are checked as the full model's, not the rank's slice: down_proj (64, 128) in the file
+    against the (64, 256) a config with intermediate_size 256 implies (each rank would hold 128 of
+    its columns, as many as the file's whole tensor has)."""
+    outcomes = world2[3]
+    assert all(kind == "TensorParallelError" for kind, _ in outcomes), outcomes
+    msg = outcomes[0][1]
+    assert "failed on 2 of 2 ranks" in msg and "model.safetensors: tensor 'model.layers.0.mlp.down_proj" in msg, msg
+    assert "has shape (64, 128); the model built from config.json expects (64, 256)" in msg, msg
+    assert outcomes[1][1] == msg
+
+
 def test_tied_replicated_bytes_count_the_embedding_once(world2):
-    cases, whole, ranks = world2
+    cases, whole, ranks, _ = world2
     emb = whole[7]["runner"].model.model.embed_tokens.weight
     full = whole[7]["runner"].weight_bytes()
     assert full == sum(p.numel() * p.element_size() for p in whole[7]["runner"].model.parameters())
