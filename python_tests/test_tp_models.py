@@ -19,7 +19,7 @@ from apd_ext.models import HFDllm, HFVerifier
 from apd_ext.models.runners import REPLICATE_BELOW, DllmRunner, VerifierRunner, _replicates
 from apd_ext.models.config import ModelConfig
 from apd_ext.tiny import DLLM_DIR, VERIFIER_DIR
-from distributed import RankFailed, run_ranks
+from distributed import run_ranks
 
 ATOL, RTOL = 2e-5, 1e-5  # fp32; the split o_proj / down_proj sums round in another order
 N_CASES = 9  # the world-2 cases (fixture world2)
