@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import tempfile
+import time
 import traceback
+from datetime import timedelta
 
 import torch.multiprocessing as mp
 
@@ -28,15 +29,8 @@ class RankFailed(AssertionError):
         super().__init__(f"{len(errors)} rank(s) failed:\n{text}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _entry(rank: int, world: int, outdir: str, fn, args) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     import torch
     import torch.distributed as dist
 
@@ -45,7 +39,10 @@ def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
 
     result = None
     try:
-        tp = TensorParallel.init(backend="gloo", device="cpu", timeout_s=60)
+        # a file rendezvous in the run's own directory: no port to race for with other runs
+        dist.init_process_group("gloo", init_method=f"file://{os.path.join(outdir, 'rendezvous')}", rank=rank,
+                                world_size=world, timeout=timedelta(seconds=120))
+        tp = TensorParallel.init(device="cpu")
         result = ("ok", fn(tp, *args))
     except BaseException as e:  # reported to the parent, which raises RankFailed
         result = ("error", (type(e).__name__, str(e), traceback.format_exc()))
@@ -59,10 +56,8 @@ def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
 def run_ranks(fn, world: int = 2, *args, timeout: float = 300.0) -> list:
     """[fn(tp, *args) of rank 0, ..., of rank world-1]; RankFailed when any rank raised."""
     with tempfile.TemporaryDirectory() as outdir:
-        ctx = mp.start_processes(_entry, args=(world, _free_port(), outdir, fn, args), nprocs=world,
-                                 join=False, start_method="spawn")
-        import time
-
+        ctx = mp.start_processes(_entry, args=(world, outdir, fn, args), nprocs=world, join=False,
+                                 start_method="spawn")
         deadline = time.monotonic() + timeout
         while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
             if time.monotonic() > deadline:
