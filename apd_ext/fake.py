@@ -21,3 +21,20 @@ def _mixture_accept_fake(dllm_logits, verifier_logits, draft_tokens, vocab_size,
     logp = [dllm_logits.new_empty((B, K), dtype=torch.float32) for _ in range(3)]
     return (dllm_logits.new_empty((B,), dtype=torch.int64),
             dllm_logits.new_empty((B, K), dtype=torch.int64), *logp)
+
+
+@torch.library.register_fake("apd_ext::sample_draft_partial")
+def _sample_draft_partial_fake(dllm_logits, vocab_size, vocab_offset, temperature, top_k, top_p, seed, seed_value,
+                               offset, offset_value, noise, threshold):
+    B, K, _ = dllm_logits.shape
+    return (dllm_logits.new_empty((B, K), dtype=torch.int64),
+            dllm_logits.new_empty((B, K, 4), dtype=torch.float32))  # backends.DRAFT_STATS
+
+
+@torch.library.register_fake("apd_ext::mixture_accept_partial")
+def _mixture_accept_partial_fake(dllm_logits, verifier_logits, draft_tokens, vocab_size, vocab_offset,
+                                 mixture_weight, temperature, top_k, top_p, valid_lengths, greedy_target, seed,
+                                 seed_value, offset, offset_value, noise, threshold):
+    B, K, _ = dllm_logits.shape
+    return (dllm_logits.new_empty((B, K), dtype=torch.int64),
+            dllm_logits.new_empty((B, K, 10), dtype=torch.float32))  # backends.MIXTURE_STATS

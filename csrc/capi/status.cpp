@@ -26,4 +26,12 @@ extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args*, void*,
 extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args*, void*, size_t, cudaStream_t) {
   return APD_ERROR_UNSUPPORTED;
 }
+extern "C" apd_status apd_sample_draft_partial_cuda(const apd_sample_draft_partial_args*, void*, size_t,
+                                                    cudaStream_t) {
+  return APD_ERROR_UNSUPPORTED;
+}
+extern "C" apd_status apd_mixture_accept_partial_cuda(const apd_mixture_accept_partial_args*, void*, size_t,
+                                                      cudaStream_t) {
+  return APD_ERROR_UNSUPPORTED;
+}
 #endif

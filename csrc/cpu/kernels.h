@@ -24,12 +24,14 @@ struct MixMath {
 };
 
 struct DraftRow {
-  int64_t token;
+  int64_t token;  // local index of the first best score (0 when every score is -inf)
+  float score;    // that score
   Lse kept;  // log-sum-exp state of D over the kept entries
 };
 
 struct MixtureRow {
-  int64_t target;
+  int64_t target;  // local index, as DraftRow::token
+  float score;
   Lse dllm_kept, verifier, mixture_kept;  // log-sum-exp states
 };
 

@@ -10,52 +10,10 @@
 #include "apd/philox.h"
 #include "apd/validate.h"
 #include "cpu/kernels.h"
+#include "cpu/rows.h"
 
 namespace apd::cpu {
 namespace {
-
-size_t elem_bytes(apd_dtype t) {
-  switch (t) {
-    case APD_FLOAT16:
-    case APD_BFLOAT16:
-      return 2;
-    case APD_FLOAT64:
-      return 8;
-    default:
-      return 4;
-  }
-}
-
-const void* row_ptr(const apd_logits& l, int64_t b, int64_t i) {
-  return static_cast<const char*>(l.data) + (b * l.stride_b + i * l.stride_k) * elem_bytes(l.dtype);
-}
-
-// How the row's logits are filtered (the threshold is only computed when a filter is active).
-RowMath row_math(const apd_filter& f, const void* row, apd_dtype dtype, int64_t vocab) {
-  RowMath rm;
-  rm.greedy = f.temperature == 0.0;
-  rm.inv_temperature = rm.greedy ? 1.0f : static_cast<float>(1.0 / f.temperature);
-  rm.threshold = apd_filter_active(&f, vocab)
-                     ? filter_threshold(row, dtype, vocab, rm.greedy, rm.inv_temperature, f.top_k, f.top_p)
-                     : kNegInf;
-  return rm;
-}
-
-// d when the entry is in the filtered support, else -inf (reference.py: where(keep, D, -inf)).
-float kept(float d, const RowMath& rm) {
-  const float x = rm.greedy ? d : d * rm.inv_temperature;
-  return x >= rm.threshold && d > kNegInf ? d : kNegInf;
-}
-
-MixMath mix_math(const apd_mixture_accept_args& a) {
-  MixMath mm;
-  mm.w = static_cast<float>(a.mixture_weight);
-  mm.omw = static_cast<float>(1.0 - a.mixture_weight);
-  mm.weight_is_one = a.mixture_weight == 1.0;
-  mm.weight_is_zero = a.mixture_weight == 0.0;
-  mm.target = apd_target_mode_of(a.greedy_target, &a.filter, &a.noise);
-  return mm;
-}
 
 // The accepted prefix of batch row b (APD_SPEC step 4): draft tokens in range that equal the
 // target (position 0 always agrees), at most valid_length positions.
@@ -100,7 +58,7 @@ extern "C" apd_status apd_mixture_accept_cpu(const apd_mixture_accept_args* args
   auto valid_length = [&](int64_t b) {
     return a.valid_lengths == nullptr ? K : std::clamp<int64_t>(a.valid_lengths[b], 0, K);
   };
-  const MixMath mm = mix_math(a);
+  const MixMath mm = mix_math(a.mixture_weight, a.greedy_target, a.filter, a.noise);
   const float nan = std::numeric_limits<float>::quiet_NaN();
 
 #pragma omp parallel for schedule(dynamic, 1) if (rows > 1)
@@ -124,11 +82,10 @@ extern "C" apd_status apd_mixture_accept_cpu(const apd_mixture_accept_args* args
     }
     const float d = load_entry(drow, a.dllm.dtype, tok);
     const float v = load_entry(arow, a.verifier.dtype, tok);
-    const float mix = mm.weight_is_one ? d : mm.weight_is_zero ? v : mm.w * d + mm.omw * v;
     const bool keep = kept(d, rm) > apd::kNegInf;
     a.logp_dllm[r] = apd::log_prob(kept(d, rm), out.dllm_kept);
     a.logp_verifier[r] = apd::log_prob(v, out.verifier);
-    a.logp_mixture[r] = apd::log_prob(keep ? apd::nan_to_neginf(mix) : apd::kNegInf, out.mixture_kept);
+    a.logp_mixture[r] = apd::log_prob(keep ? mix_value(mm, d, v) : apd::kNegInf, out.mixture_kept);
   }
   for (int64_t b = 0; b < a.batch; ++b) a.num_accepted[b] = accepted(a, b, valid_length(b));
   return APD_OK;

@@ -137,9 +137,10 @@ FilterParams filter_params(const apd_logits& l, int64_t rows, int64_t window, in
   return fp;
 }
 
-// What both entry points do before their own launch: the split plan, the workspace carve-up and,
-// with an active filter, the filter kernel writing tau. Args: apd_sample_draft_args or
-// apd_mixture_accept_args; single_split_partials: whether one split still needs partials.
+// What every entry point does before its own launch: the split plan, the workspace carve-up and,
+// with an active filter, the filter kernel writing tau. Args: apd_sample_draft_args,
+// apd_mixture_accept_args or their _partial_ forms; single_split_partials: whether one split still
+// needs partials; threshold_given: the caller's thresholds replace the filter (partial ops).
 struct Prepared {
   int64_t rows;
   Plan plan;
@@ -150,7 +151,7 @@ struct Prepared {
 template <class Args>
 apd_status prepare(const Args& a, int chunk_width, size_t partial_bytes, bool single_split_partials,
                    const int64_t* valid_lengths, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                   Prepared* out) {
+                   Prepared* out, bool threshold_given = false) {
   if (apd::check_args(a) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
   out->rows = rows_of(a.batch, a.window);
   if (out->rows < 0) return APD_ERROR_INVALID_ARGUMENT;
@@ -159,7 +160,7 @@ apd_status prepare(const Args& a, int chunk_width, size_t partial_bytes, bool si
   out->plan = plan_splits(out->rows, a.vocab, chunk_width, sms);
   const int64_t rows = out->rows, splits = out->plan.splits;
   if (rows * splits > INT32_MAX) return APD_ERROR_INVALID_ARGUMENT;
-  const bool filtered = apd_filter_active(&a.filter, a.vocab) != 0;
+  const bool filtered = !threshold_given && apd_filter_active(&a.filter, a.vocab) != 0;
   const int64_t partials = splits > 1 || single_split_partials ? rows * splits : 0;
   const apd_status st =
       carve(workspace, workspace_bytes, rows, filtered, partials, partial_bytes, &out->tau, &out->partials);
@@ -168,6 +169,46 @@ apd_status prepare(const Args& a, int chunk_width, size_t partial_bytes, bool si
   if (const cudaError_t e = run_filter(a.dllm.dtype, fp, stream); e != cudaSuccess)
     return cuda_failure("filter launch", e);
   return APD_OK;
+}
+
+// The launch parameters of either form of each op (Args: apd_sample_draft_args or its partial
+// form; outputs and the partial fields are set by the caller).
+template <class Args>
+DraftParams draft_params(const Args& a, const Prepared& w) {
+  DraftParams p{};
+  p.dllm = a.dllm;
+  p.window = a.window;
+  p.vocab = a.vocab;
+  p.inv_t = inv_temperature(a.filter.temperature);
+  p.tau = w.tau;
+  p.noise = a.noise;
+  p.splits = w.plan.splits;
+  p.chunks_per_split = w.plan.chunks_per_split;
+  p.partials = static_cast<DraftPartial*>(w.partials);
+  return p;
+}
+
+template <class Args>
+MixParams mix_params(const Args& a, const Prepared& w) {
+  MixParams p{};
+  p.dllm = a.dllm;
+  p.verifier = a.verifier;
+  p.batch = a.batch;
+  p.window = a.window;
+  p.vocab = a.vocab;
+  p.valid_lengths = a.valid_lengths;
+  p.draft_tokens = a.draft_tokens;
+  p.draft_stride_b = a.draft_stride_b;
+  p.inv_t = inv_temperature(a.filter.temperature);
+  p.wf = static_cast<float>(a.mixture_weight);
+  p.omwf = static_cast<float>(1.0 - a.mixture_weight);
+  p.w_mode = a.mixture_weight == 1.0 ? kWeightOne : a.mixture_weight == 0.0 ? kWeightZero : kWeightMix;
+  p.tau = w.tau;
+  p.noise = a.noise;
+  p.splits = w.plan.splits;
+  p.chunks_per_split = w.plan.chunks_per_split;
+  p.partials = static_cast<MixPartial*>(w.partials);
+  return p;
 }
 
 }  // namespace
@@ -194,16 +235,7 @@ extern "C" apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, v
                                     workspace_bytes, stream, &w);
       st != APD_OK)
     return st;
-  DraftParams p{};
-  p.dllm = a.dllm;
-  p.window = a.window;
-  p.vocab = a.vocab;
-  p.inv_t = inv_temperature(a.filter.temperature);
-  p.tau = w.tau;
-  p.noise = a.noise;
-  p.splits = w.plan.splits;
-  p.chunks_per_split = w.plan.chunks_per_split;
-  p.partials = static_cast<DraftPartial*>(w.partials);
+  DraftParams p = draft_params(a, w);
   p.tokens = a.tokens;
   p.logprobs = a.logprobs;
   const bool sampled = apd_draft_mode_of(&a.filter, &a.noise) != APD_DRAFT_ARGMAX;
@@ -222,24 +254,7 @@ extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* arg
                                     a.valid_lengths, workspace, workspace_bytes, stream, &w);
       st != APD_OK)
     return st;
-  MixParams p{};
-  p.dllm = a.dllm;
-  p.verifier = a.verifier;
-  p.batch = a.batch;
-  p.window = a.window;
-  p.vocab = a.vocab;
-  p.valid_lengths = a.valid_lengths;
-  p.draft_tokens = a.draft_tokens;
-  p.draft_stride_b = a.draft_stride_b;
-  p.inv_t = inv_temperature(a.filter.temperature);
-  p.wf = static_cast<float>(a.mixture_weight);
-  p.omwf = static_cast<float>(1.0 - a.mixture_weight);
-  p.w_mode = a.mixture_weight == 1.0 ? kWeightOne : a.mixture_weight == 0.0 ? kWeightZero : kWeightMix;
-  p.tau = w.tau;
-  p.noise = a.noise;
-  p.splits = w.plan.splits;
-  p.chunks_per_split = w.plan.chunks_per_split;
-  p.partials = static_cast<MixPartial*>(w.partials);
+  MixParams p = mix_params(a, w);
   p.num_accepted = a.num_accepted;
   p.target_tokens = a.target_tokens;
   p.logp_dllm = a.logp_dllm;
@@ -248,5 +263,49 @@ extern "C" apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* arg
   const apd_target_mode mode = apd_target_mode_of(a.greedy_target, &a.filter, &a.noise);
   if (const cudaError_t e = launch_mixture_accept(a.dllm.dtype, a.verifier.dtype, mode, p, stream); e != cudaSuccess)
     return cuda_failure("mixture_accept launch", e);
+  return APD_OK;
+}
+
+// Partial ops: the same kernels on one vocabulary slice (DraftParams / MixParams with stats set);
+// a given threshold replaces the filter kernel's (no tau in the workspace then).
+extern "C" apd_status apd_sample_draft_partial_cuda(const apd_sample_draft_partial_args* args, void* workspace,
+                                                    size_t workspace_bytes, cudaStream_t stream) {
+  using namespace apd::cuda;
+  if (args == nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  const apd_sample_draft_partial_args& a = *args;
+  Prepared w{};
+  if (const apd_status st = prepare(a, chunk_width_of(a.dllm.dtype), sizeof(DraftPartial), false, nullptr, workspace,
+                                    workspace_bytes, stream, &w, a.threshold != nullptr);
+      st != APD_OK)
+    return st;
+  DraftParams p = draft_params(a, w);
+  if (a.threshold != nullptr) p.tau = a.threshold;
+  p.tokens = a.tokens;
+  p.vocab_offset = a.vocab_offset;
+  p.stats = a.stats;
+  const bool sampled = apd_draft_mode_of(&a.filter, &a.noise) != APD_DRAFT_ARGMAX;
+  if (const cudaError_t e = launch_sample_draft(a.dllm.dtype, sampled, p, w.rows, stream); e != cudaSuccess)
+    return cuda_failure("sample_draft_partial launch", e);
+  return APD_OK;
+}
+
+extern "C" apd_status apd_mixture_accept_partial_cuda(const apd_mixture_accept_partial_args* args, void* workspace,
+                                                      size_t workspace_bytes, cudaStream_t stream) {
+  using namespace apd::cuda;
+  if (args == nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  const apd_mixture_accept_partial_args& a = *args;
+  Prepared w{};
+  if (const apd_status st = prepare(a, mixture_chunk_width(a.dllm.dtype, a.verifier.dtype), sizeof(MixPartial), true,
+                                    a.valid_lengths, workspace, workspace_bytes, stream, &w, a.threshold != nullptr);
+      st != APD_OK)
+    return st;
+  MixParams p = mix_params(a, w);
+  if (a.threshold != nullptr) p.tau = a.threshold;
+  p.target_tokens = a.target_tokens;
+  p.vocab_offset = a.vocab_offset;
+  p.stats = a.stats;
+  const apd_target_mode mode = apd_target_mode_of(a.greedy_target, &a.filter, &a.noise);
+  if (const cudaError_t e = launch_mixture_accept(a.dllm.dtype, a.verifier.dtype, mode, p, stream); e != cudaSuccess)
+    return cuda_failure("mixture_accept_partial launch", e);
   return APD_OK;
 }

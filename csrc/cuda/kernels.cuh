@@ -75,6 +75,9 @@ struct DraftPartial {
   Best best;
 };
 
+// The partial ops (apd_*_partial_cuda) run the same kernels with stats != null: noise at global
+// ids vocab_offset + v, tokens reported as global ids, stats instead of log-probs; tau is then
+// the caller's threshold when given.
 struct DraftParams {
   apd_logits dllm;  // device data, element strides
   int64_t window, vocab;
@@ -85,7 +88,9 @@ struct DraftParams {
   int64_t chunks_per_split;  // in chunks of chunk_width<F>() entries
   DraftPartial* partials;    // [rows * splits] when splits > 1
   int64_t* tokens;           // out [rows]
-  float* logprobs;           // out [rows]
+  float* logprobs;           // out [rows] (full op)
+  int64_t vocab_offset;      // partial op: global id of entry 0 (0 for the full op)
+  float* stats;              // partial op: out [rows, APD_DRAFT_NSTATS]; null for the full op
 };
 cudaError_t launch_sample_draft(apd_dtype dtype, bool sampled, const DraftParams& p, int64_t rows,
                                 cudaStream_t stream);
@@ -114,7 +119,9 @@ struct MixParams {
   MixPartial* partials;      // [rows * splits]
   int64_t* num_accepted;
   int64_t* target_tokens;
-  float *logp_dllm, *logp_verifier, *logp_mixture;
+  float *logp_dllm, *logp_verifier, *logp_mixture;  // full op
+  int64_t vocab_offset;  // partial op: global id of entry 0 (0 for the full op)
+  float* stats;          // partial op: out [rows, APD_MIXTURE_NSTATS] (no num_accepted / logp_*); null: full op
 };
 // target_mode: apd/modes.h (both sampled modes run one kernel: RowNoise picks the noise source).
 cudaError_t launch_mixture_accept(apd_dtype dllm_dtype, apd_dtype verifier_dtype, apd_target_mode target_mode,

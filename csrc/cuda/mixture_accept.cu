@@ -37,7 +37,10 @@ cudaError_t launch(apd_target_mode target_mode, const MixParams& p, cudaStream_t
   if (!unfiltered_done) launch_partial<FD, FA, true>(target_mode, p, grid, stream);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  mixture_finalize_kernel<FD, FA><<<static_cast<unsigned>(p.batch), kThreads, 0, stream>>>(p);
+  if (p.stats != nullptr)
+    mixture_partial_finalize_kernel<FD, FA><<<static_cast<unsigned>(ceil_div(rows, kThreads)), kThreads, 0, stream>>>(p, rows);
+  else
+    mixture_finalize_kernel<FD, FA><<<static_cast<unsigned>(p.batch), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

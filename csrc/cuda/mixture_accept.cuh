@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
   const int64_t c0 = split * p.chunks_per_split;
   const int64_t c1 = c0 + p.chunks_per_split < nchunks ? c0 + p.chunks_per_split : nchunks;
   RowNoise rn{};
-  if constexpr (kSampled) rn = row_noise(p.noise, b, i);
+  if constexpr (kSampled) rn = row_noise(p.noise, b, i, p.vocab_offset);
 
   Lse st[3] = {lse_init(), lse_init(), lse_init()};  // kept D, A, kept mix
   Best best = best_init();
@@ -89,8 +89,10 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
   if constexpr (kSampled) {
     if (threadIdx.x == 0) {
       float hint = kNegInf;
-      const int64_t dt = p.draft_tokens[b * p.draft_stride_b + i];
-      if (rn.generated() && dt >= 0 && dt < V) {
+      // The draft token is a global id; its entry in this row is dt (partial ops: a slice).
+      const int64_t dg = p.draft_tokens[b * p.draft_stride_b + i];
+      const int64_t dt = dg - p.vocab_offset;
+      if (rn.generated() && dg >= p.vocab_offset && dt < V) {
         const MixEntry e = mix_entry<kTarget, kFiltered>(p, load_entry<FD>(rowd, dt), load_entry<FA>(rowa, dt), tau, inv_t);
         hint = score_hint(e.tt, rn, dt);
       }
@@ -225,6 +227,53 @@ __global__ void __launch_bounds__(kThreads) mixture_finalize_kernel(const MixPar
   if (threadIdx.x == 0) {
     for (int w = 1; w < kWarps; ++w) m = s_min[w] < m ? s_min[w] : m;
     p.num_accepted[b] = m;
+  }
+}
+
+// Partial op (p.stats != null): one thread per row merges the row's splits in split order and
+// writes the global target id and the stats (apd_mixture_stat); rows at i >= L(b) get the
+// empty stats. No accepted prefix: that needs every vocabulary slice.
+template <class FD, class FA>
+__global__ void __launch_bounds__(kThreads) mixture_partial_finalize_kernel(const MixParams p, int64_t rows) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (r >= rows) return;
+  const int64_t b = r / p.window, i = r - b * p.window;
+  float* st = p.stats + r * APD_MIXTURE_NSTATS;
+  if (i >= valid_length(p.valid_lengths, b, p.window)) {
+    p.target_tokens[r] = -1;
+#pragma unroll
+    for (int f = 0; f < APD_MIXTURE_NSTATS; ++f) st[f] = kNegInf;
+    st[APD_MIXTURE_STAT_DLLM_SUM] = st[APD_MIXTURE_STAT_VERIFIER_SUM] = st[APD_MIXTURE_STAT_MIXTURE_SUM] = 0.0f;
+    return;
+  }
+  const MixPartial* q = p.partials + r * p.splits;
+  MixPartial m = q[0];
+  for (int s = 1; s < p.splits; ++s) {
+    m.ld = lse_combine(m.ld, q[s].ld);
+    m.la = lse_combine(m.la, q[s].la);
+    m.lm = lse_combine(m.lm, q[s].lm);
+    m.best = best_combine(m.best, q[s].best);
+  }
+  p.target_tokens[r] = p.vocab_offset + m.best.index;
+  st[APD_MIXTURE_STAT_SCORE] = m.best.score;
+  st[APD_MIXTURE_STAT_DLLM_MAX] = m.ld.max;
+  st[APD_MIXTURE_STAT_DLLM_SUM] = m.ld.sum;
+  st[APD_MIXTURE_STAT_VERIFIER_MAX] = m.la.max;
+  st[APD_MIXTURE_STAT_VERIFIER_SUM] = m.la.sum;
+  st[APD_MIXTURE_STAT_MIXTURE_MAX] = m.lm.max;
+  st[APD_MIXTURE_STAT_MIXTURE_SUM] = m.lm.sum;
+  const int64_t tok = p.draft_tokens[b * p.draft_stride_b + i];  // global id
+  if (tok >= p.vocab_offset && tok - p.vocab_offset < p.vocab) {
+    const int64_t j = tok - p.vocab_offset;
+    const float d = load_entry<FD>(row_pointer<FD>(p.dllm, b, i), j);
+    const float a = load_entry<FA>(row_pointer<FA>(p.verifier, b, i), j);
+    const float tau = p.tau != nullptr ? p.tau[r] : kNegInf;
+    const MixEntry e = mix_entry<APD_TARGET_ARGMAX_KEPT>(p, d, a, tau, p.inv_t);
+    st[APD_MIXTURE_STAT_DLLM_AT] = e.dk;
+    st[APD_MIXTURE_STAT_VERIFIER_AT] = a;
+    st[APD_MIXTURE_STAT_MIXTURE_AT] = e.mk;
+  } else {
+    st[APD_MIXTURE_STAT_DLLM_AT] = st[APD_MIXTURE_STAT_VERIFIER_AT] = st[APD_MIXTURE_STAT_MIXTURE_AT] = kNegInf;
   }
 }
 

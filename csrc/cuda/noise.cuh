@@ -27,9 +27,10 @@
 
 namespace apd::cuda {
 
-// apd::noise_bits4 for the row of r (v0 is 64-bit there: vocabularies up to 2^34, apd/validate.h).
+// apd::noise_bits4 for entry v0 of the row of r, i.e. global token r.vocab_offset + v0 (64-bit
+// there: vocabularies up to 2^34, apd/validate.h).
 __device__ __forceinline__ Philox4 noise_bits4_wide(const RowNoise& r, int64_t v0) {
-  return noise_bits4(r.seed, r.offset, r.i, static_cast<uint64_t>(v0));
+  return noise_bits4(r.seed, r.offset, r.i, r.vocab_offset + static_cast<uint64_t>(v0));
 }
 
 // Generated Gumbel noise of entry v (the same expression as in gumbel_max_group).

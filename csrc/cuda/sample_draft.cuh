@@ -24,6 +24,15 @@ __device__ __forceinline__ void draft_output(const DraftParams& p, int64_t row, 
   const int64_t tok = best.index;
   const float d = load_entry<F>(rowp, tok);
   const bool keep = __fmul_rn(d, p.inv_t) >= tau;
+  if (p.stats != nullptr) {  // partial op: global id and stats (apd_draft_stat)
+    p.tokens[row] = p.vocab_offset + tok;
+    float* st = p.stats + row * APD_DRAFT_NSTATS;
+    st[APD_DRAFT_STAT_SCORE] = best.score;
+    st[APD_DRAFT_STAT_LSE_MAX] = lse.max;
+    st[APD_DRAFT_STAT_LSE_SUM] = lse.sum;
+    st[APD_DRAFT_STAT_VALUE] = keep ? d : kNegInf;
+    return;
+  }
   p.tokens[row] = tok;
   p.logprobs[row] = log_prob(keep ? d : kNegInf, lse);
 }
@@ -46,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, 3) draft_partial_kernel(const DraftP
   const int64_t c0 = split * p.chunks_per_split;
   const int64_t c1 = c0 + p.chunks_per_split < nchunks ? c0 + p.chunks_per_split : nchunks;
   RowNoise rn{};
-  if constexpr (kSampled) rn = row_noise(p.noise, b, i);
+  if constexpr (kSampled) rn = row_noise(p.noise, b, i, p.vocab_offset);
 
   Lse lse[1] = {lse_init()};
   Best best = best_init();

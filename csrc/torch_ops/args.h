@@ -217,4 +217,131 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_a
   return {c.num_accepted, c.target_tokens, c.logp_dllm, c.logp_verifier, c.logp_mixture};
 }
 
+// ---- Vocabulary-parallel partial ops (apd.h: apd_*_partial_args) ---------------------------------
+
+struct SampleDraftPartialCall {
+  apd_sample_draft_partial_args args;
+  at::Tensor tokens, stats;
+  at::Tensor threshold;  // the dense float32 [B, K] copy the args point into (undefined: none)
+};
+
+struct MixtureAcceptPartialCall {
+  apd_mixture_accept_partial_args args;
+  at::Tensor target_tokens, stats;
+  at::Tensor threshold;
+};
+
+// The optional threshold override: float32 [batch, window] on `device`, made dense.
+inline at::Tensor threshold_arg(const std::optional<at::Tensor>& threshold, int64_t batch, int64_t window,
+                                const at::Device& device) {
+  if (!threshold.has_value()) return at::Tensor();
+  const at::Tensor& t = *threshold;
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "threshold must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == device, "threshold is on ", t.device(), ", expected ", device);
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == batch && t.size(1) == window, "threshold must be [B, K] = [", batch, ", ",
+              window, "], got ", t.sizes());
+  return t.contiguous();
+}
+
+inline void vocab_offset_arg(int64_t vocab_offset, int64_t vocab) {
+  TORCH_CHECK(vocab_offset >= 0 && vocab_offset % 4 == 0,
+              "vocab_offset must be a non-negative multiple of 4 (noise is drawn 4 tokens per counter), got ",
+              vocab_offset);
+  check_message(apd::check_vocab_offset(vocab_offset, vocab));
+}
+
+inline SampleDraftPartialCall sample_draft_partial_call(const at::Tensor& dllm, int64_t vocab, int64_t vocab_offset,
+                                                        const apd_filter& filter, const NoiseTensors& nt,
+                                                        const std::optional<at::Tensor>& threshold) {
+  const at::Device device = dllm.device();
+  SampleDraftPartialCall c;
+  apd_sample_draft_partial_args& a = c.args;
+  a = apd_sample_draft_partial_args{};
+  a.dllm = logits_arg(dllm, "dllm_logits", device);
+  check_vocab(dllm, nullptr, vocab);
+  vocab_offset_arg(vocab_offset, vocab);
+  a.batch = dllm.size(0);
+  a.window = dllm.size(1);
+  a.vocab = vocab;
+  a.vocab_offset = vocab_offset;
+  a.filter = filter;
+  a.noise = nt.to_apd(a.batch, a.window, vocab, device);
+  c.threshold = threshold_arg(threshold, a.batch, a.window, device);
+  a.threshold = c.threshold.defined() ? c.threshold.data_ptr<float>() : nullptr;
+  c.tokens = at::empty({a.batch, a.window}, dllm.options().dtype(at::kLong));
+  c.stats = at::empty({a.batch, a.window, APD_DRAFT_NSTATS}, dllm.options().dtype(at::kFloat));
+  a.tokens = c.tokens.data_ptr<int64_t>();
+  a.stats = c.stats.data_ptr<float>();
+  check_message(check_args(a));
+  return c;
+}
+
+inline MixtureAcceptPartialCall mixture_accept_partial_call(
+    const at::Tensor& dllm, const at::Tensor& verifier, const at::Tensor& draft, int64_t vocab, int64_t vocab_offset,
+    double mixture_weight, const std::optional<at::Tensor>& valid_lengths, bool greedy_target,
+    const apd_filter& filter, const NoiseTensors& nt, const std::optional<at::Tensor>& threshold) {
+  const at::Device device = dllm.device();
+  MixtureAcceptPartialCall c;
+  apd_mixture_accept_partial_args& a = c.args;
+  a = apd_mixture_accept_partial_args{};
+  a.dllm = logits_arg(dllm, "dllm_logits", device);
+  a.verifier = logits_arg(verifier, "verifier_logits", device);
+  check_vocab(dllm, &verifier, vocab);
+  vocab_offset_arg(vocab_offset, vocab);
+  a.batch = dllm.size(0);
+  a.window = dllm.size(1);
+  a.vocab = vocab;
+  a.vocab_offset = vocab_offset;
+  TORCH_CHECK(draft.scalar_type() == at::kLong && draft.device() == device && draft.dim() == 2 &&
+                  draft.size(0) == a.batch && draft.size(1) == a.window && draft.stride(1) == 1,
+              "draft_tokens must be int64 [B, K] on ", device, " with contiguous rows");
+  a.draft_tokens = draft.data_ptr<int64_t>();
+  a.draft_stride_b = draft.stride(0);
+  a.valid_lengths = valid_lengths_arg(valid_lengths, a.batch, device);
+  a.mixture_weight = mixture_weight;
+  a.greedy_target = greedy_target ? 1 : 0;
+  a.filter = filter;
+  a.noise = nt.to_apd(a.batch, a.window, vocab, device);
+  c.threshold = threshold_arg(threshold, a.batch, a.window, device);
+  a.threshold = c.threshold.defined() ? c.threshold.data_ptr<float>() : nullptr;
+  const auto opts = dllm.options();
+  c.target_tokens = at::empty({a.batch, a.window}, opts.dtype(at::kLong));
+  c.stats = at::empty({a.batch, a.window, APD_MIXTURE_NSTATS}, opts.dtype(at::kFloat));
+  a.target_tokens = c.target_tokens.data_ptr<int64_t>();
+  a.stats = c.stats.data_ptr<float>();
+  check_message(check_args(a));
+  return c;
+}
+
+// The partial ops' flat schemas (bindings.cpp); Backend also has
+//   static apd_status sample_draft_partial(SampleDraftPartialCall&);
+//   static apd_status mixture_accept_partial(MixtureAcceptPartialCall&);
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor> sample_draft_partial_op(
+    const at::Tensor& dllm, int64_t vocab, int64_t vocab_offset, double temperature, int64_t top_k, double top_p,
+    const std::optional<at::Tensor>& seed, int64_t seed_value, const std::optional<at::Tensor>& offset,
+    int64_t offset_value, const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold) {
+  SampleDraftPartialCall c =
+      sample_draft_partial_call(dllm, vocab, vocab_offset, filter_arg(temperature, top_k, top_p),
+                                NoiseTensors{seed, seed_value, offset, offset_value, noise}, threshold);
+  const apd_status st = Backend::sample_draft_partial(c);
+  TORCH_CHECK(st == APD_OK, "apd_ext.sample_draft_partial (", Backend::name, "): ", apd_status_string(st));
+  return {c.tokens, c.stats};
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor> mixture_accept_partial_op(
+    const at::Tensor& dllm, const at::Tensor& verifier, const at::Tensor& draft, int64_t vocab, int64_t vocab_offset,
+    double mixture_weight, double temperature, int64_t top_k, double top_p,
+    const std::optional<at::Tensor>& valid_lengths, bool greedy_target, const std::optional<at::Tensor>& seed,
+    int64_t seed_value, const std::optional<at::Tensor>& offset, int64_t offset_value,
+    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold) {
+  MixtureAcceptPartialCall c = mixture_accept_partial_call(
+      dllm, verifier, draft, vocab, vocab_offset, mixture_weight, valid_lengths, greedy_target,
+      filter_arg(temperature, top_k, top_p), NoiseTensors{seed, seed_value, offset, offset_value, noise}, threshold);
+  const apd_status st = Backend::mixture_accept_partial(c);
+  TORCH_CHECK(st == APD_OK, "apd_ext.mixture_accept_partial (", Backend::name, "): ", apd_status_string(st));
+  return {c.target_tokens, c.stats};
+}
+
 }  // namespace apd::torch_ops

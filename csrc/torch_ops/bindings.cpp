@@ -13,6 +13,10 @@ struct Cpu {
   static constexpr const char* name = "cpu";
   static apd_status sample_draft(SampleDraftCall& c) { return apd_sample_draft_cpu(&c.args); }
   static apd_status mixture_accept(MixtureAcceptCall& c) { return apd_mixture_accept_cpu(&c.args); }
+  static apd_status sample_draft_partial(SampleDraftPartialCall& c) { return apd_sample_draft_partial_cpu(&c.args); }
+  static apd_status mixture_accept_partial(MixtureAcceptPartialCall& c) {
+    return apd_mixture_accept_partial_cpu(&c.args);
+  }
 };
 
 }  // namespace
@@ -29,11 +33,24 @@ TORCH_LIBRARY(apd_ext, m) {
       "float mixture_weight, float temperature, int top_k, float top_p, Tensor? valid_lengths, "
       "bool greedy_target, Tensor? seed, int seed_value, Tensor? offset, int offset_value, Tensor? noise) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Vocabulary-parallel partial ops (reference.py): the rank's slice [vocab_offset, + vocab_size)
+  // of the vocabulary; threshold (float32 [B, K] or None) replaces top_k / top_p.
+  m.def(
+      "sample_draft_partial(Tensor dllm_logits, int vocab_size, int vocab_offset, float temperature, int top_k, "
+      "float top_p, Tensor? seed, int seed_value, Tensor? offset, int offset_value, Tensor? noise, "
+      "Tensor? threshold) -> (Tensor, Tensor)");
+  m.def(
+      "mixture_accept_partial(Tensor dllm_logits, Tensor verifier_logits, Tensor draft_tokens, int vocab_size, "
+      "int vocab_offset, float mixture_weight, float temperature, int top_k, float top_p, Tensor? valid_lengths, "
+      "bool greedy_target, Tensor? seed, int seed_value, Tensor? offset, int offset_value, Tensor? noise, "
+      "Tensor? threshold) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(apd_ext, CPU, m) {
   m.impl("sample_draft", &apd::torch_ops::sample_draft_op<apd::torch_ops::Cpu>);
   m.impl("mixture_accept", &apd::torch_ops::mixture_accept_op<apd::torch_ops::Cpu>);
+  m.impl("sample_draft_partial", &apd::torch_ops::sample_draft_partial_op<apd::torch_ops::Cpu>);
+  m.impl("mixture_accept_partial", &apd::torch_ops::mixture_accept_partial_op<apd::torch_ops::Cpu>);
 }
 
 PYBIND11_MODULE(_C, m) {

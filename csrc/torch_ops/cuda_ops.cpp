@@ -29,6 +29,18 @@ struct Cuda {
     return apd_mixture_accept_cuda(&c.args, ws.data_ptr(), static_cast<size_t>(ws.numel()),
                                    c10::cuda::getCurrentCUDAStream().stream());
   }
+  static apd_status sample_draft_partial(SampleDraftPartialCall& c) {
+    const c10::cuda::CUDAGuard guard(c.tokens.device());
+    at::Tensor ws = workspace(c.tokens, c.args.batch, c.args.window, c.args.vocab);
+    return apd_sample_draft_partial_cuda(&c.args, ws.data_ptr(), static_cast<size_t>(ws.numel()),
+                                         c10::cuda::getCurrentCUDAStream().stream());
+  }
+  static apd_status mixture_accept_partial(MixtureAcceptPartialCall& c) {
+    const c10::cuda::CUDAGuard guard(c.target_tokens.device());
+    at::Tensor ws = workspace(c.target_tokens, c.args.batch, c.args.window, c.args.vocab);
+    return apd_mixture_accept_partial_cuda(&c.args, ws.data_ptr(), static_cast<size_t>(ws.numel()),
+                                           c10::cuda::getCurrentCUDAStream().stream());
+  }
 };
 
 }  // namespace
@@ -37,4 +49,6 @@ struct Cuda {
 TORCH_LIBRARY_IMPL(apd_ext, CUDA, m) {
   m.impl("sample_draft", &apd::torch_ops::sample_draft_op<apd::torch_ops::Cuda>);
   m.impl("mixture_accept", &apd::torch_ops::mixture_accept_op<apd::torch_ops::Cuda>);
+  m.impl("sample_draft_partial", &apd::torch_ops::sample_draft_partial_op<apd::torch_ops::Cuda>);
+  m.impl("mixture_accept_partial", &apd::torch_ops::mixture_accept_partial_op<apd::torch_ops::Cuda>);
 }

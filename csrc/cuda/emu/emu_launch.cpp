@@ -60,7 +60,10 @@ static cudaError_t launch_m(apd_target_mode target_mode, const MixParams& p) {
     }
   }
   if (!unfiltered_done) launch_partial<FD, FA, true>(target_mode, p, grid);
-  emu::run(static_cast<unsigned>(p.batch), kThreads, [&] { mixture_finalize_kernel<FD, FA>(p); });
+  if (p.stats != nullptr)
+    emu::run(static_cast<unsigned>(ceil_div(rows, kThreads)), kThreads, [&] { mixture_partial_finalize_kernel<FD, FA>(p, rows); });
+  else
+    emu::run(static_cast<unsigned>(p.batch), kThreads, [&] { mixture_finalize_kernel<FD, FA>(p); });
   return cudaSuccess;
 }
 template <class FD>

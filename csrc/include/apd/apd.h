@@ -96,10 +96,75 @@ typedef struct apd_mixture_accept_args {
   float* logp_mixture;    /* out [batch, window] */
 } apd_mixture_accept_args;
 
+/* ---- Vocabulary-parallel partial ops (APD_SPEC "Vocabulary-parallel form"; reference.py:
+ * sample_draft_partial / mixture_accept_partial). A rank holds the logits of GLOBAL tokens
+ * [vocab_offset, vocab_offset + vocab); per (b, i) the op reports its best (score, global id) and
+ * float32 statistics that a combine across ranks turns into the full op's outputs.
+ * Generated noise is drawn at the global id vocab_offset + j (so vocab_offset must be a multiple
+ * of 4: one Philox counter covers 4 tokens); explicit uniforms are indexed by the local column j.
+ * threshold: NULL, or per row (b, i) the filter threshold in x units (x = D / T, D when T == 0;
+ * kept: x >= threshold) replacing top_k / top_p (which are then ignored); NULL computes them over
+ * this slice as the full ops do. Tokens of rows without a finite score are vocab_offset. */
+
+/* Fields of the stats of apd_sample_draft_partial_* ([batch, window, APD_DRAFT_NSTATS]). */
+typedef enum apd_draft_stat {
+  APD_DRAFT_STAT_SCORE = 0,   /* best score (x + g over the kept entries, x when T == 0; -inf: none) */
+  APD_DRAFT_STAT_LSE_MAX = 1, /* max of the kept D (-inf when nothing is kept) */
+  APD_DRAFT_STAT_LSE_SUM = 2, /* sum of exp(D - max) over the kept D (0 when nothing is kept) */
+  APD_DRAFT_STAT_VALUE = 3,   /* kept D at the token (-inf when not kept) */
+  APD_DRAFT_NSTATS = 4
+} apd_draft_stat;
+
+/* Fields of the stats of apd_mixture_accept_partial_* ([batch, window, APD_MIXTURE_NSTATS]).
+ * Positions at or beyond valid_lengths[b]: target -1, score and maxima -inf, sums 0, values -inf. */
+typedef enum apd_mixture_stat {
+  APD_MIXTURE_STAT_SCORE = 0,        /* best target score */
+  APD_MIXTURE_STAT_DLLM_MAX = 1,     /* (max, sum exp(x - max)) of the kept D */
+  APD_MIXTURE_STAT_DLLM_SUM = 2,
+  APD_MIXTURE_STAT_VERIFIER_MAX = 3, /* ... of A */
+  APD_MIXTURE_STAT_VERIFIER_SUM = 4,
+  APD_MIXTURE_STAT_MIXTURE_MAX = 5,  /* ... of the kept mixture */
+  APD_MIXTURE_STAT_MIXTURE_SUM = 6,
+  APD_MIXTURE_STAT_DLLM_AT = 7,      /* kept D, A, kept mixture at the (global) draft token when this */
+  APD_MIXTURE_STAT_VERIFIER_AT = 8,  /* slice holds it, else -inf */
+  APD_MIXTURE_STAT_MIXTURE_AT = 9,
+  APD_MIXTURE_NSTATS = 10
+} apd_mixture_stat;
+
+typedef struct apd_sample_draft_partial_args {
+  int64_t batch, window, vocab; /* vocab: entries of this slice */
+  int64_t vocab_offset;         /* global id of the slice's first entry: >= 0, a multiple of 4 */
+  apd_logits dllm;
+  apd_filter filter;
+  apd_noise noise;
+  const float* threshold; /* [batch, window] dense, or NULL (top_k / top_p over this slice) */
+  int64_t* tokens;        /* out [batch, window]: global ids */
+  float* stats;           /* out [batch, window, APD_DRAFT_NSTATS] */
+} apd_sample_draft_partial_args;
+
+typedef struct apd_mixture_accept_partial_args {
+  int64_t batch, window, vocab;
+  int64_t vocab_offset;
+  apd_logits dllm;
+  apd_logits verifier;
+  const int64_t* draft_tokens; /* [batch, window] GLOBAL ids, row stride draft_stride_b */
+  int64_t draft_stride_b;
+  const int64_t* valid_lengths; /* [batch] or NULL */
+  double mixture_weight;
+  int32_t greedy_target;
+  apd_filter filter;
+  apd_noise noise;
+  const float* threshold; /* [batch, window] dense, or NULL */
+  int64_t* target_tokens; /* out [batch, window]: global ids; -1 at positions >= valid_lengths[b] */
+  float* stats;           /* out [batch, window, APD_MIXTURE_NSTATS] */
+} apd_mixture_accept_partial_args;
+
 const char* apd_status_string(apd_status status);
 
 apd_status apd_sample_draft_cpu(const apd_sample_draft_args* args);
 apd_status apd_mixture_accept_cpu(const apd_mixture_accept_args* args);
+apd_status apd_sample_draft_partial_cpu(const apd_sample_draft_partial_args* args);
+apd_status apd_mixture_accept_partial_cpu(const apd_mixture_accept_partial_args* args);
 
 /* CUDA entry points. cudaStream_t is declared here so that this header needs no CUDA headers. */
 typedef struct CUstream_st* cudaStream_t;
@@ -112,6 +177,11 @@ apd_status apd_sample_draft_cuda(const apd_sample_draft_args* args, void* worksp
                                  size_t workspace_bytes, cudaStream_t stream);
 apd_status apd_mixture_accept_cuda(const apd_mixture_accept_args* args, void* workspace,
                                    size_t workspace_bytes, cudaStream_t stream);
+/* The partial ops need no more workspace than apd_workspace_bytes(batch, window, vocab). */
+apd_status apd_sample_draft_partial_cuda(const apd_sample_draft_partial_args* args, void* workspace,
+                                         size_t workspace_bytes, cudaStream_t stream);
+apd_status apd_mixture_accept_partial_cuda(const apd_mixture_accept_partial_args* args, void* workspace,
+                                           size_t workspace_bytes, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

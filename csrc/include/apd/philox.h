@@ -101,8 +101,11 @@ APD_HD Philox4 noise_bits4(uint64_t seed, uint64_t offset, uint32_t i, uint64_t 
 
 // The noise of one row (b, i) as the kernels read it: the row's explicit uniforms (u32 or u64,
 // from apd_noise.uniform) or the generator's (row seed, offset, window index i).
+// vocab_offset: global token id of the row's entry 0 (vocabulary-parallel partial ops; a multiple
+// of 4, 0 for the full ops): generated noise is drawn at vocab_offset + v, uniforms at v.
 struct RowNoise {
   uint64_t seed, offset;
+  uint64_t vocab_offset;
   uint32_t i;
   const float* u32;
   const double* u64;
@@ -124,6 +127,13 @@ APD_HD RowNoise row_noise(const apd_noise& n, int64_t b, int64_t i) {
   r.seed = row_seed(n.seeds, n.seed_value, n.seed_per_row != 0, b);
   r.offset = static_cast<uint64_t>(n.offset != nullptr ? *n.offset : n.offset_value);
   r.i = static_cast<uint32_t>(i);
+  return r;
+}
+
+// The same row of a vocabulary slice whose entry 0 is global token vocab_offset.
+APD_HD RowNoise row_noise(const apd_noise& n, int64_t b, int64_t i, int64_t vocab_offset) {
+  RowNoise r = row_noise(n, b, i);
+  r.vocab_offset = static_cast<uint64_t>(vocab_offset);
   return r;
 }
 

@@ -60,4 +60,35 @@ inline const char* check_args(const apd_mixture_accept_args& a) {
   return check_noise(a.noise, apd_target_sampled(apd_target_mode_of(a.greedy_target, &a.filter, &a.noise)) != 0);
 }
 
+// The vocabulary slice of a partial op: global ids [vocab_offset, vocab_offset + vocab) must have
+// noise counters (vocab_offset % 4 == 0: a Philox counter covers tokens 4c .. 4c + 3).
+inline const char* check_vocab_offset(int64_t vocab_offset, int64_t vocab) {
+  if (vocab_offset < 0) return "vocab_offset must be >= 0";
+  if (vocab_offset % 4 != 0) return "vocab_offset must be a multiple of 4 (noise is drawn 4 tokens per counter)";
+  if (vocab_offset > (int64_t{1} << 34) - vocab) return "vocab_offset + vocab is too large for the noise counter";
+  return nullptr;
+}
+
+inline const char* check_args(const apd_sample_draft_partial_args& a) {
+  if (const char* e = check_sizes(a.batch, a.window, a.vocab)) return e;
+  if (const char* e = check_vocab_offset(a.vocab_offset, a.vocab)) return e;
+  if (a.dllm.data == nullptr || a.tokens == nullptr || a.stats == nullptr) return "null pointer argument";
+  if (!is_logit_dtype(a.dllm.dtype)) return "dllm logits must be float32, float16 or bfloat16";
+  if (const char* e = check_filter(a.filter)) return e;
+  return check_noise(a.noise, apd_draft_mode_of(&a.filter, &a.noise) != APD_DRAFT_ARGMAX);
+}
+
+inline const char* check_args(const apd_mixture_accept_partial_args& a) {
+  if (const char* e = check_sizes(a.batch, a.window, a.vocab)) return e;
+  if (const char* e = check_vocab_offset(a.vocab_offset, a.vocab)) return e;
+  if (a.dllm.data == nullptr || a.verifier.data == nullptr || a.draft_tokens == nullptr ||
+      a.target_tokens == nullptr || a.stats == nullptr)
+    return "null pointer argument";
+  if (!is_logit_dtype(a.dllm.dtype)) return "dllm logits must be float32, float16 or bfloat16";
+  if (!is_logit_dtype(a.verifier.dtype)) return "verifier logits must be float32, float16 or bfloat16";
+  if (!(a.mixture_weight >= 0.0 && a.mixture_weight <= 1.0)) return "mixture_weight must be in [0, 1]";
+  if (const char* e = check_filter(a.filter)) return e;
+  return check_noise(a.noise, apd_target_sampled(apd_target_mode_of(a.greedy_target, &a.filter, &a.noise)) != 0);
+}
+
 }  // namespace apd
