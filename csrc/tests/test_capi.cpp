@@ -1,5 +1,6 @@
 // C++ tests of libapd through its C ABI and shared headers (no torch): the noise generator's
-// known answers, the math helpers, and both CPU ops against brute force on small inputs.
+// known answers, the math helpers, both CPU ops against brute force on small inputs, and the
+// vocabulary-parallel partial ops on slices of a row.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -149,6 +150,141 @@ static void test_mixture_accept_prefix_and_lengths() {
   CHECK(n[1] == 3 && std::isnan(lpa[K + 3]));
 }
 
+// The partial ops on slices [0, 100) and [100, 203) of a row against brute force at global ids:
+// best (score, global id) with the noise of the global id, lse state of the kept D, kept value,
+// and the mixture's values at a global draft token (-inf outside the slice); a given threshold.
+static void test_partial_brute_force() {
+  const int64_t B = 2, K = 3, V = 203;
+  const float kInf = std::numeric_limits<float>::infinity();
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> d(B * K * V), a(B * K * V);
+  for (float& x : d) x = normal(rng);
+  for (float& x : a) x = normal(rng);
+  const int64_t cuts[3] = {0, 100, V};
+  for (double T : {0.0, 0.5})
+    for (bool given : {false, true})
+      for (int s = 0; s < 2; ++s) {
+        const int64_t lo = cuts[s], n = cuts[s + 1] - lo;
+        std::vector<float> thr(B * K, 0.5f);
+        std::vector<int64_t> tok(B * K), tgt(B * K);
+        std::vector<float> st(B * K * APD_DRAFT_NSTATS), mst(B * K * APD_MIXTURE_NSTATS);
+        apd_sample_draft_partial_args pa{};
+        pa.batch = B, pa.window = K, pa.vocab = n, pa.vocab_offset = lo;
+        pa.dllm = apd_logits{d.data() + lo, APD_FLOAT32, K * V, V};
+        pa.filter = apd_filter{T, 0, 1.0};
+        pa.noise.seed_value = 77, pa.noise.offset_value = 5;
+        pa.threshold = given ? thr.data() : nullptr;
+        pa.tokens = tok.data(), pa.stats = st.data();
+        CHECK(apd_sample_draft_partial_cpu(&pa) == APD_OK);
+        // drafts: one in this slice, one in the other, one outside the vocabulary
+        std::vector<int64_t> draft(B * K);
+        for (int64_t r = 0; r < B * K; ++r) draft[r] = r % 3 == 0 ? lo + 7 : r % 3 == 1 ? (lo + n + 3) % V : V + 4;
+        apd_mixture_accept_partial_args pm{};
+        pm.batch = B, pm.window = K, pm.vocab = n, pm.vocab_offset = lo;
+        pm.dllm = pa.dllm;
+        pm.verifier = apd_logits{a.data() + lo, APD_FLOAT32, K * V, V};
+        pm.draft_tokens = draft.data(), pm.draft_stride_b = K;
+        pm.mixture_weight = 0.25;
+        pm.filter = pa.filter, pm.noise = pa.noise, pm.threshold = pa.threshold;
+        pm.target_tokens = tgt.data(), pm.stats = mst.data();
+        CHECK(apd_mixture_accept_partial_cpu(&pm) == APD_OK);
+        const float inv_t = T == 0.0 ? 1.0f : static_cast<float>(1.0 / T);
+        const float tau = given ? 0.5f : -kInf;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t i = 0; i < K; ++i) {
+            const int64_t r = b * K + i;
+            const float* dr = &d[r * V];
+            const float* ar = &a[r * V];
+            int64_t best = -1, tbest = -1;
+            float best_score = -kInf, tbest_score = -kInf, mx = -kInf;
+            for (int64_t v = lo; v < lo + n; ++v) {
+              const float x = dr[v] * inv_t;
+              if (!(x >= tau)) continue;
+              const float g = T > 0 ? gumbel_at(77 + b, 5, static_cast<uint32_t>(i), static_cast<uint32_t>(v)) : 0.0f;
+              const float sc = T > 0 ? x + g : x;
+              if (sc > best_score) best_score = sc, best = v;
+              const float mix = 0.25f * dr[v] + 0.75f * ar[v];
+              const float tsc = T > 0 ? mix * inv_t + g : mix;
+              if (tsc > tbest_score) tbest_score = tsc, tbest = v;
+              mx = std::max(mx, dr[v]);
+            }
+            double z = 0.0;
+            for (int64_t v = lo; v < lo + n; ++v)
+              if (dr[v] * inv_t >= tau) z += std::exp(static_cast<double>(dr[v] - mx));
+            const float* q = &st[r * APD_DRAFT_NSTATS];
+            if (best < 0) {  // nothing kept (given threshold above the slice): first id, -inf, (-inf, 0)
+              CHECK(tok[r] == lo && q[APD_DRAFT_STAT_SCORE] == -kInf && q[APD_DRAFT_STAT_LSE_SUM] == 0.0f);
+              continue;
+            }
+            CHECK(tok[r] == best);
+            CHECK(std::fabs(q[APD_DRAFT_STAT_SCORE] - best_score) < 1e-4f);
+            CHECK(q[APD_DRAFT_STAT_LSE_MAX] == mx);
+            CHECK(std::fabs(q[APD_DRAFT_STAT_LSE_SUM] - z) < 1e-4 * z);
+            CHECK(q[APD_DRAFT_STAT_VALUE] == dr[best]);
+            const float* m = &mst[r * APD_MIXTURE_NSTATS];
+            CHECK(tgt[r] == tbest);
+            CHECK(std::fabs(m[APD_MIXTURE_STAT_SCORE] - tbest_score) < 1e-4f);
+            CHECK(m[APD_MIXTURE_STAT_DLLM_MAX] == mx);
+            const int64_t dt = draft[r];
+            if (dt >= lo && dt < lo + n) {
+              const bool keep = dr[dt] * inv_t >= tau;
+              CHECK(m[APD_MIXTURE_STAT_DLLM_AT] == (keep ? dr[dt] : -kInf));
+              CHECK(m[APD_MIXTURE_STAT_VERIFIER_AT] == ar[dt]);
+              CHECK(m[APD_MIXTURE_STAT_MIXTURE_AT] == (keep ? 0.25f * dr[dt] + 0.75f * ar[dt] : -kInf));
+            } else {
+              CHECK(m[APD_MIXTURE_STAT_DLLM_AT] == -kInf && m[APD_MIXTURE_STAT_VERIFIER_AT] == -kInf &&
+                    m[APD_MIXTURE_STAT_MIXTURE_AT] == -kInf);
+            }
+          }
+      }
+}
+
+static void test_partial_invalid_arguments() {
+  float x[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  int64_t tok = 0, draft = 5;
+  float st[APD_MIXTURE_NSTATS];
+  apd_sample_draft_partial_args a{};
+  a.batch = 1, a.window = 1, a.vocab = 8, a.vocab_offset = 4;
+  a.dllm = apd_logits{x, APD_FLOAT32, 8, 8};
+  a.filter = apd_filter{0.0, 0, 1.0};
+  a.tokens = &tok, a.stats = st;
+  CHECK(apd_sample_draft_partial_cpu(&a) == APD_OK);
+  CHECK(tok == 11 && st[APD_DRAFT_STAT_SCORE] == 7.0f && st[APD_DRAFT_STAT_VALUE] == 7.0f);
+  apd_sample_draft_partial_args bad = a;
+  bad.vocab_offset = 2;
+  CHECK(apd_sample_draft_partial_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  bad = a, bad.vocab_offset = -4;
+  CHECK(apd_sample_draft_partial_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  bad = a, bad.vocab_offset = (int64_t{1} << 34) - 4;  // + vocab 8 > 2^34 noise counters
+  CHECK(apd_sample_draft_partial_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  bad = a, bad.stats = nullptr;
+  CHECK(apd_sample_draft_partial_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  bad = a, bad.filter.temperature = 1.0, bad.noise.seed_per_row = 1;  // per-row seeds without a pointer
+  CHECK(apd_sample_draft_partial_cpu(&bad) == APD_ERROR_INVALID_ARGUMENT);
+  CHECK(apd_sample_draft_partial_cpu(nullptr) == APD_ERROR_INVALID_ARGUMENT);
+  apd_mixture_accept_partial_args m{};
+  m.batch = 1, m.window = 1, m.vocab = 8, m.vocab_offset = 4;
+  m.dllm = m.verifier = a.dllm;
+  m.draft_tokens = &draft, m.draft_stride_b = 1;
+  m.mixture_weight = 0.5, m.filter = a.filter;
+  m.target_tokens = &tok, m.stats = st;
+  CHECK(apd_mixture_accept_partial_cpu(&m) == APD_OK);
+  CHECK(tok == 11 && st[APD_MIXTURE_STAT_DLLM_AT] == 1.0f && st[APD_MIXTURE_STAT_MIXTURE_AT] == 1.0f);
+  apd_mixture_accept_partial_args mbad = m;
+  mbad.vocab_offset = 6;
+  CHECK(apd_mixture_accept_partial_cpu(&mbad) == APD_ERROR_INVALID_ARGUMENT);
+  mbad = m, mbad.mixture_weight = 2.0;
+  CHECK(apd_mixture_accept_partial_cpu(&mbad) == APD_ERROR_INVALID_ARGUMENT);
+  mbad = m, mbad.draft_tokens = nullptr;
+  CHECK(apd_mixture_accept_partial_cpu(&mbad) == APD_ERROR_INVALID_ARGUMENT);
+  CHECK(apd_mixture_accept_partial_cpu(nullptr) == APD_ERROR_INVALID_ARGUMENT);
+#if !defined(APD_WITH_CUDA)
+  CHECK(apd_sample_draft_partial_cuda(&a, nullptr, 0, nullptr) == APD_ERROR_UNSUPPORTED);
+  CHECK(apd_mixture_accept_partial_cuda(&m, nullptr, 0, nullptr) == APD_ERROR_UNSUPPORTED);
+#endif
+}
+
 static void test_invalid_arguments() {
   float x[4] = {0, 1, 2, 3};
   int64_t tok;
@@ -186,6 +322,8 @@ int main() {
   test_sample_draft_brute_force();
   test_mixture_accept_prefix_and_lengths();
   test_invalid_arguments();
+  test_partial_brute_force();
+  test_partial_invalid_arguments();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

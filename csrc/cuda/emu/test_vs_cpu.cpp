@@ -4,6 +4,8 @@
 // mixture weights 0 / 1 / other, greedy targets, valid_lengths, out-of-range drafts, and SM
 // counts that change the split plan. Tokens, targets and num_accepted must match exactly,
 // log-probs to 2e-4 relative; L2 sizes that make the filter's blocks loop over several rows.
+// The vocabulary-parallel partial ops too (run_partial): vocab offsets (also beyond 2^32 tokens),
+// given thresholds, global draft ids inside and outside the slice; stats to 2e-4 relative.
 // Usage: test_vs_cpu [cases [seed [big]]]. Build: run.sh.
 #include <immintrin.h>
 #include <cmath>
@@ -110,6 +112,85 @@ static void make_noise(Noise& nz, int64_t B, int64_t K, int64_t V, int mode) {
 
 static const char* dn(apd_dtype t) { return t == APD_FLOAT32 ? "f32" : t == APD_FLOAT16 ? "f16" : "bf16"; }
 
+static bool stats_close(const float* c, const float* g, int n) {
+  for (int f = 0; f < n; ++f)
+    if (!close(c[f], g[f])) return false;
+  return true;
+}
+
+static std::string stats_str(const float* c, const float* g, int n) {
+  std::string out = "cpu=(";
+  for (int f = 0; f < n; ++f) out += std::to_string(c[f]) + (f + 1 < n ? " " : ") gpu=(");
+  for (int f = 0; f < n; ++f) out += std::to_string(g[f]) + (f + 1 < n ? " " : ") ");
+  return out;
+}
+
+// The partial ops on the same logits, read as the slice [off, off + V) of a larger vocabulary:
+// CPU vs emulated CUDA. Thresholds (when given) are values that hit ties of the "ties" logits,
+// -inf (keep all) and +inf (keep none); drafts are the CPU drafts as global ids, a few outside
+// the slice.
+static void run_partial(const apd_logits& D, const apd_logits& A, int64_t B, int64_t K, int64_t V, double T,
+                        int64_t topk, double topp, double w, bool greedy_target, const apd_noise& noise,
+                        const int64_t* vl, const std::vector<int64_t>& drafts, unsigned char* wsp, size_t wsb,
+                        const char* desc) {
+  const double r = urand();
+  const int64_t off = r < 0.3 ? 0 : r < 0.9 ? 4 * irand(1, 70) : (int64_t{1} << 33) + 4 * irand(0, 9);
+  std::vector<float> thr(B * K);
+  const bool given = urand() < 0.4;
+  for (auto& t : thr) {
+    const double q = urand();
+    t = q < 0.1 ? -INFINITY : q < 0.15 ? INFINITY : (float)(0.5 * irand(-4, 6));
+  }
+  std::string d = std::string(desc) + " off=" + std::to_string(off) + " thr=" + std::to_string((int)given);
+  apd_sample_draft_partial_args sa{};
+  sa.batch = B; sa.window = K; sa.vocab = V; sa.vocab_offset = off; sa.dllm = D;
+  sa.filter = apd_filter{T, topk, topp}; sa.noise = noise; sa.threshold = given ? thr.data() : nullptr;
+  std::vector<int64_t> tok_c(B * K, -7), tok_g(B * K, -7);
+  std::vector<float> st_c(B * K * APD_DRAFT_NSTATS), st_g(B * K * APD_DRAFT_NSTATS);
+  sa.tokens = tok_c.data(); sa.stats = st_c.data();
+  apd_status s1 = apd_sample_draft_partial_cpu(&sa);
+  sa.tokens = tok_g.data(); sa.stats = st_g.data();
+  apd_status s2 = apd_sample_draft_partial_cuda(&sa, wsp, wsb, nullptr);
+  ++checks;
+  if (s1 != APD_OK || s2 != APD_OK) { fail("status draft partial " + d); return; }
+  for (int64_t r = 0; r < B * K; ++r) {
+    const float* c = st_c.data() + r * APD_DRAFT_NSTATS;
+    const float* g = st_g.data() + r * APD_DRAFT_NSTATS;
+    if (tok_c[r] != tok_g[r] || tok_c[r] < off || tok_c[r] >= off + V) {
+      fail("draft partial token r=" + std::to_string(r) + " cpu=" + std::to_string(tok_c[r]) + " gpu=" + std::to_string(tok_g[r]) + " " + d);
+      break;
+    }
+    if (!stats_close(c, g, APD_DRAFT_NSTATS)) { fail("draft partial stats r=" + std::to_string(r) + " " + stats_str(c, g, APD_DRAFT_NSTATS) + d); break; }
+  }
+  std::vector<int64_t> draft(B * K);
+  for (int64_t e = 0; e < B * K; ++e) {
+    const double q = urand();
+    draft[e] = q < 0.1 ? -1 : q < 0.2 ? off + V + irand(0, 5) : q < 0.25 ? off - 4 : off + drafts[e];
+  }
+  apd_mixture_accept_partial_args ma{};
+  ma.batch = B; ma.window = K; ma.vocab = V; ma.vocab_offset = off; ma.dllm = D; ma.verifier = A;
+  ma.draft_tokens = draft.data(); ma.draft_stride_b = K; ma.valid_lengths = vl; ma.mixture_weight = w;
+  ma.greedy_target = greedy_target; ma.filter = apd_filter{T, topk, topp}; ma.noise = noise;
+  ma.threshold = given ? thr.data() : nullptr;
+  std::vector<int64_t> t_c(B * K, -9), t_g(B * K, -9);
+  std::vector<float> m_c(B * K * APD_MIXTURE_NSTATS), m_g(B * K * APD_MIXTURE_NSTATS);
+  ma.target_tokens = t_c.data(); ma.stats = m_c.data();
+  s1 = apd_mixture_accept_partial_cpu(&ma);
+  ma.target_tokens = t_g.data(); ma.stats = m_g.data();
+  s2 = apd_mixture_accept_partial_cuda(&ma, wsp, wsb, nullptr);
+  ++checks;
+  if (s1 != APD_OK || s2 != APD_OK) { fail("status mix partial " + d); return; }
+  for (int64_t r = 0; r < B * K; ++r) {
+    const float* c = m_c.data() + r * APD_MIXTURE_NSTATS;
+    const float* g = m_g.data() + r * APD_MIXTURE_NSTATS;
+    if (t_c[r] != t_g[r] || (t_c[r] != -1 && (t_c[r] < off || t_c[r] >= off + V))) {
+      fail("mix partial target r=" + std::to_string(r) + " cpu=" + std::to_string(t_c[r]) + " gpu=" + std::to_string(t_g[r]) + " " + d);
+      break;
+    }
+    if (!stats_close(c, g, APD_MIXTURE_NSTATS)) { fail("mix partial stats r=" + std::to_string(r) + " " + stats_str(c, g, APD_MIXTURE_NSTATS) + d); break; }
+  }
+}
+
 static void run_case(apd_dtype dt, apd_dtype dta, int64_t B, int64_t K, int64_t V, double T, int64_t topk, double topp,
                      double w, bool greedy_target, int noise_mode, int sms, const std::string& kind, bool use_vl,
                      int64_t pad, int64_t misalign, int l2_choice = 3) {
@@ -181,6 +262,8 @@ static void run_case(apd_dtype dt, apd_dtype dta, int64_t B, int64_t K, int64_t 
       fail(m + std::string(desc)); break;
     }
   }
+  run_partial(D.l, A.l, B, K, V, T, topk, topp, w, greedy_target, nz.n, use_vl ? vl.data() : nullptr, tok_c, wsp, wsb,
+              desc);
   delete nz.ubuf;
 }
 
@@ -228,6 +311,34 @@ static void status_checks() {
   m.vocab = 100;
   expect(apd_mixture_accept_cuda(&m, ws.p, wsb, nullptr), APD_OK, "mix ok");
   expect(apd_has_cuda() == 1 ? APD_OK : APD_ERROR_UNSUPPORTED, APD_OK, "has_cuda");
+  // Partial ops: the slice's offset, and a given threshold that needs no tau in the workspace.
+  std::vector<float> st(4 * APD_MIXTURE_NSTATS, 0.0f), thr(4, 0.0f);
+  apd_sample_draft_partial_args pa{};
+  pa.batch = 2; pa.window = 2; pa.vocab = 100; pa.vocab_offset = 8; pa.dllm = a.dllm;
+  pa.filter = apd_filter{1.0, 5, 1.0}; pa.tokens = tok.data(); pa.stats = st.data();
+  expect(apd_sample_draft_partial_cuda(nullptr, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "partial null args");
+  expect(apd_sample_draft_partial_cuda(&pa, ws.p, wsb, nullptr), APD_OK, "partial draft ok");
+  expect(apd_sample_draft_partial_cuda(&pa, nullptr, 0, nullptr), APD_ERROR_WORKSPACE_TOO_SMALL, "partial no workspace");
+  pa.threshold = thr.data();
+  expect(apd_sample_draft_partial_cuda(&pa, nullptr, 0, nullptr), APD_OK, "partial threshold, no workspace");
+  pa.vocab_offset = 6;
+  expect(apd_sample_draft_partial_cuda(&pa, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "offset % 4");
+  pa.vocab_offset = -4;
+  expect(apd_sample_draft_partial_cuda(&pa, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "offset < 0");
+  pa.vocab_offset = (int64_t{1} << 34) - 96;
+  expect(apd_sample_draft_partial_cuda(&pa, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "offset + vocab > 2^34");
+  pa.vocab_offset = 0; pa.stats = nullptr;
+  expect(apd_sample_draft_partial_cuda(&pa, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "partial null stats");
+  apd_mixture_accept_partial_args pm{};
+  pm.batch = 2; pm.window = 2; pm.vocab = 100; pm.vocab_offset = 4; pm.dllm = pm.verifier = m.dllm;
+  pm.draft_tokens = tok.data(); pm.draft_stride_b = 2; pm.mixture_weight = 0.5; pm.filter = apd_filter{1.0, 0, 1.0};
+  pm.target_tokens = tok.data(); pm.stats = st.data();
+  expect(apd_mixture_accept_partial_cuda(&pm, ws.p, wsb, nullptr), APD_OK, "partial mix ok");
+  expect(apd_mixture_accept_partial_cuda(&pm, nullptr, 0, nullptr), APD_ERROR_WORKSPACE_TOO_SMALL, "partial mix no workspace");
+  pm.vocab_offset = 2;
+  expect(apd_mixture_accept_partial_cuda(&pm, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "mix offset % 4");
+  pm.vocab_offset = 0; pm.mixture_weight = -0.5;
+  expect(apd_mixture_accept_partial_cuda(&pm, ws.p, wsb, nullptr), APD_ERROR_INVALID_ARGUMENT, "mix partial w < 0");
 }
 
 // The filter grid of filter.cuh's examples (rows in flight * row bytes <= L2 / 2, balanced).

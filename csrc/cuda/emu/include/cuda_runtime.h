@@ -46,7 +46,7 @@ struct Block {
 inline Block g_block;
 inline Fiber* g_cur = nullptr;
 inline std::function<void()> g_fn;
-inline long g_spins = 0;
+inline long g_spins = 0;  // yields of the current block (reset per block): a bound, not a total
 inline void yield() {
   if (++g_spins > 200000000L) { fprintf(stderr, "emu: deadlock\n"); abort(); }
   swapcontext(&g_cur->ctx, &g_block.sched);
@@ -75,6 +75,7 @@ inline void run(dim3 grid, dim3 block, std::function<void()> fn) {
   for (unsigned bx = 0; bx < grid.x; ++bx) {
     B.bidx = uint3{bx, 0, 0};
     B.bar_count = B.bar_gen = 0;
+    g_spins = 0;
     memset(B.warp_count, 0, sizeof B.warp_count);
     for (unsigned t = 0; t < B.n; ++t) {
       Fiber& f = B.fibers[t];
