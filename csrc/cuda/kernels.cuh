@@ -10,6 +10,10 @@
 //      outputs (sample_draft skips it when splits == 1: the partial kernel writes the outputs).
 //      mixture_accept's finalize runs one block per batch row and also computes the accepted
 //      prefix length.
+// The vocabulary-parallel partial ops (apd_*_partial_cuda) run the same pipeline on one slice of
+// the vocabulary (params with stats != null): noise drawn at global ids, a caller's threshold in
+// place of step 1 when given, and outputs (score, global id, log-sum-exp states) instead of
+// log-probs; mixture_accept's finalize is then one thread per row, with no accepted prefix.
 //
 // Performance design (H100 figures; the floor is one read of each logit row):
 // * mixture_accept at (B, K, V) = (1, 100, 151936) bf16 reads 61 MB, ~20 us at ~3 TB/s. With

@@ -12,6 +12,9 @@
 // target / log-probs, and a block min over the first failing position gives num_accepted.
 // Rows at i >= L(b) are not read at all.
 //
+// Partial op (p.stats != null): mixture_partial_finalize_kernel replaces the finalize (one thread
+// per row: global target id, score, the three (max, sum) states, values at the global draft token).
+//
 // The two logit tensors may have different dtypes (all 9 pairs are instantiated); a chunk is
 // then 4 entries (16 bytes of the float32 row, 8 of the 16-bit one).
 #pragma once

@@ -7,6 +7,8 @@
 // splits == 1: thread 0 writes the row's outputs; else the partial goes to the workspace and
 // draft_finalize_kernel merges the splits of each row in split order.
 // Noise is generated per group of 4 entries, and skipped for groups that cannot win (noise.cuh).
+// Partial op (p.stats != null): the same, the token written as a global id with its score, the
+// row's (max, sum) of the kept D and the kept D at the token (apd_draft_stat) instead of a log-prob.
 #pragma once
 
 #include "kernels.cuh"
