@@ -19,8 +19,10 @@ $(VENV)/.installed: requirements-dev.txt
 # (a CUDA compile error fails the build: CI is where the CUDA code is compile-checked).
 # Then the checkout is installed into the venv as an editable package (once), so that `import
 # apd_ext` works from any directory of that environment.
-build: $(VENV)/.installed $(VENV)/.editable
+# The extension first: the editable install's import check must not meet a stale one.
+build: $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace
+	@$(MAKE) --no-print-directory $(VENV)/.editable
 
 # APD_EXT_EXTENSION=0: the editable install registers the package only; build_ext --inplace above
 # builds the extension beside the sources, incrementally.
