@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import tempfile
 import time
 import traceback
@@ -29,7 +30,7 @@ class RankFailed(AssertionError):
         super().__init__(f"{len(errors)} rank(s) failed:\n{text}")
 
 
-def _entry(rank: int, world: int, outdir: str, fn, args) -> None:
+def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     import torch
     import torch.distributed as dist
@@ -39,9 +40,9 @@ def _entry(rank: int, world: int, outdir: str, fn, args) -> None:
 
     result = None
     try:
-        # a file rendezvous in the run's own directory: no port to race for with other runs
-        dist.init_process_group("gloo", init_method=f"file://{os.path.join(outdir, 'rendezvous')}", rank=rank,
-                                world_size=world, timeout=timedelta(seconds=120))
+        # the parent's store, bound before the ranks start: no free port to race for with other runs
+        store = dist.TCPStore("127.0.0.1", port, world + 1, is_master=False, timeout=timedelta(seconds=120))
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=120))
         tp = TensorParallel.init(device="cpu")
         result = ("ok", fn(tp, *args))
     except BaseException as e:  # reported to the parent, which raises RankFailed
@@ -49,14 +50,21 @@ def _entry(rank: int, world: int, outdir: str, fn, args) -> None:
     finally:
         with open(os.path.join(outdir, f"rank{rank}.pkl"), "wb") as f:
             pickle.dump(result, f)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # No teardown: gloo's threads, torn down while a peer is exiting too, sometimes abort the
+        # process (std::terminate) after its result is written; that is no test's business.
+        os._exit(0)
 
 
 def run_ranks(fn, world: int = 2, *args, timeout: float = 300.0) -> list:
     """[fn(tp, *args) of rank 0, ..., of rank world-1]; RankFailed when any rank raised."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=120))  # port 0: the OS picks one, held until the end
     with tempfile.TemporaryDirectory() as outdir:
-        ctx = mp.start_processes(_entry, args=(world, outdir, fn, args), nprocs=world, join=False,
+        ctx = mp.start_processes(_entry, args=(world, store.port, outdir, fn, args), nprocs=world, join=False,
                                  start_method="spawn")
         deadline = time.monotonic() + timeout
         while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
