@@ -35,6 +35,14 @@ of its floor.
 
 The attention profile is made by bench/e2e_attention.py.
 
+--tp N (under torchrun, one process per GPU): the dLLM sharded over N ranks (heads, MLP, vocabulary;
+Dream-7B's 4 K/V heads allow N = 2 or 4), the verifier's body replicated (its head sliced), the
+sampling vocabulary-parallel (apd_ext.parallel). Weight bytes, the floor and achieved GB/s are per
+rank; rank 0 prints and writes; the rows carry tp = N. Run the same command at --tp 1 for the
+baseline:
+
+    torchrun --nproc-per-node 2 bench/bench_e2e.py --tp 2 [--quick]
+
 Each CSV row is appended (and the file closed) as soon as its configuration is measured, so a run
 cut short by a timeout keeps what it measured. The run prints an estimate of each configuration's
 time and skips those that would end past --budget-s (default 300 s: the device command's limit).
@@ -60,6 +68,7 @@ try:
     from apd_ext.models.config import ModelConfig
     from apd_ext.models.runners import DllmRunner, VerifierRunner
     from apd_ext.models.transformer import Transformer
+    from apd_ext.parallel import VocabShard
     from e2e_attention import attention_profile
 except ModuleNotFoundError as e:
     if e.name != "apd_ext":
@@ -81,7 +90,7 @@ CSV_FIELDS = ("batch", "kv_window", "max_lookahead", "dllm_forward_ms", "dllm_fl
               "projected_tokens_per_s", "tokens_per_step", "steps", "peak_eager_gb", "peak_graph_gb",
               "reserved_graph_gb",
               "attention_backend", "attention_kernel", "attention_ms_per_step", "attention_share",
-              "attention_choice", "device", "timestamp", "torch_version")
+              "attention_choice", "device", "timestamp", "torch_version", "tp")
 
 
 def parse_args(argv=None):
@@ -98,6 +107,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="directory for e2e_<device>.csv and .json (default bench/results)")
     p.add_argument("--json", default=None, help="write the results here too")
     p.add_argument("--csv", default=None, help="CSV to append to (default <out>/e2e_<device>.csv)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (launch with torchrun --nproc-per-node N)")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
@@ -118,6 +128,23 @@ def parse_args(argv=None):
     return a
 
 
+def init_tp(args):
+    """The TensorParallel group of --tp N (None for 1); ranks other than 0 print nothing."""
+    if args.tp == 1:
+        return None
+    import os
+
+    from apd_ext.parallel import TensorParallel
+
+    if int(os.environ.get("WORLD_SIZE", "1")) != args.tp:
+        sys.exit(f"--tp {args.tp}: launch with `torchrun --nproc-per-node {args.tp} bench/bench_e2e.py --tp {args.tp}`")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if args.device == "cuda" else "cpu"
+    tp = TensorParallel.init(device=device)
+    if tp.rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    return tp
+
+
 def config(model_type: str, shape: dict, dtype: torch.dtype, max_len: int) -> ModelConfig:
     V = shape["vocab_size"]
     return ModelConfig(model_type=model_type, **shape, mask_token_id=V - 1 if model_type == "Dream" else None,
@@ -126,11 +153,18 @@ def config(model_type: str, shape: dict, dtype: torch.dtype, max_len: int) -> Mo
 
 
 @torch.no_grad()
-def random_model(cfg: ModelConfig, device: torch.device, seed: int) -> Transformer:
-    """A Transformer with N(0, 0.02) weights (unit norms) made directly on the device."""
+def random_model(cfg: ModelConfig, device: torch.device, seed: int, tp=None, vocab: int | None = None,
+                 replicate_body: bool = False) -> Transformer:
+    """A Transformer with N(0, 0.02) weights (unit norms) made directly on the device; with tp,
+    this rank's shard (vocabulary slices cut on the shared `vocab`; rank r seeded seed + 1000 r)."""
+    shard = None
+    if tp is not None:
+        shard = VocabShard.of(cfg.vocab_size, vocab, tp.world, tp.rank)
+        seed += 1000 * tp.rank
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = Transformer(cfg, tp=tp, shard=shard, replicate_body=replicate_body and tp is not None)
     model = model.to_empty(device=device).to(cfg.dtype)
+    model.tie_weights()
     gen = torch.Generator(device=device).manual_seed(seed)
     for name, p in model.named_parameters():
         if name.endswith("norm.weight"):
@@ -141,7 +175,8 @@ def random_model(cfg: ModelConfig, device: torch.device, seed: int) -> Transform
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of the model's (this rank's) parameters, tied ones once."""
+    return model.weight_bytes()
 
 
 def copy_bandwidth(device: torch.device) -> float:
@@ -184,6 +219,7 @@ class Bench:
     bandwidth (GB/s) and the dLLM's weight-bandwidth floor (ms per forward)."""
 
     args: argparse.Namespace
+    tp: object  # TensorParallel or None
     device: torch.device
     dtype: torch.dtype
     desc: str
@@ -198,21 +234,21 @@ class Bench:
     floor: float
 
 
-def build(args, device: torch.device, desc: str, stamp: str) -> Bench:
-    """The models (tiny with --quick), the copy bandwidth and the floor."""
+def build(args, tp, device: torch.device, desc: str, stamp: str) -> Bench:
+    """The models (tiny with --quick; this rank's shards with --tp), the copy bandwidth and the floor."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     dshape, vshape = (TINY_DLLM, TINY_VERIFIER) if args.quick else (DREAM_7B, QWEN_05B)
     L = PROMPT_LEN + args.new_tokens
     dcfg, vcfg = config("Dream", dshape, dtype, L), config("qwen2", vshape, dtype, L)
-    dllm = DllmRunner(random_model(dcfg, device, SEED), dcfg, shifted=True)
-    verifier = VerifierRunner(random_model(vcfg, device, SEED + 1), vcfg)
     vocab = min(dshape["vocab_size"], vshape["vocab_size"])
+    dllm = DllmRunner(random_model(dcfg, device, SEED, tp, vocab), dcfg, shifted=True)
+    verifier = VerifierRunner(random_model(vcfg, device, SEED + 1, tp, vocab, replicate_body=True), vcfg)
     # The dLLM's weights read as a causal LM: the autoregressive baseline at the dLLM's size.
     ar_model = VerifierRunner(dllm.model, config("qwen2", dshape, dtype, L))
     wd, wv = weight_bytes(dllm.model), weight_bytes(verifier.model)
     copy_gbps = copy_bandwidth(device)
     floor = wd / (copy_gbps * 1e9) * 1e3
-    return Bench(args, device, dtype, desc, stamp, dllm, verifier, ar_model, vocab, wd, wv, copy_gbps, floor)
+    return Bench(args, tp, device, dtype, desc, stamp, dllm, verifier, ar_model, vocab, wd, wv, copy_gbps, floor)
 
 
 def time_steps(b: Bench, prompts, kw: dict) -> dict:
@@ -275,7 +311,10 @@ def print_row(b: Bench, row: dict, prof: dict, seconds: float) -> None:
 def append_row(b: Bench, row: dict) -> None:
     """Append `row` with the run's meta columns to the CSV now (a timeout keeps it); floats to 6
     digits, non-finite ones empty."""
-    csv_row = dict(row, device=b.desc, timestamp=b.stamp, torch_version=torch.__version__)
+    if b.tp is not None and b.tp.rank != 0:
+        return
+    csv_row = dict(row, device=b.desc, timestamp=b.stamp, torch_version=torch.__version__,
+                   tp=1 if b.tp is None else b.tp.world)
     for k, v in csv_row.items():
         if isinstance(v, float):
             csv_row[k] = f"{v:.6g}" if math.isfinite(v) else ""
@@ -314,7 +353,10 @@ def run_grid(b: Bench, result: dict, t_start: float) -> list[dict]:
             elapsed = time.perf_counter() - t_start
             print(f"  B={B} R={R} M={M}: dLLM forward {fwd:.2f} ms; this configuration ~{est:.0f} s "
                   f"(run so far {elapsed:.0f} s, budget {args.budget_s:.0f} s)", flush=True)
-            if elapsed + est > args.budget_s and rows:
+            over = elapsed + est > args.budget_s
+            if b.tp is not None:  # every rank must skip alike (rank 0's clock decides)
+                over = bool(b.tp.all_reduce(torch.tensor([float(over and b.tp.rank == 0)], device=b.device)).item())
+            if over and rows:
                 print(f"  B={B} R={R} M={M}: skipped (estimated to end past --budget-s)", flush=True)
                 continue
             rows.append(measure(b, prompts, B, R, M, fwd, t_conf))
@@ -347,16 +389,18 @@ def main(argv=None) -> int:
     """Build the models, measure every configuration, print the report, write the JSON."""
     args = parse_args(argv)
     t_start = time.perf_counter()
-    device = torch.device(args.device)
-    b = build(args, device, common.device_description(device), common.timestamp())
-    print(f"device: {b.desc}; torch {torch.__version__}; {b.dtype}; {b.stamp}")
+    tp = init_tp(args)
+    device = tp.device if tp is not None else torch.device(args.device)
+    b = build(args, tp, device, common.device_description(device), common.timestamp())
+    ranks = f"; tensor parallel over {tp.world} ranks (bytes per rank)" if tp is not None else ""
+    print(f"device: {b.desc}; torch {torch.__version__}; {b.dtype}; {b.stamp}{ranks}")
     print(f"dLLM {b.wd / 1e9:.2f} GB of weights, verifier {b.wv / 1e9:.2f} GB; copy bandwidth {b.copy_gbps:.0f} GB/s; "
           f"{args.new_tokens} tokens per row and call; rows appended to {args.csv}", flush=True)
     result = dict(device=b.desc, timestamp=b.stamp, torch_version=torch.__version__, dtype=str(b.dtype),
                   dllm_weight_bytes=b.wd, verifier_weight_bytes=b.wv, copy_gbps=b.copy_gbps, steps=[])
     rows = run_grid(b, result, t_start)
     report(b, rows, result)
-    if args.json:
+    if args.json and (tp is None or tp.rank == 0):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=str)

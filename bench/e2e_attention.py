@@ -10,6 +10,8 @@ import time
 import torch
 
 from apd_ext.decode import DecodeConfig
+from apd_ext.decode import inputs
+from apd_ext.decode.execute import logits_width
 from apd_ext.decode.state import State
 from apd_ext.decode.steps import make_step
 
@@ -32,10 +34,11 @@ def steady_state(dllm, verifier, prompts, R, M, new_tokens, vocab, mixture_weigh
     L = P + new_tokens
     cfg = DecodeConfig(max_new_tokens=new_tokens, mixture_weight=mixture_weight, kv_window=R, max_lookahead=M,
                        temperature=1.0)
-    step = make_step(cfg, length=L, vocab=vocab, eos=[], device=device)
+    parallel = inputs.tensor_parallel(dllm, verifier, vocab)  # (tp, shard) under --tp, else None
+    step = make_step(cfg, length=L, vocab=vocab, eos=[], device=device, parallel=parallel)
     dllm.setup(B, L)
     verifier.setup(B, L)
-    st = State.allocate(B, L, step.verifier_rows, verifier.vocab_size, verifier.logits_dtype, device)
+    st = State.allocate(B, L, step.verifier_rows, logits_width(verifier), verifier.logits_dtype, device)
     canvas = torch.full((B, L + 1), dllm.mask_token_id, dtype=torch.int64)
     canvas[:, :P] = prompts.cpu()
     st.fill(canvas, torch.full((B,), P), new_tokens, torch.arange(B) + seed)

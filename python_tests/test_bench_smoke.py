@@ -114,3 +114,39 @@ def test_loop_beside_the_authors_without_their_code(tmp_path):
     rows = _rows(tmp_path / "gp.csv")
     assert [r["impl"] for r in rows] == ["eager", "eager"], rows
     assert all(float(r["steady_ms_per_step"]) > 0 and r["tokens_equal"] == "yes" for r in rows), rows
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bench_tp_quick(tmp_path):
+    """bench_tp.py: TP=1 here and TP=2 under torchrun, the same tokens and steps, four rows."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_tp.py"), "--quick", "--csv",
+                        str(tmp_path / "tp.csv")], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "same tokens and steps at TP=1 and TP=2: True" in r.stdout
+    rows = _rows(tmp_path / "tp.csv")
+    assert sorted((r["tp"], r["policy"]) for r in rows) == [("1", "apd"), ("1", "ar"), ("2", "apd"), ("2", "ar")]
+    for row in rows:
+        assert float(row["tokens_per_s"]) > 0 and float(row["ms_per_step"]) > 0
+    one = {r["policy"]: r for r in rows if r["tp"] == "1"}
+    for row in (r for r in rows if r["tp"] == "2"):  # the dLLM is split: each rank holds about half
+        assert int(row["dllm_weight_bytes_per_rank"]) < 0.6 * int(one[row["policy"]]["dllm_weight_bytes_per_rank"])
+
+
+def test_bench_e2e_quick_tp2(tmp_path):
+    """bench_e2e.py --tp 2 under torchrun (gloo on CPU): one row with tp = 2, written by rank 0."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+                        str(ROOT / "bench" / "bench_e2e.py"), "--tp", "2", "--device", "cpu", "--quick", "--out",
+                        str(tmp_path)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = _rows(tmp_path / "e2e_cpu_quick.csv")
+    assert len(rows) == 1 and rows[0]["tp"] == "2" and float(rows[0]["step_eager_ms"]) > 0
+    assert r.stdout.count("## cpu") == 1  # rank 0 reports
