@@ -75,3 +75,29 @@ def test_tp2_generate_equals_tp1(pair, replicate):
             assert torch.equal(g[3], w[3]), f"{what}: num_generated differ"
             assert torch.equal(torch.as_tensor(g[4]), torch.as_tensor(w[4])), f"{what}: acceptance counts differ"
             assert g[5:] == w[5:], f"{what}: step / forward counts differ: {g[5:]} vs {w[5:]}"
+
+
+def _rank_disagree(tp, first: int):
+    os.environ["APD_EXT_TP_CHECK"] = "1"
+    dllm = DllmRunner.from_pretrained(ASSETS / "dllm", tp=tp)
+    verifier = VerifierRunner.from_pretrained(ASSETS / "verifier", tp=tp)
+    # a broken setup: rank 1 alone ends rows at the first token it commits, so the ranks' canvases
+    # part at step 0 (the combined sampling itself cannot disagree: every rank combines the same partials)
+    generate(dllm, verifier, _prompts("tiny")[0], "apd", seed=0, max_new_tokens=12,
+             eos_token_id=[first] if tp.rank == 1 else [])
+
+
+def test_debug_check_catches_ranks_that_disagree():
+    from distributed import RankFailed
+
+    prompts = _prompts("tiny")[0]
+    out = generate(DllmRunner.from_pretrained(ASSETS / "dllm"), VerifierRunner.from_pretrained(ASSETS / "verifier"),
+                   prompts, "apd", seed=0, max_new_tokens=12, eos_token_id=[])
+    assert out.stats["acceptance_counts"][0][0] > 1  # step 0 commits more than the first token
+    first = int(out.sequences[0, len(prompts[0])])
+    with pytest.raises(RankFailed) as e:
+        run_ranks(_rank_disagree, 2, first)
+    errors = e.value.errors
+    assert sorted(errors) == [0, 1], errors
+    for kind, msg, _ in errors.values():
+        assert kind == "TensorParallelError" and "ranks disagree on the decoded tokens" in msg, msg
