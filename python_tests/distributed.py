@@ -1,4 +1,5 @@
-"""Run a function in `world` processes of one gloo process group on CPU (tensor-parallel tests).
+"""Run a function in `world` processes of one gloo process group on CPU (tensor-parallel tests;
+NCCL on GPUs with backend="nccl").
 
     results = run_ranks(_my_rank_fn, 2, arg1, arg2)   # [rank 0's return, rank 1's return]
 
@@ -30,7 +31,7 @@ class RankFailed(AssertionError):
         super().__init__(f"{len(errors)} rank(s) failed:\n{text}")
 
 
-def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
+def _entry(rank: int, world: int, port: int, outdir: str, backend: str, fn, args) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     import torch
     import torch.distributed as dist
@@ -42,8 +43,12 @@ def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
     try:
         # the parent's store, bound before the ranks start: no free port to race for with other runs
         store = dist.TCPStore("127.0.0.1", port, world + 1, is_master=False, timeout=timedelta(seconds=120))
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=120))
-        tp = TensorParallel.init(device="cpu")
+        device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=120),
+                                device_id=device if device.type == "cuda" else None)
+        tp = TensorParallel.init(device=device)
         result = ("ok", fn(tp, *args))
     except BaseException as e:  # reported to the parent, which raises RankFailed
         result = ("error", (type(e).__name__, str(e), traceback.format_exc()))
@@ -57,14 +62,15 @@ def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
         os._exit(0)
 
 
-def run_ranks(fn, world: int = 2, *args, timeout: float = 300.0) -> list:
-    """[fn(tp, *args) of rank 0, ..., of rank world-1]; RankFailed when any rank raised."""
+def run_ranks(fn, world: int = 2, *args, timeout: float = 300.0, backend: str = "gloo") -> list:
+    """[fn(tp, *args) of rank 0, ..., of rank world-1]; RankFailed when any rank raised.
+    backend "nccl": rank r runs on cuda:r (a GPU machine's check)."""
     import torch.distributed as dist
 
     store = dist.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=120))  # port 0: the OS picks one, held until the end
     with tempfile.TemporaryDirectory() as outdir:
-        ctx = mp.start_processes(_entry, args=(world, store.port, outdir, fn, args), nprocs=world, join=False,
+        ctx = mp.start_processes(_entry, args=(world, store.port, outdir, backend, fn, args), nprocs=world, join=False,
                                  start_method="spawn")
         deadline = time.monotonic() + timeout
         while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
