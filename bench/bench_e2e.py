@@ -36,7 +36,7 @@ of its floor.
 The attention profile is made by bench/e2e_attention.py.
 
 --tp N (under torchrun, one process per GPU): the dLLM sharded over N ranks (heads, MLP, vocabulary;
-Dream-7B's 4 K/V heads allow N = 2 or 4), the verifier's body replicated (its head sliced), the
+Dream-7B's 28 heads allow N = 2 or 4), the verifier's body replicated (its head sliced), the
 sampling vocabulary-parallel (apd_ext.parallel). Weight bytes, the floor and achieved GB/s are per
 rank; rank 0 prints and writes; the rows carry tp = N. Run the same command at --tp 1 for the
 baseline:

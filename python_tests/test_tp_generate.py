@@ -43,10 +43,10 @@ def _prompts(pair: str):
     return [[one], [one, two]]
 
 
-def _decode(dllm, verifier, pair: str):
+def _decode(dllm, verifier, pair: str, cases=CASES):
     out = []
     for prompts in _prompts(pair):
-        for spec, knobs in CASES:
+        for spec, knobs in cases:
             r = generate(dllm, verifier, prompts, spec, seed=11, max_new_tokens=12, eos_token_id=[], **knobs)
             s = r.stats
             out.append((spec, len(prompts), r.sequences, r.num_generated, s["acceptance_counts"], s["steps"],
@@ -54,13 +54,13 @@ def _decode(dllm, verifier, pair: str):
     return out
 
 
-def _rank_decode(tp, pair: str, replicate):
+def _rank_decode(tp, pair: str, replicate, cases=CASES):
     os.environ["APD_EXT_TP_CHECK"] = "1"
     d, v = _paths(pair)
     dllm = DllmRunner.from_pretrained(d, tp=tp)
     verifier = VerifierRunner.from_pretrained(v, tp=tp, replicate=replicate)
     assert dllm.logits_width < dllm.vocab_size  # each rank really holds a slice
-    return _decode(dllm, verifier, pair)
+    return _decode(dllm, verifier, pair, cases)
 
 
 @pytest.mark.parametrize("pair, replicate", [("tiny", False), ("tiny", True), ("golden", None)])
@@ -75,6 +75,18 @@ def test_tp2_generate_equals_tp1(pair, replicate):
             assert torch.equal(g[3], w[3]), f"{what}: num_generated differ"
             assert torch.equal(torch.as_tensor(g[4]), torch.as_tensor(w[4])), f"{what}: acceptance counts differ"
             assert g[5:] == w[5:], f"{what}: step / forward counts differ: {g[5:]} vs {w[5:]}"
+
+
+def test_tp4_with_kv_heads_fewer_than_ranks_equals_tp1():
+    """4 ranks on the golden pair (2 K/V heads: each held by two ranks), both models split."""
+    cases = [CASES[1], CASES[2], CASES[5]]
+    d, v = _paths("golden")
+    want = _decode(DllmRunner.from_pretrained(d), VerifierRunner.from_pretrained(v), "golden", cases)
+    for rank, got in enumerate(run_ranks(_rank_decode, 4, "golden", False, cases)):
+        for g, w in zip(got, want):
+            what = f"rank {rank}, {w[0]}, batch {w[1]}"
+            assert torch.equal(g[2], w[2]) and torch.equal(g[3], w[3]), f"{what}: sequences differ"
+            assert torch.equal(torch.as_tensor(g[4]), torch.as_tensor(w[4])), f"{what}: acceptance counts differ"
 
 
 def _rank_disagree(tp, first: int):

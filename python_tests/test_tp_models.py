@@ -393,4 +393,43 @@ def test_default_replication_follows_size_and_divisibility():
     big = ModelConfig(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
                       num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True)
     assert big.num_parameters() > REPLICATE_BELOW  # Qwen2.5-1.5B: 1.54e9
-    assert not _replicates(big, 2) and _replicates(big, 4)  # 2 K/V heads do not divide by 4
+    assert not _replicates(big, 2) and not _replicates(big, 4)  # on 4 ranks each K/V head serves two
+    assert _replicates(big, 8)  # 12 query heads do not split over 8 ranks
+
+
+# --- K/V heads fewer than the ranks (GQA models on many GPUs): replicated, one per rank ---
+
+def _rank_kv_replicated(tp, x):
+    dllm = DllmRunner.from_pretrained(golden.path("dream_tiny"), tp=tp)
+    verifier = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"), tp=tp, replicate=False)
+    kv = [layer.self_attn.k_proj.weight.clone() for layer in dllm.model.model.layers]
+    return _outputs(dllm, x), _outputs(verifier, x), kv, dllm.model.kv_heads, dllm.weight_bytes()
+
+
+def test_kv_heads_fewer_than_ranks_are_replicated():
+    """The golden pair (4 heads, 2 K/V heads) on 4 ranks: each rank one query head and the K/V head
+    it reads (ranks 0-1 head 0, ranks 2-3 head 1); logits concatenate to TP=1's."""
+    from apd_ext.parallel import split_kv_heads
+
+    assert [split_kv_heads(4, 2, 4, r) for r in range(4)] == [(1, 0), (1, 0), (1, 1), (1, 1)]
+    assert split_kv_heads(32, 8, 16, 5) == (1, 2)  # a 32-head, 8-K/V-head model on 16 GPUs
+    assert split_kv_heads(28, 4, 4, 3) == (1, 3)  # Dream-7B on 4 GPUs: split, one each
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        split_kv_heads(28, 4, 8, 0)  # Dream-7B's 28 query heads do not split over 8
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        split_kv_heads(12, 3, 4, 0)  # 3 K/V heads on 4 ranks: a rank's heads would read two
+    x = _inputs(384, 383, 5)
+    want_d = _outputs(DllmRunner.from_pretrained(golden.path("dream_tiny")), x)
+    whole = DllmRunner.from_pretrained(golden.path("dream_tiny"))
+    want_v = _outputs(VerifierRunner.from_pretrained(golden.path("qwen2_tiny")), x)
+    ranks = run_ranks(_rank_kv_replicated, 4, x)
+    d = whole.config.head_dim
+    for r, (out_d, _, kv, kv_heads, _) in enumerate(ranks):
+        assert kv_heads == 1
+        head = r // 2
+        for layer, w in zip(whole.model.model.layers, kv):
+            assert torch.equal(w, layer.self_attn.k_proj.weight[head * d: (head + 1) * d])
+    for want, i in ((want_d, 0), (want_v, 1)):
+        for key, w in want.items():
+            got = torch.cat([r[i][key] for r in ranks], dim=-1)
+            torch.testing.assert_close(got, w, atol=ATOL, rtol=RTOL, msg=lambda m: f"{key}: {m}")

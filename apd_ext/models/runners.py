@@ -35,7 +35,7 @@ import torch
 from apd_ext.models.checkpoint import load_weights
 from apd_ext.models.config import CheckpointError, ModelConfig
 from apd_ext.models.transformer import Transformer
-from apd_ext.parallel.shard import VocabShard
+from apd_ext.parallel.shard import VocabShard, split_kv_heads
 
 DLLM_TYPES = {"dream": True, "llada": False}  # model_type -> logits shifted by one
 VERIFIER_TYPES = {"qwen2", "llama", "qwen3"}
@@ -104,8 +104,11 @@ def _on_every_rank(tp, path, work):
 def _replicates(config: ModelConfig, world: int) -> bool:
     """replicate=None: keep a verifier's body whole when it has fewer than REPLICATE_BELOW parameters
     or when its heads, K/V heads or intermediate size do not divide by the world size."""
-    divides = all(n % world == 0 for n in (config.num_attention_heads, config.num_key_value_heads,
-                                            config.intermediate_size))
+    try:
+        split_kv_heads(config.num_attention_heads, config.num_key_value_heads, world, 0)
+        divides = config.intermediate_size % world == 0
+    except ValueError:
+        divides = False
     return not divides or config.num_parameters() < REPLICATE_BELOW
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apd_ext.models.config import ModelConfig
-from apd_ext.parallel.shard import VocabShard, split_heads
+from apd_ext.parallel.shard import VocabShard, split_heads, split_kv_heads
 
 
 class RMSNorm(nn.Module):
@@ -168,8 +168,10 @@ class Transformer(nn.Module):
 
     tp: None (the whole model), or this rank's TensorParallel group; shard: its VocabShard (default:
     the model's own vocabulary cut over tp.world); replicate_body: keep the body whole on every rank
-    and split only the LM head (see the module docstring). Raises ValueError when the heads, K/V
-    heads or intermediate size do not divide by the world size (sharded body only).
+    and split only the LM head (see the module docstring). K/V heads fewer than the ranks are
+    replicated: each rank holds the one its query heads read (parallel.shard.split_kv_heads). Raises
+    ValueError when the heads or intermediate size do not divide by the world size, or the K/V heads
+    neither divide it nor divide by it (sharded body only).
     """
 
     def __init__(self, config: ModelConfig, tp=None, shard: VocabShard | None = None, replicate_body: bool = False):
@@ -182,23 +184,24 @@ class Transformer(nn.Module):
         split = tp is not None and not replicate_body  # the body is split over the ranks
         world, rank = (tp.world, tp.rank) if split else (1, 0)
         heads = split_heads(config.num_attention_heads, world, "num_attention_heads")
-        kv_heads = split_heads(config.num_key_value_heads, world, "num_key_value_heads")
+        kv_heads, kv_first = split_kv_heads(config.num_attention_heads, config.num_key_value_heads, world, rank)
         inter = split_heads(config.intermediate_size, world, "intermediate_size")
         # (lo, rows) of the embedding slice this rank holds, None when it holds every row
         self.embed_slice = (shard.lo, shard.rows) if split else None
         self.reduce = tp.all_reduce if split else None
         self.kv_heads = kv_heads
+        self.group_size = heads // kv_heads  # query heads per K/V head on this rank
         self.model = Body(config, shard.rows if split else config.vocab_size, heads, kv_heads, inter, self.reduce)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size if shard is None else shard.rows, bias=False)
         self.tied_parameter_names = {"lm_head.weight"} if config.tie_word_embeddings else set()
-        self.slices = self._slice_table(rank, world, heads, kv_heads, inter)
+        self.slices = self._slice_table(rank, world, heads, kv_first, kv_heads, inter)
         self.tie_weights()
         self.cache_len = 0  # slots the caller addresses (positions < cache_len)
         self.cache_slots = 0  # allocated slots (cache_len rounded up to the key alignment)
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
 
-    def _slice_table(self, rank: int, world: int, heads: int, kv_heads: int, inter: int) -> dict:
+    def _slice_table(self, rank: int, world: int, heads: int, kv_first: int, kv_heads: int, inter: int) -> dict:
         """name -> (dim, start, full size) of every parameter that holds a slice of the
         checkpoint's tensor along `dim` (the loader reads rows/columns [start, start + local))."""
         c, shard, table = self.config, self.shard, {}
@@ -210,7 +213,7 @@ class Transformer(nn.Module):
         if world == 1:
             return table
         d = c.head_dim
-        q, kv = (0, rank * heads * d, c.num_attention_heads * d), (0, rank * kv_heads * d, c.num_key_value_heads * d)
+        q, kv = (0, rank * heads * d, c.num_attention_heads * d), (0, kv_first * d, c.num_key_value_heads * d)
         mlp = (0, rank * inter, c.intermediate_size)
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
@@ -284,7 +287,7 @@ class Transformer(nn.Module):
             bias = torch.zeros(mask.shape[:-1] + (self.cache_slots,), dtype=dtype, device=mask.device)
             bias[..., :Lm].masked_fill_(~mask, float("-inf"))
             bias[..., Lm:] = float("-inf")
-        G = self.config.num_attention_heads // self.config.num_key_value_heads
+        G = self.group_size
         if bias.shape[2] == queries and queries > 1 and G > 1:
             bias = bias.repeat(1, 1, G, 1)  # folded query row g*S + s reads mask row s
         return bias

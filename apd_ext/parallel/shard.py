@@ -8,7 +8,8 @@ the head rows past V (which the ops ignore). Embeddings and LM heads are split t
 
 Heads: q/k/v, gate and up projections are split by output columns (whole attention heads and K/V
 heads per rank), o_proj and down_proj by input rows; counts that do not divide by the world size
-are an error.
+are an error, except K/V heads fewer than the ranks (split_kv_heads: each rank holds the one its
+query heads read).
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ class VocabShard:
     def local_vocab(self) -> int:
         """Columns of this rank's logits inside the shared vocabulary."""
         return min(self.hi, self.vocab) - self.lo
+
+
+def split_kv_heads(heads: int, kv_heads: int, world: int, rank: int) -> tuple[int, int]:
+    """(K/V heads this rank holds, the first one's global index). K/V heads are split like the
+    query heads when they divide by the world size; when there are fewer of them than ranks (Dream-7B:
+    4 K/V heads on 8 GPUs), each rank holds the one K/V head its query heads read, replicated on
+    world / kv_heads ranks. Any other count is a ValueError."""
+    if kv_heads % world == 0:
+        return kv_heads // world, rank * (kv_heads // world)
+    per_rank = split_heads(heads, world, "num_attention_heads")
+    if world % kv_heads == 0 and (heads // kv_heads) % per_rank == 0:
+        return 1, rank * kv_heads // world
+    raise ValueError(f"num_key_value_heads ({kv_heads}) neither divides by the tensor-parallel size {world} nor "
+                     f"divides it (a rank's query heads must read one K/V head)")
 
 
 def split_heads(count: int, world: int, what: str) -> int:
