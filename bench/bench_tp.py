@@ -119,19 +119,11 @@ def run_tp(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "rows.json"
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.tp), "--master-port",
-               str(_free_port()), __file__, "--worker", str(out), "--problems", str(args.problems), "--repeats",
-               str(args.repeats), "--verifier-tp", args.verifier_tp]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.tp),
+               __file__, "--worker", str(out), "--problems", str(args.problems), "--repeats", str(args.repeats),
+               "--verifier-tp", args.verifier_tp]
         subprocess.run(cmd, check=True, env=env)
         return json.loads(out.read_text())
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv=None) -> int:

@@ -116,14 +116,6 @@ def test_loop_beside_the_authors_without_their_code(tmp_path):
     assert all(float(r["steady_ms_per_step"]) > 0 and r["tokens_equal"] == "yes" for r in rows), rows
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_bench_tp_quick(tmp_path):
     """bench_tp.py: TP=1 here and TP=2 under torchrun, the same tokens and steps, four rows."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -143,7 +135,7 @@ def test_bench_tp_quick(tmp_path):
 def test_bench_e2e_quick_tp2(tmp_path):
     """bench_e2e.py --tp 2 under torchrun (gloo on CPU): one row with tp = 2, written by rank 0."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         str(ROOT / "bench" / "bench_e2e.py"), "--tp", "2", "--device", "cpu", "--quick", "--out",
                         str(tmp_path)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
