@@ -11,6 +11,7 @@ communication layer.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +23,15 @@ import torch.distributed._functional_collectives as funcol
 
 # all_gather_single replaces all_gather_tensor in newer torch (same signature)
 _all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+
+
+def _waited(out: torch.Tensor) -> torch.Tensor:
+    return funcol.wait_tensor(out) if isinstance(out, funcol.AsyncCollectiveTensor) else out
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class TensorParallelError(RuntimeError):
@@ -62,18 +72,21 @@ class TensorParallel:
             backend = backend or ("nccl" if device.type == "cuda" else "gloo")
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
                                     device_id=device if device.type == "cuda" else None)
+            # torn down before the interpreter's own teardown: gloo's threads, left to static
+            # destructors, have aborted a finished process (std::terminate) now and then
+            atexit.register(_destroy)
         return cls(dist.group.WORLD, dist.get_rank(), dist.get_world_size(), device)
 
     # --- collectives (every rank calls them in the same order) ----------------------------------
 
     def all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """A new tensor: x reduced over the ranks ("sum", "max", "min")."""
-        return funcol.all_reduce(x, op, self.group)
+        """A new tensor: x reduced over the ranks ("sum", "max", "min"), waited for (no collective
+        is left pending when the process ends)."""
+        return _waited(funcol.all_reduce(x, op, self.group))
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         """[world, *x.shape]: every rank's x, in rank order."""
-        out = _all_gather(x.contiguous().unsqueeze(0), 0, self.group)
-        return funcol.wait_tensor(out) if isinstance(out, funcol.AsyncCollectiveTensor) else out
+        return _waited(_all_gather(x.contiguous().unsqueeze(0), 0, self.group))
 
     def check_all(self, error: BaseException | None, what: str) -> None:
         """Call on every rank after work that may fail on some ranks only (loading a shard, a
