@@ -16,6 +16,8 @@ import os
 import shutil
 
 from setuptools import find_namespace_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -95,15 +97,63 @@ def _extension():
     )
 
 
+# lm-evaluation-harness finds the "apd" model and apd_ext's tasks through _apd_ext_lm_eval.py, which
+# this .pth imports at interpreter start (lm-eval 0.4 has no plug-in discovery). The .pth must sit
+# at the root of site-packages, in the regular wheel and in the editable one alike.
+HOOK_PTH = "_apd_ext_lm_eval.pth"
+HOOK_LINE = "import _apd_ext_lm_eval\n"
+
+
+class BuildPyWithHook(build_py):
+    def run(self):
+        super().run()
+        if not self.editable_mode:
+            with open(os.path.join(self.build_lib, HOOK_PTH), "w") as f:
+                f.write(HOOK_LINE)
+
+    def get_outputs(self, include_bytecode=1):
+        extra = [] if self.editable_mode else [os.path.join(self.build_lib, HOOK_PTH)]
+        return super().get_outputs(include_bytecode) + extra
+
+
+class EditableWheelWithHook(editable_wheel):
+    """The editable wheel gets the same .pth (its strategy writes only the package's own finder)."""
+
+    def _select_strategy(self, name, tag, build_lib):
+        strategy = super()._select_strategy(name, tag, build_lib)
+        return _StrategyWithHook(strategy)
+
+
+class _StrategyWithHook:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __enter__(self):
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.inner.__exit__(*exc)
+
+    def __call__(self, wheel, files, mapping):
+        self.inner(wheel, files, mapping)
+        wheel.writestr(HOOK_PTH, HOOK_LINE)
+
+
 setup(
     name="apd_ext",
     version="0.1.0",
     description="Fused Adaptive Parallel Decoding kernels for diffusion LLMs (CPU, CUDA, Triton)",
     packages=find_namespace_packages(include=["apd_ext", "apd_ext.*"], exclude=["*.__pycache__"]),
-    package_data={"apd_ext.tiny": ["assets/*/*.json", "assets/*/*.safetensors", "assets/*.md"]},
+    py_modules=["_apd_ext_lm_eval"],
+    package_data={"apd_ext.tiny": ["assets/*/*.json", "assets/*/*.safetensors", "assets/*.md"],
+                  "apd_ext.harness": ["tasks/*.yaml", "tasks/*.jsonl", "tasks/*.md"]},
     include_package_data=True,
     python_requires=">=3.11",
     install_requires=["torch>=2.11", "numpy"],
+    # `pip install apd_ext[eval]`: the lm-evaluation-harness model "apd" (apd_ext/harness)
+    extras_require={"eval": ["lm_eval>=0.4.13,<0.5"]},
     ext_modules=[] if os.environ.get("APD_EXT_EXTENSION") == "0" else [_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithHook,
+              "editable_wheel": EditableWheelWithHook},
 )

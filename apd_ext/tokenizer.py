@@ -133,6 +133,14 @@ class HFTokenizer:
     def apply_chat_template(self, prompt: str, system: str | None = None) -> str:
         """The text of a one-turn conversation (an optional system message, the user's `prompt`)
         followed by the assistant's generation prompt. Raises ValueError without a template."""
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+            {"role": "user", "content": prompt}]
+        return self.render_chat(messages)
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The chat template rendered over `messages` ([{"role": ..., "content": ...}, ...], e.g.
+        lm-evaluation-harness's chat history), followed by the assistant's generation prompt when
+        `add_generation_prompt`. Raises ValueError without a template."""
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat template")
         import jinja2
@@ -148,10 +156,8 @@ class HFTokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
-        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-            {"role": "user", "content": prompt}]
-        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True,
-                                                          **self.special)
+        return env.from_string(self.chat_template).render(messages=list(messages),
+                                                          add_generation_prompt=add_generation_prompt, **self.special)
 
 
 def _special_ids(path: Path) -> dict:
