@@ -19,8 +19,9 @@ model_args:
     batch_size / max_batch_size: the harness's; "auto" decodes up to max_batch_size (default 32)
         requests per call.
 
-A request's generation kwargs override the model's: max_gen_toks -> max_new_tokens; do_sample=False
--> temperature 0, else temperature / top_k / top_p as given. `until` strings that are one special
+A request's generation kwargs (the task's, and --gen_kwargs) set the knobs that model_args leave
+out: max_gen_toks -> max_new_tokens; do_sample=False -> temperature 0, else temperature / top_k /
+top_p as given. A knob given in model_args wins (a warning says so when the task asks otherwise). `until` strings that are one special
 token of the tokenizer (e.g. "<|im_end|>") end decoding like EOS; every stop string also cuts the
 returned text. Requests of one task and one configuration are decoded together, batch_size at a
 time, longest first; a row's tokens depend only on its prompt, knobs and seed, so the batch size
@@ -139,6 +140,7 @@ class ApdLM(LM):
             if type(threads) is not int or threads < 1:
                 raise HarnessError(f"threads must be an integer >= 1, got {threads!r}")
             torch.set_num_threads(threads)
+        self.explicit = set(knobs)
         self.batch_size = _batch_size(batch_size)
         self.max_batch_size = AUTO_BATCH if max_batch_size is None else int(max_batch_size)
         self.seed, self.eos_token_id, self.vocab_size = seed, eos_token_id, vocab_size
@@ -281,6 +283,10 @@ class ApdLM(LM):
         for key in ("top_k", "top_p"):
             if gen_kwargs.get(key) is not None:
                 changes[key] = gen_kwargs[key]
+        for key in sorted(set(changes) & self.explicit):  # model_args given by the user win
+            if changes.pop(key) != getattr(self.config, key):
+                self._warn_once(f"override:{key}", f"apd model: model_args {key}={getattr(self.config, key)!r} "
+                                                   f"overrides the task's generation kwargs")
         try:
             cfg = self.config.replace(**changes) if changes else self.config
         except (TypeError, ValueError) as e:
