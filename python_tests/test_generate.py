@@ -294,3 +294,43 @@ def test_cuda_graph_is_reused_across_calls(policy):
         assert torch.equal(eager.sequences, out.sequences)
         assert torch.equal(eager.stats["acceptance_counts"], out.stats["acceptance_counts"])
     apd_ext.clear_graph_cache()
+
+
+@pytest.mark.parametrize("spec", ["apd", "apd:kv_window=none,max_lookahead=none", "dllm_fixed:k=3",
+                                  "dllm_fixed:k=1,kv_window=none,max_lookahead=none", "ar",
+                                  "diffusion:diffusion_steps=8", "apd:authors_compat=1"])
+def test_canvas_length_does_not_change_tokens(models, spec):
+    """A canvas longer than prompt + max_new_tokens gives the same rows, counts and forwards (rows
+    end at their prompt + max_new_tokens); out-of-range lengths are refused."""
+    prompts = _prompts(2, 9, 4)
+    kw = dict(max_new_tokens=14, seed=9, temperature=1.0)
+    base = generate(*models, prompts, spec, **kw)
+    P = max(map(len, prompts))
+    for length in (P + 14, P + 14 + 29):
+        long = generate(*models, prompts, spec, canvas_length=length, **kw)
+        assert long.sequences.shape[1] == length
+        assert torch.equal(long.num_generated, base.num_generated)
+        for b, p in enumerate(prompts):
+            end = len(p) + int(base.num_generated[b])
+            assert long.sequences[b, :end].tolist() == base.sequences[b, :end].tolist()
+        assert long.stats["dllm_forwards"] == base.stats["dllm_forwards"]
+    limit = models[0].config.max_position_embeddings
+    for bad in (P + 13, limit + 1, 30.0):
+        with pytest.raises(ValueError, match="canvas_length"):
+            generate(*models, prompts, spec, canvas_length=bad, **kw)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_shared_across_prompt_lengths_with_one_canvas_length():
+    """Prompts of different lengths on one canvas_length replay one captured graph (what the
+    harness does for lm-eval's requests), each equal to eager mode."""
+    dllm = DllmRunner.from_pretrained(golden.path("dream_tiny"), device="cuda")
+    verifier = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"), device="cuda")
+    kw = dict(max_new_tokens=24, eos_token_id=[], kv_window=3, max_lookahead=6, temperature=1.0, canvas_length=64)
+    apd_ext.clear_graph_cache()
+    outs = [generate(dllm, verifier, [list(range(5, 5 + n))], seed=n, cuda_graphs=True, **kw) for n in (4, 11, 17)]
+    assert [o.stats["cuda_graph"] for o in outs] == ["captured", "reused", "reused"]
+    for n, out in zip((4, 11, 17), outs):
+        eager = generate(dllm, verifier, [list(range(5, 5 + n))], seed=n, cuda_graphs=False, **kw)
+        assert torch.equal(eager.sequences, out.sequences)
+    apd_ext.clear_graph_cache()

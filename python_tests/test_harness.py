@@ -348,6 +348,7 @@ def test_wheel_ships_the_hook_and_the_task(tmp_path):
     ({"seed": -1}, "seed"),
     ({"threads": 0}, "threads"),
     ({"device": "tpu"}, "device"),
+    ({"canvas_bucket": -1}, "canvas_bucket"),
 ])
 def test_bad_model_args(kwargs, match):
     with pytest.raises(HarnessError, match=match):
@@ -422,3 +423,28 @@ def test_hub_id_resolves_from_the_local_cache(tmp_path, monkeypatch):
         resolve_checkpoint("tiny/absent", "dllm")
     with pytest.raises(HarnessError, match="not a directory"):
         resolve_checkpoint(str(ASSETS / "dllm" / "config.json"), "dllm")
+
+
+def test_canvas_is_bucketed_when_the_step_is_specialised(monkeypatch, pair):
+    """With compile (or CUDA graphs) the canvas is rounded up to canvas_bucket so that prompts of
+    different lengths share one compiled step / graph; the answers stay eval-tiny's. Eager: exact."""
+    import apd_ext.harness.model as hm
+
+    seen = []
+
+    def spy(*args, canvas_length=None, compile=False, **kw):  # records, then decodes eagerly
+        seen.append(canvas_length)
+        return generate(*args, canvas_length=canvas_length, **kw)
+
+    monkeypatch.setattr(hm, "generate", spy)
+    problems = task.eval_problems(0, 3)
+    reqs = [SimpleNamespace(args=(p.prompt, {"max_gen_toks": 64}), task_name="t") for p in problems]
+    lm = ApdLM(device="cpu", compile=True, canvas_bucket=32)
+    texts = lm.generate_until(reqs, disable_tqdm=True)
+    lens = [len(pair.tok.encode(p.prompt)) + 64 for p in problems]
+    assert seen == [min(lm.max_length, -(-n // 32) * 32) for n in sorted(lens, reverse=True)]
+    assert texts == [ev.decode(pair, p, "apd", seed=i)[0] for i, p in enumerate(problems)]
+    seen.clear()
+    ApdLM(device="cpu").generate_until(reqs[:1], disable_tqdm=True)
+    ApdLM(device="cpu", compile=True, canvas_bucket=0).generate_until(reqs[:1], disable_tqdm=True)
+    assert seen == [None, None]

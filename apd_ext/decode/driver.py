@@ -35,7 +35,8 @@ class GenerateOutput:
 
 def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, attention_mask=None, seed=None,
              eos_token_id=None, vocab_size=None, stream=None, noise_fn=None, backend: str = "auto",
-             cuda_graphs: bool | None = None, compile: bool = False, **knobs) -> GenerateOutput:
+             cuda_graphs: bool | None = None, compile: bool = False, canvas_length: int | None = None,
+             **knobs) -> GenerateOutput:
     """Decode continuations of `input_ids` with config.policy (default DecodeConfig(): APD).
 
     dllm, verifier: DllmRunner / VerifierRunner (or the HFDllm / HFVerifier adapters), in that
@@ -58,6 +59,10 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
         with native runners and generated noise); kept for later calls with the same
         decode.graphs.graph_key. The tokens equal eager mode's for the same seed.
     compile: run the steady step through apd_ext.decode.compiled.compile_step (torch.compile).
+    canvas_length: the positions decoded over, L (default: longest prompt + max_new_tokens; at most
+        the models' maximum). A larger L gives the same tokens (each row still ends at its prompt +
+        max_new_tokens) and lets calls whose prompts differ in length share one captured CUDA
+        graph and one compiled step, which are specialised on L (lm-eval's requests: apd_ext/harness).
     Returns a GenerateOutput (its docstring lists the stats).
 
     Tensor parallelism: with runners loaded with tp= (apd_ext.parallel.TensorParallel) every rank
@@ -72,7 +77,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     vocab = inputs.shared_vocab(dllm, verifier, vocab_size)
     parallel = inputs.tensor_parallel(dllm, verifier, vocab)
     rows = inputs.prompt_rows(input_ids, attention_mask)
-    batch = inputs.make_batch(dllm, verifier, rows, cfg, seed)
+    batch = inputs.make_batch(dllm, verifier, rows, cfg, seed, canvas_length)
     kind = STEPS[cfg.policy]  # the models' EOS must agree when both models decide tokens
     eos = inputs.eos_ids(dllm, verifier, eos_token_id, both_models=bool(kind.dllm_forwards and kind.verifier_forwards))
     step = make_step(cfg, length=batch.length, vocab=vocab, eos=eos, backend=backend, device=dllm.device,

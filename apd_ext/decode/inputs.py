@@ -160,9 +160,11 @@ class Batch:
         return self.canvas.shape[0]
 
 
-def make_batch(dllm, verifier, rows: list[list[int]], config: DecodeConfig, seed) -> Batch:
+def make_batch(dllm, verifier, rows: list[list[int]], config: DecodeConfig, seed,
+               canvas_length: int | None = None) -> Batch:
     """Check the prompts against the models (mask token, vocabulary, maximum length) and lay them
-    out on a canvas of L = P_max + max_new_tokens positions."""
+    out on a canvas of L = P_max + max_new_tokens positions, or `canvas_length` when larger (a row
+    ends at its own prompt length + max_new_tokens either way)."""
     mask_id = dllm.mask_token_id
     limit_v = min(dllm.vocab_size, verifier.vocab_size)
     if any(mask_id in r for r in rows):
@@ -174,7 +176,11 @@ def make_batch(dllm, verifier, rows: list[list[int]], config: DecodeConfig, seed
     if P + N > limit:
         raise ValueError(f"prompt ({P}) + max_new_tokens ({N}) exceeds the models' maximum length {limit} "
                          f"(max_position_embeddings)")
-    B, L = len(rows), P + N
+    if canvas_length is not None:
+        if type(canvas_length) is not int or not P + N <= canvas_length <= limit:
+            raise ValueError(f"canvas_length must be an integer in [prompt + max_new_tokens, the models' maximum "
+                             f"length] = [{P + N}, {limit}], got {canvas_length!r}")
+    B, L = len(rows), max(P + N, canvas_length or 0)
     canvas = torch.full((B, L + 1), mask_id, dtype=torch.int64)
     for b, r in enumerate(rows):
         canvas[b, : len(r)] = torch.tensor(r, dtype=torch.int64)

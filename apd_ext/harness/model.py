@@ -13,7 +13,9 @@ model_args:
         temperature, top_k, top_p, k, diffusion_steps, diffusion_alg, authors_compat), with the
         Python API's defaults (apd_ext.decode.config); `none` sets an optional knob to None.
     generate's other keywords: seed (request i decodes with seed + i; default 0), eos_token_id,
-        vocab_size (the shared vocabulary, 151936 for Dream + Qwen2.5), backend, cuda_graphs, compile.
+        vocab_size (the shared vocabulary, 151936 for Dream + Qwen2.5), backend, cuda_graphs, compile;
+        canvas_bucket (default 64; 0: off): with CUDA graphs or compile, canvases are rounded up to a
+        multiple of it, so that prompts of different lengths share captured graphs (same tokens).
     device (default: the harness's --device when it is usable, else cuda when available, else cpu),
     dtype (float32 / bfloat16 / float16; default the checkpoints' own), threads (CPU threads).
     batch_size / max_batch_size: the harness's; "auto" decodes up to max_batch_size (default 32)
@@ -114,7 +116,7 @@ class ApdLM(LM):
     up to the first EOS)."""
 
     def __init__(self, dllm=None, verifier=None, *, device=None, dtype=None, vocab_size=None, seed=0,
-                 eos_token_id=None, backend="auto", cuda_graphs=None, compile=False, threads=None,
+                 eos_token_id=None, backend="auto", cuda_graphs=None, compile=False, canvas_bucket=64, threads=None,
                  batch_size=1, max_batch_size=None, **knobs):
         super().__init__()
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -124,7 +126,7 @@ class ApdLM(LM):
         unknown = sorted(set(knobs) - set(KNOBS))
         if unknown:
             raise HarnessError(f"unknown model_args {', '.join(unknown)}; the apd model takes dllm, verifier, device, "
-                               f"dtype, vocab_size, seed, eos_token_id, backend, cuda_graphs, compile, threads, "
+                               f"dtype, vocab_size, seed, eos_token_id, backend, cuda_graphs, compile, canvas_bucket, threads, "
                                f"batch_size, max_batch_size and DecodeConfig's {', '.join(KNOBS)}")
         try:
             self.config = DecodeConfig().replace(**knobs)
@@ -140,6 +142,9 @@ class ApdLM(LM):
             if type(threads) is not int or threads < 1:
                 raise HarnessError(f"threads must be an integer >= 1, got {threads!r}")
             torch.set_num_threads(threads)
+        if type(canvas_bucket) is not int or canvas_bucket < 0:
+            raise HarnessError(f"canvas_bucket must be an integer >= 0 (0: off), got {canvas_bucket!r}")
+        self.canvas_bucket = canvas_bucket
         self.explicit = set(knobs)
         self.batch_size = _batch_size(batch_size)
         self.max_batch_size = AUTO_BATCH if max_batch_size is None else int(max_batch_size)
@@ -323,8 +328,9 @@ class ApdLM(LM):
         seeds = torch.tensor([self.seed + p["index"] for p in chunk], dtype=torch.int64)
         extra = {} if self.vocab_size is None else {"vocab_size": self.vocab_size}
         t0 = time.perf_counter()
-        out = generate(self.dllm, self.verifier, [p["ids"] for p in chunk], cfg, seed=seeds, eos_token_id=eos,
-                       **extra, **self.generate_kwargs)
+        rows = [p["ids"] for p in chunk]
+        out = generate(self.dllm, self.verifier, rows, cfg, seed=seeds, eos_token_id=eos,
+                       canvas_length=self._canvas_length(rows, cfg), **extra, **self.generate_kwargs)
         wall = time.perf_counter() - t0
         rows = len(chunk)
         for b, p in enumerate(chunk):
@@ -344,6 +350,18 @@ class ApdLM(LM):
         stats["verifier_forwards"] += int(out.stats["verifier_forwards"]) * rows
         stats["steps"] += int(out.stats["steps"]) * rows
         stats["wall_s"] += wall
+
+    def _canvas_length(self, rows: list[list[int]], cfg: DecodeConfig) -> int | None:
+        """With CUDA graphs or a compiled step (both specialised on the canvas length): the canvas
+        rounded up to a multiple of canvas_bucket, so that requests whose prompts differ in length
+        replay a few captured graphs instead of capturing one each (same tokens: generate's
+        canvas_length). None (the exact length) in eager mode."""
+        specialised = self.generate_kwargs["compile"] or (
+            self._device.type == "cuda" and self.generate_kwargs["cuda_graphs"] is not False)
+        if not self.canvas_bucket or not specialised:
+            return None
+        need = max(map(len, rows)) + cfg.max_new_tokens
+        return min(self.max_length, -(-need // self.canvas_bucket) * self.canvas_bucket)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
