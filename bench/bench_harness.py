@@ -26,7 +26,8 @@ eval-tiny counts them), tokens_per_s = tokens / wall time of the decoding calls 
 work outside them is in eval_wall_s), tokens_per_dllm_forward = tokens / dLLM forwards ("-" for the
 verifier alone, which makes none), tokens_per_step = tokens / decoding steps. At batch size B > 1 a
 row takes part in every forward of its batch (rows wait for the batch's longest), so tokens per
-forward drop while tokens/s rise; the answers, hence accuracy, do not depend on B.
+forward drop, and tokens/s rise only where one forward does not already keep the CPU busy (on the
+tiny pair: the verifier alone); the answers, hence accuracy, do not depend on B.
 
 Ratios vs the baseline: speedup_tokens_per_s = tokens_per_s / the baseline's, and
 speedup_tokens_per_forward = tokens_per_dllm_forward / the baseline's (the baseline's own are 1).

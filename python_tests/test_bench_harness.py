@@ -14,7 +14,6 @@ import pytest
 from apd_ext import backends
 
 ROOT = Path(__file__).resolve().parents[1]
-pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (pip install 'apd_ext[eval]')")
 pytestmark = pytest.mark.skipif(backends.extension() is None, reason="extension apd_ext._C not built")
 
 COLUMNS = {"timestamp", "label", "model_args", "config", "baseline", "task", "limit", "answers", "batch_size",

@@ -275,6 +275,13 @@ def test_chat_template_stop_token_ends_decoding(tmp_path):
     assert eos == [1, 0]  # the models' EOS, then <|pad|> (a special token); "Question:" is not one
     _, _, eos = lm._request_config({"until": ["\n\n"]})
     assert eos == [1]
+    cfg = json.loads((verifier / "config.json").read_text())
+    (verifier / "config.json").write_text(json.dumps({**cfg, "eos_token_id": 0}))  # the models' EOS now differ
+    with pytest.raises(HarnessError, match="EOS tokens disagree.*eos_token_id="):
+        ApdLM(dllm=str(dllm), verifier=str(verifier), device="cpu")._request_config({})
+    lm = ApdLM(dllm=str(dllm), verifier=str(verifier), device="cpu", eos_token_id=1)
+    assert lm._request_config({"until": ["<|pad|>"]})[2] == [1, 0]
+    assert ApdLM(dllm=str(dllm), verifier=str(verifier), device="cpu", policy="ar")._request_config({})[2] == [1]
     req = SimpleNamespace(args=(task.eval_problems(0, 1)[0].prompt, {"until": ["=", "<|endoftext|>"],
                                                                      "max_gen_toks": 64}), task_name="t")
     text = lm.generate_until([req], disable_tqdm=True)[0]

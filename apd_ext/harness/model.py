@@ -304,8 +304,12 @@ class ApdLM(LM):
         special = {t.content for t in self.tok.tok.get_added_tokens_decoder().values()}
         extra = [self.tok.tok.token_to_id(s) for s in until if s in special]
         kind = STEPS[cfg.policy]
-        base = eos_ids(self.dllm, self.verifier, self.eos_token_id,
-                       both_models=bool(kind.dllm_forwards and kind.verifier_forwards))
+        try:
+            base = eos_ids(self.dllm, self.verifier, self.eos_token_id,
+                           both_models=bool(kind.dllm_forwards and kind.verifier_forwards))
+        except (TypeError, ValueError) as e:
+            raise HarnessError(f"{e} (model_args eos_token_id=ID; e.g. 151645, <|im_end|>, for Dream-Instruct + "
+                               f"Qwen2.5-Instruct)") from None
         return base + [t for t in extra if t is not None and t not in base]
 
     def _encode(self, context: str, max_new_tokens: int) -> list[int]:
