@@ -30,7 +30,7 @@ from apd_ext.tiny import evaluate as ev  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "apd_tiny_arith"
-N = 12  # problems per policy in the comparisons with eval-tiny
+N = 8  # problems per policy in the comparisons with eval-tiny
 
 
 @pytest.fixture(autouse=True)
@@ -136,15 +136,17 @@ def test_eval_tiny_command_gives_the_harness_accuracy(tmp_path):
 
 
 def test_batched_requests_give_the_single_answers():
-    """batch_size 4 (ragged prompts, a last partial batch) answers as batch 1 does, with sampling on
+    """batch_size 3 (ragged prompts, a last partial batch) answers as batch 1 does, with sampling on
     (each request keeps its seed: seed + request index)."""
-    args = {"temperature": 1.0, "seed": 7}
-    single = _responses(_evaluate(ApdLM(device="cpu", **args), 6))
-    lm = ApdLM(device="cpu", batch_size=4, **args)
-    batched = _responses(_evaluate(lm, 6, batch_size=4))
+    args = {"temperature": 1.0, "seed": 7, "max_new_tokens": 24}
+    lm = ApdLM(device="cpu", batch_size=3, **args)
+    batched = _responses(_evaluate(lm, 5, batch_size=3))
+    assert lm.stats[TASK]["calls"] == 2  # 3 + 2
+    reqs = [SimpleNamespace(args=(p.prompt, {"until": ["<|endoftext|>"], "max_gen_toks": 64, "do_sample": False}),
+                            task_name=TASK) for p in task.eval_problems(0, 5)]
+    single = dict(enumerate(ApdLM(device="cpu", **args).generate_until(reqs, disable_tqdm=True)))
     assert batched == single
-    assert lm.stats[TASK]["calls"] == 2  # 4 + 2
-    other_seed = _responses(_evaluate(ApdLM(device="cpu", temperature=1.0, seed=8), 6))
+    other_seed = dict(enumerate(ApdLM(device="cpu", **{**args, "seed": 8}).generate_until(reqs, disable_tqdm=True)))
     assert other_seed != single  # the seed reaches the sampler
 
 
