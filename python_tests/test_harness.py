@@ -358,6 +358,9 @@ def test_wheel_ships_the_hook_and_the_task(tmp_path):
     ({"threads": 0}, "threads"),
     ({"device": "tpu"}, "device"),
     ({"canvas_bucket": -1}, "canvas_bucket"),
+    ({"max_batch_size": "many"}, "max_batch_size"),
+    ({"backend": "tpu"}, "backend must be one of"),
+    ({"cuda_graphs": "yes"}, "cuda_graphs"),
 ])
 def test_bad_model_args(kwargs, match):
     with pytest.raises(HarnessError, match=match):

@@ -53,6 +53,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("apd_ext.harness needs lm-evaluation-harness: pip install 'apd_ext[eval]'") from e
 
+from apd_ext.backends import NAMES as BACKEND_NAMES
 from apd_ext.decode.config import DecodeConfig
 from apd_ext.decode.driver import generate
 from apd_ext.decode.inputs import eos_ids
@@ -113,7 +114,7 @@ class ApdLM(LM):
     Attributes: config (the DecodeConfig of the model_args), dllm / verifier (the runners), tok
     (apd_ext.tokenizer.HFTokenizer the pair shares), stats (task -> statistics dict, summed over
     calls), last_outputs (request index -> generated token ids of the last generate_until call,
-    up to the first EOS)."""
+    up to and including the first EOS)."""
 
     def __init__(self, dllm=None, verifier=None, *, device=None, dtype=None, vocab_size=None, seed=0,
                  eos_token_id=None, backend="auto", cuda_graphs=None, compile=False, canvas_bucket=64, threads=None,
@@ -147,7 +148,13 @@ class ApdLM(LM):
         self.canvas_bucket = canvas_bucket
         self.explicit = set(knobs)
         self.batch_size = _batch_size(batch_size)
-        self.max_batch_size = AUTO_BATCH if max_batch_size is None else int(max_batch_size)
+        if max_batch_size is not None and (type(max_batch_size) is not int or max_batch_size < 1):
+            raise HarnessError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
+        self.max_batch_size = AUTO_BATCH if max_batch_size is None else max_batch_size
+        if backend not in BACKEND_NAMES:
+            raise HarnessError(f"backend must be one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
+        if cuda_graphs not in (None, True, False):
+            raise HarnessError(f"cuda_graphs must be true, false or none (auto), got {cuda_graphs!r}")
         self.seed, self.eos_token_id, self.vocab_size = seed, eos_token_id, vocab_size
         self.generate_kwargs = {"backend": backend, "cuda_graphs": cuda_graphs, "compile": bool(compile)}
         self._device = self._pick_device(device)
