@@ -3,6 +3,12 @@ transformers with static KV caches, plus slow adapters for model objects already
 
     dllm = DllmRunner.from_pretrained("path/to/Dream-v0-Instruct-7B", device="cuda", dtype=torch.bfloat16)
     verifier = VerifierRunner.from_pretrained("path/to/Qwen2.5-0.5B-Instruct", device="cuda", dtype=torch.bfloat16)
+    llada = DllmRunner.from_pretrained("path/to/LLaDA-8B-Instruct", device="cuda")  # bf16: its "precision"
+
+The family comes from config.json's model_type (apd_ext.models.config): dLLMs "Dream" (Dream and
+derivatives keeping its architecture; shifted logits) and "llada" (LLaDA's own config keys and
+tensor names, mapped onto the same native transformer; unshifted logits), verifiers "qwen2" and
+"llama". Any other model_type raises CheckpointError listing these.
 
 Tensor parallelism (one process per rank, under torchrun): every rank loads its part, and the
 logits of both runners are the rank's slice of the shared vocabulary (see runners.py):

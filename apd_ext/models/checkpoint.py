@@ -5,6 +5,12 @@ that hold a slice of the checkpoint's tensor (`model.slices`: name -> (dim, star
 those rows or columns are read from the file (safetensors get_slice), never the whole tensor, and
 shapes are checked against the full model's.
 
+Tensor names: the files use their family's names, the model its own (Hugging Face Qwen2's,
+"model.layers.N.self_attn.q_proj.weight"); `checkpoint_names` maps one to the other (LLaDA's
+"model.transformer.blocks.N.q_proj.weight", ..., see LLADA_LAYER_NAMES; the identity for Dream,
+Qwen2 and Llama), and loading, saving, slices and error messages all go through it, so every
+message names the tensor as the file spells it.
+
 Every file is checked before it is read: a missing file raises FileNotFoundError, an unusable one
 (empty, truncated, a Git LFS pointer, not safetensors, an index without a weight_map, a tensor
 absent or of the wrong shape) raises CheckpointError (a ValueError) naming the file, the key or
@@ -24,6 +30,39 @@ from apd_ext.models.config import CheckpointError, ModelConfig, read_json_object
 INDEX = "model.safetensors.index.json"
 _LFS_POINTER = b"version https://git-lfs"
 _FORMAT = "a safetensors file (8-byte little-endian header length, JSON header, tensor data)"
+
+# LLaDA's tensor names (its LLaDAModelLM: model.transformer.{wte, blocks.N.*, ln_f, ff_out}) for
+# the native ones: per layer, native suffix -> LLaDA's module (ff_proj is the gate of the SiLU MLP)
+LLADA_LAYER_NAMES = {
+    "self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
+    "self_attn.o_proj": "attn_out", "mlp.gate_proj": "ff_proj", "mlp.up_proj": "up_proj",
+    "mlp.down_proj": "ff_out", "input_layernorm": "attn_norm", "post_attention_layernorm": "ff_norm",
+}
+LLADA_TOP_NAMES = {"model.embed_tokens.weight": "model.transformer.wte.weight",
+                   "model.norm.weight": "model.transformer.ln_f.weight",
+                   "lm_head.weight": "model.transformer.ff_out.weight"}
+
+
+def _llada_name(name: str) -> str:
+    """LLaDA's name for the native parameter `name`."""
+    if name in LLADA_TOP_NAMES:
+        return LLADA_TOP_NAMES[name]
+    parts = name.split(".")  # model.layers.N.<module...>.(weight|bias)
+    module = ".".join(parts[3:-1])
+    if parts[:2] != ["model", "layers"] or module not in LLADA_LAYER_NAMES:
+        raise KeyError(f"no LLaDA tensor name for parameter {name!r}")
+    return f"model.transformer.blocks.{parts[2]}.{LLADA_LAYER_NAMES[module]}.{parts[-1]}"
+
+
+def checkpoint_names(model: torch.nn.Module) -> dict[str, str]:
+    """native parameter name -> the tensor's name in the model family's files, for every
+    parameter of `model` (a Transformer; its config.model_type picks the names: LLaDA's for
+    "llada", the native ones otherwise)."""
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    if isinstance(family, str) and family.lower() == "llada":
+        return {n: _llada_name(n) for n in names}
+    return {n: n for n in names}
 
 
 def shard_files(path: str | Path) -> list[Path]:
@@ -108,14 +147,16 @@ def _parse_header(f: Path, raw: bytes) -> dict:
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = True) -> None:
-    """Copy every tensor of the checkpoint at `path` into the parameter of the same name.
+    """Copy every tensor of the checkpoint at `path` into its parameter (the one of the same
+    name, through checkpoint_names for a family with its own names).
 
     strict: a tensor with no parameter (rotary inv_freq buffers aside) and a parameter with no
     tensor (tied ones aside) are errors. Raises CheckpointError naming the file and the tensor."""
     path = Path(path)
-    tied = getattr(model, "tied_parameter_names", set())
-    params = {n: p for n, p in model.named_parameters() if n not in tied}
-    slices = getattr(model, "slices", {})
+    names = checkpoint_names(model)
+    tied = {names[n] for n in getattr(model, "tied_parameter_names", set())}
+    params = {names[n]: p for n, p in model.named_parameters() if names[n] not in tied}  # by the files' names
+    slices = {names[n]: spec for n, spec in getattr(model, "slices", {}).items()}
     listed = index_weight_map(path) if (path / INDEX).exists() else None
     seen: set[str] = set()
     for f in shard_files(path):
@@ -181,10 +222,15 @@ def _load_file(f: Path, shapes: dict, params: dict, strict: bool, model_name: st
 
 
 def save_checkpoint(model: torch.nn.Module, config: ModelConfig, path: str | Path) -> None:
-    """Write config.json and model.safetensors (the layout load_weights reads)."""
+    """Write config.json and model.safetensors (the layout load_weights reads) in the family's own
+    format: config.to_dict() and the checkpoint_names of the tensors (a LLaDA model is written
+    as LLaDA's files, which LLaDA's own code loads too). `model` is whole (not tensor-parallel)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "slices", None):
+        raise ValueError("save_checkpoint needs the whole model; this one holds a tensor-parallel rank's slices")
+    names = checkpoint_names(model)
     tied = getattr(model, "tied_parameter_names", set())
-    state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if n not in tied}
+    state = {names[n]: p.detach().contiguous().cpu() for n, p in model.named_parameters() if n not in tied}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")

@@ -1,6 +1,15 @@
-"""Model configuration read from a Hugging Face config.json (Qwen2 / Dream / LLaMA-style), checked
-when it is built: every error names the file (or "ModelConfig" for one built in code) and the key,
-and says what the key takes, so a bad checkpoint fails at load, not inside a forward."""
+"""Model configuration read from a Hugging Face config.json, checked when it is built: every error
+names the file (or "ModelConfig" for one built in code) and the key, and says what the key takes, so
+a bad checkpoint fails at load, not inside a forward.
+
+Families (config.json's model_type, any case), all loaded into the one native transformer:
+    "Dream"          dLLM: Dream and its derivatives that keep Dream's architecture (bidirectional
+                     Qwen2, q/k/v biases); logits at position j predict token j + 1
+    "llada"          dLLM: LLaDA (LLaDA-8B-Base/Instruct, LLaDA-1.5): its own config keys (d_model,
+                     n_heads, ...) are translated here (`llada_to_native`); unshifted logits
+    "qwen2", "llama" causal verifiers (Hugging Face Qwen2 / Llama configs)
+Any other model_type raises CheckpointError naming the file and listing these (`SUPPORTED`).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,12 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
           "max_position_embeddings")
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+# model_type (lower case) -> whether the dLLM's logits are shifted by one (row j predicts token j + 1)
+DLLM_TYPES = {"dream": True, "llada": False}
+VERIFIER_TYPES = ("qwen2", "llama")
+SUPPORTED = ("dLLMs: \"Dream\" (Dream and derivatives that keep its architecture), \"llada\" (LLaDA); "
+             "verifiers: \"qwen2\", \"llama\"")
 
 
 class CheckpointError(ValueError):
@@ -65,8 +80,9 @@ def _is_int(value) -> bool:
 class ModelConfig:
     """The architecture of a decoder transformer of the Qwen2 family, and its special tokens.
 
-    `model_type` picks the adapter: "qwen2" (causal verifier), "Dream" (bidirectional dLLM whose
-    logits at position j predict token j + 1), "llada" (bidirectional, unshifted, no q/k/v bias).
+    `model_type` picks the family (module docstring): "qwen2" / "llama" (causal verifiers),
+    "Dream" (bidirectional dLLM whose logits at position j predict token j + 1), "llada"
+    (bidirectional, unshifted; read from and written to LLaDA's own config.json keys).
     Checked on construction (`check`): sizes are positive integers, hidden_size divides into an
     even head_dim per attention head and the heads into key/value heads, mask_token_id and the
     EOS ids lie in [0, vocab_size).
@@ -168,6 +184,21 @@ class ModelConfig:
         mt = d.get("model_type")
         if mt is None:
             raise CheckpointError(f"{source}: no model_type (expected e.g. \"qwen2\", \"Dream\", \"llada\")")
+        kind = mt.lower() if isinstance(mt, str) else None
+        if kind not in DLLM_TYPES and kind not in VERIFIER_TYPES:
+            raise CheckpointError(f"{source}: model_type {mt!r} is not a family apd_ext loads; supported: {SUPPORTED}")
+        if kind != "llada":
+            return cls._from_native(d, source)
+        native = llada_to_native(d, source)
+        try:
+            return cls._from_native(native, source)
+        except CheckpointError as e:  # a native key's check: say which LLaDA key it came from
+            raise CheckpointError(f"{e} ({_LLADA_KEY_NOTE})") from None
+
+    @classmethod
+    def _from_native(cls, d: dict, source: str) -> "ModelConfig":
+        """From a dict in Hugging Face's Qwen2/Llama keys (model_type already checked)."""
+        mt = d["model_type"]
         known = {f.name for f in fields(cls)} - {"dtype", "extra", "attention_bias", "model_type"}
         kw = {k: d[k] for k in known if k in d}
         missing = [k for k in _REQUIRED if k not in kw]
@@ -195,7 +226,11 @@ class ModelConfig:
         return cls.from_dict(read_json_object(p), source=str(p))
 
     def to_dict(self) -> dict:
-        d = dict(self.extra)
+        """The config.json dict of this config in its family's own format (LLaDA's keys for
+        "llada", Hugging Face's Qwen2 keys otherwise); from_dict reads it back."""
+        if self.model_type.lower() == "llada":
+            return native_to_llada(self)
+        d = {k: v for k, v in self.extra.items() if k != LLADA_SOURCE}
         for f in fields(self):
             if f.name not in ("extra", "dtype"):
                 d[f.name] = getattr(self, f.name)
@@ -227,3 +262,133 @@ def _check_head_dim(d: dict, source: str) -> None:
     if hd != h // n:
         raise CheckpointError(f"{source}: head_dim {hd!r} differs from hidden_size / num_attention_heads = {h // n}; "
                               f"only head_dim = hidden_size / num_attention_heads is supported")
+
+
+# --- LLaDA ------------------------------------------------------------------------------------------
+# LLaDA's config.json (configuration_llada.py of GSAI-ML/LLaDA-8B-*) uses OLMo's keys. The native
+# transformer is LLaDA's "llama" block: RMSNorm (attn_norm, ff_norm, ln_f), separate q/k/v projections
+# (optional q/k/v bias), RoPE on halves computed in float32, bidirectional attention, attn_out, and
+# the MLP ff_out(silu(ff_proj(x)) * up_proj(x)) (ff_proj is the gate); the output head is
+# transformer.ff_out, or the embedding when weight_tying. Keys absent from a config.json take
+# LLaDA's own defaults (its ModelConfig dataclass), so a config means what it means to LLaDA's code.
+
+LLADA_SOURCE = "llada_config"  # extra[LLADA_SOURCE]: the config.json dict read, kept for to_dict
+_LLADA_DEFAULTS = {
+    "n_kv_heads": None, "multi_query_attention": None, "mlp_ratio": 4, "mlp_hidden_size": None,
+    "activation_type": "swiglu", "block_type": "sequential", "block_group_size": 1, "alibi": False, "rope": False,
+    "attention_layer_norm": False, "input_emb_norm": False, "layer_norm_type": "default",
+    "layer_norm_with_affine": True, "rms_norm_eps": 1e-5, "max_sequence_length": 1024, "rope_theta": 10000.0,
+    "include_qkv_bias": False, "include_bias": False, "bias_for_layer_norm": None, "scale_logits": False,
+    "weight_tying": True,
+}  # no default for the special tokens: LLaDA's (50256) is GPT-2's, never LLaDA's mask 126336
+# the values the native transformer implements, for the keys that change the architecture
+_LLADA_ARCH = {"block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
+               "alibi": False, "layer_norm_with_affine": True, "include_bias": False, "attention_layer_norm": False,
+               "input_emb_norm": False, "scale_logits": False, "block_group_size": 1}
+# OLMo's training precision -> the dtype the weights are loaded in when config.json names none
+_LLADA_PRECISION = {"amp_bf16": "bfloat16", "amp_fp16": "float16", "fp32": "float32"}
+_LLADA_KEY_NOTE = ("LLaDA keys: d_model = hidden_size, n_heads = num_attention_heads, n_kv_heads = "
+                   "num_key_value_heads, n_layers = num_hidden_layers, mlp_hidden_size (or mlp_ratio * d_model) = "
+                   "intermediate_size, embedding_size (or vocab_size) = vocab_size, max_sequence_length = "
+                   "max_position_embeddings")
+
+
+def llada_to_native(d: dict, source: str = "config.json") -> dict:
+    """The config.json dict of a LLaDA checkpoint (model_type "llada", LLaDA's keys) as the native
+    keys from_dict reads (hidden_size, num_attention_heads, ...); the LLaDA dict itself is kept
+    under extra[LLADA_SOURCE] so that to_dict writes LLaDA's format back.
+
+    Mapping: d_model -> hidden_size; n_heads -> num_attention_heads; n_kv_heads (with
+    multi_query_attention, as LLaDA's effective_n_kv_heads) -> num_key_value_heads; n_layers ->
+    num_hidden_layers; mlp_hidden_size, else mlp_ratio * d_model -> intermediate_size;
+    embedding_size, else vocab_size -> vocab_size (the rows of the embedding and of the logits;
+    LLaDA's own vocab_size, the tokenizer's, may be smaller); max_sequence_length ->
+    max_position_embeddings; include_qkv_bias -> attention_bias; weight_tying ->
+    tie_word_embeddings; rope_theta, rms_norm_eps and the special token ids as they are (absent:
+    none; a dLLM without mask_token_id is refused by DllmRunner, not given LLaDA's GPT-2 default). dtype:
+    config.json's dtype / torch_dtype, else from LLaDA's "precision" (amp_bf16 -> bfloat16,
+    amp_fp16 -> float16), else float32. Raises CheckpointError (naming `source` and the LLaDA key)
+    for a missing or mistyped key and for variants the native transformer does not implement
+    (another block_type, activation, norm, ALiBi, q/k norms, biases outside q/k/v, embedding or
+    logit scaling, block groups)."""
+    missing = [k for k in ("d_model", "n_heads", "n_layers", "vocab_size") if k not in d]
+    if missing:
+        raise CheckpointError(f"{source}: LLaDA config lacks {', '.join(missing)}")
+    v = {**_LLADA_DEFAULTS, **d}
+    for key in ("d_model", "n_heads", "n_layers", "vocab_size", "mlp_ratio", "max_sequence_length"):
+        if not _is_int(v[key]) or v[key] < 1:
+            raise CheckpointError(f"{source}: {key} must be an integer >= 1, got {v[key]!r}")
+    for key in ("n_kv_heads", "mlp_hidden_size", "embedding_size"):
+        if v.get(key) is not None and (not _is_int(v[key]) or v[key] < 1):
+            raise CheckpointError(f"{source}: {key} must be an integer >= 1 or null, got {v[key]!r}")
+    for key, want in _LLADA_ARCH.items():
+        if v[key] != want:
+            absent = " (LLaDA's default when the key is absent)" if key not in d else ""
+            raise CheckpointError(f"{source}: {key} {v[key]!r}{absent} is not supported; the native transformer "
+                                  f"implements LLaDA's layout with {key} {want!r} (LLaDA-8B's)")
+    if v["bias_for_layer_norm"] not in (None, False):
+        raise CheckpointError(f"{source}: bias_for_layer_norm {v['bias_for_layer_norm']!r} is not supported "
+                              f"(RMSNorm without bias)")
+    if not isinstance(v["include_qkv_bias"], bool) or not isinstance(v["weight_tying"], bool):
+        key = "include_qkv_bias" if not isinstance(v["include_qkv_bias"], bool) else "weight_tying"
+        raise CheckpointError(f"{source}: {key} must be true or false, got {v[key]!r}")
+    embedding = d.get("embedding_size") or v["vocab_size"]  # absent or null: the vocabulary (LLaDA: `or`)
+    if embedding < v["vocab_size"]:
+        raise CheckpointError(f"{source}: embedding_size {embedding} is smaller than vocab_size {v['vocab_size']}")
+    native = {
+        "model_type": d["model_type"], "vocab_size": embedding, "hidden_size": v["d_model"],
+        "intermediate_size": v["mlp_hidden_size"] or v["mlp_ratio"] * v["d_model"],
+        "num_hidden_layers": v["n_layers"], "num_attention_heads": v["n_heads"],
+        "num_key_value_heads": _llada_kv_heads(v, source), "rms_norm_eps": v["rms_norm_eps"],
+        "rope_theta": v["rope_theta"], "max_position_embeddings": v["max_sequence_length"],
+        "tie_word_embeddings": v["weight_tying"], "attention_bias": v["include_qkv_bias"],
+        "eos_token_id": d.get("eos_token_id"), "pad_token_id": d.get("pad_token_id"),
+        "mask_token_id": d.get("mask_token_id"),
+        "dtype": d.get("dtype") or d.get("torch_dtype") or _llada_precision_dtype(d.get("precision")),
+        LLADA_SOURCE: dict(d),
+    }
+    if d.get("bos_token_id") is not None:
+        native["bos_token_id"] = d["bos_token_id"]
+    return native
+
+
+def _llada_precision_dtype(precision) -> str:
+    """The load dtype LLaDA's training "precision" implies (amp_bf16: bfloat16, as LLaDA-8B's
+    weights are stored), float32 for none or another value."""
+    return _LLADA_PRECISION.get(precision, "float32") if isinstance(precision, str) else "float32"
+
+
+def _llada_kv_heads(v: dict, source: str) -> int:
+    """LLaDA's effective_n_kv_heads: n_kv_heads, else 1 under multi_query_attention, else n_heads;
+    both given must agree."""
+    n, mqa, heads = v["n_kv_heads"], v["multi_query_attention"], v["n_heads"]
+    if n is None:
+        return 1 if mqa is True else heads
+    if mqa is not None and n != (1 if mqa else heads):
+        raise CheckpointError(f"{source}: n_kv_heads {n} contradicts multi_query_attention {mqa!r} (which means "
+                              f"{1 if mqa else heads} K/V heads)")
+    return n
+
+
+def native_to_llada(config: ModelConfig) -> dict:
+    """config.json of a "llada" ModelConfig in LLaDA's own keys: the dict it was read from (if
+    any), with every key the native fields decide written from them, so LLaDA's code and
+    from_dict both read it back as this model."""
+    d = dict(config.extra.get(LLADA_SOURCE, {}))
+    d.update(_LLADA_ARCH)
+    d.update({
+        "model_type": config.model_type, "d_model": config.hidden_size, "n_heads": config.num_attention_heads,
+        "n_kv_heads": config.num_key_value_heads, "multi_query_attention": None,
+        "n_layers": config.num_hidden_layers, "mlp_hidden_size": config.intermediate_size,
+        "embedding_size": config.vocab_size, "max_sequence_length": config.max_position_embeddings,
+        "rope_theta": config.rope_theta, "rms_norm_eps": config.rms_norm_eps,
+        "weight_tying": config.tie_word_embeddings, "include_qkv_bias": config.attention_bias,
+        "bias_for_layer_norm": False, "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
+        "mask_token_id": config.mask_token_id, "torch_dtype": {v: k for k, v in _DTYPES.items()}[config.dtype],
+    })
+    d.pop("dtype", None)
+    if not _is_int(d.get("vocab_size")) or d["vocab_size"] > config.vocab_size:
+        d["vocab_size"] = config.vocab_size  # the tokenizer's vocabulary: at most the embedding's rows
+    if config.bos_token_id is not None:
+        d["bos_token_id"] = config.bos_token_id
+    return d

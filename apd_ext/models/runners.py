@@ -6,8 +6,10 @@ there and nothing attends to it. So every call has the same shapes whatever each
 
 dLLM (`DllmRunner`): one forward over a window `[left, right)` of the canvas, the K/V of positions
 before `left` coming from the cache (an approximation: attention is bidirectional), positions at or
-beyond `right` absent. Dream's logits at position j predict token j + 1 (`shifted=True`); LLaDA-style
-models are unshifted. The runner returns D [B, K, V]: the logits of canvas positions curr..curr+K-1.
+beyond `right` absent. Dream's logits at position j predict token j + 1 (`shifted=True`); LLaDA's
+are unshifted (row j predicts token j). `DllmRunner.from_pretrained` reads which from config.json's
+model_type (config.DLLM_TYPES), with no flag to pass. The runner returns D [B, K, V]: the logits of
+canvas positions curr..curr+K-1.
 
 Verifier (`VerifierRunner`): causal; `prefill` writes the prompt, `step` runs K draft tokens at
 positions curr..curr+K-1 and returns the logits predicting positions curr+1..curr+K.
@@ -33,12 +35,9 @@ from pathlib import Path
 import torch
 
 from apd_ext.models.checkpoint import load_weights
-from apd_ext.models.config import CheckpointError, ModelConfig
+from apd_ext.models.config import DLLM_TYPES, SUPPORTED, VERIFIER_TYPES, CheckpointError, ModelConfig
 from apd_ext.models.transformer import Transformer
 from apd_ext.parallel.shard import VocabShard, split_kv_heads
-
-DLLM_TYPES = {"dream": True, "llada": False}  # model_type -> logits shifted by one
-VERIFIER_TYPES = {"qwen2", "llama", "qwen3"}
 
 
 LOAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -126,6 +125,12 @@ class _Runner:
         return self.config.vocab_size
 
     @property
+    def family(self) -> str:
+        """config.json's model_type in lower case ("dream", "llada", "qwen2", "llama"): which
+        tokenizer numbers the model's tokens (LLaDA's differs from Dream's and Qwen2's)."""
+        return self.config.model_type.lower()
+
+    @property
     def tp(self):
         """The TensorParallel group the model is split over, or None."""
         return self.model.tp
@@ -176,7 +181,8 @@ class _Runner:
 
 
 class DllmRunner(_Runner):
-    """A bidirectional masked-diffusion LM (Dream, LLaDA) in native PyTorch."""
+    """A bidirectional masked-diffusion LM (Dream, LLaDA) in native PyTorch; `shifted`: whether
+    its logits at position j predict token j + 1 (Dream) or token j (LLaDA)."""
 
     def __init__(self, model: Transformer, config: ModelConfig, shifted: bool):
         self.model, self.config, self.shifted = model, config, shifted
@@ -190,11 +196,17 @@ class DllmRunner(_Runner):
         rank tp.rank; every rank calls this with the same arguments); vocab_size: the shared
         vocabulary the logits' slices are cut on (default: the model's; give a dLLM and its verifier
         the same value, e.g. 151936 for Dream + Qwen2.5, so that a rank's logits of both cover the
-        same global tokens)."""
+        same global tokens).
+
+        The family comes from config.json's model_type: "Dream" (Dream and derivatives keeping its
+        architecture; shifted logits) or "llada" (LLaDA's own config keys and tensor names;
+        unshifted logits). A verifier's model_type raises ValueError; an unknown one
+        CheckpointError listing the supported families."""
         model, config = _load(path, device, dtype, tp, vocab_size)
         kind = config.model_type.lower()
         if kind not in DLLM_TYPES:
-            raise ValueError(f"{path}: model_type {config.model_type!r} is not a supported dLLM ({sorted(DLLM_TYPES)})")
+            raise ValueError(f"{path}: model_type {config.model_type!r} is not a supported dLLM "
+                             f"({sorted(DLLM_TYPES)}); apd_ext loads {SUPPORTED}")
         if config.mask_token_id is None:
             raise CheckpointError(f"{Path(path) / 'config.json'}: mask_token_id is required for a dLLM "
                                   f"(the id of the masked positions)")
@@ -240,7 +252,7 @@ class VerifierRunner(_Runner):
         model, config = _load(path, device, dtype, tp, vocab_size, replicate)
         if config.model_type.lower() not in VERIFIER_TYPES:
             raise ValueError(f"{path}: model_type {config.model_type!r} is not a supported verifier "
-                             f"{sorted(VERIFIER_TYPES)}")
+                             f"{sorted(VERIFIER_TYPES)}; apd_ext loads {SUPPORTED}")
         return cls(model, config)
 
     @property

@@ -1,6 +1,9 @@
 """A Qwen2-architecture transformer in plain PyTorch, gpt-fast style: a preallocated static KV cache
 written by position, RoPE, grouped key/value heads and SDPA, with no allocation per step beyond
-activations. Parameter names follow the Hugging Face checkpoints ("model.layers.N.self_attn...").
+activations. Parameter names follow the Hugging Face Qwen2 checkpoints ("model.layers.N.self_attn...");
+a family with other names (LLaDA: "model.transformer.blocks.N.q_proj...") is renamed on load and
+save by checkpoint.checkpoint_names, and its config by config.llada_to_native: LLaDA's "llama" block
+is this architecture (no q/k/v bias unless include_qkv_bias; its MLP gate is ff_proj).
 
 Attention is whatever the caller's boolean mask says (True = may attend), so one module serves a
 causal verifier and a bidirectional dLLM reading a windowed cache: the adapters build the masks.
