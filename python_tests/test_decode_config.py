@@ -15,7 +15,7 @@ from apd_ext.models.runners import DllmRunner, VerifierRunner
 
 DEFAULTS = dict(policy="apd", max_new_tokens=256, mixture_weight=0.7, kv_window=16, max_lookahead=100,
                 temperature=0.0, top_k=None, top_p=1.0, k=1, diffusion_steps=None, diffusion_alg="confidence",
-                authors_compat=False)
+                authors_compat=False, threshold=0.9, block_length=None)
 
 
 def test_defaults_are_the_documented_ones():
@@ -57,6 +57,9 @@ ROUND_TRIP = [
     DecodeConfig(policy="dllm_fixed", k=3, kv_window=4),
     DecodeConfig(policy="ar", temperature=1.0, top_k=50, max_new_tokens=7),
     DecodeConfig(policy="diffusion", diffusion_steps=9, diffusion_alg="random"),
+    DecodeConfig(policy="threshold"),
+    DecodeConfig(policy="threshold", threshold=0.123456789, block_length=32, kv_window=None, temperature=0.5),
+    DecodeConfig(policy="threshold", threshold=1.0, max_lookahead=None, top_p=0.9),
 ]
 
 
@@ -96,6 +99,9 @@ BAD_KNOBS = [  # knob, value, exception
     ("diffusion_steps", 0, ValueError), ("diffusion_steps", 2.5, TypeError),
     ("diffusion_alg", "best", ValueError), ("diffusion_alg", None, ValueError),
     ("authors_compat", 1, TypeError), ("authors_compat", "yes", TypeError),
+    ("threshold", 0.0, ValueError), ("threshold", 1.5, ValueError), ("threshold", -0.1, ValueError),
+    ("threshold", math.nan, ValueError), ("threshold", "0.9", TypeError), ("threshold", None, TypeError),
+    ("block_length", 0, ValueError), ("block_length", 8.0, TypeError), ("block_length", "8", TypeError),
 ]
 
 
@@ -119,6 +125,9 @@ BAD_SPECS = [  # spec, what the message must name
     ("apd:kv_window=2.5", "kv_window"), ("apd:authors_compat=2", "authors_compat"), ("apd:top_k=nan", "top_k"),
     ("apd:temperature=nan", "temperature"), ("apd:max_lookahead=0", "max_lookahead"),
     ("diffusion:diffusion_alg=best", "diffusion_alg"), ("ar:policy=apd", "policy"), ("ar:=1", "=1"),
+    ("threshold:threshold=0", "threshold"), ("threshold:threshold=2", "threshold"),
+    ("threshold:threshold=none", "threshold"), ("threshold:block_length=0", "block_length"),
+    ("threshold:k=2", "'k'"), ("apd:threshold=0.5", "threshold"), ("dllm_fixed:block_length=4", "block_length"),
 ]
 
 

@@ -11,7 +11,8 @@
 Decoding knobs default to DecodeConfig's (apd_ext/decode/config.py: apd, mixture_weight 0.7,
 kv_window 16, max_lookahead 100, greedy); a policy spec is `policy[:knob=value,...]` with
 DecodeConfig's field names ("apd:mixture_weight=0.9,kv_window=none", "dllm_fixed:k=4",
-"diffusion:diffusion_steps=16", "ar"), and the knob flags override it. With the bundled pair,
+"diffusion:diffusion_steps=16", "threshold:threshold=0.9" (Fast-dLLM's confidence-threshold
+decoding; block_length=32 for its blocks), "ar"), and the knob flags override it. With the bundled pair,
 max_new_tokens is 64 (its answer region) and torch runs one thread unless --threads says otherwise.
 
 Errors end in one `error: ...` line on stderr (exit status 2: a bad argument, found before any

@@ -207,7 +207,8 @@ def add_knob_flags(p, max_new_tokens_default: str) -> None:
     d = DecodeConfig()
     p.add_argument("--policy", default="apd", help="a policy spec, policy[:knob=value,...], knob names as "
                    "DecodeConfig's fields: apd, apd:mixture_weight=0.9,kv_window=none, dllm_fixed:k=1, "
-                   "diffusion:diffusion_steps=16, ar (default: apd with the library's defaults)")
+                   "diffusion:diffusion_steps=16, threshold:threshold=0.9[,block_length=32], ar "
+                   "(default: apd with the library's defaults)")
     k = p.add_argument_group("knobs (override the --policy spec; defaults: DecodeConfig's)")
     k.add_argument("--max-new-tokens", type=positive_int, default=None, help=f"default {max_new_tokens_default}")
     k.add_argument("--mixture-weight", type=finite_float, default=None, help=f"in [0, 1] ({d.mixture_weight})")

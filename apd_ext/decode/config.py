@@ -18,7 +18,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
-POLICIES = ("apd", "dllm_fixed", "ar", "diffusion")
+POLICIES = ("apd", "dllm_fixed", "ar", "diffusion", "threshold")
 DIFFUSION_ALGS = ("confidence", "entropy", "random")
 
 # The knobs each policy reads (the others are ignored by it, and left out of its spec).
@@ -28,6 +28,7 @@ POLICY_KNOBS = {
     "dllm_fixed": _SAMPLING + ("k", "kv_window", "max_lookahead", "authors_compat"),
     "ar": _SAMPLING,
     "diffusion": _SAMPLING + ("diffusion_steps", "diffusion_alg"),
+    "threshold": _SAMPLING + ("threshold", "block_length", "kv_window", "max_lookahead"),
 }
 
 
@@ -37,19 +38,30 @@ class DecodeConfig:
 
     policy: "apd" (draft with the dLLM, verify with the autoregressive model, keep the agreeing
         prefix); "dllm_fixed" (k tokens per step from the dLLM alone, left to right; k = 1 is the
-        quality reference); "ar" (the verifier alone); "diffusion" (the dLLM's own schedule).
+        quality reference); "ar" (the verifier alone); "diffusion" (the dLLM's own schedule);
+        "threshold" (the dLLM alone, confidence-threshold parallel decoding as in Fast-dLLM: per
+        step every masked position of the window whose confidence is >= threshold, at least the
+        most confident one; apd_ext/decode/steps/threshold.py states the rule).
     max_new_tokens: tokens generated per row at most (>= 1).
     mixture_weight: w in [0, 1]; the target samples p_dLLM^w * p_verifier^(1 - w).
     kv_window: R >= 1 positions recomputed before the window around the dLLM's approximate KV
-        cache; None: no cache, every step recomputes the whole prefix.
-    max_lookahead: >= 1, the window: the K masked positions the dLLM drafts per step (K =
-        max_lookahead clipped to the row's end); None: everything up to the row's end.
+        cache; None: no cache, every step recomputes the whole prefix (apd, dllm_fixed, threshold).
+    max_lookahead: >= 1, the window: the K positions after the committed prefix that the dLLM
+        drafts per step (K = max_lookahead clipped to the row's end); None: everything up to the
+        row's end (apd, dllm_fixed, threshold).
     temperature: T >= 0; 0 is greedy (the default: deterministic, as Hugging Face's generate).
     top_k: >= 0 (0: no filter); None: 0, or 50 with authors_compat (what the released code inherits).
     top_p: in (0, 1].
     k: tokens per step of "dllm_fixed" (>= 1).
     diffusion_steps: forwards of "diffusion" (None: max_new_tokens); diffusion_alg: which masked
         positions it unmasks first: "confidence", "entropy" or "random".
+    threshold: confidence in (0, 1] of "threshold" (default 0.9, Fast-dLLM's): a masked position
+        of the window commits when the dLLM's probability of its drafted token is >= threshold
+        (1.0: one token per step unless a probability rounds to 1; near 0: the whole window).
+    block_length: >= 1, "threshold"'s semi-autoregressive blocks (Fast-dLLM's block_length): only
+        masked positions of the block holding the first uncommitted position may commit, blocks of
+        block_length answer positions counted from the row's prompt end; None: no blocks (the
+        window alone bounds the commits).
     authors_compat: reproduce the authors' released code (APD_SPEC, last section).
     """
 
@@ -65,6 +77,8 @@ class DecodeConfig:
     diffusion_steps: int | None = None
     diffusion_alg: str = "confidence"
     authors_compat: bool = False
+    threshold: float = 0.9
+    block_length: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.policy, str) or self.policy not in POLICIES:
@@ -88,12 +102,15 @@ class DecodeConfig:
             _int("diffusion_steps", self.diffusion_steps, 1, none_ok=True)
         if self.diffusion_alg not in DIFFUSION_ALGS:
             raise ValueError(f"diffusion_alg must be one of {', '.join(DIFFUSION_ALGS)}, got {self.diffusion_alg!r}")
+        _real("threshold", self.threshold, 0.0, 1.0, low_open=True)
+        if self.block_length is not None:
+            _int("block_length", self.block_length, 1, none_ok=True)
         if not isinstance(self.authors_compat, bool):
             raise TypeError(f"authors_compat must be a bool, got {type(self.authors_compat).__name__}")
         # canonical numeric types (an int mixture_weight is a float; frozen: set through object)
-        for name in ("mixture_weight", "temperature", "top_p"):
+        for name in ("mixture_weight", "temperature", "top_p", "threshold"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("max_new_tokens", "kv_window", "max_lookahead", "top_k", "k", "diffusion_steps"):
+        for name in ("max_new_tokens", "kv_window", "max_lookahead", "top_k", "k", "diffusion_steps", "block_length"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, int(getattr(self, name)))
 

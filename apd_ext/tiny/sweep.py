@@ -10,6 +10,12 @@ The default grid (greedy, every held-out problem decoded alone, the task's 64 ne
   apd_sampled  mixture_weight in {0.3, 0.5, 0.7, 0.9} at `temperature` (0.5), the paper's semantics
   apd_compat   the same with authors_compat (drafts at T^2 with top_k 50, the target is the mixture's
                mode); greedy decoding cannot tell the two apart, so they are compared sampled
+and, outside the recorded grid (bench/results/sweep_tiny.csv; `configurations(families=...)` or
+`sweep --policies ...` selects it), the dLLM-only baseline of Fast-dLLM (decode/steps/threshold.py):
+  threshold         threshold in {0.5, 0.7, 0.8, 0.9, 0.95}, no cache, whole answer region visible
+  threshold_cached  the same thresholds with the library's cache defaults (kv_window 16, max_lookahead 100)
+  threshold_block   thresholds 0.7 and 0.9 in blocks of block_length 4, 8 and 32 (Fast-dLLM's
+                    semi-autoregressive variant), no cache
 Knobs that differ from DecodeConfig's defaults are spelled out in each spec, so that a spec means
 the same under `eval-tiny`. Tokens count each answer up to its first EOS.
 """
@@ -30,28 +36,51 @@ FIELDS = ["family", "policy", "accuracy", "correct", "num_problems", "tokens_per
           "verifier_forwards", "generated_tokens", "emitted_tokens"]
 
 
-def configurations(quick: bool = False, temperature: float = 0.5) -> list[str]:
-    """The default grid's policy specs (quick: a smaller one)."""
+# The families of the default grid (the recorded CSV's, in its order) and every family there is.
+RECORDED_FAMILIES = ("apd", "apd_grid", "dllm_fixed", "diffusion", "ar", "apd_sampled", "apd_compat")
+FAMILIES = RECORDED_FAMILIES + ("threshold",)  # "threshold": threshold, threshold_cached, threshold_block
+THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def configurations(quick: bool = False, temperature: float = 0.5,
+                   families: tuple[str, ...] = RECORDED_FAMILIES) -> list[str]:
+    """The grid's policy specs (quick: a smaller one) for `families` (names of FAMILIES; default:
+    the recorded grid's), in FAMILIES order."""
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown sweep families {', '.join(unknown)}; families: {', '.join(FAMILIES)}")
+    grid: dict[str, list[str]] = {}
     ws = [0.0, 0.5, 0.7, 0.9, 1.0] if quick else [round(0.1 * i, 1) for i in range(11)]
-    out = [f"apd:mixture_weight={w},{NO_CACHE}" for w in ws]
+    grid["apd"] = [f"apd:mixture_weight={w},{NO_CACHE}" for w in ws]
     kvs = ["none", "16"] if quick else ["none", "4", "16"]
     las = [8, 64] if quick else [4, 8, 16, 64]
-    out += [f"apd:mixture_weight=0.7,kv_window={kv},max_lookahead={la}" for kv in kvs for la in las
-            if not (kv == "none" and la == 64)]  # with 64 new tokens that is the w = 0.7 row above
-    out += [f"dllm_fixed:k={k},{NO_CACHE}" for k in (1, 2, 4, 8)]
-    out += [f"diffusion:diffusion_steps={s}" for s in ((16, 64) if quick else (8, 16, 32, 64))]
-    out += ["ar"]
+    grid["apd_grid"] = [f"apd:mixture_weight=0.7,kv_window={kv},max_lookahead={la}" for kv in kvs for la in las
+                        if not (kv == "none" and la == 64)]  # with 64 new tokens that is the w = 0.7 row above
+    grid["dllm_fixed"] = [f"dllm_fixed:k={k},{NO_CACHE}" for k in (1, 2, 4, 8)]
+    grid["diffusion"] = [f"diffusion:diffusion_steps={s}" for s in ((16, 64) if quick else (8, 16, 32, 64))]
+    grid["ar"] = ["ar"]
     sampled = (0.5, 0.9) if quick else (0.3, 0.5, 0.7, 0.9)
-    out += [f"apd:mixture_weight={w},{NO_CACHE},temperature={temperature}" for w in sampled]
-    out += [f"apd:mixture_weight={w},{NO_CACHE},temperature={temperature},authors_compat=1" for w in sampled]
-    return out
+    grid["apd_sampled"] = [f"apd:mixture_weight={w},{NO_CACHE},temperature={temperature}" for w in sampled]
+    grid["apd_compat"] = [f"apd:mixture_weight={w},{NO_CACHE},temperature={temperature},authors_compat=1"
+                          for w in sampled]
+    thresholds = (0.7, 0.9) if quick else THRESHOLDS
+    grid["threshold"] = ([f"threshold:threshold={t},{NO_CACHE}" for t in thresholds]
+                         + [f"threshold:threshold={t}" for t in thresholds]  # the library's cache defaults
+                         + [f"threshold:threshold={t},block_length={b},{NO_CACHE}"
+                            for b in ((8,) if quick else (4, 8, 32)) for t in ((0.9,) if quick else (0.7, 0.9))])
+    return [spec for fam in FAMILIES if fam in families for spec in grid[fam]]
 
 
 def family_of(policy: str | DecodeConfig) -> str:
     """The plot family: apd (greedy, no cache, whole region), apd_grid (greedy, kv_window or
-    max_lookahead set), "apd_sampled T=..." (paper semantics), "apd_compat T=..." (authors_compat),
-    or the policy's name."""
+    max_lookahead set), "apd_sampled T=..." (paper semantics), "apd_compat T=..." (authors_compat);
+    threshold (no cache, whole region), threshold_cached (kv_window or max_lookahead set),
+    threshold_block (block_length set), with " T=..." when sampled; or the policy's name."""
     cfg = ev.policy_config(policy)
+    if cfg.policy == "threshold":
+        fam = ("threshold_block" if cfg.block_length is not None else
+               "threshold_cached" if cfg.kv_window is not None or cfg.max_lookahead is not None else "threshold")
+        return f"{fam} T={cfg.temperature}" if cfg.temperature else fam
     if cfg.policy != "apd":
         return cfg.policy
     if cfg.authors_compat:
@@ -113,7 +142,7 @@ def short_label(policy: str) -> str:
     if "kv_window=none,max_lookahead=none" in text:
         text = text.replace(",kv_window=none,max_lookahead=none", "").replace("kv_window=none,max_lookahead=none", "")
     for long, short in (("mixture_weight=", "w="), ("kv_window=", "kv"), ("max_lookahead=", "M"),
-                        ("diffusion_steps=", "steps=")):
+                        ("diffusion_steps=", "steps="), ("threshold=", "thr="), ("block_length=", "B")):
         text = text.replace(long, short)
     return text.strip(",")
 
@@ -140,8 +169,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 _MARKERS = {"apd": "o", "apd_grid": "s", "dllm_fixed": "^", "diffusion": "v", "ar": "*", "apd_sampled": "P",
-            "apd_compat": "X"}
-_LINES = ("apd", "dllm_fixed", "diffusion", "apd_sampled", "apd_compat")
+            "apd_compat": "X", "threshold": "D"}
+_LINES = ("apd", "dllm_fixed", "diffusion", "apd_sampled", "apd_compat", "threshold")
 
 
 def _plot_axis(ax, rows: list[dict], key: str) -> None:

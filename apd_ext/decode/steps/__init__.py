@@ -4,16 +4,19 @@
     n, proposal, span = step(state, dllm, verifier, first=False, noise=None, clock=NO_CLOCK)
 
 apd and dllm_fixed draft a window with the dLLM (window.py), ar samples the verifier alone (ar.py),
-diffusion runs the dLLM's own unmasking schedule (diffusion.py).
+diffusion runs the dLLM's own unmasking schedule (diffusion.py), threshold commits every masked
+position of the window whose dLLM confidence reaches a threshold (threshold.py, Fast-dLLM's rule).
 """
 
 from apd_ext.decode.config import DecodeConfig
 from apd_ext.decode.steps.ar import ArStep
 from apd_ext.decode.steps.base import StepBase, commit, keep_row
 from apd_ext.decode.steps.diffusion import DiffusionStep
+from apd_ext.decode.steps.threshold import ThresholdStep
 from apd_ext.decode.steps.window import ApdStep, DllmFixedStep
 
-STEPS = {"apd": ApdStep, "dllm_fixed": DllmFixedStep, "ar": ArStep, "diffusion": DiffusionStep}
+STEPS = {"apd": ApdStep, "dllm_fixed": DllmFixedStep, "ar": ArStep, "diffusion": DiffusionStep,
+         "threshold": ThresholdStep}
 
 
 def make_step(config: DecodeConfig, *, length: int, vocab: int, eos: list[int], backend: str = "auto",
@@ -25,5 +28,5 @@ def make_step(config: DecodeConfig, *, length: int, vocab: int, eos: list[int], 
                                 parallel=parallel)
 
 
-__all__ = ["make_step", "STEPS", "StepBase", "ApdStep", "DllmFixedStep", "ArStep", "DiffusionStep", "commit",
-           "keep_row"]
+__all__ = ["make_step", "STEPS", "StepBase", "ApdStep", "DllmFixedStep", "ArStep", "DiffusionStep", "ThresholdStep",
+           "commit", "keep_row"]

@@ -28,16 +28,22 @@ class DraftStep(StepBase):
     def knobs(self) -> tuple:
         return (self.kv_window,)
 
+    def dllm_span(self, st, valid, first: bool, back: torch.Tensor):
+        """(left int64 [B], right int64 [B], size): the dLLM's input [left, right) and its static
+        length. right = curr + valid. The whole canvas at step 0 or without a cache; else the
+        positions from kv_window - 1 before the `back` positions ending at curr (back [B] <= K: the
+        positions whose tokens changed since the cache last saw them, which lie at or after
+        curr - back) to right: size = kv_window + 2K - 1 covers every row."""
+        right = st.curr + valid
+        if self.kv_window is None or first:
+            return torch.zeros_like(st.curr), right, self.L
+        left = (st.curr - self.kv_window - back + 1).clamp(min=0)
+        return left, right, self.kv_window + 2 * self.K - 1
+
     def draft(self, st, dllm, valid, first, noise, clock):
         """(D [B, K, V] dLLM logits, draft int64 [B, K], span int64 [B, 2], the ops' Noise)."""
         K = self.K
-        right = st.curr + valid
-        if self.kv_window is None or first:
-            left = torch.zeros_like(st.curr)
-            size = self.L
-        else:
-            left = (st.curr - self.kv_window - st.n_prev + 1).clamp(min=0)
-            size = self.kv_window + 2 * K - 1
+        left, right, size = self.dllm_span(st, valid, first, st.n_prev)
         span = torch.stack([left, right], dim=1)
         with clock.phase("dllm"):
             D = dllm.window_logits(st.canvas, left, right, st.curr, K, size)  # [B, K, V] model dtype
