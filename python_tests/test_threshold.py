@@ -467,7 +467,8 @@ def test_sweep_threshold_family():
     specs = sweep.configurations(families=("threshold",))
     cfgs = [ev.policy_config(s) for s in specs]
     assert {c.policy for c in cfgs} == {"threshold"} and len({c.threshold for c in cfgs}) >= 5
-    assert {sweep.family_of(s) for s in specs} >= {"threshold", "threshold_cached"}
+    assert {sweep.family_of(s) for s in specs} >= {"threshold", "threshold_cached", "threshold_block B=8"}
+    assert sweep.family_of("threshold:temperature=0.5") == "threshold_cached T=0.5"
     assert any(c.kv_window is None and c.max_lookahead is None for c in cfgs)
     assert any(c.kv_window == 16 and c.max_lookahead == 100 for c in cfgs)
     assert sweep.short_label("threshold:threshold=0.9,kv_window=none,max_lookahead=none") == "thr=0.9"

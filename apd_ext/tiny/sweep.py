@@ -14,8 +14,8 @@ and, outside the recorded grid (bench/results/sweep_tiny.csv; `configurations(fa
 `sweep --policies ...` selects it), the dLLM-only baseline of Fast-dLLM (decode/steps/threshold.py):
   threshold         threshold in {0.5, 0.7, 0.8, 0.9, 0.95}, no cache, whole answer region visible
   threshold_cached  the same thresholds with the library's cache defaults (kv_window 16, max_lookahead 100)
-  threshold_block   thresholds 0.7 and 0.9 in blocks of block_length 4, 8 and 32 (Fast-dLLM's
-                    semi-autoregressive variant), no cache
+  threshold_block   thresholds 0.5, 0.7 and 0.9 in blocks of block_length 4, 8 and 32 (Fast-dLLM's
+                    semi-autoregressive variant), no cache; one family per block_length ("B=8")
 Knobs that differ from DecodeConfig's defaults are spelled out in each spec, so that a spec means
 the same under `eval-tiny`. Tokens count each answer up to its first EOS.
 """
@@ -67,7 +67,7 @@ def configurations(quick: bool = False, temperature: float = 0.5,
     grid["threshold"] = ([f"threshold:threshold={t},{NO_CACHE}" for t in thresholds]
                          + [f"threshold:threshold={t}" for t in thresholds]  # the library's cache defaults
                          + [f"threshold:threshold={t},block_length={b},{NO_CACHE}"
-                            for b in ((8,) if quick else (4, 8, 32)) for t in ((0.9,) if quick else (0.7, 0.9))])
+                            for b in ((8,) if quick else (4, 8, 32)) for t in ((0.9,) if quick else (0.5, 0.7, 0.9))])
     return [spec for fam in FAMILIES if fam in families for spec in grid[fam]]
 
 
@@ -75,10 +75,10 @@ def family_of(policy: str | DecodeConfig) -> str:
     """The plot family: apd (greedy, no cache, whole region), apd_grid (greedy, kv_window or
     max_lookahead set), "apd_sampled T=..." (paper semantics), "apd_compat T=..." (authors_compat);
     threshold (no cache, whole region), threshold_cached (kv_window or max_lookahead set),
-    threshold_block (block_length set), with " T=..." when sampled; or the policy's name."""
+    "threshold_block B=..." (block_length set), with " T=..." when sampled; or the policy's name."""
     cfg = ev.policy_config(policy)
     if cfg.policy == "threshold":
-        fam = ("threshold_block" if cfg.block_length is not None else
+        fam = (f"threshold_block B={cfg.block_length}" if cfg.block_length is not None else
                "threshold_cached" if cfg.kv_window is not None or cfg.max_lookahead is not None else "threshold")
         return f"{fam} T={cfg.temperature}" if cfg.temperature else fam
     if cfg.policy != "apd":
