@@ -166,6 +166,25 @@ def test_sweep_renames_its_csv_when_complete(tmp_path, capsys, monkeypatch):
     assert "wrote" in capsys.readouterr().err
 
 
+def test_sweep_families_pick_parts_of_the_grid(tmp_path, capsys, monkeypatch):
+    """--families threshold runs the threshold family alone (the default grid has every family);
+    bad families and --families with --policies fail before any work."""
+    seen = []
+    monkeypatch.setattr(ev, "load_pair", lambda *a, **k: None)
+    monkeypatch.setattr(ev, "evaluate", lambda pair, problems, spec, progress=True, seed=0:
+                        seen.append(spec) or _fake_result(spec))
+    cli(["sweep", "--out", str(tmp_path / "t"), "--num-problems", "1", "--quick", "--families", "threshold"])
+    assert seen == sweep.configurations(True, families=("threshold",)) and all(s.startswith("threshold") for s in seen)
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert {r["family"] for r in rows} >= {"threshold", "threshold_block B=8"}
+    seen.clear()
+    cli(["sweep", "--out", str(tmp_path / "a"), "--num-problems", "1", "--quick"])
+    assert seen == sweep.configurations(True, families=sweep.FAMILIES)
+    capsys.readouterr()
+    _fails(["sweep", "--out", tmp_path / "b", "--families", "nope"], capsys, 2, r"--families: unknown sweep families nope")
+    _fails(["sweep", "--out", tmp_path / "b", "--families", "ar", "--policies", "ar"], capsys, 2, r"choose one")
+
+
 def test_ctrl_c_in_eval_tiny_writes_no_json(tmp_path, capsys, interrupt_second):
     path = tmp_path / "e.json"
     _fails(["eval-tiny", "--json", path, "--policies", "ar", "dllm_fixed:k=2", "--quiet"], capsys, 130,

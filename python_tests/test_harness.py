@@ -90,6 +90,7 @@ def test_data_writer_and_bad_files(tmp_path):
 @pytest.mark.parametrize("policy,model_args", [
     ("apd", {}),  # the library's defaults (mixture_weight 0.7, kv_window 16, max_lookahead 100)
     ("dllm_fixed:k=1", {"policy": "dllm_fixed", "k": 1}),
+    ("threshold:threshold=0.9,block_length=4", {"policy": "threshold", "threshold": 0.9, "block_length": 4}),
 ])
 def test_harness_equals_eval_tiny_problem_by_problem(pair, policy, model_args):
     """The harness's answers on apd_tiny_arith are eval-tiny's, problem by problem: the same text,
@@ -349,7 +350,9 @@ def test_wheel_ships_the_hook_and_the_task(tmp_path):
     ({"mixture_wieght": 0.5}, "unknown model_args mixture_wieght"),
     ({"policy": "fast"}, "unknown policy|policy"),
     ({"mixture_weight": 1.5}, "mixture_weight"),
-    ({"dllm": "/nonexistent/dir"}, "go together"),
+    ({"verifier": str(ASSETS / "verifier")}, "needs dllm= too"),
+    ({"dllm": str(ASSETS / "dllm")}, "policy apd runs the verifier"),
+    ({"dllm": "/nonexistent/dir", "policy": "dllm_fixed"}, "no such directory"),
     ({"dllm": "/nonexistent/dir", "verifier": "/nonexistent/v"}, "no such directory"),
     ({"dtype": "int8"}, "dtype must be one of"),
     ({"batch_size": 0}, "batch_size"),
@@ -460,3 +463,15 @@ def test_canvas_is_bucketed_when_the_step_is_specialised(monkeypatch, pair):
     ApdLM(device="cpu").generate_until(reqs[:1], disable_tqdm=True)
     ApdLM(device="cpu", compile=True, canvas_bucket=0).generate_until(reqs[:1], disable_tqdm=True)
     assert seen == [None, None]
+
+
+def test_dllm_only_policy_runs_without_a_verifier(pair):
+    """dllm= alone (no verifier: what a LLaDA dLLM needs) for a dLLM-only policy gives the answers
+    of the pair's run, which never calls its verifier."""
+    problems = task.eval_problems(0, 3)
+    lm = ApdLM(dllm=str(ASSETS / "dllm"), device="cpu", policy="dllm_fixed", k=2)
+    assert lm.verifier is None
+    reqs = [SimpleNamespace(args=(p.prompt, {"max_gen_toks": 64}), task_name="t") for p in problems]
+    texts = lm.generate_until(reqs, disable_tqdm=True)
+    assert texts == [ev.decode(pair, p, "dllm_fixed:k=2", seed=i)[0] for i, p in enumerate(problems)]
+    assert lm.summary()["t"]["verifier_forwards_per_answer"] == 0

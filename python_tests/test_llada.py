@@ -237,11 +237,15 @@ def _idle_verifier(vocab: int, eos: int) -> HFVerifier:
 PROMPTS = [[5, 17, 42, 99, 3, 120, 7], [200, 11, 64, 8]]
 
 
-@pytest.mark.parametrize("spec", ["dllm_fixed:k=1", "dllm_fixed:k=2", "diffusion", "diffusion:diffusion_alg=entropy"])
+@pytest.mark.parametrize("spec", ["dllm_fixed:k=1", "dllm_fixed:k=2", "diffusion", "diffusion:diffusion_alg=entropy",
+                                  "threshold", "threshold:threshold=0.5,kv_window=none"])
 def test_generate_fills_the_answer(runners, spec):
+    """Every dLLM-only policy decodes with verifier=None, as with a verifier it never calls."""
     d = runners["base"]
     N = 8
-    out = generate(d, _idle_verifier(d.vocab_size, 251), PROMPTS, spec, max_new_tokens=N, seed=3, eos_token_id=[])
+    out = generate(d, None, PROMPTS, spec, max_new_tokens=N, seed=3, eos_token_id=[])
+    idle = generate(d, _idle_verifier(d.vocab_size, 251), PROMPTS, spec, max_new_tokens=N, seed=3, eos_token_id=[])
+    assert torch.equal(out.sequences, idle.sequences) and out.stats["steps"] == idle.stats["steps"]
     assert out.num_generated.tolist() == [N, N]
     for b, p in enumerate(PROMPTS):
         row = out.sequences[b]
@@ -253,12 +257,28 @@ def test_generate_fills_the_answer(runners, spec):
         assert out.stats["dllm_forwards"] == N // 2
 
 
+def test_apd_refuses_a_verifier_that_numbers_tokens_otherwise(runners):
+    """No public verifier numbers tokens as LLaDA does: APD (both models) refuses a verifier of
+    another vocabulary, even with vocab_size= given; the verifier-alone policy and verifier=None
+    for APD are errors of their own."""
+    import golden
+
+    d = runners["base"]
+    qwen = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"))
+    assert qwen.vocab_size != d.vocab_size
+    for kw in ({}, {"vocab_size": min(d.vocab_size, qwen.vocab_size)}):
+        with pytest.raises(ValueError, match="APD needs a verifier that numbers tokens as LLaDA does"):
+            generate(d, qwen, PROMPTS, "apd", max_new_tokens=4, seed=0, eos_token_id=[], **kw)
+    with pytest.raises(TypeError, match="runs the verifier"):
+        generate(d, None, PROMPTS, "apd", max_new_tokens=4, seed=0)
+
+
 def test_greedy_k1_reads_position_curr_not_curr_minus_one(runners):
     """dllm_fixed k=1, no cache, whole window, greedy: each step commits argmax of the logit row of
     the first masked position itself (LLaDA's unshifted rows), as a plain loop over full forwards."""
     d = runners["base"]
     N, prompt = 6, PROMPTS[0]
-    out = generate(d, _idle_verifier(d.vocab_size, 251), [prompt], "dllm_fixed:k=1", max_new_tokens=N, seed=0,
+    out = generate(d, None, [prompt], "dllm_fixed:k=1", max_new_tokens=N, seed=0,
                    eos_token_id=[], kv_window=None, max_lookahead=None, temperature=0.0)
     canvas = torch.tensor([prompt + [d.mask_token_id] * N])
     for i in range(N):

@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("--assets", default=None, help="directory with dllm/ and verifier/ (default: the bundled pair)")
     p.add_argument("--quick", action="store_true", help="a smaller grid")
     p.add_argument("--policies", nargs="+", default=None, help="policy specs instead of the default grid")
+    p.add_argument("--families", nargs="+", default=None, metavar="FAMILY",
+                   help="the grid's families (default: all: apd, apd_grid, dllm_fixed, diffusion, ar, apd_sampled, "
+                        "apd_compat, threshold; the recorded bench/results/sweep_tiny.csv has all but threshold, "
+                        "bench/results/sweep_tiny_threshold.csv the threshold family)")
     p.add_argument("--temperature", type=_temperature, default=0.5,
                    help="of the apd_sampled / apd_compat families (%(default)s)")
     p.add_argument("--replot", action="store_true", help="only redraw OUT.png from OUT.csv")
@@ -49,7 +53,13 @@ def run(args) -> None:
         return
     from apd_ext.tiny import ASSETS, evaluate as ev, task
 
-    policies = args.policies or sweep.configurations(args.quick, args.temperature)
+    if args.policies and args.families:
+        raise CliError("--policies and --families: choose one (--families picks parts of the default grid)")
+    try:
+        policies = args.policies or sweep.configurations(args.quick, args.temperature,
+                                                         tuple(args.families or sweep.FAMILIES))
+    except ValueError as e:
+        raise CliError(f"--families: {e}") from None
     common.check_policies(policies, ev.TASK_CONFIG)
     assets = common.check_dir(args.assets, "--assets", ("dllm", "verifier")) if args.assets else ASSETS
     for path in (csv_path, png_path, sweep.partial_path(csv_path)):

@@ -40,7 +40,8 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     """Decode continuations of `input_ids` with config.policy (default DecodeConfig(): APD).
 
     dllm, verifier: DllmRunner / VerifierRunner (or the HFDllm / HFVerifier adapters), in that
-        order, on one device. input_ids: int [B, P] (`attention_mask` [B, P] marks real tokens, left
+        order, on one device; verifier None for the dLLM-only policies (dllm_fixed, threshold,
+        diffusion), e.g. with a LLaDA dLLM, for which no verifier numbering its tokens is public. input_ids: int [B, P] (`attention_mask` [B, P] marks real tokens, left
         or right padded), [P], or a list of token lists; rows may differ in length.
     config: a DecodeConfig or a policy spec ("apd:kv_window=none"); **knobs: its field names
         (max_new_tokens=, mixture_weight=, kv_window=, max_lookahead=, temperature=, top_k=,
@@ -73,7 +74,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     cfg = _config(config).replace(**knobs) if knobs else _config(config)
     if compile and cuda_graphs:
         raise ValueError("compile=True and cuda_graphs=True: choose one way to run the steady step")
-    inputs.check_runners(dllm, verifier)
+    inputs.check_runners(dllm, verifier, cfg.policy)
     vocab = inputs.shared_vocab(dllm, verifier, vocab_size)
     parallel = inputs.tensor_parallel(dllm, verifier, vocab)
     rows = inputs.prompt_rows(input_ids, attention_mask)

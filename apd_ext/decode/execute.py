@@ -78,7 +78,7 @@ class Graphed(Eager):
         entry = graphs.GRAPH_CACHE.get(self.key, d, v, fingerprint)
         self.reused = entry is not None and entry.graph is not None
         if entry is None:
-            entry = graphs.CachedStep(step, new_state(step, v, batch, self.device), weakref.ref(d), weakref.ref(v),
+            entry = graphs.CachedStep(step, new_state(step, v, batch, self.device), weakref.ref(d), graphs.ref(v),
                                       fingerprint)
             graphs.GRAPH_CACHE.put(self.key, entry)
         entry.uses += 1

@@ -29,6 +29,15 @@ def graph_key(dllm, verifier, step, batch: int) -> tuple:
             id(dllm), id(verifier))
 
 
+def _none() -> None:
+    return None
+
+
+def ref(runner):
+    """A weak reference to `runner`; for None (no verifier: a dLLM-only policy) a callable giving None."""
+    return _none if runner is None else weakref.ref(runner)
+
+
 def used_runners(dllm, verifier, step) -> list:
     """The runners the step calls."""
     return ([dllm] if step.dllm_forwards else []) + ([verifier] if step.verifier_forwards else [])

@@ -23,6 +23,11 @@ def tensor_parallel(dllm, verifier, vocab: int):
     d_tp, v_tp = getattr(dllm, "tp", None), getattr(verifier, "tp", None)
     if d_tp is None and v_tp is None:
         return None
+    if verifier is None:  # a dLLM-only policy: the dLLM's slices alone
+        if dllm.shard.vocab != vocab:
+            raise ValueError(f"the dLLM's vocabulary slices were cut on {dllm.shard.vocab} tokens, but decoding uses "
+                             f"a vocabulary of {vocab}: load it with vocab_size={vocab}")
+        return d_tp, dllm.shard
     if d_tp is None or v_tp is None or d_tp.group is not v_tp.group:
         raise ValueError("the dLLM and the verifier must both be loaded with the same tp= "
                          "(TensorParallel) to decode with tensor parallelism")
@@ -37,8 +42,15 @@ def tensor_parallel(dllm, verifier, vocab: int):
     return d_tp, d
 
 
-def check_runners(dllm, verifier) -> None:
-    """The dLLM (with a mask token) first, the verifier second, on one device."""
+LLADA_VERIFIER = ("APD needs a verifier that numbers tokens as LLaDA does (its vocabulary of {vocab}, mask "
+                  "{mask}); none is public, so a LLaDA dLLM runs with the dLLM-only policies (dllm_fixed, threshold, "
+                  "diffusion; verifier=None)")
+
+
+def check_runners(dllm, verifier, policy: str = "apd") -> None:
+    """The dLLM (with a mask token) first, the verifier second, on one device. verifier may be None
+    for a policy that never calls it (dllm_fixed, threshold, diffusion). A LLaDA dLLM with a verifier
+    of another vocabulary is refused for the policies that use both models (apd)."""
     d_mask = getattr(getattr(dllm, "config", None), "mask_token_id", None)
     v_mask = getattr(getattr(verifier, "config", None), "mask_token_id", None)
     if d_mask is None:
@@ -47,15 +59,36 @@ def check_runners(dllm, verifier) -> None:
                 "pass a DllmRunner or HFDllm (with mask_token_id) as the first argument")
         raise TypeError(f"dllm (the first argument) must be the diffusion model, got {type(dllm).__name__} "
                         f"without a mask_token_id; {hint}")
+    from apd_ext.decode.steps import STEPS
+
+    kind = STEPS[policy]
+    if verifier is None:
+        if kind.verifier_forwards:
+            raise TypeError(f"policy {policy!r} runs the verifier: pass a VerifierRunner or HFVerifier as the second "
+                            f"argument (verifier=None only for the dLLM-only policies)")
+        return
     if not hasattr(verifier, "prefill") or not hasattr(verifier, "step"):
         raise TypeError(f"verifier (the second argument) must be a VerifierRunner or HFVerifier, got "
                         f"{type(verifier).__name__}")
     if dllm.device != verifier.device:
         raise ValueError(f"dllm is on {dllm.device}, verifier on {verifier.device}: put both on one device")
+    if (kind.dllm_forwards and kind.verifier_forwards and getattr(dllm, "family", None) == "llada"
+            and verifier.vocab_size != dllm.vocab_size):
+        raise ValueError(LLADA_VERIFIER.format(vocab=dllm.vocab_size, mask=d_mask) +
+                         f"; this verifier's vocabulary is {verifier.vocab_size}")
 
 
 def shared_vocab(dllm, verifier, vocab_size) -> int:
-    """The vocabulary both models sample from (vocab_size, or the models' common size)."""
+    """The vocabulary both models sample from (vocab_size, or the models' common size; the dLLM's
+    alone without a verifier)."""
+    if verifier is None:
+        if vocab_size is None:
+            return dllm.vocab_size
+        if not _is_int(vocab_size):
+            raise TypeError(f"vocab_size must be an integer or None, got {vocab_size!r}")
+        if not 0 < vocab_size <= dllm.vocab_size:
+            raise ValueError(f"vocab_size={vocab_size} must be in [1, {dllm.vocab_size}] (the dLLM's vocabulary)")
+        return int(vocab_size)
     if vocab_size is None:
         if dllm.vocab_size != verifier.vocab_size:
             raise ValueError(
@@ -74,7 +107,7 @@ def eos_ids(dllm, verifier, eos_token_id, both_models: bool) -> list[int]:
     """eos_token_id as a list (int, list of ints, or [] for none); default: the models' EOS,
     which must agree when both models decide tokens (both_models)."""
     if eos_token_id is None:
-        d_eos, v_eos = dllm.config.eos_ids, verifier.config.eos_ids
+        d_eos, v_eos = dllm.config.eos_ids, ([] if verifier is None else verifier.config.eos_ids)
         if d_eos and v_eos and set(d_eos) != set(v_eos) and both_models:
             raise ValueError(f"EOS tokens disagree: dLLM {d_eos}, verifier {v_eos}; pass eos_token_id=")
         return list(d_eos or v_eos)
@@ -166,13 +199,14 @@ def make_batch(dllm, verifier, rows: list[list[int]], config: DecodeConfig, seed
     out on a canvas of L = P_max + max_new_tokens positions, or `canvas_length` when larger (a row
     ends at its own prompt length + max_new_tokens either way)."""
     mask_id = dllm.mask_token_id
-    limit_v = min(dllm.vocab_size, verifier.vocab_size)
+    models = [dllm] if verifier is None else [dllm, verifier]
+    limit_v = min(m.vocab_size for m in models)
     if any(mask_id in r for r in rows):
         raise ValueError(f"input_ids: a prompt contains the mask token {mask_id}")
     if any(t < 0 or t >= limit_v for r in rows for t in r):
         raise ValueError(f"input_ids: a prompt token is outside the models' vocabulary [0, {limit_v})")
     P, N = max(len(r) for r in rows), config.max_new_tokens
-    limit = min(dllm.config.max_position_embeddings, verifier.config.max_position_embeddings)
+    limit = min(m.config.max_position_embeddings for m in models)
     if P + N > limit:
         raise ValueError(f"prompt ({P}) + max_new_tokens ({N}) exceeds the models' maximum length {limit} "
                          f"(max_position_embeddings)")

@@ -8,7 +8,8 @@ the harness's LM interface (generate_until).
 
 model_args:
     dllm, verifier: checkpoint directories (Hugging Face layout; a hub id "org/name" is looked up with
-        huggingface_hub, the local cache first). Neither: the bundled tiny pair.
+        huggingface_hub, the local cache first). Neither: the bundled tiny pair. The dLLM-only
+        policies (dllm_fixed, threshold, diffusion) run with dllm= alone (e.g. LLaDA).
     every DecodeConfig field (policy, max_new_tokens, mixture_weight, kv_window, max_lookahead,
         temperature, top_k, top_p, k, diffusion_steps, diffusion_alg, authors_compat), with the
         Python API's defaults (apd_ext.decode.config); `none` sets an optional knob to None.
@@ -158,7 +159,7 @@ class ApdLM(LM):
         self.seed, self.eos_token_id, self.vocab_size = seed, eos_token_id, vocab_size
         self.generate_kwargs = {"backend": backend, "cuda_graphs": cuda_graphs, "compile": bool(compile)}
         self._device = self._pick_device(device)
-        self.dllm_dir, self.verifier_dir = self._checkpoints(dllm, verifier)
+        self.dllm_dir, self.verifier_dir = self._checkpoints(dllm, verifier, self.config.policy)
         self._load(DTYPES.get(dtype))
         self.stats: dict[str, dict] = {}
         self.last_outputs: dict[int, list[int]] = {}
@@ -185,23 +186,36 @@ class ApdLM(LM):
         return dev
 
     @staticmethod
-    def _checkpoints(dllm, verifier) -> tuple[Path, Path]:
+    def _checkpoints(dllm, verifier, policy: str) -> tuple[Path, Path | None]:
+        """(dLLM dir, verifier dir or None): a dLLM-only policy may leave the verifier out (a LLaDA
+        dLLM has none that numbers its tokens)."""
         if dllm is None and verifier is None:
             from apd_ext.tiny import DLLM_DIR, VERIFIER_DIR
 
             return DLLM_DIR, VERIFIER_DIR
-        if dllm is None or verifier is None:
-            raise HarnessError("model_args dllm= and verifier= go together (neither: the bundled tiny pair)")
+        if dllm is None:
+            raise HarnessError("model_args verifier= needs dllm= too (neither: the bundled tiny pair)")
+        if verifier is None:
+            if STEPS[policy].verifier_forwards:
+                raise HarnessError(f"policy {policy} runs the verifier: give model_args verifier= with dllm= (only the "
+                                   f"dLLM-only policies dllm_fixed, threshold and diffusion run without one)")
+            return resolve_checkpoint(dllm, "dllm"), None
         return resolve_checkpoint(dllm, "dllm"), resolve_checkpoint(verifier, "verifier")
 
     def _load(self, dtype) -> None:
         from apd_ext.models.runners import DllmRunner, VerifierRunner
         from apd_ext.tokenizer import pair_tokenizer
 
-        self.tok = pair_tokenizer(self.dllm_dir, self.verifier_dir)
+        from apd_ext.tokenizer import HFTokenizer
+
+        if self.verifier_dir is None:
+            self.tok = HFTokenizer.from_pretrained(self.dllm_dir)
+            self.verifier = None
+        else:
+            self.tok = pair_tokenizer(self.dllm_dir, self.verifier_dir)
+            self.verifier = VerifierRunner.from_pretrained(self.verifier_dir, device=self._device, dtype=dtype)
         self.dllm = DllmRunner.from_pretrained(self.dllm_dir, device=self._device, dtype=dtype)
-        self.verifier = VerifierRunner.from_pretrained(self.verifier_dir, device=self._device, dtype=dtype)
-        self.max_length = min(self.dllm.config.max_position_embeddings, self.verifier.config.max_position_embeddings)
+        self.max_length = min(m.config.max_position_embeddings for m in (self.dllm, self.verifier) if m is not None)
 
     # ---- the harness's interface -------------------------------------------------------------
 
