@@ -253,3 +253,15 @@ def test_replot_of_the_recorded_csvs(tmp_path, capsys, name):
 def test_replot_of_a_file_that_is_not_a_sweep_csv(tmp_path, capsys):
     (tmp_path / "s.csv").write_text(json.dumps({"not": "a csv"}))
     _fails(["sweep", "--replot", "--out", tmp_path / "s"], capsys, 1, r"s\.csv: not a sweep CSV")
+
+
+def test_generate_with_a_dllm_alone_for_dllm_only_policies(capsys):
+    """`generate --dllm DIR` without --verifier runs the dLLM-only policies (what LLaDA needs); APD
+    without a verifier is one error line."""
+    dllm = str(ev.ASSETS / "dllm")
+    prompt = "Question: Tom has 5 coins. He finds 7 coins. How many coins does Tom have now?\nAnswer:\n"
+    cli(["generate", "--dllm", dllm, "--policy", "dllm_fixed:k=2", "--prompt", prompt, "--max-new-tokens", "16",
+         "--no-chat-template", "--no-warmup"])
+    out = capsys.readouterr().out
+    assert "dllm_fixed:k=2" in out and "dllm_fixed" in out.split("policy", 1)[1]
+    _fails(["generate", "--dllm", dllm, "--prompt", "x"], capsys, 2, r"--dllm alone only with a dLLM-only --policy")

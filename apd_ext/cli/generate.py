@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-compare", action="store_true",
                    help="skip the same prompt's one-token-per-step (and verifier-alone) runs")
     c = p.add_argument_group("checkpoints (instead of the bundled pair)")
-    c.add_argument("--dllm", default=None, help="a Dream checkpoint directory (Hugging Face layout)")
-    c.add_argument("--verifier", default=None, help="a Qwen2/Llama checkpoint directory sharing its tokenizer")
+    c.add_argument("--dllm", default=None, help="a Dream or LLaDA checkpoint directory (Hugging Face layout)")
+    c.add_argument("--verifier", default=None, help="a Qwen2/Llama checkpoint directory sharing its tokenizer (not "
+                   "needed by the dLLM-only policies dllm_fixed, threshold, diffusion, e.g. with LLaDA)")
     c.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the checkpoints' own")
     c.add_argument("--vocab-size", type=positive_int, default=None,
                    help="the shared vocabulary when the models' differ (151936 for Dream + Qwen2.5)")
@@ -85,22 +86,31 @@ def run_checkpoints(args) -> None:
     from apd_ext.models.runners import DllmRunner, VerifierRunner
     from apd_ext.tokenizer import pair_tokenizer
 
-    if not (args.dllm and args.verifier):
-        raise CliError("--dllm and --verifier go together: pass both checkpoint directories")
+    from apd_ext.decode.steps import STEPS
+    from apd_ext.models.config import ModelConfig
+    from apd_ext.tokenizer import HFTokenizer
+
+    cfg = common.config_from_args(args, DecodeConfig())
+    dllm_only = not STEPS[cfg.policy].verifier_forwards
+    if not args.dllm or not (args.verifier or dllm_only):
+        raise CliError("--dllm and --verifier go together (--dllm alone only with a dLLM-only --policy: dllm_fixed, "
+                       "threshold, diffusion)")
     dllm_dir = common.check_dir(args.dllm, "--dllm")
-    verifier_dir = common.check_dir(args.verifier, "--verifier")
+    verifier_dir = common.check_dir(args.verifier, "--verifier") if args.verifier else None
     if args.prompt is None:
         raise CliError("--prompt is needed with --dllm / --verifier")
     device = common.resolve_device(args.device, "cuda" if torch.cuda.is_available() else "cpu")
-    cfg = common.config_from_args(args, DecodeConfig())
     common.set_threads(args, None)
-    tok = pair_tokenizer(dllm_dir, verifier_dir)  # ValueError when they number tokens differently
+    # the pair's tokenizer: ValueError when they number tokens differently
+    tok = pair_tokenizer(dllm_dir, verifier_dir) if verifier_dir else HFTokenizer.from_pretrained(dllm_dir)
     dtype = DTYPES.get(args.dtype)
     tp = parallel.setup(args, device)
-    d_kw, v_kw = parallel.load_kwargs(args, tp, args.vocab_size or _shared_vocab(dllm_dir, verifier_dir))
+    vocab = args.vocab_size or (_shared_vocab(dllm_dir, verifier_dir) if verifier_dir else
+                                ModelConfig.from_pretrained(dllm_dir).vocab_size)
+    d_kw, v_kw = parallel.load_kwargs(args, tp, vocab)
     device = tp.device if tp else device
     dllm = DllmRunner.from_pretrained(dllm_dir, device=device, dtype=dtype, **d_kw)
-    verifier = VerifierRunner.from_pretrained(verifier_dir, device=device, dtype=dtype, **v_kw)
+    verifier = VerifierRunner.from_pretrained(verifier_dir, device=device, dtype=dtype, **v_kw) if verifier_dir else None
     prompt = args.prompt
     if tok.chat_template is not None and not args.no_chat_template:
         prompt = tok.apply_chat_template(prompt, system=args.system)
