@@ -23,6 +23,7 @@ CASES = [
     ("apd:kv_window=none,max_lookahead=none", {"temperature": 1.0}),
     ("apd:mixture_weight=0.5,kv_window=2,max_lookahead=4", {"temperature": 0.8, "top_k": 20, "top_p": 0.9}),
     ("dllm_fixed:k=2", {"temperature": 1.0}),
+    ("threshold:threshold=0.7,block_length=4", {"temperature": 1.0}),
     ("ar", {}),
     ("ar", {"temperature": 1.0, "top_p": 0.8}),
 ]

@@ -3,7 +3,7 @@
     config.py    DecodeConfig: every knob, one set of defaults, policy specs ("apd:kv_window=16")
     inputs.py    checks of the runners, prompts, seeds and length; the Batch on the canvas
     state.py     State (the device tensors a step updates in place), Progress (what the host knows)
-    steps/       one step object per policy (apd, dllm_fixed, ar, diffusion) behind one interface
+    steps/       one step object per policy (apd, dllm_fixed, threshold, ar, diffusion) behind one interface
     execute.py   how step i runs: eagerly, compiled (compile=True) or as a replayed CUDA graph
     compiled.py  compile_step: the steady step through torch.compile / Inductor
     graphs.py    the CUDA-graph cache
