@@ -329,9 +329,12 @@ def test_wheel_ships_the_hook_and_the_task(tmp_path):
     """A regular (non-editable) wheel carries the .pth at its root, the hook module and the task files."""
     import zipfile
 
+    src = tmp_path / "src"  # a copy: pip builds in the source tree's build/, which must not be the checkout's
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "build", ".git", "*.so", "__pycache__",
+                                                             "*.egg-info", ".golden", ".whl", "bench"))
     env = dict(os.environ, APD_EXT_EXTENSION="0")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp_path), str(ROOT)], env=env, capture_output=True, text=True, timeout=600)
+                        str(tmp_path), str(src)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("apd_ext-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
