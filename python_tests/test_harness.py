@@ -33,13 +33,7 @@ TASK = "apd_tiny_arith"
 N = 8  # problems per policy in the comparisons with eval-tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny pair decodes fastest on one thread (as eval-tiny runs it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ from apd_ext.tiny import task, train
 from apd_ext.tiny.tokenizer import EOS, MASK, PAD, TinyTokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny pair decodes fastest on one thread, as eval-tiny runs it (two threads on a busy
-    2-core machine are several times slower); the process's count is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -114,8 +114,7 @@ class ApdLM(LM):
 
     Attributes: config (the DecodeConfig of the model_args), dllm / verifier (the runners), tok
     (apd_ext.tokenizer.HFTokenizer the pair shares), stats (task -> statistics dict, summed over
-    calls), last_outputs (request index -> generated token ids of the last generate_until call,
-    up to and including the first EOS)."""
+    calls)."""
 
     def __init__(self, dllm=None, verifier=None, *, device=None, dtype=None, vocab_size=None, seed=0,
                  eos_token_id=None, backend="auto", cuda_graphs=None, compile=False, canvas_bucket=64, threads=None,
@@ -162,7 +161,6 @@ class ApdLM(LM):
         self.dllm_dir, self.verifier_dir = self._checkpoints(dllm, verifier, self.config.policy)
         self._load(DTYPES.get(dtype))
         self.stats: dict[str, dict] = {}
-        self.last_outputs: dict[int, list[int]] = {}
         self._warned: set[str] = set()
         log.info("apd model: %s + %s on %s, %s", self.dllm_dir, self.verifier_dir, self._device, self.config.to_spec())
 
@@ -216,6 +214,7 @@ class ApdLM(LM):
             self.verifier = VerifierRunner.from_pretrained(self.verifier_dir, device=self._device, dtype=dtype)
         self.dllm = DllmRunner.from_pretrained(self.dllm_dir, device=self._device, dtype=dtype)
         self.max_length = min(m.config.max_position_embeddings for m in (self.dllm, self.verifier) if m is not None)
+        self.special_tokens = {t.content for t in self.tok.tok.get_added_tokens_decoder().values()}
 
     # ---- the harness's interface -------------------------------------------------------------
 
@@ -250,7 +249,6 @@ class ApdLM(LM):
         for plan in plans:
             groups[plan["key"]].append(plan)
         results: list[str | None] = [None] * len(requests)
-        self.last_outputs = {}
         bar = _progress(len(requests), disable_tqdm or self.rank != 0)
         call_stats: dict[str, dict] = {}
         try:
@@ -322,8 +320,7 @@ class ApdLM(LM):
     def _stop_ids(self, cfg: DecodeConfig, until: list[str]) -> list[int]:
         """The EOS ids for generate: the model's (model_args eos_token_id, else the checkpoints'),
         plus every stop string that is one special token of the tokenizer."""
-        special = {t.content for t in self.tok.tok.get_added_tokens_decoder().values()}
-        extra = [self.tok.tok.token_to_id(s) for s in until if s in special]
+        extra = [self.tok.tok.token_to_id(s) for s in until if s in self.special_tokens]
         kind = STEPS[cfg.policy]
         try:
             base = eos_ids(self.dllm, self.verifier, self.eos_token_id,
@@ -367,7 +364,6 @@ class ApdLM(LM):
             text = self.tok.decode(gen)
             cut = [text.find(s) for s in stops if s in text]
             results[p["index"]] = text[: min(cut)] if cut else text
-            self.last_outputs[p["index"]] = gen
             stats["tokens"] += len(gen)
         stats["answers"] += rows
         stats["calls"] += 1
