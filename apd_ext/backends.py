@@ -1,7 +1,8 @@
 """Backend registry: which implementation of the ops runs for a device.
 
 Every backend takes the same normalised arguments (already checked by apd_ext/ops.py), grouped
-as the C ABI groups them (csrc/include/apd/apd.h: apd_filter, apd_noise):
+as the C ABI groups them (csrc/include/apd/apd.h: apd_filter, apd_noise); the Filter's fields and
+mixture_weight are each a Python scalar or a per-row [B] tensor (float64; int64 for top_k):
 
     sample_draft(dllm, vocab, filt: Filter, noise: Noise) -> tokens, logprobs
     mixture_accept(dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths,
@@ -38,11 +39,33 @@ NAMES = ("auto", "cpu", "cuda", "triton", "reference")
 
 
 class Filter(NamedTuple):
-    """apd_filter: the sampling filters of the dLLM distribution (checked by ops._check_filter)."""
+    """apd_filter: the sampling filters of the dLLM distribution (checked by ops._check_filter).
 
-    temperature: float  # >= 0; 0 is greedy (no noise)
-    top_k: int  # >= 0; 0 disables it (ops turn top_k >= vocab into 0)
-    top_p: float  # in (0, 1]; 1 disables it
+    Each field is a Python scalar (every row) or a per-row knob: a [B] tensor on the logits'
+    device, float64 for temperature and top_p, int64 for top_k (ops convert float32 to float64,
+    exactly). Row b with per-row knobs computes what the scalar call on row b alone computes with
+    row b's values (csrc/include/apd/knobs.h; reference.py states the math)."""
+
+    temperature: float | torch.Tensor  # >= 0; 0 is greedy (no noise)
+    top_k: int | torch.Tensor  # >= 0; 0 (and, per row, >= vocab) disables it (ops turn a scalar >= vocab into 0)
+    top_p: float | torch.Tensor  # in (0, 1]; 1 disables it
+
+    @property
+    def per_row(self) -> bool:
+        """Whether any field is a per-row tensor."""
+        return any(isinstance(f, torch.Tensor) for f in self)
+
+
+def knob(value, default):
+    """(scalar, tensor or None) of a knob as the flat torch op schemas take it: a per-row tensor
+    goes in the Tensor? argument and the scalar beside it is `default` (ignored by the kernels)."""
+    return (default, value) if isinstance(value, torch.Tensor) else (value, None)
+
+
+def flat_filter(filt: Filter) -> tuple:
+    """The schemas' flat filter arguments: temperature, top_k, top_p, then their per-row tensors."""
+    (t, t_rows), (k, k_rows), (p, p_rows) = knob(filt.temperature, 1.0), knob(filt.top_k, 0), knob(filt.top_p, 1.0)
+    return t, k, p, t_rows, k_rows, p_rows
 
 
 class Noise(NamedTuple):
@@ -72,24 +95,24 @@ class _TorchOp:
         self.name = name
 
     def sample_draft(self, dllm, vocab, filt: Filter, noise: Noise):
-        return torch.ops.apd_ext.sample_draft(dllm, vocab, *filt, *noise)
+        return torch.ops.apd_ext.sample_draft(dllm, vocab, *flat_filter(filt), *noise)
 
     def mixture_accept(self, dllm, verifier, draft, vocab, mixture_weight, greedy_target, valid_lengths,
                        filt: Filter, noise: Noise):
-        T, top_k, top_p = filt
         return torch.ops.apd_ext.mixture_accept(
-            dllm, verifier, draft, vocab, mixture_weight, T, top_k, top_p, valid_lengths, greedy_target, *noise,
+            dllm, verifier, draft, vocab, *knob(mixture_weight, 1.0), *flat_filter(filt), valid_lengths,
+            greedy_target, *noise,
         )
 
     def sample_draft_partial(self, dllm, vocab, vocab_offset, filt: Filter, noise: Noise, threshold):
-        return torch.ops.apd_ext.sample_draft_partial(dllm, vocab, vocab_offset, *filt, *noise, threshold)
+        return torch.ops.apd_ext.sample_draft_partial(dllm, vocab, vocab_offset, *flat_filter(filt), *noise,
+                                                      threshold)
 
     def mixture_accept_partial(self, dllm, verifier, draft, vocab, vocab_offset, mixture_weight, greedy_target,
                                valid_lengths, filt: Filter, noise: Noise, threshold):
-        T, top_k, top_p = filt
         return torch.ops.apd_ext.mixture_accept_partial(
-            dllm, verifier, draft, vocab, vocab_offset, mixture_weight, T, top_k, top_p, valid_lengths,
-            greedy_target, *noise, threshold,
+            dllm, verifier, draft, vocab, vocab_offset, *knob(mixture_weight, 1.0), *flat_filter(filt),
+            valid_lengths, greedy_target, *noise, threshold,
         )
 
 

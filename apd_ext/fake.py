@@ -6,16 +6,16 @@ import torch
 
 
 @torch.library.register_fake("apd_ext::sample_draft")
-def _sample_draft_fake(dllm_logits, vocab_size, temperature, top_k, top_p, seed, seed_value, offset,
-                       offset_value, noise):
+def _sample_draft_fake(dllm_logits, vocab_size, temperature, top_k, top_p, temperature_rows, top_k_rows, top_p_rows,
+                       seed, seed_value, offset, offset_value, noise):
     B, K, _ = dllm_logits.shape
     return (dllm_logits.new_empty((B, K), dtype=torch.int64),
             dllm_logits.new_empty((B, K), dtype=torch.float32))
 
 
 @torch.library.register_fake("apd_ext::mixture_accept")
-def _mixture_accept_fake(dllm_logits, verifier_logits, draft_tokens, vocab_size, mixture_weight, temperature,
-                         top_k, top_p, valid_lengths, greedy_target, seed, seed_value, offset, offset_value,
+def _mixture_accept_fake(dllm_logits, verifier_logits, draft_tokens, vocab_size, mixture_weight, mixture_weight_rows,
+                         temperature, top_k, top_p, temperature_rows, top_k_rows, top_p_rows, valid_lengths, greedy_target, seed, seed_value, offset, offset_value,
                          noise):
     B, K, _ = dllm_logits.shape
     logp = [dllm_logits.new_empty((B, K), dtype=torch.float32) for _ in range(3)]
@@ -24,8 +24,8 @@ def _mixture_accept_fake(dllm_logits, verifier_logits, draft_tokens, vocab_size,
 
 
 @torch.library.register_fake("apd_ext::sample_draft_partial")
-def _sample_draft_partial_fake(dllm_logits, vocab_size, vocab_offset, temperature, top_k, top_p, seed, seed_value,
-                               offset, offset_value, noise, threshold):
+def _sample_draft_partial_fake(dllm_logits, vocab_size, vocab_offset, temperature, top_k, top_p, temperature_rows,
+                               top_k_rows, top_p_rows, seed, seed_value, offset, offset_value, noise, threshold):
     B, K, _ = dllm_logits.shape
     return (dllm_logits.new_empty((B, K), dtype=torch.int64),
             dllm_logits.new_empty((B, K, 4), dtype=torch.float32))  # backends.DRAFT_STATS
@@ -33,8 +33,9 @@ def _sample_draft_partial_fake(dllm_logits, vocab_size, vocab_offset, temperatur
 
 @torch.library.register_fake("apd_ext::mixture_accept_partial")
 def _mixture_accept_partial_fake(dllm_logits, verifier_logits, draft_tokens, vocab_size, vocab_offset,
-                                 mixture_weight, temperature, top_k, top_p, valid_lengths, greedy_target, seed,
-                                 seed_value, offset, offset_value, noise, threshold):
+                                 mixture_weight, mixture_weight_rows, temperature, top_k, top_p, temperature_rows,
+                                 top_k_rows, top_p_rows, valid_lengths, greedy_target, seed, seed_value, offset,
+                                 offset_value, noise, threshold):
     B, K, _ = dllm_logits.shape
     return (dllm_logits.new_empty((B, K), dtype=torch.int64),
             dllm_logits.new_empty((B, K, 10), dtype=torch.float32))  # backends.MIXTURE_STATS

@@ -46,23 +46,87 @@ def _integer(name: str, value, what: str) -> int:
     return int(value)
 
 
-def _check_filter(temperature, top_k, top_p, vocab: int | None = None) -> backends.Filter:
+def _knob_rows(name: str, value: torch.Tensor, batch: int | None, device: torch.device | None,
+               integer: bool) -> torch.Tensor:
+    """A per-row knob tensor, checked: [B] on the logits' device, float32/float64 (returned as
+    float64, exactly) or int64 for top_k."""
+    want = "int64" if integer else "float32 or float64"
+    if integer and value.dtype != torch.int64 or not integer and value.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} tensor must be {want} (one value per batch row), got {value.dtype}")
+    if value.dim() != 1 or (batch is not None and value.shape[0] != batch):
+        raise ValueError(f"{name} tensor must have shape [B={batch}] (one value per batch row), got "
+                         f"{tuple(value.shape)}")
+    if device is not None and value.device != device:
+        raise ValueError(f"{name} tensor is on {value.device}, the logits on {device}")
+    return value.contiguous() if integer else value.to(torch.float64).contiguous()
+
+
+def _first_bad_row(name: str, rows: torch.Tensor, bad: torch.Tensor, rule: str) -> None:
+    """ValueError naming the knob, the first row where `bad` holds and its value (CPU tensors only:
+    reading a CUDA tensor is a host sync, so those values are not checked; apd.h)."""
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} must be {rule}, got {rows[b].item()} in row {b}")
+
+
+def _check_filter(temperature, top_k, top_p, vocab: int | None = None, batch: int | None = None,
+                  device: torch.device | None = None) -> backends.Filter:
     """The checked filter (apd_filter) of an op call. top_k >= vocab (or >= 2**63 - 1 when vocab is
-    not given) keeps every entry and becomes 0, so that any integer top_k reaches the backends as int64."""
-    temperature = _real("temperature", temperature)
-    if not 0.0 <= temperature < math.inf:  # also rejects NaN
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-    if temperature != 0.0 and 1.0 / temperature > torch.finfo(torch.float32).max:
-        raise ValueError(f"temperature {temperature} is too small; use 0 for greedy")
-    top_k = _integer("top_k", top_k, "an integer >= 0 (0: no top-k filter)")
-    if top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0: no top-k filter), got {top_k}")
-    if top_k >= (_INT64_MAX if vocab is None else vocab):
-        top_k = 0
-    top_p = _real("top_p", top_p)
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    not given) keeps every entry and becomes 0, so that any integer top_k reaches the backends as int64.
+    Each knob may instead be a per-row [B] tensor (backends.Filter); its values are checked here
+    when it lies on the CPU."""
+    f32_max = torch.finfo(torch.float32).max
+    if isinstance(temperature, torch.Tensor):
+        temperature = _knob_rows("temperature", temperature, batch, device, integer=False)
+        if temperature.device.type == "cpu":
+            t = temperature
+            _first_bad_row("temperature", t, ~((t >= 0) & (t < math.inf)), "finite and >= 0")
+            _first_bad_row("temperature", t, (t > 0) & (1.0 / t.clamp(min=1e-300) > f32_max),
+                           "0 (greedy) or large enough that 1/T fits float32")
+    else:
+        temperature = _real("temperature", temperature)
+        if not 0.0 <= temperature < math.inf:  # also rejects NaN
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        if temperature != 0.0 and 1.0 / temperature > f32_max:
+            raise ValueError(f"temperature {temperature} is too small; use 0 for greedy")
+    if isinstance(top_k, torch.Tensor):
+        top_k = _knob_rows("top_k", top_k, batch, device, integer=True)
+        if top_k.device.type == "cpu":
+            _first_bad_row("top_k", top_k, top_k < 0, "an integer >= 0 (0: no top-k filter)")
+    else:
+        top_k = _integer("top_k", top_k, "an integer >= 0 (0: no top-k filter)")
+        if top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0: no top-k filter), got {top_k}")
+        if top_k >= (_INT64_MAX if vocab is None else vocab):
+            top_k = 0
+    if isinstance(top_p, torch.Tensor):
+        top_p = _knob_rows("top_p", top_p, batch, device, integer=False)
+        if top_p.device.type == "cpu":
+            _first_bad_row("top_p", top_p, ~((top_p > 0) & (top_p <= 1)), "in (0, 1]")
+    else:
+        top_p = _real("top_p", top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     return backends.Filter(temperature, top_k, top_p)
+
+
+def _check_mixture_weight(mixture_weight, batch: int | None = None, device: torch.device | None = None):
+    """mixture_weight as the backends take it: a float in [0, 1], or a per-row float64 [B] tensor
+    (values checked when it lies on the CPU)."""
+    if isinstance(mixture_weight, torch.Tensor):
+        w = _knob_rows("mixture_weight", mixture_weight, batch, device, integer=False)
+        if w.device.type == "cpu":
+            _first_bad_row("mixture_weight", w, ~((w >= 0) & (w <= 1)), "in [0, 1]")
+        return w
+    mixture_weight = _real("mixture_weight", mixture_weight)
+    if not 0.0 <= mixture_weight <= 1.0:
+        raise ValueError(f"mixture_weight must be in [0, 1], got {mixture_weight}")
+    return mixture_weight
+
+
+def _may_sample(filt: backends.Filter) -> bool:
+    """Whether any row of the call may add noise (per-row temperatures count as sampled)."""
+    return isinstance(filt.temperature, torch.Tensor) or filt.temperature > 0
 
 
 def _rng_arg(name: str, value, batch: int, device: torch.device, per_row_ok: bool):
@@ -182,6 +246,14 @@ def sample_draft(
         top_k, top_p: restrict the draft distribution (0 and 1 disable them; top_k >= the vocabulary
             keeps everything); top-p mass is taken from ``softmax(D / T)`` after top-k. See
             reference.py for ties.
+            Per-row knobs: temperature, top_k and top_p may each be a [B] tensor on the logits'
+            device (float32 or float64; int64 for top_k) instead of a scalar, so that one batch
+            mixes requests' settings (greedy beside sampled rows, filtered beside unfiltered).
+            Row b's outputs equal, bit for bit, this call on row b alone with row b's values as
+            Python scalars (float32 values are widened to float64 exactly). Shape, dtype and device
+            are checked always, values only for CPU tensors (the error names the row): a CUDA
+            tensor is read inside the kernels (CUDA-graph safe, no host sync) and an out-of-range
+            value there gives unspecified tokens for its row.
         vocab_size: use only the first vocab_size entries of each row (default V).
         seed: int, or int64 tensor of 1 or B values on the logits' device (graph-safe). Row b's
             seed is ``seed + b`` (one value) or ``seed[b]``. Default: drawn from torch's generator.
@@ -202,8 +274,8 @@ def sample_draft(
     dllm_logits = _check_logits("dllm_logits", dllm_logits)
     B, K, V = dllm_logits.shape
     vocab = _vocab(vocab_size, V, names=("dllm_logits",))
-    filt = _check_filter(temperature, top_k, top_p, vocab)
     device = dllm_logits.device
+    filt = _check_filter(temperature, top_k, top_p, vocab, B, device)
     noise = _check_noise(noise, B, K, vocab, device)
     impl = backends.get(backend, device)
     return impl.sample_draft(dllm_logits, vocab, filt, backends.Noise(*_rng(seed, offset, B, device), noise))
@@ -233,8 +305,10 @@ def mixture_accept(
         verifier_logits: [B, K, V2] verifier logits aligned with them (row i predicts position i).
         draft_tokens: int64 [B, K], usually sample_draft's tokens.
         mixture_weight: in [0, 1]; the target samples
-            ``p_dllm^mixture_weight * p_verifier^(1 - mixture_weight)``.
-        temperature, top_k, top_p: as in :func:`sample_draft`; the filters also restrict the target.
+            ``p_dllm^mixture_weight * p_verifier^(1 - mixture_weight)``. A [B] tensor gives each
+            row its own weight (per-row knobs, as in :func:`sample_draft`).
+        temperature, top_k, top_p: as in :func:`sample_draft` (scalars or per-row [B] tensors);
+            the filters also restrict the target.
         vocab_size: shared vocabulary; required when V != V2, at most min(V, V2).
         valid_lengths: optional int64 [B]: row b has only valid_lengths[b] real positions.
         greedy_target: the authors' released code: target =
@@ -259,13 +333,11 @@ def mixture_accept(
         raise ValueError(f"verifier_logits is on {verifier_logits.device}, dllm_logits on {device}")
     vocab = _vocab(vocab_size, V, verifier_logits.shape[2], names=("dllm_logits", "verifier_logits"))
     draft_tokens = _check_draft(draft_tokens, B, K, vocab, device)
-    mixture_weight = _real("mixture_weight", mixture_weight)
-    if not 0.0 <= mixture_weight <= 1.0:
-        raise ValueError(f"mixture_weight must be in [0, 1], got {mixture_weight}")
-    filt = _check_filter(temperature, top_k, top_p, vocab)
+    mixture_weight = _check_mixture_weight(mixture_weight, B, device)
+    filt = _check_filter(temperature, top_k, top_p, vocab, B, device)
     valid_lengths = _check_valid_lengths(valid_lengths, B, K, device)
     noise = _check_noise(noise, B, K, vocab, device)
-    if filt.temperature > 0 and not greedy_target and noise is None and seed is None:
+    if _may_sample(filt) and not greedy_target and noise is None and seed is None:
         raise ValueError(
             "mixture_accept needs the seed and offset (or noise) that drew the draft: the target "
             "must reuse the draft's Gumbel noise (APD_SPEC step 3)"
@@ -316,8 +388,8 @@ def sample_draft_partial(dllm_logits: torch.Tensor, *, vocab_offset: int, thresh
     dllm_logits = _check_logits("dllm_logits", dllm_logits)
     B, K, V = dllm_logits.shape
     vocab = _vocab(vocab_size, V, names=("dllm_logits",))
-    filt = _check_filter(temperature, top_k, top_p, vocab)
     device = dllm_logits.device
+    filt = _check_filter(temperature, top_k, top_p, vocab, B, device)
     vocab_offset, threshold = _check_slice(vocab_offset, threshold, B, K, device)
     noise = _check_noise(noise, B, K, vocab, device)
     impl = backends.get(backend, device)
@@ -354,14 +426,12 @@ def mixture_accept_partial(dllm_logits: torch.Tensor, verifier_logits: torch.Ten
     if tuple(draft_tokens.shape) != (B, K) or draft_tokens.device != device:
         raise ValueError(f"draft_tokens must be [{B}, {K}] on {device}, got {tuple(draft_tokens.shape)} on "
                          f"{draft_tokens.device}")
-    mixture_weight = _real("mixture_weight", mixture_weight)
-    if not 0.0 <= mixture_weight <= 1.0:
-        raise ValueError(f"mixture_weight must be in [0, 1], got {mixture_weight}")
-    filt = _check_filter(temperature, top_k, top_p, vocab)
+    mixture_weight = _check_mixture_weight(mixture_weight, B, device)
+    filt = _check_filter(temperature, top_k, top_p, vocab, B, device)
     vocab_offset, threshold = _check_slice(vocab_offset, threshold, B, K, device)
     valid_lengths = _check_valid_lengths(valid_lengths, B, K, device)
     noise = _check_noise(noise, B, K, vocab, device)
-    if filt.temperature > 0 and not greedy_target and noise is None and seed is None:
+    if _may_sample(filt) and not greedy_target and noise is None and seed is None:
         raise ValueError("mixture_accept_partial needs the seed and offset (or noise) that drew the draft")
     impl = backends.get(backend, device)
     rng = backends.Noise(*_rng(0 if seed is None else seed, offset, B, device), noise)

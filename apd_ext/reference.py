@@ -32,6 +32,11 @@ The math is ../shared/APD_SPEC.md's; the choices that document leaves open are f
   the ops raise on such tokens when they can check without a device sync. Positions at or beyond
   ``valid_lengths[b]`` get target -1 and log-probs 0.
 * A row whose scores are all ``-inf`` draws token 0; its log-probs are not meaningful.
+* Per-row knobs: temperature, top_k, top_p and mixture_weight may each be a [B] tensor (float64;
+  int64 for top_k) instead of a scalar. Row b then computes exactly what a call on row b alone with
+  row b's values as Python scalars computes (1 / T and w, 1 - w rounded to float32 from float64;
+  a row with T = 0 is greedy, one with top_k 0 or >= V and top_p 1 unfiltered), so a batch may mix
+  greedy and sampled rows, filtered and unfiltered ones. The noise of row b is always its own.
 """
 
 from __future__ import annotations
@@ -115,21 +120,48 @@ def _inv_temperature(temperature: float) -> torch.Tensor:
     return torch.tensor(1.0 / temperature, dtype=torch.float32)
 
 
-def scaled(dllm: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``D / T`` as every backend computes it: ``D * float32(1 / T)``; ``D`` itself when T = 0."""
+def per_row(knob: torch.Tensor, x: torch.Tensor, keep_last: int = 1) -> torch.Tensor:
+    """A per-row knob [B] viewed to broadcast over x [B, K, V] ([B, 1, 1]), or with keep_last=0
+    over x's leading dims [B, K] ([B, 1])."""
+    return knob.view(-1, *([1] * (x.dim() - 2 + keep_last)))
+
+
+def greedy_rows(temperature: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """bool, broadcasting over x [B, K, V]: the rows of per-row temperatures [B] that are greedy (T = 0)."""
+    return per_row(temperature == 0, x)
+
+
+def scaled(dllm: torch.Tensor, temperature) -> torch.Tensor:
+    """``D / T`` as every backend computes it: ``D * float32(1 / T)``; ``D`` itself when T = 0.
+    temperature: a scalar, or per-row float64 [B] for dllm [B, ...] (1 / T in float64, then float32,
+    as for a scalar; greedy rows stay D)."""
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.to(device=dllm.device, dtype=torch.float64)
+        inv = torch.where(t == 0, 1.0, 1.0 / torch.where(t == 0, 1.0, t)).to(torch.float32)
+        return dllm * per_row(inv, dllm)
     if temperature == 0:
         return dllm
     return dllm * _inv_temperature(temperature).to(dllm.device)
 
 
-def filter_threshold(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+def filter_threshold(x: torch.Tensor, top_k, top_p) -> torch.Tensor:
     """float32 [...]: per row of scaled logits ``x`` [..., V], the smallest value kept by top-k then
-    top-p; the kept set is ``x >= threshold`` (``-inf`` keeps everything)."""
+    top-p; the kept set is ``x >= threshold`` (``-inf`` keeps everything). top_k / top_p: scalars,
+    or per-row [B] tensors (int64 / float64) for x [B, K, V]: row b is filtered with its own values
+    (top_k 0 or >= V and top_p 1 leave it unfiltered), exactly as a scalar call on that row."""
     V = x.shape[-1]
     tau = torch.full(x.shape[:-1], float("-inf"), dtype=torch.float32, device=x.device)
-    if 0 < top_k < V:
+    if isinstance(top_k, torch.Tensor):
+        k = per_row(top_k.to(x.device), x, keep_last=0).expand(x.shape[:-1])  # [B, K]
+        active = (k > 0) & (k < V)
+        kth = torch.sort(x, dim=-1, descending=True).values.gather(-1, (k - 1).clamp(0, V - 1).unsqueeze(-1))
+        tau = torch.where(active, kth.squeeze(-1), tau)
+    elif 0 < top_k < V:
         tau = torch.topk(x, top_k, dim=-1).values[..., -1]
-    if top_p < 1.0:
+    rows_p = isinstance(top_p, torch.Tensor)
+    if rows_p or top_p < 1.0:
+        # mass compared in float32, as with a scalar top_p (a Python float meets float32 masses)
+        p = per_row(top_p.to(x.device, torch.float32), x) if rows_p else top_p
         masked = torch.where(x >= tau.unsqueeze(-1), x, float("-inf"))
         vals, _ = torch.sort(masked, dim=-1, descending=True)
         cum = torch.cumsum(torch.softmax(vals, dim=-1), dim=-1)
@@ -138,11 +170,13 @@ def filter_threshold(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         mass_greater = torch.where(
             n_greater > 0, torch.gather(cum, -1, (n_greater - 1).clamp(min=0)), torch.zeros_like(cum)
         )
-        kept = (mass_greater < top_p) & (vals > float("-inf"))
+        kept = (mass_greater < p) & (vals > float("-inf"))
         tau_p = torch.where(kept, vals, float("inf")).amin(dim=-1)
         # +inf entries (x = D / T overflowed) hold all the mass: only they are kept.
         tau_p = torch.where(vals[..., 0] == float("inf"), float("inf"), tau_p)
-        tau = torch.maximum(tau, tau_p)
+        tau_p = torch.maximum(tau, tau_p)
+        # per row: top_p = 1 leaves the row to top-k alone (a sum of rounded masses can reach 1)
+        tau = torch.where(per_row(top_p.to(x.device) < 1.0, x, keep_last=0), tau_p, tau) if rows_p else tau_p
     return tau
 
 
@@ -172,15 +206,33 @@ def sample_draft(dllm_logits: torch.Tensor, vocab_size: int, filt, noise) -> tup
     D = _clean(dllm_logits, V)
     x = scaled(D, temperature)
     keep = x >= filter_threshold(x, top_k, top_p).unsqueeze(-1)
-    score = x if temperature == 0 else x + gumbel_noise(noise, (B, K, V), D.device)
+    score = _noisy(x, temperature, noise, vocab_offset=None)
     score = torch.where(keep, score, float("-inf"))
     tokens = torch.argmax(score, dim=-1)
     logp = log_softmax(torch.where(keep, D, float("-inf")))
     return tokens, torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def _mix(D: torch.Tensor, A: torch.Tensor, mixture_weight: float) -> torch.Tensor:
-    """The mixture logit; a NaN (e.g. D = +inf with A = -inf) counts as -inf, like NaN logits."""
+def _noisy(x: torch.Tensor, temperature, noise, vocab_offset: int | None) -> torch.Tensor:
+    """The Gumbel-max scores of scaled values x [B, K, V]: x + g, or x itself on greedy rows (T = 0;
+    per row for a per-row temperature). vocab_offset: None for the full ops, else the slice's."""
+    per_row_t = isinstance(temperature, torch.Tensor)
+    if not per_row_t and temperature == 0:
+        return x
+    g = (gumbel_noise(noise, x.shape, x.device) if vocab_offset is None
+         else _slice_gumbel(noise, x.shape, vocab_offset, x.device))
+    return torch.where(greedy_rows(temperature.to(x.device), x), x, x + g) if per_row_t else x + g
+
+
+def _mix(D: torch.Tensor, A: torch.Tensor, mixture_weight) -> torch.Tensor:
+    """The mixture logit; a NaN (e.g. D = +inf with A = -inf) counts as -inf, like NaN logits.
+    mixture_weight: a scalar, or per-row float64 [B] (each row as its scalar: w and 1 - w rounded
+    to float32 from float64, w = 1 giving D and w = 0 giving A)."""
+    if isinstance(mixture_weight, torch.Tensor):
+        w = per_row(mixture_weight.to(D.device, torch.float64), D)
+        mix = torch.nan_to_num(w.to(torch.float32) * D + (1.0 - w).to(torch.float32) * A,
+                               nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+        return torch.where(w == 1.0, D, torch.where(w == 0.0, A, mix))
     if mixture_weight == 1.0:
         return D
     if mixture_weight == 0.0:
@@ -229,11 +281,8 @@ def mixture_accept(dllm_logits: torch.Tensor, verifier_logits: torch.Tensor, dra
     mix_kept = torch.where(keep, mix, float("-inf"))
     if greedy_target:
         target = torch.argmax(mix, dim=-1)
-    elif temperature == 0:
-        target = torch.argmax(mix_kept, dim=-1)
     else:
-        g = gumbel_noise(noise, (B, K, V), D.device)
-        target = torch.argmax(scaled(mix_kept, temperature) + g, dim=-1)
+        target = torch.argmax(_noisy(scaled(mix_kept, temperature), temperature, noise, None), dim=-1)
     draft = draft_tokens.to(torch.int64)
     safe = draft.clamp(0, V - 1).unsqueeze(-1)
 
@@ -316,8 +365,7 @@ def sample_draft_partial(dllm_logits: torch.Tensor, vocab_size: int, vocab_offse
     D = _clean(dllm_logits, V)
     x = scaled(D, temperature)
     keep = _keep(x, filt, threshold)
-    score = x if temperature == 0 else x + _slice_gumbel(noise, (B, K, V), vocab_offset, D.device)
-    score = torch.where(keep, score, float("-inf"))
+    score = torch.where(keep, _noisy(x, temperature, noise, vocab_offset), float("-inf"))
     best, token = _first_best(score, vocab_offset)
     Dk = torch.where(keep, D, float("-inf"))
     m, s = _lse_state(Dk)
@@ -346,12 +394,7 @@ def mixture_accept_partial(dllm_logits: torch.Tensor, verifier_logits: torch.Ten
     keep = _keep(x, filt, threshold) & (D > float("-inf"))
     mix = _mix(D, A, mixture_weight)
     mix_kept = torch.where(keep, mix, float("-inf"))
-    if greedy_target:
-        score = mix
-    elif temperature == 0:
-        score = mix_kept
-    else:
-        score = scaled(mix_kept, temperature) + _slice_gumbel(noise, (B, K, V), vocab_offset, D.device)
+    score = mix if greedy_target else _noisy(scaled(mix_kept, temperature), temperature, noise, vocab_offset)
     best, target = _first_best(score, vocab_offset)
     Dk = torch.where(keep, D, float("-inf"))
     states = [t for x_ in (Dk, A, mix_kept) for t in _lse_state(x_)]

@@ -32,14 +32,14 @@ int64_t accepted(const apd_mixture_accept_args& a, int64_t b, int64_t valid_leng
 
 extern "C" apd_status apd_sample_draft_cpu(const apd_sample_draft_args* args) {
   using namespace apd::cpu;
-  if (args == nullptr || apd::check_args(*args) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  if (!checked(args)) return APD_ERROR_INVALID_ARGUMENT;
   const apd_sample_draft_args& a = *args;
   const int64_t rows = a.batch * a.window;
 #pragma omp parallel for schedule(dynamic, 1) if (rows > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / a.window, i = r % a.window;
     const void* row = row_ptr(a.dllm, b, i);
-    const RowMath rm = row_math(a.filter, row, a.dllm.dtype, a.vocab);
+    const RowMath rm = row_math(apd::row_filter(a.filter, b), row, a.dllm.dtype, a.vocab);
     const DraftRow out = draft_row(row, a.dllm.dtype, a.vocab, rm, apd::row_noise(a.noise, b, i));
     a.tokens[r] = out.token;
     // The token is outside the kept set only when every score is -inf (token 0): then -inf - lse,
@@ -51,14 +51,13 @@ extern "C" apd_status apd_sample_draft_cpu(const apd_sample_draft_args* args) {
 
 extern "C" apd_status apd_mixture_accept_cpu(const apd_mixture_accept_args* args) {
   using namespace apd::cpu;
-  if (args == nullptr || apd::check_args(*args) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  if (!checked(args)) return APD_ERROR_INVALID_ARGUMENT;
   const apd_mixture_accept_args& a = *args;
   const int64_t K = a.window;
   const int64_t rows = a.batch * K;
   auto valid_length = [&](int64_t b) {
     return a.valid_lengths == nullptr ? K : std::clamp<int64_t>(a.valid_lengths[b], 0, K);
   };
-  const MixMath mm = mix_math(a.mixture_weight, a.greedy_target, a.filter, a.noise);
   const float nan = std::numeric_limits<float>::quiet_NaN();
 
 #pragma omp parallel for schedule(dynamic, 1) if (rows > 1)
@@ -71,7 +70,10 @@ extern "C" apd_status apd_mixture_accept_cpu(const apd_mixture_accept_args* args
     }
     const void* drow = row_ptr(a.dllm, b, i);
     const void* arow = row_ptr(a.verifier, b, i);
-    const RowMath rm = row_math(a.filter, drow, a.dllm.dtype, a.vocab);
+    const apd_filter f = apd::row_filter(a.filter, b);
+    const RowMath rm = row_math(f, drow, a.dllm.dtype, a.vocab);
+    const MixMath mm = mix_math(apd::row_mixture_weight(a.mixture_weight, a.mixture_weight_rows, b), a.greedy_target,
+                                f, a.noise);
     const MixtureRow out =
         mixture_row(drow, a.dllm.dtype, arow, a.verifier.dtype, a.vocab, rm, mm, apd::row_noise(a.noise, b, i));
     a.target_tokens[r] = out.target;

@@ -14,14 +14,15 @@
 
 extern "C" apd_status apd_sample_draft_partial_cpu(const apd_sample_draft_partial_args* args) {
   using namespace apd::cpu;
-  if (args == nullptr || apd::check_args(*args) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  if (!checked(args)) return APD_ERROR_INVALID_ARGUMENT;
   const apd_sample_draft_partial_args& a = *args;
   const int64_t rows = a.batch * a.window;
 #pragma omp parallel for schedule(dynamic, 1) if (rows > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / a.window, i = r % a.window;
     const void* row = row_ptr(a.dllm, b, i);
-    const RowMath rm = row_math(a.filter, row, a.dllm.dtype, a.vocab, a.threshold ? a.threshold + r : nullptr);
+    const RowMath rm =
+        row_math(apd::row_filter(a.filter, b), row, a.dllm.dtype, a.vocab, a.threshold ? a.threshold + r : nullptr);
     const DraftRow out =
         draft_row(row, a.dllm.dtype, a.vocab, rm, apd::row_noise(a.noise, b, i, a.vocab_offset));
     a.tokens[r] = a.vocab_offset + out.token;
@@ -37,11 +38,10 @@ extern "C" apd_status apd_sample_draft_partial_cpu(const apd_sample_draft_partia
 extern "C" apd_status apd_mixture_accept_partial_cpu(const apd_mixture_accept_partial_args* args) {
   using namespace apd::cpu;
   using apd::kNegInf;
-  if (args == nullptr || apd::check_args(*args) != nullptr) return APD_ERROR_INVALID_ARGUMENT;
+  if (!checked(args)) return APD_ERROR_INVALID_ARGUMENT;
   const apd_mixture_accept_partial_args& a = *args;
   const int64_t K = a.window;
   const int64_t rows = a.batch * K;
-  const MixMath mm = mix_math(a.mixture_weight, a.greedy_target, a.filter, a.noise);
 
 #pragma omp parallel for schedule(dynamic, 1) if (rows > 1)
   for (int64_t r = 0; r < rows; ++r) {
@@ -56,7 +56,10 @@ extern "C" apd_status apd_mixture_accept_partial_cpu(const apd_mixture_accept_pa
     }
     const void* drow = row_ptr(a.dllm, b, i);
     const void* arow = row_ptr(a.verifier, b, i);
-    const RowMath rm = row_math(a.filter, drow, a.dllm.dtype, a.vocab, a.threshold ? a.threshold + r : nullptr);
+    const apd_filter f = apd::row_filter(a.filter, b);
+    const RowMath rm = row_math(f, drow, a.dllm.dtype, a.vocab, a.threshold ? a.threshold + r : nullptr);
+    const MixMath mm = mix_math(apd::row_mixture_weight(a.mixture_weight, a.mixture_weight_rows, b), a.greedy_target,
+                                f, a.noise);
     const MixtureRow out = mixture_row(drow, a.dllm.dtype, arow, a.verifier.dtype, a.vocab, rm, mm,
                                        apd::row_noise(a.noise, b, i, a.vocab_offset));
     a.target_tokens[r] = a.vocab_offset + out.target;

@@ -6,11 +6,22 @@
 #include <cstdint>
 
 #include "apd/apd.h"
+#include "apd/knobs.h"
 #include "apd/math.h"
 #include "apd/modes.h"
+#include "apd/validate.h"
 #include "cpu/kernels.h"
 
 namespace apd::cpu {
+
+// The arguments of a CPU entry point are usable: the shared checks plus every row's knobs (host
+// memory here, so the per-row values are checked too).
+template <class Args>
+bool checked(const Args* a) {
+  if (a == nullptr || apd::check_args(*a) != nullptr) return false;
+  int64_t bad_row = 0;
+  return apd::check_rows(a->filter, apd::mixture_weight_rows_of(*a), a->batch, &bad_row) == nullptr;
+}
 
 inline size_t elem_bytes(apd_dtype t) {
   switch (t) {
@@ -29,7 +40,7 @@ inline const void* row_ptr(const apd_logits& l, int64_t b, int64_t i) {
   return static_cast<const char*>(l.data) + (b * l.stride_b + i * l.stride_k) * elem_bytes(l.dtype);
 }
 
-// How the row's logits are filtered: the threshold is `given` when not null (the partial ops'
+// How the row's logits are filtered (f: the row's own scalars, apd::row_filter): the threshold is `given` when not null (the partial ops'
 // threshold override, x units), else computed over the row's `vocab` entries when a filter is
 // active, else -inf.
 inline RowMath row_math(const apd_filter& f, const void* row, apd_dtype dtype, int64_t vocab,

@@ -39,9 +39,49 @@ inline apd_logits logits_arg(const at::Tensor& x, const char* name, const at::De
   return apd_logits{x.data_ptr(), dt, x.stride(0), x.stride(1)};
 }
 
-// The op schemas' flat filter arguments (temperature, top_k, top_p) as the C ABI's apd_filter.
-inline apd_filter filter_arg(double temperature, int64_t top_k, double top_p) {
-  return apd_filter{temperature, top_k, top_p};
+// A per-row knob tensor (schema: Tensor? *_rows): [batch] contiguous, of `dtype`, on `device`.
+template <class T>
+const T* knob_rows_arg(const std::optional<at::Tensor>& rows, const char* name, at::ScalarType dtype, int64_t batch,
+                       const at::Device& device) {
+  if (!rows.has_value()) return nullptr;
+  const at::Tensor& t = *rows;
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == device, name, " is on ", t.device(), ", the logits on ", device);
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == batch && t.is_contiguous(), name, " must be a contiguous [B] = [", batch,
+              "] tensor, got ", t.sizes());
+  return t.data_ptr<T>();
+}
+
+// The op schemas' flat filter arguments (temperature, top_k, top_p, then their optional per-row
+// tensors: float64, int64, float64 [B]) as the C ABI's apd_filter.
+struct FilterTensors {
+  double temperature;
+  int64_t top_k;
+  double top_p;
+  const std::optional<at::Tensor>& temperature_rows;
+  const std::optional<at::Tensor>& top_k_rows;
+  const std::optional<at::Tensor>& top_p_rows;
+
+  apd_filter to_apd(int64_t batch, const at::Device& device) const {
+    apd_filter f{};
+    f.temperature = temperature;
+    f.top_k = top_k;
+    f.top_p = top_p;
+    f.temperature_rows = knob_rows_arg<double>(temperature_rows, "temperature", at::kDouble, batch, device);
+    f.top_k_rows = knob_rows_arg<int64_t>(top_k_rows, "top_k", at::kLong, batch, device);
+    f.top_p_rows = knob_rows_arg<double>(top_p_rows, "top_p", at::kDouble, batch, device);
+    return f;
+  }
+};
+
+// Per-row knob values, where the host can read them (CPU tensors): an error naming the knob and
+// the first bad row. CUDA tensors are not read (that would be a host sync; apd.h).
+inline void check_rows_arg(const apd_filter& f, const double* mixture_weight_rows, int64_t batch,
+                           const at::Device& device) {
+  if (!device.is_cpu()) return;
+  int64_t row = 0;
+  const char* e = apd::check_rows(f, mixture_weight_rows, batch, &row);
+  TORCH_CHECK(e == nullptr, "apd_ext: ", e ? e : "", " (row ", row, ")");
 }
 
 // The op schemas' noise arguments (seed, seed_value, offset, offset_value, noise), converted by
@@ -110,7 +150,7 @@ inline void check_vocab(const at::Tensor& dllm, const at::Tensor* verifier, int6
                 "verifier_logits must be [B, K, V2] with the dllm's B and K, got ", verifier->sizes());
 }
 
-inline SampleDraftCall sample_draft_call(const at::Tensor& dllm, int64_t vocab, const apd_filter& filter,
+inline SampleDraftCall sample_draft_call(const at::Tensor& dllm, int64_t vocab, const FilterTensors& ft,
                                          const NoiseTensors& nt) {
   const at::Device device = dllm.device();
   SampleDraftCall c;
@@ -121,7 +161,8 @@ inline SampleDraftCall sample_draft_call(const at::Tensor& dllm, int64_t vocab, 
   a.batch = dllm.size(0);
   a.window = dllm.size(1);
   a.vocab = vocab;
-  a.filter = filter;
+  a.filter = ft.to_apd(a.batch, device);
+  check_rows_arg(a.filter, nullptr, a.batch, device);
   a.noise = nt.to_apd(a.batch, a.window, vocab, device);
   c.tokens = at::empty({a.batch, a.window}, dllm.options().dtype(at::kLong));
   c.logprobs = at::empty({a.batch, a.window}, dllm.options().dtype(at::kFloat));
@@ -151,8 +192,9 @@ inline const int64_t* valid_lengths_arg(const std::optional<at::Tensor>& valid_l
 
 inline MixtureAcceptCall mixture_accept_call(const at::Tensor& dllm, const at::Tensor& verifier,
                                              const at::Tensor& draft, int64_t vocab, double mixture_weight,
+                                             const std::optional<at::Tensor>& mixture_weight_rows,
                                              const std::optional<at::Tensor>& valid_lengths, bool greedy_target,
-                                             const apd_filter& filter, const NoiseTensors& nt) {
+                                             const FilterTensors& ft, const NoiseTensors& nt) {
   const at::Device device = dllm.device();
   MixtureAcceptCall c;
   apd_mixture_accept_args& a = c.args;
@@ -166,8 +208,10 @@ inline MixtureAcceptCall mixture_accept_call(const at::Tensor& dllm, const at::T
   draft_tokens_arg(a, draft, device);
   a.valid_lengths = valid_lengths_arg(valid_lengths, a.batch, device);
   a.mixture_weight = mixture_weight;
+  a.mixture_weight_rows = knob_rows_arg<double>(mixture_weight_rows, "mixture_weight", at::kDouble, a.batch, device);
   a.greedy_target = greedy_target ? 1 : 0;
-  a.filter = filter;
+  a.filter = ft.to_apd(a.batch, device);
+  check_rows_arg(a.filter, a.mixture_weight_rows, a.batch, device);
   a.noise = nt.to_apd(a.batch, a.window, vocab, device);
   const auto opts = dllm.options();
   c.num_accepted = at::empty({a.batch}, opts.dtype(at::kLong));
@@ -191,11 +235,13 @@ inline MixtureAcceptCall mixture_accept_call(const at::Tensor& dllm, const at::T
 //   static apd_status sample_draft(SampleDraftCall&);   // runs the C ABI entry point
 //   static apd_status mixture_accept(MixtureAcceptCall&);
 template <class Backend>
-std::tuple<at::Tensor, at::Tensor> sample_draft_op(const at::Tensor& dllm, int64_t vocab, double temperature,
-                                                   int64_t top_k, double top_p, const std::optional<at::Tensor>& seed,
-                                                   int64_t seed_value, const std::optional<at::Tensor>& offset,
-                                                   int64_t offset_value, const std::optional<at::Tensor>& noise) {
-  SampleDraftCall c = sample_draft_call(dllm, vocab, filter_arg(temperature, top_k, top_p),
+std::tuple<at::Tensor, at::Tensor> sample_draft_op(
+    const at::Tensor& dllm, int64_t vocab, double temperature, int64_t top_k, double top_p,
+    const std::optional<at::Tensor>& temperature_rows, const std::optional<at::Tensor>& top_k_rows,
+    const std::optional<at::Tensor>& top_p_rows, const std::optional<at::Tensor>& seed, int64_t seed_value,
+    const std::optional<at::Tensor>& offset, int64_t offset_value, const std::optional<at::Tensor>& noise) {
+  SampleDraftCall c = sample_draft_call(dllm, vocab,
+                                        FilterTensors{temperature, top_k, top_p, temperature_rows, top_k_rows, top_p_rows},
                                         NoiseTensors{seed, seed_value, offset, offset_value, noise});
   const apd_status st = Backend::sample_draft(c);
   TORCH_CHECK(st == APD_OK, "apd_ext.sample_draft (", Backend::name, "): ", apd_status_string(st));
@@ -205,13 +251,15 @@ std::tuple<at::Tensor, at::Tensor> sample_draft_op(const at::Tensor& dllm, int64
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_accept_op(
     const at::Tensor& dllm, const at::Tensor& verifier, const at::Tensor& draft, int64_t vocab,
-    double mixture_weight, double temperature, int64_t top_k, double top_p,
-    const std::optional<at::Tensor>& valid_lengths, bool greedy_target, const std::optional<at::Tensor>& seed,
-    int64_t seed_value, const std::optional<at::Tensor>& offset, int64_t offset_value,
-    const std::optional<at::Tensor>& noise) {
-  MixtureAcceptCall c = mixture_accept_call(dllm, verifier, draft, vocab, mixture_weight, valid_lengths,
-                                            greedy_target, filter_arg(temperature, top_k, top_p),
-                                            NoiseTensors{seed, seed_value, offset, offset_value, noise});
+    double mixture_weight, const std::optional<at::Tensor>& mixture_weight_rows, double temperature, int64_t top_k,
+    double top_p, const std::optional<at::Tensor>& temperature_rows, const std::optional<at::Tensor>& top_k_rows,
+    const std::optional<at::Tensor>& top_p_rows, const std::optional<at::Tensor>& valid_lengths, bool greedy_target,
+    const std::optional<at::Tensor>& seed, int64_t seed_value, const std::optional<at::Tensor>& offset,
+    int64_t offset_value, const std::optional<at::Tensor>& noise) {
+  MixtureAcceptCall c = mixture_accept_call(
+      dllm, verifier, draft, vocab, mixture_weight, mixture_weight_rows, valid_lengths, greedy_target,
+      FilterTensors{temperature, top_k, top_p, temperature_rows, top_k_rows, top_p_rows},
+      NoiseTensors{seed, seed_value, offset, offset_value, noise});
   const apd_status st = Backend::mixture_accept(c);
   TORCH_CHECK(st == APD_OK, "apd_ext.mixture_accept (", Backend::name, "): ", apd_status_string(st));
   return {c.num_accepted, c.target_tokens, c.logp_dllm, c.logp_verifier, c.logp_mixture};
@@ -251,7 +299,7 @@ inline void vocab_offset_arg(int64_t vocab_offset, int64_t vocab) {
 }
 
 inline SampleDraftPartialCall sample_draft_partial_call(const at::Tensor& dllm, int64_t vocab, int64_t vocab_offset,
-                                                        const apd_filter& filter, const NoiseTensors& nt,
+                                                        const FilterTensors& ft, const NoiseTensors& nt,
                                                         const std::optional<at::Tensor>& threshold) {
   const at::Device device = dllm.device();
   SampleDraftPartialCall c;
@@ -264,7 +312,8 @@ inline SampleDraftPartialCall sample_draft_partial_call(const at::Tensor& dllm, 
   a.window = dllm.size(1);
   a.vocab = vocab;
   a.vocab_offset = vocab_offset;
-  a.filter = filter;
+  a.filter = ft.to_apd(a.batch, device);
+  check_rows_arg(a.filter, nullptr, a.batch, device);
   a.noise = nt.to_apd(a.batch, a.window, vocab, device);
   c.threshold = threshold_arg(threshold, a.batch, a.window, device);
   a.threshold = c.threshold.defined() ? c.threshold.data_ptr<float>() : nullptr;
@@ -278,8 +327,9 @@ inline SampleDraftPartialCall sample_draft_partial_call(const at::Tensor& dllm, 
 
 inline MixtureAcceptPartialCall mixture_accept_partial_call(
     const at::Tensor& dllm, const at::Tensor& verifier, const at::Tensor& draft, int64_t vocab, int64_t vocab_offset,
-    double mixture_weight, const std::optional<at::Tensor>& valid_lengths, bool greedy_target,
-    const apd_filter& filter, const NoiseTensors& nt, const std::optional<at::Tensor>& threshold) {
+    double mixture_weight, const std::optional<at::Tensor>& mixture_weight_rows,
+    const std::optional<at::Tensor>& valid_lengths, bool greedy_target, const FilterTensors& ft,
+    const NoiseTensors& nt, const std::optional<at::Tensor>& threshold) {
   const at::Device device = dllm.device();
   MixtureAcceptPartialCall c;
   apd_mixture_accept_partial_args& a = c.args;
@@ -299,8 +349,10 @@ inline MixtureAcceptPartialCall mixture_accept_partial_call(
   a.draft_stride_b = draft.stride(0);
   a.valid_lengths = valid_lengths_arg(valid_lengths, a.batch, device);
   a.mixture_weight = mixture_weight;
+  a.mixture_weight_rows = knob_rows_arg<double>(mixture_weight_rows, "mixture_weight", at::kDouble, a.batch, device);
   a.greedy_target = greedy_target ? 1 : 0;
-  a.filter = filter;
+  a.filter = ft.to_apd(a.batch, device);
+  check_rows_arg(a.filter, a.mixture_weight_rows, a.batch, device);
   a.noise = nt.to_apd(a.batch, a.window, vocab, device);
   c.threshold = threshold_arg(threshold, a.batch, a.window, device);
   a.threshold = c.threshold.defined() ? c.threshold.data_ptr<float>() : nullptr;
@@ -319,11 +371,13 @@ inline MixtureAcceptPartialCall mixture_accept_partial_call(
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor> sample_draft_partial_op(
     const at::Tensor& dllm, int64_t vocab, int64_t vocab_offset, double temperature, int64_t top_k, double top_p,
-    const std::optional<at::Tensor>& seed, int64_t seed_value, const std::optional<at::Tensor>& offset,
-    int64_t offset_value, const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold) {
-  SampleDraftPartialCall c =
-      sample_draft_partial_call(dllm, vocab, vocab_offset, filter_arg(temperature, top_k, top_p),
-                                NoiseTensors{seed, seed_value, offset, offset_value, noise}, threshold);
+    const std::optional<at::Tensor>& temperature_rows, const std::optional<at::Tensor>& top_k_rows,
+    const std::optional<at::Tensor>& top_p_rows, const std::optional<at::Tensor>& seed, int64_t seed_value,
+    const std::optional<at::Tensor>& offset, int64_t offset_value, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& threshold) {
+  SampleDraftPartialCall c = sample_draft_partial_call(
+      dllm, vocab, vocab_offset, FilterTensors{temperature, top_k, top_p, temperature_rows, top_k_rows, top_p_rows},
+      NoiseTensors{seed, seed_value, offset, offset_value, noise}, threshold);
   const apd_status st = Backend::sample_draft_partial(c);
   TORCH_CHECK(st == APD_OK, "apd_ext.sample_draft_partial (", Backend::name, "): ", apd_status_string(st));
   return {c.tokens, c.stats};
@@ -332,13 +386,15 @@ std::tuple<at::Tensor, at::Tensor> sample_draft_partial_op(
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor> mixture_accept_partial_op(
     const at::Tensor& dllm, const at::Tensor& verifier, const at::Tensor& draft, int64_t vocab, int64_t vocab_offset,
-    double mixture_weight, double temperature, int64_t top_k, double top_p,
-    const std::optional<at::Tensor>& valid_lengths, bool greedy_target, const std::optional<at::Tensor>& seed,
-    int64_t seed_value, const std::optional<at::Tensor>& offset, int64_t offset_value,
-    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold) {
+    double mixture_weight, const std::optional<at::Tensor>& mixture_weight_rows, double temperature, int64_t top_k,
+    double top_p, const std::optional<at::Tensor>& temperature_rows, const std::optional<at::Tensor>& top_k_rows,
+    const std::optional<at::Tensor>& top_p_rows, const std::optional<at::Tensor>& valid_lengths, bool greedy_target,
+    const std::optional<at::Tensor>& seed, int64_t seed_value, const std::optional<at::Tensor>& offset,
+    int64_t offset_value, const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& threshold) {
   MixtureAcceptPartialCall c = mixture_accept_partial_call(
-      dllm, verifier, draft, vocab, vocab_offset, mixture_weight, valid_lengths, greedy_target,
-      filter_arg(temperature, top_k, top_p), NoiseTensors{seed, seed_value, offset, offset_value, noise}, threshold);
+      dllm, verifier, draft, vocab, vocab_offset, mixture_weight, mixture_weight_rows, valid_lengths, greedy_target,
+      FilterTensors{temperature, top_k, top_p, temperature_rows, top_k_rows, top_p_rows},
+      NoiseTensors{seed, seed_value, offset, offset_value, noise}, threshold);
   const apd_status st = Backend::mixture_accept_partial(c);
   TORCH_CHECK(st == APD_OK, "apd_ext.mixture_accept_partial (", Backend::name, "): ", apd_status_string(st));
   return {c.target_tokens, c.stats};

@@ -22,27 +22,30 @@ struct Cpu {
 }  // namespace
 }  // namespace apd::torch_ops
 
-// The schemas take apd_filter (temperature, top_k, top_p) and apd_noise (seed, seed_value,
-// offset, offset_value, noise) flat, in that order; apd_ext/fake.py mirrors them.
+// The schemas take apd_filter (temperature, top_k, top_p, then the per-row tensors
+// temperature_rows float64 [B], top_k_rows int64 [B], top_p_rows float64 [B] or None) and apd_noise
+// (seed, seed_value, offset, offset_value, noise) flat, in that order; mixture_weight is followed by
+// mixture_weight_rows (float64 [B] or None). apd_ext/fake.py mirrors them.
 TORCH_LIBRARY(apd_ext, m) {
   m.def(
-      "sample_draft(Tensor dllm_logits, int vocab_size, float temperature, int top_k, float top_p, "
+      "sample_draft(Tensor dllm_logits, int vocab_size, float temperature, int top_k, float top_p, Tensor? temperature_rows, Tensor? top_k_rows, Tensor? top_p_rows, "
       "Tensor? seed, int seed_value, Tensor? offset, int offset_value, Tensor? noise) -> (Tensor, Tensor)");
   m.def(
       "mixture_accept(Tensor dllm_logits, Tensor verifier_logits, Tensor draft_tokens, int vocab_size, "
-      "float mixture_weight, float temperature, int top_k, float top_p, Tensor? valid_lengths, "
-      "bool greedy_target, Tensor? seed, int seed_value, Tensor? offset, int offset_value, Tensor? noise) "
+      "float mixture_weight, Tensor? mixture_weight_rows, float temperature, int top_k, float top_p, Tensor? temperature_rows, Tensor? top_k_rows, Tensor? top_p_rows, "
+      "Tensor? valid_lengths, bool greedy_target, Tensor? seed, int seed_value, Tensor? offset, int offset_value, "
+      "Tensor? noise) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Vocabulary-parallel partial ops (reference.py): the rank's slice [vocab_offset, + vocab_size)
   // of the vocabulary; threshold (float32 [B, K] or None) replaces top_k / top_p.
   m.def(
-      "sample_draft_partial(Tensor dllm_logits, int vocab_size, int vocab_offset, float temperature, int top_k, "
-      "float top_p, Tensor? seed, int seed_value, Tensor? offset, int offset_value, Tensor? noise, "
+      "sample_draft_partial(Tensor dllm_logits, int vocab_size, int vocab_offset, float temperature, int top_k, float top_p, Tensor? temperature_rows, Tensor? top_k_rows, Tensor? top_p_rows, "
+      "Tensor? seed, int seed_value, Tensor? offset, int offset_value, Tensor? noise, "
       "Tensor? threshold) -> (Tensor, Tensor)");
   m.def(
       "mixture_accept_partial(Tensor dllm_logits, Tensor verifier_logits, Tensor draft_tokens, int vocab_size, "
-      "int vocab_offset, float mixture_weight, float temperature, int top_k, float top_p, Tensor? valid_lengths, "
-      "bool greedy_target, Tensor? seed, int seed_value, Tensor? offset, int offset_value, Tensor? noise, "
+      "int vocab_offset, float mixture_weight, Tensor? mixture_weight_rows, float temperature, int top_k, float top_p, Tensor? temperature_rows, Tensor? top_k_rows, Tensor? top_p_rows, "
+      "Tensor? valid_lengths, bool greedy_target, Tensor? seed, int seed_value, Tensor? offset, int offset_value, Tensor? noise, "
       "Tensor? threshold) -> (Tensor, Tensor)");
 }
 

@@ -22,6 +22,10 @@
 extern "C" {
 #endif
 
+/* Bumped when a struct's layout changes: 2 added the per-row knob pointers (apd_filter's *_rows,
+ * mixture_weight_rows). Zero-initialise the argument structs so that unused pointers are NULL. */
+#define APD_ABI_VERSION 2
+
 typedef enum apd_dtype {
   APD_FLOAT32 = 0,
   APD_FLOAT16 = 1,
@@ -62,11 +66,22 @@ typedef struct apd_noise {
   int64_t uniform_stride_k;
 } apd_noise;
 
-/* Sampling filters of the dLLM distribution; top_k = 0 and top_p = 1 disable them. */
+/* Sampling filters of the dLLM distribution; top_k = 0 and top_p = 1 disable them.
+ * Per-row knobs: each *_rows pointer, when not NULL, holds [batch] values (row b's knob is
+ * *_rows[b]) and replaces the scalar beside it, which is then ignored; NULL gives every row the
+ * scalar. One batch may thus mix greedy rows (T = 0) with sampled ones and filtered rows with
+ * unfiltered ones; row b's outputs equal those of a call on row b alone with row b's knobs as
+ * scalars (csrc/include/apd/knobs.h resolves them). The pointers are host memory for the _cpu
+ * functions, which check every row's value (APD_ERROR_INVALID_ARGUMENT), and device memory for
+ * the _cuda functions, which cannot check values without a host sync: there an out-of-range value
+ * gives unspecified tokens for its row (never an out-of-bounds access). */
 typedef struct apd_filter {
   double temperature; /* >= 0; 0 is greedy (no noise) */
-  int64_t top_k;      /* >= 0 */
+  int64_t top_k;      /* >= 0 (>= vocab keeps every entry, like 0) */
   double top_p;       /* in (0, 1] */
+  const double* temperature_rows; /* [batch] or NULL */
+  const int64_t* top_k_rows;      /* [batch] or NULL */
+  const double* top_p_rows;       /* [batch] or NULL */
 } apd_filter;
 
 typedef struct apd_sample_draft_args {
@@ -86,6 +101,7 @@ typedef struct apd_mixture_accept_args {
   int64_t draft_stride_b;
   const int64_t* valid_lengths; /* [batch] or NULL (all rows have `window` positions) */
   double mixture_weight;        /* in [0, 1] */
+  const double* mixture_weight_rows; /* [batch] per-row weights replacing mixture_weight, or NULL */
   int32_t greedy_target;        /* 1: target = argmax of the raw mixture, the authors' released code */
   apd_filter filter;
   apd_noise noise;
@@ -151,6 +167,7 @@ typedef struct apd_mixture_accept_partial_args {
   int64_t draft_stride_b;
   const int64_t* valid_lengths; /* [batch] or NULL */
   double mixture_weight;
+  const double* mixture_weight_rows; /* [batch] or NULL, as apd_mixture_accept_args */
   int32_t greedy_target;
   apd_filter filter;
   apd_noise noise;

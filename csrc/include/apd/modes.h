@@ -30,15 +30,17 @@ typedef enum apd_draft_mode {
   APD_DRAFT_UNIFORM = 2  /* T > 0: the same with g from explicit uniforms */
 } apd_draft_mode;
 
+/* Per-row temperatures (filter->temperature_rows) choose the sampled mode of the call: its kernels
+ * then take each row's temperature, and a row whose temperature is 0 is greedy (no noise). */
 static inline apd_draft_mode apd_draft_mode_of(const apd_filter* filter, const apd_noise* noise) {
-  if (filter->temperature == 0.0) return APD_DRAFT_ARGMAX;
+  if (filter->temperature_rows == NULL && filter->temperature == 0.0) return APD_DRAFT_ARGMAX;
   return noise->uniform != NULL ? APD_DRAFT_UNIFORM : APD_DRAFT_PHILOX;
 }
 
 static inline apd_target_mode apd_target_mode_of(int greedy_target, const apd_filter* filter,
                                                   const apd_noise* noise) {
   if (greedy_target) return APD_TARGET_ARGMAX_MIX;
-  if (filter->temperature == 0.0) return APD_TARGET_ARGMAX_KEPT;
+  if (filter->temperature_rows == NULL && filter->temperature == 0.0) return APD_TARGET_ARGMAX_KEPT;
   return noise->uniform != NULL ? APD_TARGET_UNIFORM : APD_TARGET_PHILOX;
 }
 
@@ -47,10 +49,17 @@ static inline int apd_target_sampled(apd_target_mode mode) {
   return mode == APD_TARGET_PHILOX || mode == APD_TARGET_UNIFORM;
 }
 
-/* 1 when top_k or top_p removes entries from a row of `vocab` entries, i.e. a threshold must be
- * computed (top_k >= vocab keeps everything, like top_k = 0). */
+/* 1 when top_k or top_p may remove entries from a row of `vocab` entries, i.e. a threshold must be
+ * computed (top_k >= vocab keeps everything, like top_k = 0). Per-row top_k / top_p count as
+ * active: the threshold pass then decides row by row (apd_row_filter_active). */
 static inline int apd_filter_active(const apd_filter* filter, int64_t vocab) {
+  if (filter->top_k_rows != NULL || filter->top_p_rows != NULL) return 1;
   return (filter->top_k > 0 && filter->top_k < vocab) || filter->top_p < 1.0;
+}
+
+/* The same for one row's scalars (a filter whose *_rows are NULL, e.g. from apd::row_filter). */
+static inline int apd_row_filter_active(int64_t top_k, double top_p, int64_t vocab) {
+  return (top_k > 0 && top_k < vocab) || top_p < 1.0;
 }
 
 #ifdef __cplusplus

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "apd/apd.h"
+#include "apd/knobs.h"
 #include "apd/modes.h"
 
 namespace apd {
@@ -13,12 +14,31 @@ inline bool is_logit_dtype(apd_dtype t) {
   return t == APD_FLOAT32 || t == APD_FLOAT16 || t == APD_BFLOAT16;
 }
 
+// The scalar knobs of a filter (its *_rows values are checked by check_rows, where readable).
 inline const char* check_filter(const apd_filter& f) {
   if (!(f.temperature >= 0.0)) return "temperature must be >= 0";
   if (f.temperature > 0.0 && !std::isfinite(static_cast<float>(1.0 / f.temperature)))
     return "temperature is too small (use 0 for greedy)";
   if (f.top_k < 0) return "top_k must be >= 0";
   if (!(f.top_p > 0.0 && f.top_p <= 1.0)) return "top_p must be in (0, 1]";
+  return nullptr;
+}
+
+inline const char* check_mixture_weight(double w) {
+  return w >= 0.0 && w <= 1.0 ? nullptr : "mixture_weight must be in [0, 1]";
+}
+
+// Every row's knobs (host memory: the CPU entry points; the CUDA ones cannot read them without a
+// sync). On failure *bad_row is the first bad row. Messages name the knob as the scalar checks do.
+inline const char* check_rows(const apd_filter& f, const double* mixture_weight_rows, int64_t batch,
+                              int64_t* bad_row) {
+  if (!filter_per_row(f) && mixture_weight_rows == nullptr) return nullptr;
+  for (int64_t b = 0; b < batch; ++b) {
+    *bad_row = b;
+    if (const char* e = check_filter(row_filter(f, b))) return e;
+    if (mixture_weight_rows != nullptr)
+      if (const char* e = check_mixture_weight(mixture_weight_rows[b])) return e;
+  }
   return nullptr;
 }
 
@@ -32,6 +52,22 @@ inline const char* check_noise(const apd_noise& n, bool needed) {
   return nullptr;
 }
 
+// The per-row mixture weights of an op's arguments (none for the draft ops).
+inline const double* mixture_weight_rows_of(const apd_sample_draft_args&) { return nullptr; }
+inline const double* mixture_weight_rows_of(const apd_sample_draft_partial_args&) { return nullptr; }
+inline const double* mixture_weight_rows_of(const apd_mixture_accept_args& a) { return a.mixture_weight_rows; }
+inline const double* mixture_weight_rows_of(const apd_mixture_accept_partial_args& a) { return a.mixture_weight_rows; }
+
+// The filter's scalars as check_filter reads them: a scalar that a *_rows pointer replaces is not
+// checked (callers may leave any value there).
+inline apd_filter scalar_knobs(const apd_filter& f) {
+  apd_filter s{};
+  s.temperature = f.temperature_rows != nullptr ? 0.0 : f.temperature;
+  s.top_k = f.top_k_rows != nullptr ? 0 : f.top_k;
+  s.top_p = f.top_p_rows != nullptr ? 1.0 : f.top_p;
+  return s;
+}
+
 inline const char* check_sizes(int64_t batch, int64_t window, int64_t vocab) {
   if (batch <= 0 || window <= 0 || vocab <= 0) return "batch, window and vocab must be positive";
   if (vocab > (int64_t{1} << 34)) return "vocab is too large for the noise counter";
@@ -43,7 +79,7 @@ inline const char* check_args(const apd_sample_draft_args& a) {
   if (const char* e = check_sizes(a.batch, a.window, a.vocab)) return e;
   if (a.dllm.data == nullptr || a.tokens == nullptr || a.logprobs == nullptr) return "null pointer argument";
   if (!is_logit_dtype(a.dllm.dtype)) return "dllm logits must be float32, float16 or bfloat16";
-  if (const char* e = check_filter(a.filter)) return e;
+  if (const char* e = check_filter(scalar_knobs(a.filter))) return e;
   return check_noise(a.noise, apd_draft_mode_of(&a.filter, &a.noise) != APD_DRAFT_ARGMAX);
 }
 
@@ -55,8 +91,9 @@ inline const char* check_args(const apd_mixture_accept_args& a) {
     return "null pointer argument";
   if (!is_logit_dtype(a.dllm.dtype)) return "dllm logits must be float32, float16 or bfloat16";
   if (!is_logit_dtype(a.verifier.dtype)) return "verifier logits must be float32, float16 or bfloat16";
-  if (!(a.mixture_weight >= 0.0 && a.mixture_weight <= 1.0)) return "mixture_weight must be in [0, 1]";
-  if (const char* e = check_filter(a.filter)) return e;
+  if (a.mixture_weight_rows == nullptr)
+    if (const char* e = check_mixture_weight(a.mixture_weight)) return e;
+  if (const char* e = check_filter(scalar_knobs(a.filter))) return e;
   return check_noise(a.noise, apd_target_sampled(apd_target_mode_of(a.greedy_target, &a.filter, &a.noise)) != 0);
 }
 
@@ -74,7 +111,7 @@ inline const char* check_args(const apd_sample_draft_partial_args& a) {
   if (const char* e = check_vocab_offset(a.vocab_offset, a.vocab)) return e;
   if (a.dllm.data == nullptr || a.tokens == nullptr || a.stats == nullptr) return "null pointer argument";
   if (!is_logit_dtype(a.dllm.dtype)) return "dllm logits must be float32, float16 or bfloat16";
-  if (const char* e = check_filter(a.filter)) return e;
+  if (const char* e = check_filter(scalar_knobs(a.filter))) return e;
   return check_noise(a.noise, apd_draft_mode_of(&a.filter, &a.noise) != APD_DRAFT_ARGMAX);
 }
 
@@ -86,8 +123,9 @@ inline const char* check_args(const apd_mixture_accept_partial_args& a) {
     return "null pointer argument";
   if (!is_logit_dtype(a.dllm.dtype)) return "dllm logits must be float32, float16 or bfloat16";
   if (!is_logit_dtype(a.verifier.dtype)) return "verifier logits must be float32, float16 or bfloat16";
-  if (!(a.mixture_weight >= 0.0 && a.mixture_weight <= 1.0)) return "mixture_weight must be in [0, 1]";
-  if (const char* e = check_filter(a.filter)) return e;
+  if (a.mixture_weight_rows == nullptr)
+    if (const char* e = check_mixture_weight(a.mixture_weight)) return e;
+  if (const char* e = check_filter(scalar_knobs(a.filter))) return e;
   return check_noise(a.noise, apd_target_sampled(apd_target_mode_of(a.greedy_target, &a.filter, &a.noise)) != 0);
 }
 
