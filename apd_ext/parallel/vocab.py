@@ -5,8 +5,11 @@ arguments are this rank's columns, global tokens [shard.lo, shard.lo + shard.loc
 logits are never gathered (APD_SPEC "Vocabulary-parallel form"):
 
 1. Filters. top_k / top_p thresholds are global: top_k from every rank's k best (one all-gather of
-   [B, K, k] values), top_p by bisection on the threshold (32 all-reduces of [B, K] partial masses;
-   only when top_p < 1). No filter: no collective.
+   [B, K, k] values; per-row top_k, whose k's only the device knows, by bisection on the k-th
+   largest value: 33 all-reduces of [B, K] counts), top_p by bisection on the threshold (33
+   all-reduces of [B, K] partial masses; only when top_p < 1, or for per-row top_p). No filter: no
+   collective. Per-row knobs (backends.Filter's [B] tensors, mixture_weight [B]) pass through to
+   the partial ops, which read each row's own.
 2. The backend's partial op (sample_draft_partial / mixture_accept_partial) runs on the slice with
    the global threshold and the slice's vocab offset, so its counter noise is the unsharded noise of
    the same global tokens.
@@ -125,18 +128,24 @@ class VocabParallel:
 
     def threshold(self, dllm: torch.Tensor, filt) -> torch.Tensor | None:
         """float32 [B, K] global top-k / top-p threshold in x units (D / T; D when T = 0), or None
-        when no filter is active (then the partial ops need none)."""
+        when no filter is active (then the partial ops need none). Per-row knobs (backends.Filter's
+        [B] tensors) give each row its own threshold; a row whose filter is off gets -inf."""
         temperature, top_k, top_p = filt
-        use_k = 0 < top_k < self.shard.vocab
-        if not use_k and top_p >= 1.0:
+        V = self.shard.vocab
+        rows_k, rows_p = isinstance(top_k, torch.Tensor), isinstance(top_p, torch.Tensor)
+        use_k = bool(((top_k > 0) & (top_k < V)).any()) if rows_k and top_k.device.type == "cpu" else (
+            rows_k or 0 < top_k < V)
+        use_p = bool((top_p < 1.0).any()) if rows_p and top_p.device.type == "cpu" else rows_p or top_p < 1.0
+        if not use_k and not use_p:  # (per-row knobs on CUDA cannot be read without a sync: always searched)
             return None
         D = reference._clean(dllm, self.shard.local_vocab)
         x = reference.scaled(D, temperature)
         tau = torch.full(x.shape[:-1], _NEG_INF, dtype=torch.float32, device=x.device)
         if use_k:
-            tau = self._top_k_threshold(x, top_k)
-        if top_p < 1.0:
-            tau = torch.maximum(tau, self._top_p_threshold(x, tau, top_p))
+            tau = self._top_k_rows_threshold(x, top_k) if rows_k else self._top_k_threshold(x, top_k)
+        if use_p:
+            tau_p = torch.maximum(tau, self._top_p_threshold(x, tau, top_p))
+            tau = torch.where(reference.per_row(top_p < 1.0, x, keep_last=0), tau_p, tau) if rows_p else tau_p
         return tau
 
     def _top_k_threshold(self, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -148,16 +157,36 @@ class VocabParallel:
         cands = cands.permute(1, 2, 0, 3).reshape(*x.shape[:-1], -1)
         return torch.topk(cands, k, dim=-1).values[..., -1]
 
-    def _top_p_threshold(self, x: torch.Tensor, tau_k: torch.Tensor, top_p: float) -> torch.Tensor:
+    def _top_k_rows_threshold(self, x: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+        """Per-row top_k [B]: row b's top_k[b]-th largest value over every rank's slice (-inf where
+        top_k is 0 or >= the vocabulary). The k's differ per row and may only be read on the device,
+        so no static top-k gather fits: the k-th largest value is the largest t with
+        count(x >= t) >= k, found by bisection on the ordered bit patterns of float32 (each step one
+        all-reduce of [B, K] counts)."""
+        k = reference.per_row(top_k, x, keep_last=0).expand(x.shape[:-1])  # [B, K]
+        active = (k > 0) & (k < self.shard.vocab)
+        M = self.tp.all_reduce(x.amax(dim=-1), "max")  # [B, K]
+        lo_key = _key(torch.full_like(M, _NEG_INF))  # count(x >= -inf) = V >= k: true
+        hi_key = _key(M) + 1  # nothing is >= the float above the maximum: false (NaN above +inf too)
+        for _ in range(33):
+            mid_key = torch.div(lo_key + hi_key, 2, rounding_mode="floor")
+            count = self.tp.all_reduce((x >= _value(mid_key).unsqueeze(-1)).sum(dim=-1), "sum")
+            ok = count >= k
+            lo_key = torch.where(ok, mid_key, lo_key)
+            hi_key = torch.where(ok, hi_key, mid_key)
+        return torch.where(active, _value(lo_key), _NEG_INF)
+
+    def _top_p_threshold(self, x: torch.Tensor, tau_k: torch.Tensor, top_p) -> torch.Tensor:
         """reference.filter_threshold's top-p rule over the entries >= tau_k of every rank: the
         smallest value v with mass(x > v) < top_p * Z, found by bisection on the ordered bit
-        patterns of float32 (each step one all-reduce of [B, K] partial masses)."""
+        patterns of float32 (each step one all-reduce of [B, K] partial masses). top_p: a float or
+        per-row float64 [B]."""
         kept = torch.where(x >= tau_k.unsqueeze(-1), x, _NEG_INF)
         M = self.tp.all_reduce(kept.amax(dim=-1), "max")  # [B, K]
         finite_M = torch.where(torch.isfinite(M), M, 0.0)
         e = torch.where(kept > _NEG_INF, torch.exp(kept - finite_M.unsqueeze(-1)), 0.0)
         Z = self.tp.all_reduce(e.sum(dim=-1, dtype=torch.float64), "sum")
-        goal = top_p * Z
+        goal = (reference.per_row(top_p, x, keep_last=0) if isinstance(top_p, torch.Tensor) else top_p) * Z
         lo = torch.full_like(M, _NEG_INF)
         lo_key, hi_key = _key(lo), _key(finite_M)  # pred(lo) false (mass Z >= goal), pred(M) true (0 < goal)
         for _ in range(33):
