@@ -314,6 +314,91 @@ static void test_invalid_arguments() {
 #endif
 }
 
+// Per-row knobs (apd_filter's *_rows, mixture_weight_rows): each row of a mixed batch equals the
+// call on that row alone with its knobs as scalars, and every row's values are checked on the CPU.
+static void test_per_row_knobs() {
+  const int64_t B = 5, K = 3, V = 301;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 2.5f);
+  std::vector<float> d(B * K * V), a(B * K * V);
+  for (float& x : d) x = normal(rng);
+  for (float& x : a) x = normal(rng);
+  const double temps[B] = {0.0, 0.7, 1.3, 0.0, 1.0};
+  const int64_t top_ks[B] = {0, 5, 0, 3, V + 4};
+  const double top_ps[B] = {1.0, 0.9, 0.5, 1.0, 0.3};
+  const double weights[B] = {0.0, 0.5, 1.0, 0.7, 0.3};
+  const int64_t seeds[B] = {3, -9, 1ll << 40, 77, 5};
+  std::vector<int64_t> tok(B * K), n(B), tgt(B * K);
+  std::vector<float> lp(B * K), lpd(B * K), lpa(B * K), lpm(B * K);
+
+  apd_sample_draft_args s{};
+  s.batch = B, s.window = K, s.vocab = V;
+  s.dllm = apd_logits{d.data(), APD_FLOAT32, K * V, V};
+  s.filter.temperature_rows = temps, s.filter.top_k_rows = top_ks, s.filter.top_p_rows = top_ps;
+  s.filter.temperature = -1.0;  // ignored: every scalar has its rows
+  s.filter.top_p = 1.0;
+  s.noise.seeds = seeds, s.noise.seed_per_row = 1, s.noise.offset_value = 4;
+  s.tokens = tok.data(), s.logprobs = lp.data();
+  CHECK(apd_sample_draft_cpu(&s) == APD_OK);
+
+  apd_mixture_accept_args m{};
+  m.batch = B, m.window = K, m.vocab = V;
+  m.dllm = s.dllm;
+  m.verifier = apd_logits{a.data(), APD_FLOAT32, K * V, V};
+  m.draft_tokens = tok.data(), m.draft_stride_b = K;
+  m.mixture_weight_rows = weights;
+  m.filter = s.filter, m.noise = s.noise;
+  m.num_accepted = n.data(), m.target_tokens = tgt.data();
+  m.logp_dllm = lpd.data(), m.logp_verifier = lpa.data(), m.logp_mixture = lpm.data();
+  CHECK(apd_mixture_accept_cpu(&m) == APD_OK);
+
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t tok1[K], n1, tgt1[K];
+    float lp1[K], lpd1[K], lpa1[K], lpm1[K];
+    apd_sample_draft_args s1{};
+    s1.batch = 1, s1.window = K, s1.vocab = V;
+    s1.dllm = apd_logits{d.data() + b * K * V, APD_FLOAT32, K * V, V};
+    s1.filter = apd_filter{temps[b], top_ks[b], top_ps[b], nullptr, nullptr, nullptr};
+    s1.noise.seed_value = seeds[b], s1.noise.offset_value = 4;
+    s1.tokens = tok1, s1.logprobs = lp1;
+    CHECK(apd_sample_draft_cpu(&s1) == APD_OK);
+    apd_mixture_accept_args m1{};
+    m1.batch = 1, m1.window = K, m1.vocab = V;
+    m1.dllm = s1.dllm;
+    m1.verifier = apd_logits{a.data() + b * K * V, APD_FLOAT32, K * V, V};
+    m1.draft_tokens = tok1, m1.draft_stride_b = K;
+    m1.mixture_weight = weights[b];
+    m1.filter = s1.filter, m1.noise = s1.noise;
+    m1.num_accepted = &n1, m1.target_tokens = tgt1;
+    m1.logp_dllm = lpd1, m1.logp_verifier = lpa1, m1.logp_mixture = lpm1;
+    CHECK(apd_mixture_accept_cpu(&m1) == APD_OK);
+    CHECK(n1 == n[b]);
+    for (int64_t i = 0; i < K; ++i) {
+      const int64_t r = b * K + i;
+      CHECK(tok1[i] == tok[r] && tgt1[i] == tgt[r]);
+      CHECK(std::memcmp(&lp1[i], &lp[r], 4) == 0 && std::memcmp(&lpd1[i], &lpd[r], 4) == 0);
+      CHECK(std::memcmp(&lpa1[i], &lpa[r], 4) == 0 && std::memcmp(&lpm1[i], &lpm[r], 4) == 0);
+    }
+  }
+  // every row's values are checked (host memory): one bad row fails the call
+  const double bad_temps[B] = {0.0, 0.7, -1.0, 0.0, 1.0};
+  const double bad_ps[B] = {1.0, 0.9, 0.5, 0.0, 0.3};
+  const double bad_weights[B] = {0.0, 0.5, 1.5, 0.7, 0.3};
+  const int64_t bad_ks[B] = {0, -1, 0, 3, 4};
+  apd_sample_draft_args sb = s;
+  sb.filter.temperature_rows = bad_temps;
+  CHECK(apd_sample_draft_cpu(&sb) == APD_ERROR_INVALID_ARGUMENT);
+  sb = s, sb.filter.top_p_rows = bad_ps;
+  CHECK(apd_sample_draft_cpu(&sb) == APD_ERROR_INVALID_ARGUMENT);
+  sb = s, sb.filter.top_k_rows = bad_ks;
+  CHECK(apd_sample_draft_cpu(&sb) == APD_ERROR_INVALID_ARGUMENT);
+  apd_mixture_accept_args mb = m;
+  mb.mixture_weight_rows = bad_weights;
+  CHECK(apd_mixture_accept_cpu(&mb) == APD_ERROR_INVALID_ARGUMENT);
+  mb = m, mb.mixture_weight_rows = nullptr, mb.mixture_weight = 0.5;  // back to one weight: fine
+  CHECK(apd_mixture_accept_cpu(&mb) == APD_OK);
+}
+
 int main() {
   test_philox_known_answers();
   test_uniform_and_gumbel_range();
@@ -324,6 +409,7 @@ int main() {
   test_invalid_arguments();
   test_partial_brute_force();
   test_partial_invalid_arguments();
+  test_per_row_knobs();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
