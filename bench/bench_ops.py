@@ -24,6 +24,12 @@ K in {16, 100, 256} x V = 151936, on CPU 1x16, 1x100, 8x100 (x 151936); dtypes b
 
 Tokens are not compared: the baseline draws other noise.
 
+Per-row knobs: beside each apd_ext backend (the reference excepted) the provider "<backend>+rows"
+makes the same calls with every knob a per-row [B] tensor of the same values (what an engine that
+batches mixed requests passes, and what the decoding loop's state holds), timed right after the
+scalar calls on the same logits; the CSV's vs_scalar column and the last table give its p50 over
+the scalar provider's (budget: +3%). --no-per-row leaves them out.
+
 Settings of every op: temperature 1, mixture_weight 0.7, no top-k/top-p, vocab_size = V, apd_ext in
 its default (paper) semantics, i.e. the target is sampled with the draft's noise; the baseline's
 target is the greedy argmax of the raw mixture (less work).
@@ -108,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV to append to (default DIR/ops_<device>.csv with --out, "
                         "else bench/results/ops_<device>.csv)")
     p.add_argument("--no-baseline", action="store_true", help="skip the authors' eager baseline")
+    p.add_argument("--no-per-row", action="store_true",
+                   help="skip the per-row providers (<backend>+rows: every knob a [B] tensor)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: smallest shape, 3 repeats, no reference backend, CSV to "
                         "bench/results/ops_<device>_quick.csv.tmp (git-ignored) unless --out/--csv")
@@ -285,7 +293,7 @@ def measure_dtype(run: Run, D32: torch.Tensor, A32: torch.Tensor, config: dict) 
         run.rec.error(run.entries(config), e, f"{B}x{K}x{V} {kind} {dname} (cast)")
         recover(run.device)
         return
-    base_ms: dict[str, float] = {}  # the baseline's p50 per op, filled by its measurements
+    base_ms: dict[str, float] = {}  # p50 per op of the baseline ("op") and of each provider ("provider/op")
     for provider in run.providers:
         measure_provider(run, D, A, config, provider, base_ms)
 
@@ -301,8 +309,9 @@ def measure_provider(run: Run, D: torch.Tensor, A: torch.Tensor, config: dict, p
             run.table.append(dict(op=op, provider=provider, shape=shape, dtype=dname, logits=kind, p50="skipped",
                                   spread=f"B*K*V > {run.args.reference_max_elems:.3g}"))
         return
+    backend, _, rows = provider.partition("+")
     try:
-        calls = baseline_calls(D, A) if provider == "baseline" else apd_calls(D, A, provider)
+        calls = baseline_calls(D, A) if provider == "baseline" else apd_calls(D, A, backend, per_row=rows == "rows")
     except Exception as e:  # noqa: BLE001
         entries = run.entries(config, [provider])
         run.rec.error(entries, e, f"{where} {provider} (setup: first calls)")
@@ -316,7 +325,7 @@ def measure_provider(run: Run, D: torch.Tensor, A: torch.Tensor, config: dict, p
 def measure_op(run: Run, call, entry: dict, element_size: int, base_ms: dict[str, float]) -> None:
     """Time call(): a CSV row, a table line and a printed line (or an ERROR). GB/s = bytes of logits
     read / p50; the speedup is over base_ms[op] (the baseline's p50, recorded here when the
-    provider is the baseline)."""
+    provider is the baseline); a per-row provider's vs_scalar is its p50 over its scalar backend's."""
     op, provider, B, K, V = (entry[k] for k in ("op", "provider", "B", "K", "V"))
     shape = f"{B}x{K}x{V}"
     try:
@@ -329,10 +338,13 @@ def measure_op(run: Run, call, entry: dict, element_size: int, base_ms: dict[str
     gbps = LOGIT_READS[op] * B * K * V * element_size / (t.p50_ms * 1e-3) / 1e9
     if provider == "baseline":
         base_ms[op] = t.p50_ms
+    base_ms[f"{provider}/{op}"] = t.p50_ms
     speedup = base_ms[op] / t.p50_ms if op in base_ms else None
+    scalar_ms = base_ms.get(f"{provider.partition('+')[0]}/{op}") if provider.endswith("+rows") else None
+    vs_scalar = t.p50_ms / scalar_ms if scalar_ms else None
     frac = gbps / run.copy_gbps if run.copy_gbps else None
     run.rec.add(dict(entry, p20_ms=t.p20_ms, p50_ms=t.p50_ms, p80_ms=t.p80_ms, gbps=gbps,
-                     speedup_vs_baseline=speedup, copy_fraction=frac))
+                     speedup_vs_baseline=speedup, copy_fraction=frac, vs_scalar=vs_scalar))
     run.table.append(dict(
         entry, shape=shape, p50=common.fmt(t.p50_ms),
         spread=f"{common.fmt(t.p20_ms)}-{common.fmt(t.p80_ms)} ({t.repeats})",
@@ -340,7 +352,8 @@ def measure_op(run: Run, call, entry: dict, element_size: int, base_ms: dict[str
         copy="-" if frac is None else f"{100 * frac:.0f}%"))
     print(f"  {entry['dtype']} {op:<15} {provider:<10} p50 {t.p50_ms:9.3f} ms  {gbps:7.2f} GB/s"
           + ("" if frac is None else f" ({100 * frac:4.0f}% of copy)")
-          + (f"  {speedup:6.1f}x" if speedup else ""), flush=True)
+          + (f"  {speedup:6.1f}x" if speedup else "") + (f"  {vs_scalar:.3f} of scalar" if vs_scalar else ""),
+          flush=True)
 
 
 def main(argv=None) -> int:
@@ -373,7 +386,8 @@ def run(args) -> int:
         timing_kw.update(warmup=3, max_repeats=100)
     rec = Recorder(args.csv, dict(device=desc, timestamp=stamp, apd_ext_version=version,
                                   torch_version=torch.__version__))
-    state = Run(args, device, ([] if args.no_baseline else ["baseline"]) + backends, timing_kw, rec)
+    providers = [p for b in backends for p in ([b] if args.no_per_row or b == "reference" else [b, f"{b}+rows"])]
+    state = Run(args, device, ([] if args.no_baseline else ["baseline"]) + providers, timing_kw, rec)
     print_header(state, desc, stamp, version)
     measure_copy(state)
     for B, K, V in args.shapes:

@@ -53,20 +53,32 @@ def baseline_calls(D, A):
     })
 
 
-def apd_calls(D, A, backend: str):
-    """The three timed calls of an apd_ext backend; raises when its first results are wrong."""
-    inject(backend, None)
+def apd_calls(D, A, backend: str, per_row: bool = False):
+    """The three timed calls of an apd_ext backend; raises when its first results are wrong.
+
+    per_row: pass every knob as a per-row [B] tensor holding the same values (what an engine batching
+    mixed requests passes; the loop's state does too), to time the per-row path against the scalar one
+    in the same run. Its first results must equal the scalar call's exactly. Fault injection
+    (APD_BENCH_FAIL) names the provider: backend, or "<backend>+rows" when per_row."""
+    provider = f"{backend}+rows" if per_row else backend
+    inject(provider, None)
     B, K, V = D.shape
     # int64 tensors: no host sync on CUDA, and what a CUDA-graph-captured loop passes
     seed = torch.tensor([SEED], dtype=torch.int64, device=D.device)
     offset = torch.tensor([OFFSET], dtype=torch.int64, device=D.device)
     kw = dict(temperature=TEMPERATURE, vocab_size=V, seed=seed, offset=offset, backend=backend)
+    weight = MIXTURE_WEIGHT
+    scalar = dict(kw)
+    if per_row:
+        rows = lambda v, dtype=torch.float64: torch.full((B,), v, dtype=dtype, device=D.device)  # noqa: E731
+        kw.update(temperature=rows(TEMPERATURE), top_k=rows(0, torch.int64), top_p=rows(1.0))
+        weight = rows(MIXTURE_WEIGHT)
 
     def draft():
         return apd_ext.sample_draft(D, **kw)
 
     def accept(tokens):
-        return apd_ext.mixture_accept(D, A, tokens, mixture_weight=MIXTURE_WEIGHT, **kw)
+        return apd_ext.mixture_accept(D, A, tokens, mixture_weight=weight, **kw)
 
     tokens = draft()[0]
     if not bool(((tokens >= 0) & (tokens < V)).all()):
@@ -74,7 +86,12 @@ def apd_calls(D, A, backend: str):
     num_accepted = accept(tokens)[0]
     if not bool(((num_accepted >= 1) & (num_accepted <= K)).all()):
         raise RuntimeError(f"{backend}: num_accepted {num_accepted.tolist()} outside [1, {K}]")
-    return with_injection(backend, {
+    if per_row:
+        want = apd_ext.sample_draft(D, **scalar)[0]
+        n_want = apd_ext.mixture_accept(D, A, want, mixture_weight=MIXTURE_WEIGHT, **scalar)[0]
+        if not (torch.equal(tokens, want) and torch.equal(num_accepted, n_want)):
+            raise RuntimeError(f"{provider}: per-row knobs give other tokens than the same scalars")
+    return with_injection(provider, {
         "sample_draft": draft,
         "mixture_accept": lambda: accept(tokens),
         "draft+accept": lambda: accept(draft()[0]),

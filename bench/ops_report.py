@@ -15,7 +15,7 @@ HEADLINE_SHAPE, TARGET_SPEEDUP = (1, 100, 151936), 10.0
 BANDWIDTH_GOAL = 0.70  # of the device copy bandwidth
 CSV_FIELDS = ("op", "provider", "B", "K", "V", "dtype", "logits", "p20_ms", "p50_ms", "p80_ms", "gbps",
               "speedup_vs_baseline", "device", "timestamp", "apd_ext_version", "torch_version",
-              "copy_fraction", "error")
+              "copy_fraction", "error", "vs_scalar")
 TABLE_COLUMNS = [("op", "op"), ("provider", "provider"), ("shape", "BxKxV"), ("dtype", "dtype"),
                  ("logits", "logits"), ("p50", "p50 ms"), ("spread", "p20-p80 ms (n)"), ("gbps", "GB/s"),
                  ("copy", "% of copy BW"), ("speedup", "vs baseline")]
@@ -39,7 +39,7 @@ class Recorder:
         """Keep `row` and append it (with the run's meta columns, floats to 6 digits) to the CSV."""
         self.rows.append(row)
         out = dict(row, **self.meta)
-        for k in ("p20_ms", "p50_ms", "p80_ms", "gbps", "speedup_vs_baseline", "copy_fraction"):
+        for k in ("p20_ms", "p50_ms", "p80_ms", "gbps", "speedup_vs_baseline", "copy_fraction", "vs_scalar"):
             if isinstance(out.get(k), float):
                 out[k] = f"{out[k]:.6g}"
         common.append_csv(self.path, [out], CSV_FIELDS)
@@ -63,6 +63,26 @@ def summarize(rec: Recorder, table: list[dict], desc: str, version: str, stamp: 
     print_side_by_side(ok)
     print_speedup_target(ok)
     print_bandwidth_goal(ok)
+    print_per_row_cost(ok)
+
+
+PER_ROW_BUDGET = 0.03  # per-row knobs may cost at most 3% of the scalar op's time
+
+
+def print_per_row_cost(ok: list[dict]) -> None:
+    """The per-row providers ("<backend>+rows": every knob a [B] tensor of the same values) against
+    their scalar backend measured just before on the same logits: p50 ratio, and whether it is within
+    PER_ROW_BUDGET."""
+    rows = [r for r in ok if r["provider"].endswith("+rows") and r.get("vs_scalar") is not None]
+    if not rows:
+        return
+    print(f"\n### Per-row knobs vs scalar knobs (p50 ratio; budget +{100 * PER_ROW_BUDGET:.0f}%)\n")
+    lines = [dict(op=r["op"], provider=r["provider"], shape=f"{r['B']}x{r['K']}x{r['V']}", dtype=r["dtype"],
+                  logits=r["logits"], ratio=f"{r['vs_scalar']:.3f}",
+                  within="yes" if r["vs_scalar"] <= 1 + PER_ROW_BUDGET else "NO") for r in rows]
+    print(common.markdown_table(lines, [("op", "op"), ("provider", "provider"), ("shape", "BxKxV"),
+                                        ("dtype", "dtype"), ("logits", "logits"), ("ratio", "per-row / scalar"),
+                                        ("within", "within budget")]))
 
 
 def side_by_side(ok: list[dict], providers: list[str], ref: str | None) -> list[dict]:

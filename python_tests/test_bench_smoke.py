@@ -38,9 +38,13 @@ def test_bench_ops_quick(tmp_path):
     out = _run("bench_ops.py", *OPS_QUICK, "--out", str(tmp_path))
     rows = _rows(tmp_path / "ops_cpu.csv")
     assert {(r["op"], r["provider"]) for r in rows} >= {
-        ("copy", "torch"), ("draft+accept", "baseline"), ("draft+accept", "cpu")}
+        ("copy", "torch"), ("draft+accept", "baseline"), ("draft+accept", "cpu"), ("draft+accept", "cpu+rows")}
     assert all(float(r["p50_ms"]) > 0 and float(r["copy_fraction"]) > 0 and not r["error"] for r in rows)
+    # the per-row provider is timed beside its scalar backend: p50 ratio in vs_scalar
+    assert all(float(r["vs_scalar"]) > 0 for r in rows if r["provider"] == "cpu+rows")
+    assert all(r["vs_scalar"] == "" for r in rows if r["provider"] != "cpu+rows")
     assert "vs baseline" in out and "copy bandwidth" in out and "Side by side" in out
+    assert "Per-row knobs vs scalar knobs" in out
     assert "rows appended" in (tmp_path / "ops_cpu.log").read_text()  # --out keeps the log too
 
 
