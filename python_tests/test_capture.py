@@ -212,9 +212,11 @@ def test_graph_key_separates_what_the_captured_step_depends_on(models):
     base = _key(models)
     assert _key(models) == base
     for change in [dict(batch=3), dict(length=21), dict(window=5), dict(kv_window=None), dict(policy="dllm_fixed"),
-                   dict(vocab=380), dict(temperature=0.5), dict(top_k=5), dict(top_p=0.9), dict(mixture_weight=0.5),
-                   dict(authors_compat=True), dict(eos=[]), dict(backend="reference")]:
+                   dict(vocab=380), dict(authors_compat=True), dict(eos=[]), dict(backend="reference")]:
         assert _key(models, **change) != base, change
+    # the sampling knobs are per-row State tensors: one captured step serves any mix of them
+    for change in [dict(temperature=0.5), dict(top_k=5), dict(top_p=0.9), dict(mixture_weight=0.5)]:
+        assert _key(models, **change) == base, change
     assert _key(models, backend="reference", device="meta") != _key(models, backend="reference")  # device
     other = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"))
     assert _key((models[0], other)) != base  # another runner object
@@ -318,8 +320,8 @@ def test_generate_reuses_a_captured_step_and_its_state(models, fake_graphs, poli
         if policy != "ar":
             assert torch.equal(eager.stats["spans"], graph.stats["spans"])
 
-    # other knobs: another entry, captured anew
-    g3 = generate(*models, a, seed=7, cuda_graphs=True, **{**kw, "temperature": 0.5})
+    # other shape knobs: another entry, captured anew (the sampling knobs share it: test_generate_rows.py)
+    g3 = generate(*models, a, seed=7, cuda_graphs=True, **{**kw, "max_lookahead": 3})
     assert g3.stats["cuda_graph"] == "captured" and len(graphs.GRAPH_CACHE) == 2
     # a run of another length in between re-allocates the runners' caches: the entry is stale
     generate(*models, a, seed=7, cuda_graphs=False, **{**kw, "max_new_tokens": 9})

@@ -120,9 +120,10 @@ def test_explicit_noise_replays_and_configurations_compile_apart(models):
     other = _decode(models, fast, _start(models, step), noise=Replay([1 - u for u in uniforms]))
     assert any(not torch.equal(a[1], b[1]) for a, b in zip(other, want))
 
-    # a different knob value is a different configuration: its own compiled function
-    assert compile_step(_step(temperature=0.8, mixture_weight=0.5), backend="aot_eager").fn is not fast.fn
-    assert compile_step(_step(temperature=0.8), backend="aot_eager").fn is fast.fn
+    # a different shape knob is a different configuration: its own compiled function; the sampling
+    # knobs are per-row State tensors, not part of it
+    assert compile_step(_step(temperature=0.8, kv_window=2), backend="aot_eager").fn is not fast.fn
+    assert compile_step(_step(temperature=0.5, mixture_weight=0.5), backend="aot_eager").fn is fast.fn
 
 
 def test_compile_step_rejects_bad_arguments():

@@ -10,9 +10,10 @@ dominates an eager step (bench/bench_loop.py --golden-pair measures it beside th
 
 What it costs: the first call of a new shape or configuration compiles (tens of seconds on a
 2-core CPU when nothing is cached: 30-70 s for the golden pair's first graph; a few seconds when
-Inductor's on-disk cache already holds the same graph or its kernels, e.g. a second process or
-another mixture weight, which is a constant of the graph). Compilation is therefore opt-in:
-worth it for long runs and benchmarks, not for a short demo.
+Inductor's on-disk cache already holds the same graph or its kernels, e.g. a second process).
+Compilation is therefore opt-in: worth it for long runs and benchmarks, not for a short demo. The
+sampling knobs (temperature, top_k, top_p, mixture_weight) are per-row State tensors, inputs of
+the graph, not constants: any mix of them runs the same compiled code without recompiling.
 
 Caching: one compiled function per configuration of the step (its `key`, see
 apd_ext/decode/steps/base.py), shared by every step object of that configuration: the step object,
@@ -20,7 +21,7 @@ the state and the runners are arguments of the compiled function, so a new step 
 configuration (a new `generate` call) reuses the compiled code, guarded by torch.compile's own
 checks (tensor shapes, dtypes, devices and the step's attributes). Each configuration gets its
 own copy of the function's code object, so it has its own torch.compile recompile budget (a sweep
-over many knob values never exhausts a shared one and silently falls back to eager). Calls with
+over many shape knobs never exhausts a shared one and silently falls back to eager). Calls with
 the same shapes never recompile (python_tests/test_decode_compiled.py checks it with
 torch._dynamo's error_on_recompile).
 

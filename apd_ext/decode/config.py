@@ -84,19 +84,14 @@ class DecodeConfig:
         if not isinstance(self.policy, str) or self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         _int("max_new_tokens", self.max_new_tokens, 1)
-        _real("mixture_weight", self.mixture_weight, 0.0, 1.0)
+        check_sampling_knob("mixture_weight", self.mixture_weight)
         if self.kv_window is not None:
             _int("kv_window", self.kv_window, 1, none_ok=True)
         if self.max_lookahead is not None:
             _int("max_lookahead", self.max_lookahead, 1, none_ok=True)
-        _real("temperature", self.temperature, 0.0, math.inf)
-        if self.temperature == math.inf:
-            raise ValueError("temperature must be finite (0 is greedy), got inf")
-        if self.temperature != 0.0 and 1.0 / self.temperature > 3.4028234663852886e38:
-            raise ValueError(f"temperature {self.temperature} is too small (1/T overflows float32); use 0 for greedy")
-        if self.top_k is not None:
-            _int("top_k", self.top_k, 0, none_ok=True)
-        _real("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        check_sampling_knob("temperature", self.temperature)
+        check_sampling_knob("top_k", self.top_k)
+        check_sampling_knob("top_p", self.top_p)
         _int("k", self.k, 1)
         if self.diffusion_steps is not None:
             _int("diffusion_steps", self.diffusion_steps, 1, none_ok=True)
@@ -173,6 +168,35 @@ class DecodeConfig:
         changed = [k for k in self.knobs if getattr(self, k) != getattr(default, k)]
         parts = [f"{k}={_format_value(getattr(self, k))}" for k in changed]
         return self.policy + (":" + ",".join(parts) if parts else "")
+
+
+# The sampling knobs that generate also takes per batch row (a list of B values or a [B] tensor;
+# decode/inputs.py): they change no shape, so one step serves any mix of them (decode/state.py).
+ROW_KNOBS = ("temperature", "top_k", "top_p", "mixture_weight")
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_sampling_knob(name: str, value):
+    """Check one value of a sampling knob (ROW_KNOBS): the config's, or one row's (the caller adds
+    the row to the message). Returns it canonical: float, or int / None for top_k."""
+    if name == "top_k":
+        if value is None:
+            return None
+        _int("top_k", value, 0, none_ok=True)
+        return int(value)
+    if name == "temperature":
+        _real("temperature", value, 0.0, math.inf)
+        if value == math.inf:
+            raise ValueError("temperature must be finite (0 is greedy), got inf")
+        if value != 0.0 and 1.0 / value > _FLOAT32_MAX:
+            raise ValueError(f"temperature {value} is too small (1/T overflows float32); use 0 for greedy")
+    elif name == "top_p":
+        _real("top_p", value, 0.0, 1.0, low_open=True)
+    elif name == "mixture_weight":
+        _real("mixture_weight", value, 0.0, 1.0)
+    else:
+        raise KeyError(name)
+    return float(value)
 
 
 def knob_names() -> tuple[str, ...]:

@@ -47,8 +47,18 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
         (max_new_tokens=, mixture_weight=, kv_window=, max_lookahead=, temperature=, top_k=,
         top_p=, policy=, k=, diffusion_steps=, diffusion_alg=, authors_compat=) override it.
         See apd_ext/decode/config.py for each knob.
-    seed: int (row b uses seed + b; up to 2^64 - 1) or int64 tensor of B seeds; a row's tokens
-        depend only on its prompt, the knobs and its seed. None: a random seed.
+    Per-request sampling: temperature=, top_k=, top_p= and mixture_weight= also take one value per
+        batch row, as a list or tuple of B values (top_k's may hold None: 0, or 50 with
+        authors_compat) or a [B] tensor (float32/float64; int64 for top_k; any device), so that
+        one batch mixes requests (greedy beside sampled rows). Such values bypass the DecodeConfig
+        (which stays scalar: its values are the default of every row not given per row) and are
+        checked on the host first, errors naming the knob and the row; with authors_compat a row
+        drafts at T*T (float64). Row b's tokens equal a one-row call with row b's values as
+        scalars and row b's seed. The other knobs shape the step: one value per call (a list is a
+        TypeError). The rows' knobs live in State tensors (decode/state.py), not in the step's key,
+        so one captured CUDA graph / compiled step serves every mix (no recapture or recompile).
+    seed: int (row b uses seed + b; up to 2^64 - 1), a list of B ints or an int64 tensor of B
+        seeds; a row's tokens depend only on its prompt, the knobs and its seed. None: a random seed.
     eos_token_id: int or list ([] for none); default: the models' EOS (which must agree).
     vocab_size: the shared vocabulary when the models' differ (Dream 152064 vs Qwen2.5 151936).
     stream: callable(per-row lists of newly committed tokens), called once per step (not by the
@@ -71,6 +81,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     (apd_ext/parallel/vocab.py) and every rank returns the same output. APD_EXT_TP_CHECK=1 checks
     after each step that the ranks agree.
     """
+    knobs, per_row = inputs.split_knobs(knobs)
     cfg = _config(config).replace(**knobs) if knobs else _config(config)
     if compile and cuda_graphs:
         raise ValueError("compile=True and cuda_graphs=True: choose one way to run the steady step")
@@ -78,8 +89,10 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     vocab = inputs.shared_vocab(dllm, verifier, vocab_size)
     parallel = inputs.tensor_parallel(dllm, verifier, vocab)
     rows = inputs.prompt_rows(input_ids, attention_mask)
+    per_row = inputs.sampling_rows(per_row, len(rows))
     batch = inputs.make_batch(dllm, verifier, rows, cfg, seed, canvas_length)
     kind = STEPS[cfg.policy]  # the models' EOS must agree when both models decide tokens
+    row_knobs = inputs.row_knobs(kind.step_config(cfg), vocab, batch.size, per_row)  # host tensors
     eos = inputs.eos_ids(dllm, verifier, eos_token_id, both_models=bool(kind.dllm_forwards and kind.verifier_forwards))
     step = make_step(cfg, length=batch.length, vocab=vocab, eos=eos, backend=backend, device=dllm.device,
                      parallel=parallel)
@@ -90,7 +103,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     mode = execute.Graphed if graphed else execute.Compiled if compile else execute.Eager
     run = mode(step, dllm, verifier, batch.size, dllm.device, stats.clock, noise_fn)
     st, step = run.state, run.step  # a cached graph's own step object and state
-    st.fill(batch.canvas, batch.prompt_len, cfg.max_new_tokens, batch.seeds)
+    st.fill(batch.canvas, batch.prompt_len, cfg.max_new_tokens, batch.seeds, row_knobs)
     step.prefill(st, verifier, int(batch.prompt_len.max()), stats.clock)
     progress = Progress(dllm.device)
     check = agreement_check(parallel)

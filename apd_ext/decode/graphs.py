@@ -1,11 +1,12 @@
 """The CUDA-graph cache of `generate`.
 
 Captured steps are kept across calls (`GRAPH_CACHE`, an LRU of 4 entries keyed by `graph_key`:
-the step's own key (policy, shapes, knobs it reads, backend, device), the batch size, the logits
-dtypes and the runner objects), each with its own persistent State that the next call with the
-same key refills in place; an entry is dropped when a runner it was captured on is gone or any
-tensor the step reads from the runners has moved (a runner set up for another shape in between,
-say). `clear_graph_cache()` empties it.
+the step's own key (policy, shapes, the per-call knobs it reads, backend, device), the batch size,
+the logits dtypes and the runner objects), each with its own persistent State that the next call
+with the same key refills in place (prompts, seeds and the rows' sampling knobs: a new mix of
+temperatures, top-k, top-p and mixture weights replays the same graph); an entry is dropped when a
+runner it was captured on is gone or any tensor the step reads from the runners has moved (a
+runner set up for another shape in between, say). `clear_graph_cache()` empties it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from apd_ext.models.runners import DllmRunner, VerifierRunner
 def graph_key(dllm, verifier, step, batch: int) -> tuple:
     """What a captured step depends on besides tensor contents: step.key (shapes, the knobs the
     step reads, EOS, backend, device), the batch size, the logits dtypes and the runner objects (by
-    identity; GraphCache also checks they are alive). Prompts, prompt lengths and seeds are not in
-    it: they live in the state tensors, refilled in place."""
+    identity; GraphCache also checks they are alive). Prompts, prompt lengths, seeds and the rows'
+    sampling knobs (temperature, top_k, top_p, mixture_weight) are not in it: they live in the
+    state tensors, refilled in place."""
     return (step.key, int(batch), getattr(dllm, "logits_dtype", None), getattr(verifier, "logits_dtype", None),
             id(dllm), id(verifier))
 

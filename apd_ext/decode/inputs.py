@@ -1,6 +1,6 @@
 """What `generate` checks and prepares before any work: the runners (order, device, vocabulary,
-EOS), the prompts (a `Batch`: the canvas, prompt lengths, row seeds) and the length limit. Errors
-name the argument and say what it takes."""
+EOS), the prompts (a `Batch`: the canvas, prompt lengths, row seeds), the length limit and the
+per-row sampling knobs (`RowKnobs`). Errors name the argument (and the row) and say what it takes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from apd_ext.decode.config import DecodeConfig
+from apd_ext.decode.config import ROW_KNOBS, DecodeConfig, check_sampling_knob, knob_names
 
 
 def _is_int(x) -> bool:
@@ -157,10 +157,20 @@ def prompt_rows(input_ids, attention_mask=None) -> list[list[int]]:
     return [[int(t) for t in r] for r in rows]
 
 
+def _seed64(seed, where: str = "") -> int:
+    """One seed as int64 (values from 2^63 on wrap, as the ops take them)."""
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an int, a list of ints or an int64 tensor, got {seed!r} "
+                        f"({type(seed).__name__}){where}")
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must fit in 64 bits ([-2^63, 2^64)), got {seed}{where}")
+    return int(seed) - 2**64 if seed >= 2**63 else int(seed)
+
+
 def row_seeds(seed, batch: int) -> torch.Tensor:
     """int64 [batch] row seeds on the host: seed + b for an int (any value in [-2^63, 2^64): those
-    from 2^63 on wrap to int64, as the ops take them), or an int64 tensor of 1 or `batch` seeds;
-    None draws one."""
+    from 2^63 on wrap to int64, as the ops take them), a list (or tuple) of `batch` such ints, or
+    an int64 tensor of 1 or `batch` seeds; None draws one."""
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
     if isinstance(seed, torch.Tensor):
@@ -170,12 +180,108 @@ def row_seeds(seed, batch: int) -> torch.Tensor:
         if s.numel() not in (1, batch):
             raise ValueError(f"seed tensor must hold 1 or {batch} (the batch size) values, got {s.numel()}")
         return s + torch.arange(batch, dtype=torch.int64) if s.numel() == 1 else s.clone()
-    if not _is_int(seed):
-        raise TypeError(f"seed must be an int or an int64 tensor, got {seed!r} ({type(seed).__name__})")
-    if not -(2**63) <= seed < 2**64:
-        raise ValueError(f"seed must fit in 64 bits ([-2^63, 2^64)), got {seed}")
-    seed = int(seed) - 2**64 if seed >= 2**63 else int(seed)
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != batch:
+            raise ValueError(f"seed list must hold one seed per batch row (B={batch}), got {len(seed)}")
+        return torch.tensor([_seed64(s, f" in row {b}") for b, s in enumerate(seed)], dtype=torch.int64)
+    seed = _seed64(seed)
     return torch.tensor([seed], dtype=torch.int64) + torch.arange(batch, dtype=torch.int64)  # wraps like uint64
+
+
+# --- per-row sampling knobs ---------------------------------------------------------------------------
+
+def _per_row(value) -> bool:
+    return isinstance(value, (list, tuple, torch.Tensor))
+
+
+def split_knobs(knobs: dict) -> tuple[dict, dict]:
+    """generate's **knobs split into (scalars for DecodeConfig.replace, per-row values): a list,
+    tuple or tensor of a sampling knob (config.ROW_KNOBS) is per row; one for any other knob is an
+    error (those shape the step: one value per call). Unknown names stay with the scalars, for
+    DecodeConfig.replace to name."""
+    scalars, rows = {}, {}
+    known = set(knob_names()) | {"policy"}
+    for name, value in knobs.items():
+        if not _per_row(value) or name not in known:
+            scalars[name] = value
+        elif name in ROW_KNOBS:
+            rows[name] = value
+        else:
+            raise TypeError(f"{name} takes one value per call (it shapes the decoding step), got a "
+                            f"{type(value).__name__}; per-row values are taken by {', '.join(ROW_KNOBS)} and seed")
+    return scalars, rows
+
+
+def sampling_rows(values: dict, batch: int) -> dict[str, list]:
+    """The per-row values of split_knobs checked on the host, as lists of `batch` Python values
+    (float; int or None for top_k). A knob takes a list or tuple of `batch` values (top_k's may
+    hold None: as top_k=None, 0 or 50 with authors_compat: DecodeConfig.effective_top_k) or a [batch] tensor
+    (float32 or float64; int64 for top_k). Errors name the knob and the row."""
+    out = {}
+    for name, value in values.items():
+        integer = name == "top_k"
+        if isinstance(value, torch.Tensor):
+            want = (torch.int64,) if integer else (torch.float32, torch.float64)
+            if value.dtype not in want:
+                raise TypeError(f"{name} tensor must be {'int64' if integer else 'float32 or float64'} (one value per "
+                                f"batch row), got {value.dtype}")
+            if value.dim() != 1 or value.shape[0] != batch:
+                raise ValueError(f"{name} tensor must have shape [B] = [{batch}] (one value per batch row), got "
+                                 f"{tuple(value.shape)}")
+            items = value.detach().to("cpu").tolist()  # float32 widens to a Python float exactly
+        else:
+            items = list(value)
+            if len(items) != batch:
+                raise ValueError(f"{name} must hold one value per batch row (B={batch}), got {len(items)}")
+        rows = []
+        for b, v in enumerate(items):
+            try:
+                rows.append(check_sampling_knob(name, v))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{e} in row {b}") from None
+        out[name] = rows
+    return out
+
+
+@dataclass
+class RowKnobs:
+    """The sampling knobs of every row on the host, as State holds them (State.fill copies them
+    in): temperature, draft_temperature (what the draft samples at: T, or T*T in float64 with
+    authors_compat, as the released code does), top_p and mixture_weight float64 [B]; top_k int64
+    [B] (0: no filter; None and values >= the vocabulary resolved to what the scalar ops take)."""
+
+    temperature: torch.Tensor
+    draft_temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    mixture_weight: torch.Tensor
+
+
+def row_knobs(config: DecodeConfig, vocab: int, batch: int, rows: dict[str, list] | None = None) -> RowKnobs:
+    """Each row's knobs: rows[name] (sampling_rows' lists) where given, else the config's value.
+    config is the one the step reads (steps.StepBase.step_config: threshold drops authors_compat);
+    values resolve as the scalar path resolves them (StepBase's filters): top_k None -> 0, or 50
+    with authors_compat (DecodeConfig.effective_top_k), top_k >= vocab -> 0, the draft temperature T*T (Python float
+    arithmetic, i.e. float64) under authors_compat, checked like the config's."""
+    rows = rows or {}
+
+    def column(name: str) -> list:
+        return rows[name] if name in rows else [getattr(config, name)] * batch
+
+    temps = column("temperature")
+    draft = [t * t for t in temps] if config.authors_compat else list(temps)
+    if "temperature" in rows:  # (the config's own value is checked by the step's scalar filters)
+        for b, t in enumerate(draft):
+            if t != 0.0 and 1.0 / t > 3.4028234663852886e38:
+                raise ValueError(f"temperature {temps[b]} drafts at T^2 = {t} with authors_compat, which is too small "
+                                 f"(1/T^2 overflows float32; use 0 for greedy) in row {b}")
+    none_k = config.replace(top_k=None).effective_top_k  # 0, or 50 with authors_compat
+    ks = [none_k if k is None else k for k in column("top_k")]
+    f64 = dict(dtype=torch.float64)
+    return RowKnobs(temperature=torch.tensor(temps, **f64), draft_temperature=torch.tensor(draft, **f64),
+                    top_k=torch.tensor([0 if k >= vocab else k for k in ks], dtype=torch.int64),
+                    top_p=torch.tensor(column("top_p"), **f64),
+                    mixture_weight=torch.tensor(column("mixture_weight"), **f64))
 
 
 @dataclass

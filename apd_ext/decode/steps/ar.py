@@ -25,7 +25,7 @@ class ArStep(StepBase):
         vl = st.verifier_logits  # [2, B, V2]
         rng = self.noise(st, noise, n, 1)
         with clock.phase("sampling"):
-            token, _ = self.impl.sample_draft(vl[:1].transpose(0, 1), self.vocab, self.filter, rng)  # [B, 1]
+            token, _ = self.impl.sample_draft(vl[:1].transpose(0, 1), self.vocab, self.row_filter(st), rng)  # [B, 1]
         with clock.phase("verifier"):
             verifier.step(token, st.curr, n, out=vl[1:])
         keep_row(vl, n)

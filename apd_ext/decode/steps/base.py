@@ -7,7 +7,8 @@ The step interface (what the driver, the graph cache and compile_step rely on):
     step.dllm_forwards      dLLM forwards per step (0 or 1); step.verifier_forwards likewise
     step.capturable         whether the steady step may be captured as a CUDA graph
     step.pads_tail          whether positions after a row's end are overwritten with the pad token
-    step.key                what the step's computation depends on besides tensor contents
+    step.key                what the step's computation depends on besides tensor contents (not the
+                            sampling knobs: they are State tensors, per row)
     step.impl               the sampling ops' backend (a VocabParallel over this rank's vocabulary
                             slice under tensor parallelism)
     step.valid(state)       int64 [B]: positions each row may fill this step (what noise(valid) gets)
@@ -26,24 +27,35 @@ from __future__ import annotations
 import torch
 
 from apd_ext import backends, ops
+from apd_ext.decode import inputs
 from apd_ext.decode.config import DecodeConfig
 from apd_ext.parallel.vocab import VocabParallel
 
 
 class StepBase:
     """Configuration shared by the steps: canvas length L, the window size K (max_lookahead clipped
-    to max_new_tokens), the vocabulary, the sampling filters and backend, the EOS tensor. The object
-    holds no reference to the runners (they are call arguments), so a cached captured step does not
-    keep models alive."""
+    to max_new_tokens), the vocabulary, the sampling backend, the EOS tensor. The object holds no
+    reference to the runners (they are call arguments), so a cached captured step does not keep
+    models alive.
+
+    The sampling knobs are per row and live in the State (temperature, draft_temperature, top_k,
+    top_p, mixture_weight: `row_filter`, `draft_row_filter`): the step's code and `key` do not depend
+    on their values, so one captured graph or compiled step serves any mix. `filter` and
+    `draft_filter` hold the config's values (checked as the ops check them): every row's default."""
 
     verifier_rows = 0
     dllm_forwards = 0
     verifier_forwards = 0
     capturable = True
 
+    @classmethod
+    def step_config(cls, config: DecodeConfig) -> DecodeConfig:
+        """The config the step reads (the rows' knobs resolve against it: inputs.row_knobs)."""
+        return config
+
     def __init__(self, config: DecodeConfig, *, length: int, vocab: int, eos: list[int], backend: str = "auto",
                  device="cpu", parallel=None):
-        c = config
+        c = config = self.step_config(config)
         self.config = c
         self.L, self.vocab = int(length), int(vocab)
         self.K = c.max_new_tokens if c.max_lookahead is None else min(c.max_lookahead, c.max_new_tokens)
@@ -66,8 +78,31 @@ class StepBase:
 
     @property
     def key(self) -> tuple:
-        return (type(self).__name__, self.L, self.K, self.vocab, tuple(self.filter), self.config.authors_compat,
-                self.eos_list, self.backend, str(self.device)) + self.knobs()
+        return (type(self).__name__, self.L, self.K, self.vocab, self.config.authors_compat, self.eos_list,
+                self.backend, str(self.device)) + self.knobs()
+
+    def row_knobs(self, batch: int) -> inputs.RowKnobs:
+        """The config's sampling knobs for each of `batch` rows (what State.fill(knobs=None) means)."""
+        return inputs.row_knobs(self.config, self.vocab, batch)
+
+    def _loaded(self, st):
+        if not st.knobs_loaded:  # a plain attribute: no tensor read (a state filled without knobs)
+            st.load_knobs(self.row_knobs(st.seeds.shape[0]))
+        return st
+
+    def row_filter(self, st) -> backends.Filter:
+        """The ops' Filter of the rows: State.temperature, top_k, top_p ([B] tensors)."""
+        st = self._loaded(st)
+        return backends.Filter(st.temperature, st.top_k, st.top_p)
+
+    def draft_row_filter(self, st) -> backends.Filter:
+        """The Filter the drafts sample with: the draft temperature (T*T with authors_compat)."""
+        st = self._loaded(st)
+        return backends.Filter(st.draft_temperature, st.top_k, st.top_p)
+
+    def mixture_weight(self, st) -> torch.Tensor:
+        """float64 [B]: the rows' mixture weights."""
+        return self._loaded(st).mixture_weight
 
     def prefill(self, st, verifier, prompt_max: int, clock) -> None:
         """Before step 0, for a step with a verifier: write the prompts into the verifier's cache and

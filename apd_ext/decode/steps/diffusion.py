@@ -77,7 +77,7 @@ class DiffusionStep(StepBase):
             D = dllm.window_logits(st.canvas, span[:, 0], st.row_end, st.start, N, L)
         rng = self.noise(st, noise, self.valid(st), N)
         with clock.phase("sampling"):
-            tokens, logp = self.impl.sample_draft(D, self.vocab, self.filter, rng)
+            tokens, logp = self.impl.sample_draft(D, self.vocab, self.row_filter(st), rng)
             score = torch.where(masked, self._scores(st, D, logp), float("-inf"))
             left = (self.steps - st.offset).clamp(min=1).float()  # [1] forwards left, this one included
             count = torch.ceil(masked.sum(1).float() / left).to(torch.int64)  # [B]

@@ -34,8 +34,8 @@ The rule here (python_tests/test_threshold.py states it again in plain torch and
   uncommitted position), clipped to the row's end, that still hold the mask token; with
   block_length, only those before the end of the block holding curr (blocks of block_length answer
   positions counted from the row's prompt end; earlier blocks are complete by construction).
-* Tokens: sample_draft on the dLLM's window logits with the sampling knobs (temperature, top_k,
-  top_p), the mask token's logit set to -inf first (a masked diffusion model's clean-token
+* Tokens: sample_draft on the dLLM's window logits with the row's sampling knobs (temperature,
+  top_k, top_p), the mask token's logit set to -inf first (a masked diffusion model's clean-token
   distribution, as MDLM's "zero masking probabilities"; otherwise a committed mask token would
   leave its position masked and a row could stall). Confidence: exp of the op's log-prob, the
   probability of the drafted token under softmax(D) at temperature 1 over the tokens the filters
@@ -72,9 +72,13 @@ class ThresholdStep(DraftStep):
 
     capturable = True
 
-    def __init__(self, config, **kw):
+    @classmethod
+    def step_config(cls, config):
         # the policy reads no authors_compat: the sampling filters and the output are the paper's
-        super().__init__(config.replace(authors_compat=False), **kw)
+        return config.replace(authors_compat=False)
+
+    def __init__(self, config, **kw):
+        super().__init__(config, **kw)
         self.pads_tail = True
         self.threshold = config.threshold
         self.block_length = config.block_length
@@ -127,7 +131,7 @@ class ThresholdStep(DraftStep):
             if col is not None:  # D is the runner's fresh output: edited in place
                 D.select(-1, col).fill_(float("-inf"))
             rng = self.noise(st, noise, valid, K)
-            tokens, logp = self.impl.sample_draft(D, self.vocab, self.filter, rng)
+            tokens, logp = self.impl.sample_draft(D, self.vocab, self.row_filter(st), rng)
             idx, cand = self.candidates(st, mask_id, valid)
             pick = self.select(cand, logp)
         with clock.phase("other"):

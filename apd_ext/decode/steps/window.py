@@ -49,7 +49,7 @@ class DraftStep(StepBase):
             D = dllm.window_logits(st.canvas, left, right, st.curr, K, size)  # [B, K, V] model dtype
         rng = self.noise(st, noise, valid, K)
         with clock.phase("sampling"):
-            draft, _ = self.impl.sample_draft(D, self.vocab, self.draft_filter, rng)
+            draft, _ = self.impl.sample_draft(D, self.vocab, self.draft_row_filter(st), rng)
         return D, draft, span, rng
 
     def __call__(self, st, dllm, verifier, first: bool = False, noise=None, clock=NO_CLOCK):
@@ -63,7 +63,8 @@ class DraftStep(StepBase):
 
 class ApdStep(DraftStep):
     """APD: the verifier scores the draft, the mixture p_dLLM^w * p_verifier^(1-w) is sampled with
-    the draft's noise, and the longest agreeing prefix is kept (at least one token)."""
+    the draft's noise, and the longest agreeing prefix is kept (at least one token); w, like the
+    filters, is per row (State.mixture_weight)."""
 
     verifier_forwards = 1
 
@@ -71,17 +72,14 @@ class ApdStep(DraftStep):
     def verifier_rows(self) -> int:
         return self.K + 1
 
-    def knobs(self) -> tuple:
-        return super().knobs() + (self.config.mixture_weight,)
-
     def accept(self, st, verifier, D, draft, valid, rng, clock):
         vl = st.verifier_logits  # [K + 1, B, V2]
         with clock.phase("verifier"):
             verifier.step(draft, st.curr, valid, out=vl[1:])  # rows 1..K: row r predicts curr + r
         A = vl[: self.K].transpose(0, 1)  # [B, K, V2] view: position i's verifier logits (row 0 kept)
         with clock.phase("sampling"):
-            n = self.impl.mixture_accept(D, A, draft, self.vocab, self.config.mixture_weight,
-                                         self.config.authors_compat, valid, self.filter, rng)[0]
+            n = self.impl.mixture_accept(D, A, draft, self.vocab, self.mixture_weight(st),
+                                         self.config.authors_compat, valid, self.row_filter(st), rng)[0]
             keep_row(vl, n)
         return n
 
