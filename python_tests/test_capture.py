@@ -187,9 +187,10 @@ def test_fake_implementations_are_registered():
     backends.extension()
     with FakeTensorMode():
         D = torch.empty(2, 3, 10)
-        tok, lp = torch.ops.apd_ext.sample_draft(D, 10, 1.0, 0, 1.0, None, 0, None, 0, None)
-        out = torch.ops.apd_ext.mixture_accept(D, torch.empty(2, 3, 12, dtype=torch.bfloat16), tok, 10, 0.5, 1.0, 0,
-                                               1.0, None, False, None, 0, None, 0, None)
+        rows = torch.empty(2, dtype=torch.float64)  # per-row knobs: temperature_rows, mixture_weight_rows
+        tok, lp = torch.ops.apd_ext.sample_draft(D, 10, 1.0, 0, 1.0, rows, None, None, None, 0, None, 0, None)
+        out = torch.ops.apd_ext.mixture_accept(D, torch.empty(2, 3, 12, dtype=torch.bfloat16), tok, 10, 0.5, rows,
+                                               1.0, 0, 1.0, None, None, None, None, False, None, 0, None, 0, None)
     assert (tok.shape, tok.dtype, lp.dtype) == ((2, 3), torch.int64, torch.float32)
     assert [tuple(t.shape) for t in out] == [(2,), (2, 3), (2, 3), (2, 3), (2, 3)]
 

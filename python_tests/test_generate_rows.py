@@ -253,3 +253,19 @@ def test_bad_per_row_values_are_refused_on_the_host(models, monkeypatch, bad, ex
     kw = dict(dict(max_new_tokens=4, seed=1), **bad)
     with pytest.raises(exc, match=match):
         generate(dllm, verifier, _prompts(), **kw)
+
+
+@pytest.mark.parametrize("rows, cfg, want", [
+    ({}, DecodeConfig(), (False, False)),
+    ({}, DecodeConfig(authors_compat=True), (True, False)),  # top_k None -> 50 under authors_compat
+    ({"top_k": [0, V + 5, None]}, DecodeConfig(), (False, False)),  # >= vocab keeps everything
+    ({"top_k": [0, 2, 0]}, DecodeConfig(), (True, False)),
+    ({"top_p": [1.0, 1.0, 0.5]}, DecodeConfig(), (False, True)),
+    ({}, DecodeConfig(top_p=0.9), (False, True)),
+])
+def test_row_knobs_say_which_filters_any_row_uses(rows, cfg, want):
+    """What tensor parallelism's threshold searches are told (steps.make_step's filters): whether any
+    row's top-k / top-p filters, from the host's values."""
+    from apd_ext.decode import inputs
+
+    assert inputs.row_knobs(cfg, V, 3, inputs.sampling_rows(rows, 3)).filters(V) == want

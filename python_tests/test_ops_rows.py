@@ -298,3 +298,31 @@ def test_ops_helpers_keep_scalars():
     assert f == backends.Filter(0.7, 0, 0.9) and not f.per_row
     f = ops._check_filter(torch.ones(2), 5, torch.ones(2, dtype=torch.float64), 100, 2, torch.device("cpu"))
     assert f.per_row and f.temperature.dtype == torch.float64 and f.top_k == 5
+
+
+class _NoCollectives:
+    """A TensorParallel stand-in whose collectives must not be called."""
+
+    world, rank = 2, 0
+
+    def all_reduce(self, *a, **k):
+        raise AssertionError("a collective ran")
+
+    all_gather = all_reduce
+
+
+def test_vocab_parallel_skips_threshold_searches_the_caller_rules_out():
+    """Per-row top_k / top_p are searched (collectives) unless the caller says no row filters, as the
+    loop does from the rows' knobs; the rule holds without reading the knob tensors."""
+    shard = VocabShard.of(410, 410, 2, 0)
+    D = torch.randn(2, 3, shard.local_vocab)
+    filt = backends.Filter(torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.int64),
+                           torch.ones(2, dtype=torch.float64))
+    impl = backends.get("reference", torch.device("cpu"))
+    assert VocabParallel(impl, _NoCollectives(), shard, filters=(False, False)).threshold(D, filt) is None
+    with pytest.raises(AssertionError, match="a collective ran"):
+        VocabParallel(impl, _NoCollectives(), shard).threshold(D, filt)  # no hint: searched
+    with pytest.raises(AssertionError, match="a collective ran"):
+        VocabParallel(impl, _NoCollectives(), shard, filters=(False, True)).threshold(D, filt)
+    # scalar knobs decide for themselves
+    assert VocabParallel(impl, _NoCollectives(), shard).threshold(D, backends.Filter(1.0, 0, 1.0)) is None

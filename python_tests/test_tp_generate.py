@@ -1,6 +1,6 @@
 """Tensor-parallel decoding end to end: `generate` on 2 gloo CPU processes (both runners sharded or
 the verifier replicated) gives the same tokens, acceptance counts and forward counts as one process,
-for apd, dllm_fixed and ar, greedy and sampled, one prompt and a ragged batch, on the bundled tiny
+for apd, dllm_fixed and ar, greedy and sampled, per-row knobs, one prompt and a ragged batch, on the bundled tiny
 pair and on the golden Dream/Qwen2 checkpoints. Every rank returns the same output (and
 APD_EXT_TP_CHECK=1 checks after each step that they agree)."""
 
@@ -26,6 +26,11 @@ CASES = [
     ("threshold:threshold=0.7,block_length=4", {"temperature": 1.0}),
     ("ar", {}),
     ("ar", {"temperature": 1.0, "top_p": 0.8}),
+    # per-row knobs (lists cut to the batch): a greedy unfiltered row beside a sampled filtered one,
+    # then sampled rows none of which filters (the global threshold searches are skipped)
+    ("apd:kv_window=2,max_lookahead=4", {"temperature": [0.0, 0.9], "top_k": [0, 20], "top_p": [1.0, 0.9],
+                                         "mixture_weight": [0.5, 0.9]}),
+    ("apd", {"temperature": [1.0, 0.7], "mixture_weight": [0.7, 0.3]}),
 ]
 
 
@@ -48,6 +53,7 @@ def _decode(dllm, verifier, pair: str, cases=CASES):
     out = []
     for prompts in _prompts(pair):
         for spec, knobs in cases:
+            knobs = {k: v[: len(prompts)] if isinstance(v, list) else v for k, v in knobs.items()}
             r = generate(dllm, verifier, prompts, spec, seed=11, max_new_tokens=12, eos_token_id=[], **knobs)
             s = r.stats
             out.append((spec, len(prompts), r.sequences, r.num_generated, s["acceptance_counts"], s["steps"],

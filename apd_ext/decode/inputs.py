@@ -256,6 +256,11 @@ class RowKnobs:
     top_p: torch.Tensor
     mixture_weight: torch.Tensor
 
+    def filters(self, vocab: int) -> tuple[bool, bool]:
+        """Whether any row's top-k, and any row's top-p, filters (what tensor parallelism's global
+        threshold searches need to know: steps.make_step's `filters`)."""
+        return bool(((self.top_k > 0) & (self.top_k < vocab)).any()), bool((self.top_p < 1.0).any())
+
 
 def row_knobs(config: DecodeConfig, vocab: int, batch: int, rows: dict[str, list] | None = None) -> RowKnobs:
     """Each row's knobs: rows[name] (sampling_rows' lists) where given, else the config's value.

@@ -8,7 +8,8 @@ logits are never gathered (APD_SPEC "Vocabulary-parallel form"):
    [B, K, k] values; per-row top_k, whose k's only the device knows, by bisection on the k-th
    largest value: 33 all-reduces of [B, K] counts), top_p by bisection on the threshold (33
    all-reduces of [B, K] partial masses; only when top_p < 1, or for per-row top_p). No filter: no
-   collective. Per-row knobs (backends.Filter's [B] tensors, mixture_weight [B]) pass through to
+   collective; per-row top_k / top_p are searched unless the caller says that no row filters
+   (VocabParallel(filters=...): the loop does, from the rows' knobs on the host). Per-row knobs (backends.Filter's [B] tensors, mixture_weight [B]) pass through to
    the partial ops, which read each row's own.
 2. The backend's partial op (sample_draft_partial / mixture_accept_partial) runs on the slice with
    the global threshold and the slice's vocab offset, so its counter noise is the unsharded noise of
@@ -68,10 +69,15 @@ class VocabParallel:
     columns and `tp` combines the ranks' partials. Every rank must call the ops in the same order
     with the same arguments (the loop's steps do)."""
 
-    def __init__(self, impl, tp: TensorParallel, shard: VocabShard):
+    def __init__(self, impl, tp: TensorParallel, shard: VocabShard, filters: tuple[bool, bool] | None = None):
+        """filters: for per-row top_k / top_p tensors, whether any row's top-k / top-p may be active
+        (what the caller knows on the host, e.g. the loop from the rows' knobs); None: assume both may
+        be. The global threshold searches are collectives that no rank may skip on a value only the
+        device knows, so this is how a call with per-row knobs that filter nothing avoids them."""
         if not hasattr(impl, "sample_draft_partial"):
             raise TypeError(f"backend {getattr(impl, 'name', impl)!r} has no vocabulary-parallel partial ops")
         self.impl, self.tp, self.shard = impl, tp, shard
+        self.filters = None if filters is None else (bool(filters[0]), bool(filters[1]))
         self.name = f"{getattr(impl, 'name', None) or getattr(impl, '__name__', 'backend')}+tp{tp.world}"
 
     # --- the backend interface --------------------------------------------------------------------
@@ -133,10 +139,12 @@ class VocabParallel:
         temperature, top_k, top_p = filt
         V = self.shard.vocab
         rows_k, rows_p = isinstance(top_k, torch.Tensor), isinstance(top_p, torch.Tensor)
-        use_k = bool(((top_k > 0) & (top_k < V)).any()) if rows_k and top_k.device.type == "cpu" else (
-            rows_k or 0 < top_k < V)
-        use_p = bool((top_p < 1.0).any()) if rows_p and top_p.device.type == "cpu" else rows_p or top_p < 1.0
-        if not use_k and not use_p:  # (per-row knobs on CUDA cannot be read without a sync: always searched)
+        # per-row knobs are not read here (a host sync, and a data-dependent branch no graph can hold):
+        # they are searched unless the caller said no row filters (self.filters)
+        may_k, may_p = self.filters or (True, True)
+        use_k = may_k if rows_k else 0 < top_k < V
+        use_p = may_p if rows_p else top_p < 1.0
+        if not use_k and not use_p:
             return None
         D = reference._clean(dllm, self.shard.local_vocab)
         x = reference.scaled(D, temperature)

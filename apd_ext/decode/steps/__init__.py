@@ -20,12 +20,14 @@ STEPS = {"apd": ApdStep, "dllm_fixed": DllmFixedStep, "ar": ArStep, "diffusion":
 
 
 def make_step(config: DecodeConfig, *, length: int, vocab: int, eos: list[int], backend: str = "auto",
-              device="cpu", parallel=None) -> StepBase:
+              device="cpu", parallel=None, filters: tuple[bool, bool] | None = None) -> StepBase:
     """The step object of config.policy for canvases of `length` positions (prompt + max_new_tokens),
     a shared vocabulary of `vocab` tokens and the EOS ids `eos`, running the ops on `backend`;
-    parallel: (TensorParallel, VocabShard) when the logits are this rank's vocabulary slice."""
+    parallel: (TensorParallel, VocabShard) when the logits are this rank's vocabulary slice;
+    filters: whether any row's top-k / top-p may be active (read under tensor parallelism only; None:
+    the config's own, for states filled without per-row knobs)."""
     return STEPS[config.policy](config, length=length, vocab=vocab, eos=eos, backend=backend, device=device,
-                                parallel=parallel)
+                                parallel=parallel, filters=filters)
 
 
 __all__ = ["make_step", "STEPS", "StepBase", "ApdStep", "DllmFixedStep", "ArStep", "DiffusionStep", "ThresholdStep",

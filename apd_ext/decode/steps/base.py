@@ -54,7 +54,7 @@ class StepBase:
         return config
 
     def __init__(self, config: DecodeConfig, *, length: int, vocab: int, eos: list[int], backend: str = "auto",
-                 device="cpu", parallel=None):
+                 device="cpu", parallel=None, filters: tuple[bool, bool] | None = None):
         c = config = self.step_config(config)
         self.config = c
         self.L, self.vocab = int(length), int(vocab)
@@ -65,8 +65,15 @@ class StepBase:
         self.draft_filter = ops._check_filter(draft_t, self.filter.top_k, c.top_p, self.vocab)
         self.device = torch.device(device)
         self.impl = backends.get(backend, self.device)
+        # Under tensor parallelism the global top-k / top-p searches are collectives that run unless no
+        # row filters: `filters` (any row's top-k, top-p active, from the host's knobs) is then part of
+        # the key, so a mix that turns filtering on or off gets its own graph (at most four per shape).
+        self.filters = None
         if parallel is not None:  # the logits are this rank's vocabulary slice (apd_ext/parallel/vocab.py)
-            self.impl = VocabParallel(self.impl, *parallel)
+            if filters is None:  # the config's values (every row's, when the state has no per-row knobs)
+                filters = (self.filter.top_k > 0, self.filter.top_p < 1.0)
+            self.filters = (bool(filters[0]), bool(filters[1]))
+            self.impl = VocabParallel(self.impl, *parallel, filters=self.filters)
         self.backend = getattr(self.impl, "name", None) or getattr(self.impl, "__name__", backend)
         self.eos_list = tuple(int(e) for e in eos)
         self.eos = torch.tensor(eos or [-1], dtype=torch.int64, device=self.device)
@@ -79,7 +86,7 @@ class StepBase:
     @property
     def key(self) -> tuple:
         return (type(self).__name__, self.L, self.K, self.vocab, self.config.authors_compat, self.eos_list,
-                self.backend, str(self.device)) + self.knobs()
+                self.backend, str(self.device), self.filters) + self.knobs()
 
     def row_knobs(self, batch: int) -> inputs.RowKnobs:
         """The config's sampling knobs for each of `batch` rows (what State.fill(knobs=None) means)."""
