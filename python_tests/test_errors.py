@@ -151,21 +151,24 @@ def test_mixture_accept_rejects_bad_tensors(t):
     apd_ext.mixture_accept(D, A, d, mixture_weight=0.5, temperature=0.0)
 
 
+NO_ROWS = (None, None, None)  # the schemas' temperature_rows, top_k_rows, top_p_rows
+
+
 def test_torch_op_checks_its_own_arguments(t):
     """Called directly (no Python checks), the compiled op still refuses bad input."""
     if "cpu" not in apd_ext.available_backends("cpu"):
         pytest.skip("extension not built")
     op = torch.ops.apd_ext.sample_draft
     with pytest.raises(RuntimeError, match="vocab_size"):
-        op(t["D"], V + 5, 1.0, 0, 1.0, None, 1, None, 0, None)
+        op(t["D"], V + 5, 1.0, 0, 1.0, *NO_ROWS, None, 1, None, 0, None)
     with pytest.raises(RuntimeError, match="top_p"):
-        op(t["D"], V, 1.0, 0, 0.0, None, 1, None, 0, None)
+        op(t["D"], V, 1.0, 0, 0.0, *NO_ROWS, None, 1, None, 0, None)
     with pytest.raises(RuntimeError, match="dllm_logits must be"):
-        op(t["D"].double(), V, 1.0, 0, 1.0, None, 1, None, 0, None)
+        op(t["D"].double(), V, 1.0, 0, 1.0, *NO_ROWS, None, 1, None, 0, None)
     with pytest.raises(RuntimeError, match="seed"):
-        op(t["D"], V, 1.0, 0, 1.0, torch.tensor([1, 2, 3]), 0, None, 0, None)
+        op(t["D"], V, 1.0, 0, 1.0, *NO_ROWS, torch.tensor([1, 2, 3]), 0, None, 0, None)
     acc = torch.ops.apd_ext.mixture_accept
     with pytest.raises(RuntimeError, match="mixture_weight"):
-        acc(t["D"], t["A"], t["d"], V, 1.5, 1.0, 0, 1.0, None, False, None, 1, None, 0, None)
+        acc(t["D"], t["A"], t["d"], V, 1.5, None, 1.0, 0, 1.0, *NO_ROWS, None, False, None, 1, None, 0, None)
     with pytest.raises(RuntimeError, match="draft_tokens"):
-        acc(t["D"], t["A"], t["d"].int(), V, 0.5, 1.0, 0, 1.0, None, False, None, 1, None, 0, None)
+        acc(t["D"], t["A"], t["d"].int(), V, 0.5, None, 1.0, 0, 1.0, *NO_ROWS, None, False, None, 1, None, 0, None)

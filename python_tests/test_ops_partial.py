@@ -285,10 +285,11 @@ def test_threshold_on_another_device():
     cpu_key = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
     with pytest.raises(RuntimeError, match="threshold is on meta, expected cpu"):
         torch.ops.apd_ext.sample_draft_partial.default.redispatch(
-            cpu_key, D, 16, 0, *filt, *noise, thr)
+            cpu_key, D, 16, 0, *backends.flat_filter(filt), *noise, thr)
     with pytest.raises(RuntimeError, match="threshold is on meta, expected cpu"):
         torch.ops.apd_ext.mixture_accept_partial.default.redispatch(
-            cpu_key, D, D, torch.zeros(2, 3, dtype=torch.int64), 16, 0, 0.5, *filt, None, False, *noise, thr)
+            cpu_key, D, D, torch.zeros(2, 3, dtype=torch.int64), 16, 0, 0.5, None, *backends.flat_filter(filt), None, False,
+            *noise, thr)
 
 
 def test_bad_vocab_size():
@@ -316,9 +317,10 @@ def test_non_contiguous_threshold_is_read_by_row():
 def test_fake_shapes():
     """The fake implementations (torch.compile) give the ops' output shapes and dtypes."""
     D = torch.randn(2, 3, 16, device="meta")
-    tok, st = torch.ops.apd_ext.sample_draft_partial(D, 16, 4, 1.0, 0, 1.0, None, 1, None, 0, None, None)
+    tok, st = torch.ops.apd_ext.sample_draft_partial(D, 16, 4, 1.0, 0, 1.0, None, None, None, None, 1, None, 0, None,
+                                                   None)
     assert tok.shape == (2, 3) and tok.dtype == torch.int64 and st.shape == (2, 3, 4) and st.dtype == torch.float32
     draft = torch.zeros(2, 3, dtype=torch.int64, device="meta")
-    tgt, st = torch.ops.apd_ext.mixture_accept_partial(D, D, draft, 16, 4, 0.5, 1.0, 0, 1.0, None, False, None, 1,
-                                                       None, 0, None, None)
+    tgt, st = torch.ops.apd_ext.mixture_accept_partial(D, D, draft, 16, 4, 0.5, None, 1.0, 0, 1.0, None, None, None,
+                                                       None, False, None, 1, None, 0, None, None)
     assert tgt.shape == (2, 3) and tgt.dtype == torch.int64 and st.shape == (2, 3, 10) and st.dtype == torch.float32

@@ -25,15 +25,25 @@ def _args():
 def test_opcheck_sample_draft():
     D, _, _ = _args()
     torch.library.opcheck(torch.ops.apd_ext.sample_draft.default,
-                          (D, 40, 1.0, 0, 1.0, torch.tensor([3]), 0, torch.tensor([1]), 0, None))
-    torch.library.opcheck(torch.ops.apd_ext.sample_draft.default, (D.bfloat16(), 33, 0.7, 5, 0.9, None, 3, None, 1, None))
+                          (D, 40, 1.0, 0, 1.0, None, None, None, torch.tensor([3]), 0, torch.tensor([1]), 0, None))
+    torch.library.opcheck(torch.ops.apd_ext.sample_draft.default,
+                          (D.bfloat16(), 33, 0.7, 5, 0.9, None, None, None, None, 3, None, 1, None))
+    # per-row knobs (float64 temperature / top_p, int64 top_k)
+    rows = (torch.tensor([0.0, 0.8], dtype=torch.float64), torch.tensor([0, 7]), torch.tensor([1.0, 0.9], dtype=torch.float64))
+    torch.library.opcheck(torch.ops.apd_ext.sample_draft.default, (D, 40, 1.0, 0, 1.0, *rows, torch.tensor([3, 4]), 0,
+                                                                  torch.tensor([1]), 0, None))
 
 
 @needs_ext
 def test_opcheck_mixture_accept():
     D, A, d = _args()
     torch.library.opcheck(torch.ops.apd_ext.mixture_accept.default,
-                          (D, A, d, 40, 0.7, 1.0, 0, 1.0, torch.tensor([3, 1]), False, None, 5, None, 2, None))
+                          (D, A, d, 40, 0.7, None, 1.0, 0, 1.0, None, None, None, torch.tensor([3, 1]), False, None, 5, None, 2,
+                           None))
+    rows = (torch.tensor([0.0, 0.8], dtype=torch.float64), torch.tensor([0, 7]), torch.tensor([1.0, 0.9], dtype=torch.float64))
+    torch.library.opcheck(torch.ops.apd_ext.mixture_accept.default,
+                          (D, A, d, 40, 0.5, torch.tensor([0.3, 1.0], dtype=torch.float64), 1.0, 0, 1.0, *rows, None,
+                           False, None, 5, None, 2, None))
 
 
 @needs_ext
@@ -44,8 +54,9 @@ def test_fake_tensors_have_the_right_shapes():
         D = torch.empty(4, 9, 100, dtype=torch.bfloat16)
         A = torch.empty(4, 9, 120, dtype=torch.bfloat16)
         d = torch.empty(4, 9, dtype=torch.int64)
-        tok, lp = torch.ops.apd_ext.sample_draft(D, 100, 1.0, 0, 1.0, None, 0, None, 0, None)
-        out = torch.ops.apd_ext.mixture_accept(D, A, d, 100, 0.5, 1.0, 0, 1.0, None, False, None, 0, None, 0, None)
+        tok, lp = torch.ops.apd_ext.sample_draft(D, 100, 1.0, 0, 1.0, None, None, None, None, 0, None, 0, None)
+        out = torch.ops.apd_ext.mixture_accept(D, A, d, 100, 0.5, None, 1.0, 0, 1.0, None, None, None, None, False, None,
+                                               0, None, 0, None)
     assert tok.shape == (4, 9) and tok.dtype == torch.int64 and lp.dtype == torch.float32
     assert [tuple(o.shape) for o in out] == [(4,), (4, 9), (4, 9), (4, 9), (4, 9)]
     assert out[0].dtype == torch.int64 and out[1].dtype == torch.int64
