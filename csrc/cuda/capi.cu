@@ -120,8 +120,8 @@ apd_status carve(void* workspace, size_t workspace_bytes, int64_t rows, bool fil
   return APD_OK;
 }
 
-float inv_temperature(double t) { return t == 0.0 ? 1.0f : static_cast<float>(1.0 / t); }
-
+// Per-row knobs: the *_rows pointers (device memory) go to the kernels, which resolve row b's
+// values themselves (kernels.cuh); a scalar that a pointer replaces is unchecked and unused.
 FilterParams filter_params(const apd_logits& l, int64_t rows, int64_t window, int64_t vocab, const apd_filter& f,
                            const int64_t* valid_lengths, float* tau) {
   FilterParams fp{};
@@ -130,9 +130,12 @@ FilterParams filter_params(const apd_logits& l, int64_t rows, int64_t window, in
   fp.window = window;
   fp.vocab = vocab;
   fp.valid_lengths = valid_lengths;
-  fp.inv_t = inv_temperature(f.temperature);
-  fp.top_k = f.top_k > 0 && f.top_k < vocab ? f.top_k : 0;
-  fp.top_p = f.top_p;
+  fp.inv_t = f.temperature_rows != nullptr ? 1.0f : inv_temperature(f.temperature);
+  fp.top_k = f.top_k_rows != nullptr ? 0 : active_top_k(f.top_k, vocab);
+  fp.top_p = f.top_p_rows != nullptr ? 1.0 : f.top_p;
+  fp.temperature_rows = f.temperature_rows;
+  fp.top_k_rows = f.top_k_rows;
+  fp.top_p_rows = f.top_p_rows;
   fp.tau = tau;
   return fp;
 }
@@ -179,7 +182,8 @@ DraftParams draft_params(const Args& a, const Prepared& w) {
   p.dllm = a.dllm;
   p.window = a.window;
   p.vocab = a.vocab;
-  p.inv_t = inv_temperature(a.filter.temperature);
+  p.inv_t = a.filter.temperature_rows != nullptr ? 1.0f : inv_temperature(a.filter.temperature);
+  p.temperature_rows = a.filter.temperature_rows;
   p.tau = w.tau;
   p.noise = a.noise;
   p.splits = w.plan.splits;
@@ -199,10 +203,10 @@ MixParams mix_params(const Args& a, const Prepared& w) {
   p.valid_lengths = a.valid_lengths;
   p.draft_tokens = a.draft_tokens;
   p.draft_stride_b = a.draft_stride_b;
-  p.inv_t = inv_temperature(a.filter.temperature);
-  p.wf = static_cast<float>(a.mixture_weight);
-  p.omwf = static_cast<float>(1.0 - a.mixture_weight);
-  p.w_mode = a.mixture_weight == 1.0 ? kWeightOne : a.mixture_weight == 0.0 ? kWeightZero : kWeightMix;
+  p.knobs.inv_t = a.filter.temperature_rows != nullptr ? 1.0f : inv_temperature(a.filter.temperature);
+  p.knobs.set_weight(a.mixture_weight_rows != nullptr ? 1.0 : a.mixture_weight);
+  p.temperature_rows = a.filter.temperature_rows;
+  p.mixture_weight_rows = a.mixture_weight_rows;
   p.tau = w.tau;
   p.noise = a.noise;
   p.splits = w.plan.splits;

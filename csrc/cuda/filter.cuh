@@ -1,5 +1,8 @@
 // top-k / top-p threshold of each row (reference.py: filter_threshold), one block per row at a time.
-// Runs only when a filter is active; the unfiltered path never launches it.
+// Runs only when a filter is active; the unfiltered path never launches it. With per-row knobs
+// each row takes its own inv_T, top_k and top_p; a row whose filter is inactive gets tau = -inf
+// (no pass over its logits), and top_p <= 0 (unchecked per-row value) ends the top-p search at
+// its first pass with tau = M.
 //
 // Method: radix select on the order-preserving uint32 key of x = D * inv_T (-0 folded into +0,
 // so key order is float order and equal floats have equal keys), 4 bits per pass from the top,
@@ -65,12 +68,24 @@ __device__ __forceinline__ void filter_row(const FilterParams& p, int64_t row) {
 
   const int64_t b = row / p.window, i = row - b * p.window;
   if (i >= valid_length(p.valid_lengths, b, p.window)) return;  // block-uniform
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // The row's knobs (per-row knobs replace the scalars; kernels.cuh: out-of-range values).
+  float inv_t = p.inv_t;
+  int64_t top_k = p.top_k;
+  double top_p = p.top_p;
+  if (p.temperature_rows != nullptr) inv_t = inv_temperature(row_temperature(p.temperature_rows, b));
+  if (p.top_k_rows != nullptr) top_k = active_top_k(p.top_k_rows[b], p.vocab);
+  if (p.top_p_rows != nullptr) top_p = p.top_p_rows[b];
+  const bool use_k = top_k > 0;
+  const bool use_p = top_p < 1.0;
+  if (!use_k && !use_p) {  // block-uniform: this row keeps every entry, its logits are not read
+    if (tid == 0) p.tau[row] = kNegInf;
+    return;
+  }
   const T* rowp = row_pointer<F>(p.logits, b, i);
   const bool vec_ok = vector_ok<F, CW>(rowp);
   const int64_t V = p.vocab;
   const int64_t nchunks = ceil_div(V, CW);
-  const float inv_t = p.inv_t;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   __shared__ union {
     uint32_t count[kBins][kFilterThreads];
@@ -119,15 +134,13 @@ __device__ __forceinline__ void filter_row(const FilterParams& p, int64_t row) {
     return m;
   };
 
-  const bool use_k = p.top_k > 0;
-  const bool use_p = p.top_p < 1.0;
   uint32_t max_key = kKeyNegInf;
   uint32_t key_k = 0;  // key of tau_k (top-k)
   float tau = kNegInf;
 
   if (use_k) {
     uint32_t prefix = 0;
-    int64_t rank = p.top_k;  // rank of the sought entry among those matching prefix
+    int64_t rank = top_k;  // rank of the sought entry among those matching prefix
     for (int pass = 0; pass < 8; ++pass) {
       const int shift = 28 - 4 * pass;
 #pragma unroll
@@ -206,7 +219,7 @@ __device__ __forceinline__ void filter_row(const FilterParams& p, int64_t row) {
         if (pass == 0) {
           double z = 0.0;
           for (int bin = 0; bin < kBins; ++bin) z += s_mass[bin];
-          target = p.top_p * z;
+          target = top_p * z;
         }
         int chosen = -1;
         double acc = above, acc_chosen = above;

@@ -6,17 +6,17 @@
 namespace apd::cuda {
 namespace {
 
-template <class FD, class FA, bool kFiltered>
+template <class FD, class FA, bool kFiltered, bool kPerRow = false>
 void launch_partial(apd_target_mode target_mode, const MixParams& p, dim3 grid, cudaStream_t stream) {
   switch (target_mode) {
     case APD_TARGET_ARGMAX_MIX:
-      mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_MIX, kFiltered><<<grid, kThreads, 0, stream>>>(p);
+      mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_MIX, kFiltered, kPerRow><<<grid, kThreads, 0, stream>>>(p);
       break;
     case APD_TARGET_ARGMAX_KEPT:
-      mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_KEPT, kFiltered><<<grid, kThreads, 0, stream>>>(p);
+      mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_KEPT, kFiltered, kPerRow><<<grid, kThreads, 0, stream>>>(p);
       break;
     default:  // APD_TARGET_PHILOX and APD_TARGET_UNIFORM: one kernel reads either noise source
-      mixture_partial_kernel<FD, FA, APD_TARGET_PHILOX, kFiltered><<<grid, kThreads, 0, stream>>>(p);
+      mixture_partial_kernel<FD, FA, APD_TARGET_PHILOX, kFiltered, kPerRow><<<grid, kThreads, 0, stream>>>(p);
       break;
   }
 }
@@ -27,14 +27,22 @@ cudaError_t launch(apd_target_mode target_mode, const MixParams& p, cudaStream_t
   const dim3 grid(static_cast<unsigned>(rows * p.splits));
   // The unfiltered instantiation (no threshold test) only for equal dtypes, the common case;
   // mixed dtypes run the filtered one, which is also right with tau = -inf.
-  bool unfiltered_done = false;
-  if constexpr (std::is_same_v<FD, FA>) {
-    if (p.tau == nullptr) {
-      launch_partial<FD, FA, false>(target_mode, p, grid, stream);
-      unfiltered_done = true;
+  // Per-row knobs: the kPerRow kernels (filtered instantiation only); with per-row temperatures a
+  // sampled call also launches the ARGMAX_KEPT kernel for its greedy rows (mixture_accept.cuh).
+  if (mix_per_row(p)) {
+    launch_partial<FD, FA, true, true>(target_mode, p, grid, stream);
+    if (p.temperature_rows != nullptr && apd_target_sampled(target_mode))
+      launch_partial<FD, FA, true, true>(APD_TARGET_ARGMAX_KEPT, p, grid, stream);
+  } else {
+    bool unfiltered_done = false;
+    if constexpr (std::is_same_v<FD, FA>) {
+      if (p.tau == nullptr) {
+        launch_partial<FD, FA, false>(target_mode, p, grid, stream);
+        unfiltered_done = true;
+      }
     }
+    if (!unfiltered_done) launch_partial<FD, FA, true>(target_mode, p, grid, stream);
   }
-  if (!unfiltered_done) launch_partial<FD, FA, true>(target_mode, p, grid, stream);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   if (p.stats != nullptr)

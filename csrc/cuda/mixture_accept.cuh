@@ -17,6 +17,9 @@
 //
 // The two logit tensors may have different dtypes (all 9 pairs are instantiated); a chunk is
 // then 4 entries (16 bytes of the float32 row, 8 of the 16-bit one).
+//
+// Per-row knobs (kernels.cuh): row_knobs gives each block its row's inv_T and weight (the
+// kPerRow kernels); the finalize kernels resolve them per row the same way.
 #pragma once
 
 #include "kernels.cuh"
@@ -30,10 +33,10 @@ constexpr int mix_cw() {
   return chunk_width<FD>() < chunk_width<FA>() ? chunk_width<FD>() : chunk_width<FA>();
 }
 
-__device__ __forceinline__ float mix_value(const MixParams& p, float d, float a) {
-  if (p.w_mode == kWeightOne) return d;
-  if (p.w_mode == kWeightZero) return a;
-  return fmaxf(__fadd_rn(__fmul_rn(p.wf, d), __fmul_rn(p.omwf, a)), kNegInf);  // NaN -> -inf
+__device__ __forceinline__ float mix_value(const MixKnobs& k, float d, float a) {
+  if (k.w_mode == kWeightOne) return d;
+  if (k.w_mode == kWeightZero) return a;
+  return fmaxf(__fadd_rn(__fmul_rn(k.wf, d), __fmul_rn(k.omwf, a)), kNegInf);  // NaN -> -inf
 }
 
 // One entry (D = d, A = a, NaN already -inf): kept D, mix_kept and the value whose argmax is the
@@ -44,10 +47,12 @@ struct MixEntry {
 
 // kTarget: an apd_target_mode (apd/modes.h); APD_TARGET_PHILOX stands for both sampled modes.
 // kFiltered = false: tau is -inf, so keep = (D > -inf) and kept D is D itself.
+// k: the row's knobs (kernels.cuh: MixKnobs).
 template <int kTarget, bool kFiltered = true>
-__device__ __forceinline__ MixEntry mix_entry(const MixParams& p, float d, float a, float tau, float inv_t) {
+__device__ __forceinline__ MixEntry mix_entry(const MixKnobs& k, float d, float a, float tau) {
+  const float inv_t = k.inv_t;
   const bool keep = kFiltered ? __fmul_rn(d, inv_t) >= tau && d > kNegInf : d > kNegInf;
-  const float mix = mix_value(p, d, a);
+  const float mix = mix_value(k, d, a);
   MixEntry e;
   e.dk = kFiltered ? (keep ? d : kNegInf) : d;
   e.mk = keep ? mix : kNegInf;
@@ -60,23 +65,23 @@ __device__ __forceinline__ MixEntry mix_entry(const MixParams& p, float d, float
   return e;
 }
 
-// kFiltered = false only when p.tau is null (no top-k / top-p).
-template <class FD, class FA, int kTarget, bool kFiltered>
-__global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixParams p) {
+// Block (row, split) of mixture_partial_kernel (i < L(b)) with the row's knobs k: p.knobs itself
+// on the scalar path (read from the kernel parameters), else row_knobs' registers. kPerRow only
+// keeps the scalar and per-row kernels' instantiations apart: one shared instantiation (and its
+// function-scope __shared__ s_bound, the likely cause) raised the scalar kernels' registers
+// (ptxas, sm_80: 61 -> 76).
+template <class FD, class FA, int kTarget, bool kFiltered, bool kPerRow>
+__device__ __forceinline__ void mix_block(const MixParams& p, int64_t row, int split, int64_t b, int64_t i,
+                                          const MixKnobs& k) {
   constexpr int CW = mix_cw<FD, FA>();
   constexpr int U = kMixUnroll;
   constexpr bool kSampled = kTarget == APD_TARGET_PHILOX;
 
-  const int64_t row = blockIdx.x / p.splits;
-  const int split = static_cast<int>(blockIdx.x - row * p.splits);
-  const int64_t b = row / p.window, i = row - b * p.window;
-  if (i >= valid_length(p.valid_lengths, b, p.window)) return;  // block-uniform
   const auto* rowd = row_pointer<FD>(p.dllm, b, i);
   const auto* rowa = row_pointer<FA>(p.verifier, b, i);
   const bool vec_d = vector_ok<FD, CW>(rowd), vec_a = vector_ok<FA, CW>(rowa);
   const int64_t V = p.vocab;
   const float tau = p.tau != nullptr ? p.tau[row] : kNegInf;
-  const float inv_t = p.inv_t;
   const int64_t nchunks = ceil_div(V, CW);
   const int64_t c0 = split * p.chunks_per_split;
   const int64_t c1 = c0 + p.chunks_per_split < nchunks ? c0 + p.chunks_per_split : nchunks;
@@ -96,7 +101,7 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
       const int64_t dg = p.draft_tokens[b * p.draft_stride_b + i];
       const int64_t dt = dg - p.vocab_offset;
       if (rn.generated() && dg >= p.vocab_offset && dt < V) {
-        const MixEntry e = mix_entry<kTarget, kFiltered>(p, load_entry<FD>(rowd, dt), load_entry<FA>(rowa, dt), tau, inv_t);
+        const MixEntry e = mix_entry<kTarget, kFiltered>(k, load_entry<FD>(rowd, dt), load_entry<FA>(rowa, dt), tau);
         hint = score_hint(e.tt, rn, dt);
       }
       s_bound = ordered_key(hint);
@@ -130,7 +135,7 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
           unpack_chunk(ra[u], a);
 #pragma unroll
           for (int j = 0; j < CW; ++j) {
-            const float t = mix_entry<kTarget, kFiltered>(p, d[j], a[j], tau, inv_t).tt;
+            const float t = mix_entry<kTarget, kFiltered>(k, d[j], a[j], tau).tt;
             if (t > tm) {
               tm = t;
               vm = c * CW + j;
@@ -150,14 +155,14 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
       float dk[CW], mk[CW], tt[CW];
 #pragma unroll
       for (int j = 0; j < CW; ++j) {
-        const MixEntry e = mix_entry<kTarget, kFiltered>(p, d[j], a[j], tau, inv_t);
+        const MixEntry e = mix_entry<kTarget, kFiltered>(k, d[j], a[j], tau);
         dk[j] = e.dk;
         mk[j] = e.mk;
         tt[j] = e.tt;
       }
       lse_add(st[0], dk);
       lse_add(st[1], a);
-      if (p.w_mode != kWeightOne) lse_add(st[2], mk);  // w == 1: mix_kept == kept D
+      if (k.w_mode != kWeightOne) lse_add(st[2], mk);  // w == 1: mix_kept == kept D
       if constexpr (kSampled) {
 #pragma unroll
         for (int g = 0; g < CW / 4; ++g) gumbel_max_group(best, tt + 4 * g, c * CW + 4 * g, rn, bound);
@@ -170,8 +175,35 @@ __global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixP
 
   block_reduce<3>(st, best);
   if (threadIdx.x == 0) {
-    if (p.w_mode == kWeightOne) st[2] = st[0];
+    if (k.w_mode == kWeightOne) st[2] = st[0];
     p.partials[row * p.splits + split] = MixPartial{st[0], st[1], st[2], best};
+  }
+}
+
+// kFiltered = false only when p.tau is null (no top-k / top-p). kPerRow (the call has per-row
+// knobs; launched with kFiltered = true, also right when tau is null): the row's knobs are
+// resolved once per block (row_knobs); else the body reads p.knobs, the scalar path's code. With
+// per-row temperatures a sampled call runs two launches that split the rows between them: the
+// sampled kernel skips the rows whose temperature is 0, the ARGMAX_KEPT one (their target mode in
+// a scalar call, no noise work) skips the others. One kernel with both bodies inlined would need
+// more than the 80 registers of the launch bounds (ptxas spills).
+template <class FD, class FA, int kTarget, bool kFiltered, bool kPerRow = false>
+__global__ void __launch_bounds__(kThreads, 3) mixture_partial_kernel(const MixParams p) {
+  const int64_t row = blockIdx.x / p.splits;
+  const int split = static_cast<int>(blockIdx.x - row * p.splits);
+  const int64_t b = row / p.window, i = row - b * p.window;
+  if (i >= valid_length(p.valid_lengths, b, p.window)) return;  // block-uniform
+  if constexpr (kPerRow) {
+    bool greedy = false;
+    const MixKnobs k = row_knobs(p, b, &greedy);
+    if constexpr (kTarget == APD_TARGET_PHILOX) {
+      if (greedy) return;  // the ARGMAX_KEPT launch's row
+    } else if constexpr (kTarget == APD_TARGET_ARGMAX_KEPT) {
+      if (p.temperature_rows != nullptr && !greedy) return;  // the sampled launch's row
+    }
+    mix_block<FD, FA, kTarget, kFiltered, true>(p, row, split, b, i, k);
+  } else {
+    mix_block<FD, FA, kTarget, kFiltered, false>(p, row, split, b, i, p.knobs);
   }
 }
 
@@ -183,6 +215,8 @@ __global__ void __launch_bounds__(kThreads) mixture_finalize_kernel(const MixPar
   const int64_t L = valid_length(p.valid_lengths, b, K);
   const float nan = __int_as_float(0x7fc00000);
   int64_t first_fail = L;  // first position i < L whose draft token is not accepted
+  bool greedy = false;
+  const MixKnobs k = mix_per_row(p) ? row_knobs(p, b, &greedy) : p.knobs;
 
   for (int64_t i = threadIdx.x; i < K; i += kThreads) {
     const int64_t r = b * K + i;
@@ -207,7 +241,7 @@ __global__ void __launch_bounds__(kThreads) mixture_finalize_kernel(const MixPar
       const float d = load_entry<FD>(row_pointer<FD>(p.dllm, b, i), tok);
       const float a = load_entry<FA>(row_pointer<FA>(p.verifier, b, i), tok);
       const float tau = p.tau != nullptr ? p.tau[r] : kNegInf;
-      const MixEntry e = mix_entry<APD_TARGET_ARGMAX_KEPT>(p, d, a, tau, p.inv_t);
+      const MixEntry e = mix_entry<APD_TARGET_ARGMAX_KEPT>(k, d, a, tau);
       p.logp_dllm[r] = log_prob(e.dk, m.ld);
       p.logp_verifier[r] = log_prob(a, m.la);
       p.logp_mixture[r] = log_prob(e.mk, m.lm);
@@ -271,7 +305,9 @@ __global__ void __launch_bounds__(kThreads) mixture_partial_finalize_kernel(cons
     const float d = load_entry<FD>(row_pointer<FD>(p.dllm, b, i), j);
     const float a = load_entry<FA>(row_pointer<FA>(p.verifier, b, i), j);
     const float tau = p.tau != nullptr ? p.tau[r] : kNegInf;
-    const MixEntry e = mix_entry<APD_TARGET_ARGMAX_KEPT>(p, d, a, tau, p.inv_t);
+    bool greedy = false;
+    const MixKnobs k = mix_per_row(p) ? row_knobs(p, b, &greedy) : p.knobs;
+    const MixEntry e = mix_entry<APD_TARGET_ARGMAX_KEPT>(k, d, a, tau);
     st[APD_MIXTURE_STAT_DLLM_AT] = e.dk;
     st[APD_MIXTURE_STAT_VERIFIER_AT] = a;
     st[APD_MIXTURE_STAT_MIXTURE_AT] = e.mk;

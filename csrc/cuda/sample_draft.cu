@@ -9,7 +9,8 @@ cudaError_t launch(bool sampled, const DraftParams& p, int64_t rows, cudaStream_
   const dim3 grid(static_cast<unsigned>(rows * p.splits));
   if (sampled)
     draft_partial_kernel<F, true><<<grid, kThreads, 0, stream>>>(p);
-  else
+  // Per-row temperatures: the argmax kernel takes the rows whose temperature is 0 (sample_draft.cuh).
+  if (!sampled || p.temperature_rows != nullptr)
     draft_partial_kernel<F, false><<<grid, kThreads, 0, stream>>>(p);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess || p.splits == 1) return e;

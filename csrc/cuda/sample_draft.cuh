@@ -1,5 +1,6 @@
 // sample_draft (reference.py: sample_draft): per row, token = first argmax of x + g over the kept
 // entries (x = D * inv_T, plain x when T == 0; kept: x >= tau), logprob = D[token] - lse(kept D).
+// Per-row temperatures: each row its own inv_T, rows with T = 0 in the argmax kernel's launch.
 //
 // Grid: rows * splits blocks of kThreads; block (row, split) scans chunks
 // [split * chunks_per_split, ...) of the row, U chunks (16-byte loads) in flight per thread, with
@@ -20,12 +21,17 @@ namespace apd::cuda {
 constexpr int kDraftUnroll = 4;
 constexpr int kDraftUnrollSampled = 2;
 
+// The row's inv_T (per-row temperatures replace the call's; a greedy row's is 1).
+__device__ __forceinline__ float draft_inv_t(const DraftParams& p, int64_t b) {
+  return p.temperature_rows != nullptr ? inv_temperature(row_temperature(p.temperature_rows, b)) : p.inv_t;
+}
+
 template <class F>
 __device__ __forceinline__ void draft_output(const DraftParams& p, int64_t row, const typename F::T* rowp,
-                                             float tau, Lse lse, Best best) {
+                                             float tau, float inv_t, Lse lse, Best best) {
   const int64_t tok = best.index;
   const float d = load_entry<F>(rowp, tok);
-  const bool keep = __fmul_rn(d, p.inv_t) >= tau;
+  const bool keep = __fmul_rn(d, inv_t) >= tau;
   if (p.stats != nullptr) {  // partial op: global id and stats (apd_draft_stat)
     p.tokens[row] = p.vocab_offset + tok;
     float* st = p.stats + row * APD_DRAFT_NSTATS;
@@ -39,20 +45,19 @@ __device__ __forceinline__ void draft_output(const DraftParams& p, int64_t row, 
   p.logprobs[row] = log_prob(keep ? d : kNegInf, lse);
 }
 
+// Block (row, split) of draft_partial_kernel with the row's inv_t (kSampled = false: argmax
+// without noise, also the body of a greedy row of a sampled call).
 template <class F, bool kSampled>
-__global__ void __launch_bounds__(kThreads, 3) draft_partial_kernel(const DraftParams p) {
+__device__ __forceinline__ void draft_block(const DraftParams& p, int64_t row, int split, int64_t b, int64_t i,
+                                            const float inv_t) {
   using T = typename F::T;
   constexpr int CW = chunk_width<F>();
   constexpr int U = kSampled ? kDraftUnrollSampled : kDraftUnroll;
 
-  const int64_t row = blockIdx.x / p.splits;
-  const int split = static_cast<int>(blockIdx.x - row * p.splits);
-  const int64_t b = row / p.window, i = row - b * p.window;
   const T* rowp = row_pointer<F>(p.dllm, b, i);
   const bool vec_ok = vector_ok<F, CW>(rowp);
   const int64_t V = p.vocab;
   const float tau = p.tau != nullptr ? p.tau[row] : kNegInf;
-  const float inv_t = p.inv_t;
   const int64_t nchunks = ceil_div(V, CW);
   const int64_t c0 = split * p.chunks_per_split;
   const int64_t c1 = c0 + p.chunks_per_split < nchunks ? c0 + p.chunks_per_split : nchunks;
@@ -123,10 +128,29 @@ __global__ void __launch_bounds__(kThreads, 3) draft_partial_kernel(const DraftP
   block_reduce<1>(lse, best);
   if (threadIdx.x == 0) {
     if (p.splits == 1)
-      draft_output<F>(p, row, rowp, tau, lse[0], best);
+      draft_output<F>(p, row, rowp, tau, inv_t, lse[0], best);
     else
       p.partials[row * p.splits + split] = DraftPartial{lse[0], best};
   }
+}
+
+// kSampled: Gumbel-max with noise (T > 0), else argmax. Per-row temperatures (the call is then
+// sampled, apd/modes.h) run both kernels, which split the rows between them: the sampled one
+// takes the rows whose temperature is > 0 (each with its own inv_T), the argmax one (p.inv_t = 1)
+// the rows whose temperature is 0, so greedy rows do no noise work. (One kernel with both bodies
+// inlined needs more than the 80 registers of the launch bounds: ptxas spills.)
+template <class F, bool kSampled>
+__global__ void __launch_bounds__(kThreads, 3) draft_partial_kernel(const DraftParams p) {
+  const int64_t row = blockIdx.x / p.splits;
+  const int split = static_cast<int>(blockIdx.x - row * p.splits);
+  const int64_t b = row / p.window, i = row - b * p.window;
+  float inv_t = p.inv_t;
+  if (p.temperature_rows != nullptr) {  // block-uniform
+    const double t = row_temperature(p.temperature_rows, b);
+    if ((t == 0.0) == kSampled) return;  // the other launch's row
+    if constexpr (kSampled) inv_t = inv_temperature(t);
+  }
+  draft_block<F, kSampled>(p, row, split, b, i, inv_t);
 }
 
 // One thread per row: merge the row's splits in split order.
@@ -143,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) draft_finalize_kernel(const DraftPar
   }
   const int64_t b = row / p.window, i = row - b * p.window;
   const float tau = p.tau != nullptr ? p.tau[row] : kNegInf;
-  draft_output<F>(p, row, row_pointer<F>(p.dllm, b, i), tau, lse, best);
+  draft_output<F>(p, row, row_pointer<F>(p.dllm, b, i), tau, draft_inv_t(p, b), lse, best);
 }
 
 }  // namespace apd::cuda

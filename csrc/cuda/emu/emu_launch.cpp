@@ -25,7 +25,7 @@ template <class F>
 static cudaError_t launch_d(bool sampled, const DraftParams& p, int64_t rows) {
   const dim3 grid(static_cast<unsigned>(rows * p.splits));
   if (sampled) emu::run(grid, kThreads, [&] { draft_partial_kernel<F, true>(p); });
-  else emu::run(grid, kThreads, [&] { draft_partial_kernel<F, false>(p); });
+  if (!sampled || p.temperature_rows != nullptr) emu::run(grid, kThreads, [&] { draft_partial_kernel<F, false>(p); });
   if (p.splits == 1) return cudaSuccess;
   emu::run(static_cast<unsigned>(ceil_div(rows, kThreads)), kThreads, [&] { draft_finalize_kernel<F>(p, rows); });
   return cudaSuccess;
@@ -39,12 +39,12 @@ cudaError_t launch_sample_draft(apd_dtype dtype, bool sampled, const DraftParams
   }
 }
 
-template <class FD, class FA, bool kFiltered>
+template <class FD, class FA, bool kFiltered, bool kPerRow = false>
 static void launch_partial(apd_target_mode target_mode, const MixParams& p, dim3 grid) {
   switch (target_mode) {
-    case APD_TARGET_ARGMAX_MIX: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_MIX, kFiltered>(p); }); break;
-    case APD_TARGET_ARGMAX_KEPT: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_KEPT, kFiltered>(p); }); break;
-    default: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, APD_TARGET_PHILOX, kFiltered>(p); }); break;
+    case APD_TARGET_ARGMAX_MIX: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_MIX, kFiltered, kPerRow>(p); }); break;
+    case APD_TARGET_ARGMAX_KEPT: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, APD_TARGET_ARGMAX_KEPT, kFiltered, kPerRow>(p); }); break;
+    default: emu::run(grid, kThreads, [&] { mixture_partial_kernel<FD, FA, APD_TARGET_PHILOX, kFiltered, kPerRow>(p); }); break;
   }
 }
 
@@ -52,14 +52,20 @@ template <class FD, class FA>
 static cudaError_t launch_m(apd_target_mode target_mode, const MixParams& p) {
   const int64_t rows = p.batch * p.window;
   const dim3 grid(static_cast<unsigned>(rows * p.splits));
-  bool unfiltered_done = false;
-  if constexpr (std::is_same_v<FD, FA>) {
-    if (p.tau == nullptr) {
-      launch_partial<FD, FA, false>(target_mode, p, grid);
-      unfiltered_done = true;
+  if (mix_per_row(p)) {
+    launch_partial<FD, FA, true, true>(target_mode, p, grid);
+    if (p.temperature_rows != nullptr && apd_target_sampled(target_mode))
+      launch_partial<FD, FA, true, true>(APD_TARGET_ARGMAX_KEPT, p, grid);
+  } else {
+    bool unfiltered_done = false;
+    if constexpr (std::is_same_v<FD, FA>) {
+      if (p.tau == nullptr) {
+        launch_partial<FD, FA, false>(target_mode, p, grid);
+        unfiltered_done = true;
+      }
     }
+    if (!unfiltered_done) launch_partial<FD, FA, true>(target_mode, p, grid);
   }
-  if (!unfiltered_done) launch_partial<FD, FA, true>(target_mode, p, grid);
   if (p.stats != nullptr)
     emu::run(static_cast<unsigned>(ceil_div(rows, kThreads)), kThreads, [&] { mixture_partial_finalize_kernel<FD, FA>(p, rows); });
   else

@@ -6,6 +6,10 @@
 // log-probs to 2e-4 relative; L2 sizes that make the filter's blocks loop over several rows.
 // The vocabulary-parallel partial ops too (run_partial): vocab offsets (also beyond 2^32 tokens),
 // given thresholds, global draft ids inside and outside the slice; stats to 2e-4 relative.
+// Per-row knobs (run_rows_case: temperature_rows, top_k_rows, top_p_rows, mixture_weight_rows):
+// random mixes per row against the CPU backend (full and partial ops), and row b of the mixed
+// batch against the scalar CUDA call with row b's knobs, both on the whole batch (bit for bit)
+// and on row b alone (tokens exactly; values bit for bit when both calls run one split).
 // Usage: test_vs_cpu [cases [seed [big]]]. Build: run.sh.
 #include <immintrin.h>
 #include <cmath>
@@ -15,6 +19,7 @@
 #include <vector>
 #include "cuda_runtime.h"
 #include "apd/apd.h"
+#include "apd/knobs.h"
 #include "kernels.cuh"
 
 static std::mt19937_64 rng(12345);
@@ -77,6 +82,45 @@ static bool close(float a, float b) {
 static void fail(const std::string& what) {
   ++failures;
   if (failures < 40) printf("FAIL %s\n", what.c_str());
+}
+
+static bool same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
+
+// Per-row knobs of a case (apd.h: *_rows); an empty vector leaves the scalar beside it in charge.
+struct RowKnobs {
+  std::vector<double> T, p, w;
+  std::vector<int64_t> k;
+};
+
+static apd_filter make_filter(double T, int64_t topk, double topp, const RowKnobs* rk) {
+  apd_filter f{};
+  f.temperature = T; f.top_k = topk; f.top_p = topp;
+  if (rk != nullptr) {
+    if (!rk->T.empty()) f.temperature_rows = rk->T.data();
+    if (!rk->k.empty()) f.top_k_rows = rk->k.data();
+    if (!rk->p.empty()) f.top_p_rows = rk->p.data();
+  }
+  return f;
+}
+static const double* w_rows_of(const RowKnobs* rk) { return rk != nullptr && !rk->w.empty() ? rk->w.data() : nullptr; }
+
+// Batch row b of a tensor / noise as a batch of one (the caller's view of a call on row b alone).
+static apd_logits row_view(const apd_logits& l, int64_t b) {
+  apd_logits r = l;
+  r.data = static_cast<const unsigned char*>(l.data) + b * l.stride_b * (int64_t)esize(l.dtype);
+  return r;
+}
+static apd_noise noise_view(const apd_noise& n, int64_t b) {
+  apd_noise r = n;
+  if (n.uniform != nullptr) {
+    r.uniform = static_cast<const unsigned char*>(n.uniform) + b * n.uniform_stride_b * (int64_t)esize(n.uniform_dtype);
+  } else if (n.seeds != nullptr) {
+    if (n.seed_per_row) r.seeds = n.seeds + b;
+    else { r.seeds = nullptr; r.seed_value = (int64_t)((uint64_t)n.seeds[0] + (uint64_t)b); }
+  } else {
+    r.seed_value = (int64_t)((uint64_t)n.seed_value + (uint64_t)b);
+  }
+  return r;
 }
 
 struct Noise {
@@ -267,6 +311,286 @@ static void run_case(apd_dtype dt, apd_dtype dta, int64_t B, int64_t K, int64_t 
   delete nz.ubuf;
 }
 
+// ---- per-row knobs -----------------------------------------------------------------------------
+// One call of each op (CPU or emulated CUDA) on given inputs; outputs per row of the call.
+struct OpIn {
+  apd_logits D, A;
+  int64_t B, K, V;
+  apd_filter f;
+  double w;
+  const double* w_rows;
+  bool gt;
+  apd_noise noise;
+  const int64_t* vl;     // [B] or null
+  const int64_t* draft;  // [B, dsb] (global ids for the partial ops)
+  int64_t dsb;
+  int64_t off;        // partial ops: vocab_offset
+  const float* thr;   // partial ops: [B * K] given thresholds or null
+};
+struct OpOut {
+  apd_status sd = APD_OK, sm = APD_OK;
+  std::vector<int64_t> tok, n, tgt;
+  std::vector<float> lp, ld, la, lm;  // full ops
+  std::vector<float> dst, mst;        // partial ops: stats
+};
+
+static OpOut full_ops(const OpIn& in, bool cuda, unsigned char* wsp, size_t wsb) {
+  const int64_t R = in.B * in.K;
+  OpOut o;
+  o.tok.assign(R, -7); o.lp.assign(R, 0); o.n.assign(in.B, -9); o.tgt.assign(R, -9);
+  o.ld.assign(R, 0); o.la.assign(R, 0); o.lm.assign(R, 0);
+  apd_sample_draft_args sa{};
+  sa.batch = in.B; sa.window = in.K; sa.vocab = in.V; sa.dllm = in.D; sa.filter = in.f; sa.noise = in.noise;
+  sa.tokens = o.tok.data(); sa.logprobs = o.lp.data();
+  o.sd = cuda ? apd_sample_draft_cuda(&sa, wsp, wsb, nullptr) : apd_sample_draft_cpu(&sa);
+  apd_mixture_accept_args ma{};
+  ma.batch = in.B; ma.window = in.K; ma.vocab = in.V; ma.dllm = in.D; ma.verifier = in.A;
+  ma.draft_tokens = in.draft; ma.draft_stride_b = in.dsb; ma.valid_lengths = in.vl;
+  ma.mixture_weight = in.w; ma.mixture_weight_rows = in.w_rows; ma.greedy_target = in.gt; ma.filter = in.f;
+  ma.noise = in.noise;
+  ma.num_accepted = o.n.data(); ma.target_tokens = o.tgt.data();
+  ma.logp_dllm = o.ld.data(); ma.logp_verifier = o.la.data(); ma.logp_mixture = o.lm.data();
+  o.sm = cuda ? apd_mixture_accept_cuda(&ma, wsp, wsb, nullptr) : apd_mixture_accept_cpu(&ma);
+  return o;
+}
+
+static OpOut partial_ops(const OpIn& in, bool cuda, unsigned char* wsp, size_t wsb) {
+  const int64_t R = in.B * in.K;
+  OpOut o;
+  o.tok.assign(R, -7); o.tgt.assign(R, -9);
+  o.dst.assign(R * APD_DRAFT_NSTATS, 0); o.mst.assign(R * APD_MIXTURE_NSTATS, 0);
+  apd_sample_draft_partial_args sa{};
+  sa.batch = in.B; sa.window = in.K; sa.vocab = in.V; sa.vocab_offset = in.off; sa.dllm = in.D;
+  sa.filter = in.f; sa.noise = in.noise; sa.threshold = in.thr;
+  sa.tokens = o.tok.data(); sa.stats = o.dst.data();
+  o.sd = cuda ? apd_sample_draft_partial_cuda(&sa, wsp, wsb, nullptr) : apd_sample_draft_partial_cpu(&sa);
+  apd_mixture_accept_partial_args ma{};
+  ma.batch = in.B; ma.window = in.K; ma.vocab = in.V; ma.vocab_offset = in.off; ma.dllm = in.D; ma.verifier = in.A;
+  ma.draft_tokens = in.draft; ma.draft_stride_b = in.dsb; ma.valid_lengths = in.vl;
+  ma.mixture_weight = in.w; ma.mixture_weight_rows = in.w_rows; ma.greedy_target = in.gt; ma.filter = in.f;
+  ma.noise = in.noise; ma.threshold = in.thr;
+  ma.target_tokens = o.tgt.data(); ma.stats = o.mst.data();
+  o.sm = cuda ? apd_mixture_accept_partial_cuda(&ma, wsp, wsb, nullptr) : apd_mixture_accept_partial_cpu(&ma);
+  return o;
+}
+
+// Rows [xb * K, xb * K + nb * K) of x against rows [yb * K, ...) of y: tokens, targets and
+// num_accepted exactly, values bit for bit (bits) or to 2e-4 relative.
+static void compare_ops(const OpOut& x, int64_t xb, const OpOut& y, int64_t yb, int64_t nb, int64_t K, bool partial,
+                        bool bits, const std::string& what) {
+  ++checks;
+  if (x.sd != APD_OK || x.sm != APD_OK || y.sd != APD_OK || y.sm != APD_OK) {
+    fail("status " + what + " " + apd_status_string(x.sd) + "/" + apd_status_string(x.sm) + " vs " +
+         apd_status_string(y.sd) + "/" + apd_status_string(y.sm));
+    return;
+  }
+  auto eq = [&](float a, float b) { return bits ? same_bits(a, b) : close(a, b); };
+  for (int64_t q = 0; q < nb * K; ++q) {
+    const int64_t rx = xb * K + q, ry = yb * K + q;
+    const std::string at = " row " + std::to_string(q / K) + " i=" + std::to_string(q % K) + " " + what;
+    if (x.tok[rx] != y.tok[ry]) { fail("draft token " + std::to_string(x.tok[rx]) + " vs " + std::to_string(y.tok[ry]) + at); return; }
+    if (x.tgt[rx] != y.tgt[ry]) { fail("target " + std::to_string(x.tgt[rx]) + " vs " + std::to_string(y.tgt[ry]) + at); return; }
+    if (partial) {
+      for (int f = 0; f < APD_DRAFT_NSTATS; ++f)
+        if (!eq(x.dst[rx * APD_DRAFT_NSTATS + f], y.dst[ry * APD_DRAFT_NSTATS + f])) {
+          fail("draft stats " + stats_str(&x.dst[rx * APD_DRAFT_NSTATS], &y.dst[ry * APD_DRAFT_NSTATS], APD_DRAFT_NSTATS) + at);
+          return;
+        }
+      for (int f = 0; f < APD_MIXTURE_NSTATS; ++f)
+        if (!eq(x.mst[rx * APD_MIXTURE_NSTATS + f], y.mst[ry * APD_MIXTURE_NSTATS + f])) {
+          fail("mix stats " + stats_str(&x.mst[rx * APD_MIXTURE_NSTATS], &y.mst[ry * APD_MIXTURE_NSTATS], APD_MIXTURE_NSTATS) + at);
+          return;
+        }
+    } else {
+      if (!eq(x.lp[rx], y.lp[ry])) { fail("draft logprob " + std::to_string(x.lp[rx]) + " vs " + std::to_string(y.lp[ry]) + at); return; }
+      if (!eq(x.ld[rx], y.ld[ry]) || !eq(x.la[rx], y.la[ry]) || !eq(x.lm[rx], y.lm[ry])) {
+        char m[200];
+        snprintf(m, sizeof m, "mix logps (%g %g %g) vs (%g %g %g)", x.ld[rx], x.la[rx], x.lm[rx], y.ld[ry], y.la[ry], y.lm[ry]);
+        fail(m + at);
+        return;
+      }
+    }
+  }
+  if (!partial)
+    for (int64_t q = 0; q < nb; ++q)
+      if (x.n[xb + q] != y.n[yb + q]) {
+        fail("num_accepted " + std::to_string(x.n[xb + q]) + " vs " + std::to_string(y.n[yb + q]) + " row " +
+             std::to_string(q) + " " + what);
+        return;
+      }
+}
+
+// The inputs of row b alone (B = 1): views of row b's logits, noise, valid length, drafts and
+// thresholds, row b's knobs as scalars (apd::row_filter, apd::row_mixture_weight).
+static OpIn row_alone(const OpIn& in, int64_t b) {
+  OpIn r = in;
+  r.B = 1;
+  r.D = row_view(in.D, b);
+  r.A = row_view(in.A, b);
+  r.f = apd::row_filter(in.f, b);
+  r.w = apd::row_mixture_weight(in.w, in.w_rows, b);
+  r.w_rows = nullptr;
+  r.noise = noise_view(in.noise, b);
+  r.vl = in.vl != nullptr ? in.vl + b : nullptr;
+  r.draft = in.draft + b * in.dsb;
+  r.thr = in.thr != nullptr ? in.thr + b * in.K : nullptr;
+  return r;
+}
+
+// The whole batch with every row taking row b's knobs as scalars (same shapes, so the same split
+// plan as the mixed call: row b must match it bit for bit).
+static OpIn all_rows_like(const OpIn& in, int64_t b) {
+  OpIn r = in;
+  r.f = apd::row_filter(in.f, b);
+  r.w = apd::row_mixture_weight(in.w, in.w_rows, b);
+  r.w_rows = nullptr;
+  return r;
+}
+
+// Random per-row knobs: each knob is per row with probability 0.6 (at least one is), with mixes
+// of T = 0 beside T > 0, top_k 0 / 1 / small / V - 1 / >= V, top_p 1 / small / 0.9, w 0 / 1 /
+// between; a replaced scalar holds an invalid value (it must be ignored).
+static void run_rows_case(apd_dtype dt, apd_dtype dta, int64_t B, int64_t K, int64_t V, int noise_mode, int sms,
+                          const std::string& kind, bool use_vl, int l2_choice) {
+  const int l2s[4] = {0, 2048, 64 << 10, 50 << 20};
+  emu::g_sm_count = sms;
+  emu::g_l2_bytes = l2s[l2_choice];
+  int sms_idx = 0;
+  const int sms_choices[4] = {1, 3, 8, 132};
+  while (sms_idx < 3 && sms_choices[sms_idx] != sms) ++sms_idx;
+  emu::g_device = 16 + sms_idx * 4 + l2_choice;
+  RowKnobs rk;
+  bool on[4];
+  do {
+    for (bool& x : on) x = urand() < 0.6;
+  } while (!(on[0] || on[1] || on[2] || on[3]));
+  const double Ts[] = {0.0, 0.0, 1.0, 0.7, 2.5};
+  const int64_t ks[] = {0, 0, 1, 5, 50, V - 1, V, V + 5};
+  const double ps[] = {1.0, 1.0, 0.5, 0.9, 1e-6};
+  const double wts[] = {0.0, 1.0, 0.3, 0.5, 0.9};
+  double T = Ts[irand(0, 4)], topp = ps[irand(0, 4)], w = wts[irand(0, 4)];
+  int64_t topk = std::max<int64_t>(0, ks[irand(0, 7)]);
+  for (int64_t b = 0; b < B; ++b) {
+    if (on[0]) rk.T.push_back(Ts[irand(0, 4)]);
+    if (on[1]) rk.k.push_back(std::max<int64_t>(0, ks[irand(0, 7)]));
+    if (on[2]) rk.p.push_back(ps[irand(0, 4)]);
+    if (on[3]) rk.w.push_back(wts[irand(0, 4)]);
+  }
+  if (on[0]) T = -3.0;
+  if (on[1]) topk = -2;
+  if (on[2]) topp = 7.0;
+  if (on[3]) w = NAN;
+  const bool gt = urand() < 0.2;
+  char desc[512];
+  snprintf(desc, sizeof desc, "ROWS %s/%s B=%ld K=%ld V=%ld rows(T,k,p,w)=%d%d%d%d gt=%d noise=%d sms=%d l2=%d kind=%s vl=%d",
+           dn(dt), dn(dta), (long)B, (long)K, (long)V, on[0], on[1], on[2], on[3], (int)gt, noise_mode, sms,
+           l2s[l2_choice], kind.c_str(), (int)use_vl);
+  std::string d = desc;
+  for (int64_t b = 0; b < B; ++b) {
+    char kb[160];
+    snprintf(kb, sizeof kb, " [b%ld T=%g k=%ld p=%g w=%g]", (long)b, on[0] ? rk.T[b] : T, (long)(on[1] ? rk.k[b] : topk),
+             on[2] ? rk.p[b] : topp, on[3] ? rk.w[b] : w);
+    d += kb;
+  }
+  Logits D(dt, B, K, V, irand(0, 1) ? 0 : irand(1, 9), irand(0, 1) ? 0 : irand(1, 7), kind);
+  Logits A(dta, B, K, V, 1, 1, kind == "allneg" ? "normal" : kind);
+  Noise nz;
+  make_noise(nz, B, K, V, noise_mode);
+  const size_t wsb = apd_workspace_bytes(B, K, V);
+  Buf ws(wsb + 64);
+  unsigned char* wsp = ws.p + irand(0, 3) * 8;
+  std::vector<int64_t> vl(B);
+  for (auto& x : vl) x = irand(-1, K + 1);
+
+  OpIn in{};
+  in.D = D.l; in.A = A.l; in.B = B; in.K = K; in.V = V;
+  in.f = make_filter(T, topk, topp, &rk);
+  in.w = w; in.w_rows = w_rows_of(&rk); in.gt = gt; in.noise = nz.n; in.vl = use_vl ? vl.data() : nullptr;
+  // Drafts: the CPU drafts (from a first CPU call), a few replaced.
+  const int64_t dsb = K + 1;
+  std::vector<int64_t> draft(B * dsb, 0);
+  in.draft = draft.data(); in.dsb = dsb;
+  const OpOut first = full_ops(in, false, wsp, wsb);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < K; ++i) {
+      const double q = urand();
+      draft[b * dsb + i] = q < 0.05 ? -1 : q < 0.1 ? irand(0, V - 1) : first.tok[b * K + i];
+    }
+  const bool one_split = V <= 2048;  // every plan has one split: row-alone values bit for bit
+  {
+    const OpOut c = full_ops(in, false, wsp, wsb), g = full_ops(in, true, wsp, wsb);
+    compare_ops(c, 0, g, 0, B, K, false, false, "cpu vs cuda " + d);
+    const int64_t b = irand(0, B - 1);
+    const OpOut s = full_ops(all_rows_like(in, b), true, wsp, wsb);
+    compare_ops(g, b, s, b, 1, K, false, true, "cuda mixed vs cuda scalar batch b=" + std::to_string(b) + " " + d);
+    const OpOut a = full_ops(row_alone(in, b), true, wsp, wsb);
+    compare_ops(g, b, a, 0, 1, K, false, one_split, "cuda mixed vs cuda row alone b=" + std::to_string(b) + " " + d);
+  }
+  // Partial ops: a slice offset, given thresholds sometimes, global drafts.
+  {
+    OpIn pin = in;
+    const double r = urand();
+    pin.off = r < 0.3 ? 0 : r < 0.9 ? 4 * irand(1, 70) : (int64_t{1} << 33) + 4 * irand(0, 9);
+    std::vector<float> thr(B * K);
+    for (auto& t : thr) {
+      const double q = urand();
+      t = q < 0.1 ? -INFINITY : q < 0.15 ? INFINITY : (float)(0.5 * irand(-4, 6));
+    }
+    pin.thr = urand() < 0.3 ? thr.data() : nullptr;
+    std::vector<int64_t> gdraft(B * dsb);
+    for (int64_t e = 0; e < B * dsb; ++e) gdraft[e] = draft[e] < 0 ? -1 : pin.off + draft[e];
+    pin.draft = gdraft.data();
+    const std::string pd = " off=" + std::to_string(pin.off) + " thr=" + std::to_string(pin.thr != nullptr) + " " + d;
+    const OpOut c = partial_ops(pin, false, wsp, wsb), g = partial_ops(pin, true, wsp, wsb);
+    compare_ops(c, 0, g, 0, B, K, true, false, "partial cpu vs cuda" + pd);
+    const int64_t b = irand(0, B - 1);
+    const OpOut s = partial_ops(all_rows_like(pin, b), true, wsp, wsb);
+    compare_ops(g, b, s, b, 1, K, true, true, "partial cuda mixed vs cuda scalar batch b=" + std::to_string(b) + pd);
+    const OpOut a = partial_ops(row_alone(pin, b), true, wsp, wsb);
+    compare_ops(g, b, a, 0, 1, K, true, one_split, "partial cuda mixed vs cuda row alone b=" + std::to_string(b) + pd);
+  }
+  delete nz.ubuf;
+}
+
+// Out-of-range per-row values (device memory: unchecked by the CUDA entry points): the calls
+// return APD_OK, never read outside the rows, and still produce tokens inside the vocabulary for
+// every row.
+static void rows_robustness_checks() {
+  const int64_t B = 6, K = 2, V = 37;
+  emu::g_sm_count = 3;
+  emu::g_l2_bytes = 0;
+  emu::g_device = 40;
+  Logits D(APD_BFLOAT16, B, K, V, 0, 0, "normal"), A(APD_FLOAT32, B, K, V, 0, 0, "normal");
+  Noise nz;
+  make_noise(nz, B, K, V, 1);
+  std::vector<double> T = {-1.0, NAN, 1e-300, INFINITY, 0.5, 0.0};
+  std::vector<int64_t> k = {-5, V, INT64_MAX, INT64_MIN, 3, 0};
+  std::vector<double> p = {0.0, -1.0, NAN, 2.0, -INFINITY, 0.5};
+  std::vector<double> w = {-1.0, 2.0, NAN, INFINITY, -1e300, 0.5};
+  OpIn in{};
+  in.D = D.l; in.A = A.l; in.B = B; in.K = K; in.V = V;
+  in.f = apd_filter{};
+  in.f.temperature_rows = T.data(); in.f.top_k_rows = k.data(); in.f.top_p_rows = p.data();
+  in.w_rows = w.data(); in.noise = nz.n;
+  std::vector<int64_t> draft(B * K, 3);
+  in.draft = draft.data(); in.dsb = K;
+  const size_t wsb = apd_workspace_bytes(B, K, V);
+  Buf ws(wsb);
+  for (int partial = 0; partial < 2; ++partial) {
+    const OpOut g = partial ? partial_ops(in, true, ws.p, wsb) : full_ops(in, true, ws.p, wsb);
+    ++checks;
+    if (g.sd != APD_OK || g.sm != APD_OK) { fail("status of out-of-range per-row knobs"); continue; }
+    for (int64_t r = 0; r < B * K; ++r)
+      if (g.tok[r] < 0 || g.tok[r] >= V || g.tgt[r] < 0 || g.tgt[r] >= V)
+        fail("out-of-range per-row knobs: token outside the vocabulary at r=" + std::to_string(r));
+    // The CPU entry points check host memory and refuse the same values.
+    ++checks;
+    const OpOut c = partial ? partial_ops(in, false, ws.p, wsb) : full_ops(in, false, ws.p, wsb);
+    if (c.sd != APD_ERROR_INVALID_ARGUMENT || c.sm != APD_ERROR_INVALID_ARGUMENT) fail("CPU accepted out-of-range per-row knobs");
+  }
+  delete nz.ubuf;
+}
+
 // Argument and workspace errors of the CUDA entry points.
 static void status_checks() {
   std::vector<uint16_t> D(4 * 100, 0);
@@ -408,6 +732,17 @@ int main(int argc, char** argv) {
              true, c % 2, c % 3, 1 + (c & 1));
   }
   if (emu::g_filter_looped == 0) fail("no filter launch had fewer blocks than rows");
+  // Per-row knobs: random mixes (a quarter as many cases, at least 8), then out-of-range values.
+  const int nrows = std::max(8, n / 4);
+  for (int c = 0; c < nrows; ++c) {
+    const apd_dtype dt = dts[irand(0, 2)];
+    const apd_dtype dta = urand() < 0.6 ? dt : dts[irand(0, 2)];
+    const int64_t V = Vs[irand(2, 9)];
+    const std::string kind = urand() < 0.05 ? "allneg" : kinds[irand(0, 4)];
+    run_rows_case(dt, dta, irand(2, 4), irand(1, 4), V, (int)irand(0, 4), std::vector<int>{1, 3, 8, 132}[irand(0, 3)],
+                  kind, urand() < 0.5, (int)irand(0, 3));
+  }
+  rows_robustness_checks();
   printf("%d checks, %d failures, %ld launches (filter: %ld, %ld with several rows per block)\n", checks, failures,
          emu::g_launches, emu::g_filter_launches, emu::g_filter_looped);
   return failures != 0;
