@@ -249,8 +249,10 @@ def sample_draft(
             Per-row knobs: temperature, top_k and top_p may each be a [B] tensor on the logits'
             device (float32 or float64; int64 for top_k) instead of a scalar, so that one batch
             mixes requests' settings (greedy beside sampled rows, filtered beside unfiltered).
-            Row b's outputs equal, bit for bit, this call on row b alone with row b's values as
-            Python scalars (float32 values are widened to float64 exactly). Shape, dtype and device
+            Row b's outputs equal, bit for bit, this call with row b's values as Python scalars
+            (float32 values are widened to float64 exactly), on row b alone too except that the
+            CUDA kernels' log-probs can differ in the last bits between batch shapes (they split
+            vocabulary rows by B * K); tokens and accepted counts are exact everywhere. Shape, dtype and device
             are checked always, values only for CPU tensors (the error names the row): a CUDA
             tensor is read inside the kernels (CUDA-graph safe, no host sync) and an out-of-range
             value there gives unspecified tokens for its row.

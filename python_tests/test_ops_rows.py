@@ -70,9 +70,20 @@ def _case(case, i: int, device):
     return D, A, knobs, seeds, u, valid, greedy_target
 
 
+def _same_row(got: torch.Tensor, want: torch.Tensor, name: str, alone: bool) -> bool:
+    """Row outputs equal. Against a call on the row alone, the CUDA kernels' log-probs may differ in
+    the last bits: they split each vocabulary row across blocks by the number of rows (B * K), and
+    merge the splits' log-sum-exps in that order; tokens, targets and accepted counts stay exact."""
+    if alone and name == "cuda" and got.dtype.is_floating_point:
+        return torch.allclose(got, want, atol=1e-5, rtol=1e-6, equal_nan=True)
+    return _same(got, want)
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("i", range(len(CASES)))
 def test_mixed_rows_equal_single_row_calls(name, i):
+    """Row b of the mixed call against the scalar op with row b's knobs, run on row b alone and on
+    the whole batch (the same shapes: bit for bit on every backend)."""
     device = backend_device(name)
     D, A, knobs, seeds, u, valid, greedy_target = _case(CASES[i], i, device)
     B = D.shape[0]
@@ -84,14 +95,21 @@ def test_mixed_rows_equal_single_row_calls(name, i):
     for b in range(B):
         one = _row(knobs, b)
         w = one.pop("mixture_weight")
-        rng_b = dict(seed=seeds[b:b + 1], offset=3, noise=None if u is None else u[b:b + 1])
-        t1, l1 = apd_ext.sample_draft(D[b:b + 1], backend=name, **one, **rng_b)
-        assert _same(t1, tokens[b:b + 1]) and _same(l1, logp[b:b + 1]), f"row {b} {one}: draft differs"
-        o1 = apd_ext.mixture_accept(D[b:b + 1], A[b:b + 1], tokens[b:b + 1], mixture_weight=w,
-                                    valid_lengths=None if valid is None else valid[b:b + 1],
-                                    greedy_target=greedy_target, backend=name, **one, **rng_b)
-        for j, (got, want) in enumerate(zip(out, o1)):
-            assert _same(got[b:b + 1], want), f"row {b} {one} w={w}: output {j} differs: {got[b:b + 1]} vs {want}"
+        rows = slice(b, b + 1)
+        for alone in (True, False):
+            sel = rows if alone else slice(None)
+            rng_b = dict(seed=seeds[sel], offset=3, noise=None if u is None else u[sel])
+            t1, l1 = apd_ext.sample_draft(D[sel], backend=name, **one, **rng_b)
+            t1, l1 = (t1, l1) if alone else (t1[rows], l1[rows])
+            assert _same(t1, tokens[rows]), f"row {b} {one} alone={alone}: draft tokens differ"
+            assert _same_row(l1, logp[rows], name, alone), f"row {b} {one} alone={alone}: draft log-probs differ"
+            o1 = apd_ext.mixture_accept(D[sel], A[sel], tokens[sel], mixture_weight=w,
+                                        valid_lengths=None if valid is None else valid[sel],
+                                        greedy_target=greedy_target, backend=name, **one, **rng_b)
+            for j, (got, want) in enumerate(zip(out, o1)):
+                want = want if alone else want[rows]
+                assert _same_row(got[rows], want, name, alone), \
+                    f"row {b} {one} w={w} alone={alone}: output {j} differs: {got[rows]} vs {want}"
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -115,11 +133,11 @@ def test_partial_ops_rows_equal_single_row_calls(name):
             tb = None if threshold is None else threshold[b:b + 1]
             t1, s1 = apd_ext.sample_draft_partial(D[b:b + 1], vocab_offset=64, threshold=tb, seed=seeds[b:b + 1],
                                                   offset=5, backend=name, **one)
-            assert _same(t1, tok[b:b + 1]) and _same(s1, st[b:b + 1]), f"row {b} {one}"
+            assert _same(t1, tok[b:b + 1]) and _same_row(s1, st[b:b + 1], name, True), f"row {b} {one}"
             g1, m1 = apd_ext.mixture_accept_partial(D[b:b + 1], A[b:b + 1], draft[b:b + 1], mixture_weight=w,
                                                     vocab_offset=64, threshold=tb, valid_lengths=valid[b:b + 1],
                                                     seed=seeds[b:b + 1], offset=5, backend=name, **one)
-            assert _same(g1, tgt[b:b + 1]) and _same(m1, mst[b:b + 1]), f"row {b} {one} w={w}"
+            assert _same(g1, tgt[b:b + 1]) and _same_row(m1, mst[b:b + 1], name, True), f"row {b} {one} w={w}"
 
 
 def test_cpu_rows_agree_with_reference_rows():
