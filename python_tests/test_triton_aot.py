@@ -104,13 +104,43 @@ def test_every_mode_of_every_dtype(listed):
     assert _values(listed["_mixture_stats_kernel"], "d_ptr", "HAS_TAU", "W_MODE") == set(
         itertools.product(dtypes, bools, weights))
 
-    filt = _values(listed["_filter_kernel"], "d_ptr", "USE_K", "USE_P", "K_BOUND", "PRUNE_P")
+    scalar_filters = [s for s in listed["_filter_kernel"] if not s["constexprs"]["ROWS"]]
+    filt = _values(scalar_filters, "d_ptr", "USE_K", "USE_P", "K_BOUND", "PRUNE_P")
     expect = set()
     for dt in dtypes:
         expect |= {(dt, True, False, kb, False) for kb in bools}  # top-k (k <= / > the chunk)
         expect |= {(dt, False, True, False, pr) for pr in bools}  # top-p (pruned or not)
         expect |= {(dt, True, True, kb, pr) for kb in bools for pr in bools}  # both
     assert filt == expect
+
+    # per-row knobs (the ROWS kernels, issue 19): per-row temperatures draft in the sampled modes
+    # (greedy rows inside), with or without a threshold, split or not, full or partial; the filter
+    # takes every row's own knobs at run time; the mixture kernels read each row's temperature and
+    # weight (W_MODE then unused, W_MIX) in every target mode
+    sampled = {philox_d, int(modes.DRAFT_UNIFORM.value)}
+    rows = [s for s in draft if s["constexprs"]["ROWS"]]
+    assert _values(rows, "d_ptr", "HAS_TAU", "NOISE", "FINAL", "STATS", "t_ptr") == (
+        set(itertools.product(dtypes, bools, sampled, bools, {False}, {"fp64"}))
+        | set(itertools.product(dtypes, bools, sampled, {True}, {True}, {"fp64"})))
+    assert _values([s for s in rows if s["constexprs"]["SHIFT_NOISE"]], "NOISE") == {(philox_d,)}
+    assert _values([s for s in rows if s["constexprs"]["NOISE"] != philox_d], "u_ptr") == {("fp32",), ("fp64",)}
+    rows = [s for s in listed["_draft_finalize_kernel"] if s["constexprs"]["ROWS"]]
+    assert _values(rows, "d_ptr", "HAS_TAU", "STATS") == set(itertools.product(dtypes, {True}, bools))
+    rows = [s for s in listed["_filter_kernel"] if s["constexprs"]["ROWS"]]
+    assert _values(rows, "d_ptr", "USE_K", "USE_P", "K_BOUND", "PRUNE_P", "t_ptr", "k_ptr", "p_ptr") == set(
+        itertools.product(dtypes, {False}, {False}, {False}, {False}, {"fp64"}, {"i64"}, {"fp64"}))
+    rows = [s for s in mix if s["constexprs"]["ROWS"]]
+    assert _values(rows, "d_ptr", "HAS_TAU", "W_MODE", "TARGET", "t_ptr", "w_ptr") == set(
+        itertools.product(dtypes, bools, {int(ma.W_MIX.value)}, targets, {"fp64"}, {"fp64"}))
+    assert _values([s for s in rows if s["constexprs"]["SHIFT_NOISE"]], "TARGET") == {(philox_t,)}
+    assert _values(rows, "d_ptr", "a_ptr") == set(itertools.product(dtypes, dtypes))
+    for name in ("_mixture_finalize_kernel", "_mixture_stats_kernel"):
+        rows = [s for s in listed[name] if s["constexprs"]["ROWS"]]
+        assert _values(rows, "d_ptr", "HAS_TAU", "W_MODE") == set(
+            itertools.product(dtypes, bools, {int(ma.W_MIX.value)}))
+    # the scalar kernels never see a per-row knob's pointer (float32 dummies)
+    for name in ("_draft_partial_kernel", "_mixture_partial_kernel", "_filter_kernel"):
+        assert _values([s for s in listed[name] if not s["constexprs"]["ROWS"]], "t_ptr") == {("fp32",)}
 
     # the odd shapes: an unaligned vocabulary and misaligned rows reach the compiler too
     assert any("div16=" in s["desc"] and "d_sk" not in s["desc"].split("div16=")[1] for s in mix)

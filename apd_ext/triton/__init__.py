@@ -15,9 +15,18 @@ and the vocabulary-parallel partial ops over a slice of global tokens [vocab_off
                            valid_lengths, filt, noise, threshold)
         -> target_tokens int64 [B, K] (global ids), stats float32 [B, K, 10] (backends.MIXTURE_STATS)
 
+Per-row knobs (issue 19): temperature, top_k, top_p (Filter fields) and mixture_weight may each be
+a Python scalar or a per-row [B] tensor on the logits' device (float64; int64 for top_k), in any
+mix. Row b then computes, bit for bit, what the call on row b alone with row b's values as
+scalars computes: the scalar modes' kernels are unchanged, and a per-row knob selects a ROWS
+specialisation (constexpr) that reads each row's knobs on the device (1 / T rounded to float32
+from float64, w and 1 - w likewise; T = 0 rows greedy, without noise, inside a sampled launch;
+top_k 0 or >= vocab with top_p 1 unfiltered, threshold -inf). Per-row top_k / top_p always run
+the threshold pass (filter.py), which decides row by row. No knob value is read on the host.
+
 Inputs are checked by apd_ext/ops.py (the partial ops' vocab_offset and threshold shape here).
-Logit rows are read in place through their strides; seed and offset tensors are read inside the
-kernels (CUDA-graph safe); nothing syncs with the host.
+Logit rows are read in place through their strides; seed, offset and per-row knob tensors are
+read inside the kernels (CUDA-graph safe); nothing syncs with the host.
 On machines without a GPU the kernels run through Triton's interpreter (TRITON_INTERPRET=1 set
 before triton is imported) on CPU tensors.
 

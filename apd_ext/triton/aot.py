@@ -10,7 +10,9 @@ specialisation the ops can launch:
 
 1. Enumerate. The real host functions (sample_draft, mixture_accept, their vocabulary-parallel
    partial forms, compute_tau) run on a grid of options with tensors on the "meta" device, which
-   the launchers plan as on a GPU (common.META_GPU: 132 SMs, 50 MB of L2). A stand-in Triton driver reports a CUDA target of the
+   the launchers plan as on a GPU (common.META_GPU: 132 SMs, 50 MB of L2). Per-row knobs ([B]
+   temperature / top_k / top_p / mixture_weight tensors, issue 19) are meta tensors too: their ROWS
+   kernels are enumerated, and a launcher that read a knob's value on the host would fail here. A stand-in Triton driver reports a CUDA target of the
    requested architecture, and Triton's jit_cache_hook receives what Triton itself derived from
    the actual arguments (signature, constexprs, pointer/int alignment attributes, options) and
    skips the compile and the launch. Identical specialisations are recorded once.
@@ -192,6 +194,15 @@ PARTIAL_OFFSET = 151936  # vocab_offset of the partial ops' launches (a runtime 
 OFFSETS = ["int", "tensor"]
 
 
+ROWS = "rows"  # a knob of the grid given per row: a [B] meta tensor (float64; int64 for top_k)
+
+
+def _knob(value, B, dtype):
+    import torch
+
+    return torch.empty(B, dtype=dtype, device="meta") if value == ROWS else value
+
+
 def _seed_offset(kind_s, kind_o, B):
     import torch
 
@@ -229,14 +240,16 @@ def launch_grid():
                 if ndt is not None and (ks, ko) != (seeds[0], offsets[0]):
                     continue  # explicit noise: seed and offset unused
                 noise = None if ndt is None else torch.empty(B, K, Vv, dtype=ndt, device="meta")
-                filt, rng = Filter(T, tk, tp), Noise(*_seed_offset(ks, ko, B), noise)
+                filt = Filter(_knob(T, B, torch.float64), _knob(tk, B, torch.int64), _knob(tp, B, torch.float64))
+                rng = Noise(*_seed_offset(ks, ko, B), noise)
                 # the partial ops as apd_ext/parallel/vocab.py calls them: a slice at a nonzero
                 # offset, the global threshold given exactly when a filter is active
-                tau = torch.empty(B, K, device="meta") if filter_active(tk, tp, Vv) else None
+                tau = torch.empty(B, K, device="meta") if filter_active(filt.top_k, filt.top_p, Vv) else None
                 sample_draft(D, Vv, filt, rng)
                 sample_draft_partial(D, Vv, PARTIAL_OFFSET, filt, rng, tau)
                 for w, g, has_valid in itertools.product(weights, greedy, valids):
                     valid = torch.empty(B, dtype=torch.int64, device="meta") if has_valid else None
+                    w = _knob(w, B, torch.float64)
                     mixture_accept(D, A, draft, Vv, w, g, valid, filt, rng)
                     mixture_accept_partial(D, A, draft, Vv, PARTIAL_OFFSET, w, g, valid, filt, rng, tau)
                 yield f"{label} {dd}/{da} T={T} noise={ndt} top_k={tk} top_p={tp} seed={ks} offset={ko}"
@@ -250,6 +263,15 @@ def launch_grid():
     yield from calls(odd, [(bf16, bf16), (f32, f32)], [(0, 1.0), (50, 0.9)], noises, ["tensorB"], ["tensor"],
                      [0.5], [False], [True])
     yield from calls([split], mixed, [(50, 0.9)], noises[1:], ["int"], ["int"], [0.5], [False], [False])
+    # per-row knobs (the ROWS kernels): per-row temperatures (sampled modes, greedy rows inside), a
+    # per-row filter or a scalar one beside them, per-row or scalar weights; a scalar T = 0 or
+    # explicit noise beside per-row weights; then the odd shapes and mixed dtypes with fewer modes
+    rows_noises = [(ROWS, None), (ROWS, torch.float64), (ROWS, torch.float32), (0.0, None), (0.7, torch.float32)]
+    yield from calls([split, nosplit], same, [(0, 1.0), (ROWS, ROWS), (50, 0.9)], rows_noises, ["tensorB"],
+                     ["tensor"], [ROWS, 0.5], [False, True], [False, True])
+    yield from calls(odd, [(bf16, bf16), (f32, f32)], [(ROWS, ROWS)], rows_noises[:1], ["tensorB"], ["tensor"],
+                     [ROWS], [False], [True])
+    yield from calls([split], mixed, [(ROWS, ROWS)], rows_noises[:1], ["int"], ["int"], [ROWS], [False], [False])
 
 
 def enumerate_specs(archs) -> list[Spec]:

@@ -9,6 +9,8 @@ Device helpers (@triton.jit, inlined):
   group sit in one thread, so the group's reduction stays in registers).
 * ordered_key / key_to_float: the order-preserving uint32 key of a float (filter.py).
 * valid_length: a batch row's number of valid window positions.
+* row_temperature / row_weight: a batch row's per-row knobs (the ROWS specialisations), rounded
+  from float64 on the device exactly as the host rounds a scalar's.
 
 Conventions (apd_ext/reference.py is the spec): x = D * inv_T, the mixture w*D + (1-w)*A and the
 score x + g are rounded once each, as in reference.py; the kernels are launched with
@@ -115,6 +117,30 @@ def valid_length(valid_ptr, b, K, has_valid):
     if has_valid != 0:
         L = tl.minimum(tl.maximum(tl.load(valid_ptr + b), 0), K)
     return L
+
+
+@triton.jit
+def row_temperature(t_ptr, t_rows, inv_t, b, mask):
+    """(float32 1 / T, greedy) of batch row(s) b (a scalar or a vector, masked by mask): with t_rows
+    != 0 from the per-row float64 temperatures t_ptr[b] (1 / T in float64, then float32, as the host
+    computes a scalar's; 1 and greedy where T == 0), else the call's scalar inv_t, never greedy (a
+    scalar T == 0 selects the argmax modes instead). t_ptr points to float64 (a dummy when unused)."""
+    on = (t_rows != 0) & mask
+    t = tl.load(t_ptr + b, mask=on, other=1.0)
+    greedy = on & (t == 0.0)
+    return tl.where(on, (1.0 / tl.where(greedy, 1.0, t)).to(tl.float32), inv_t), greedy
+
+
+@triton.jit
+def row_weight(w_ptr, w_rows, wf, omwf, w_mode, b):
+    """(float32 w, float32 1 - w, mode) of batch row b: with w_rows != 0 from the per-row float64
+    weights w_ptr[b] (w and 1 - w rounded from float64, as the host rounds a scalar's; mode 1 when
+    w == 1, 2 when w == 0, else 0), else the call's scalars. w_ptr: float64 (a dummy when unused)."""
+    on = w_rows != 0
+    w = tl.load(w_ptr + b, mask=on, other=0.5)
+    mode = tl.where(w == 1.0, 1, tl.where(w == 0.0, 2, 0))
+    return (tl.where(on, w.to(tl.float32), wf), tl.where(on, (1.0 - w).to(tl.float32), omwf),
+            tl.where(on, mode, w_mode))
 
 
 @triton.jit
@@ -225,6 +251,22 @@ def inv_temperature(temperature: float) -> float:
     return float(torch.tensor(1.0 / temperature, dtype=torch.float32))
 
 
+def is_rows(knob) -> bool:
+    """Whether a knob (backends.Filter field, mixture_weight) is a per-row [B] tensor."""
+    return isinstance(knob, torch.Tensor)
+
+
+def rows_arg(knob, dummy: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(pointer, rows flag) of a knob for the ROWS kernels: its [B] tensor and 1, or (dummy, 0)."""
+    return (knob, 1) if is_rows(knob) else (dummy, 0)
+
+
+def f64_dummy(t: torch.Tensor) -> torch.Tensor:
+    """A float64 tensor standing for a per-row knob pointer that is not read (a view of an int64 or
+    float64 tensor, no allocation), so that the ROWS kernels keep one signature."""
+    return t if t.dtype == torch.float64 else t.view(torch.float64)
+
+
 def check_vocab_offset(vocab_offset: int) -> int:
     """The partial ops' vocab_offset as an int: the first global token id of the slice, >= 0 and a
     multiple of 4 (generated noise comes in groups of 4 entries per Philox call)."""
@@ -260,5 +302,5 @@ def noise_key_args(seed_t, seed_v: int, offset_t, offset_v: int, batch: int, dum
 # in address arithmetic or loop bounds (Triton would compile a variant for the value 1), mode
 # flags read once per program, and pointers to scalars (no vector access to align).
 NO_SPECIALIZE = ["K", "splits", "chunks_per_split", "rows", "seed_v", "seed_mode", "offset_v", "offset_mode",
-                 "has_valid", "vocab_offset"]
-NO_ALIGN = ["seed_ptr", "offset_ptr", "valid_ptr"]
+                 "has_valid", "vocab_offset", "t_rows", "w_rows", "w_mode"]
+NO_ALIGN = ["seed_ptr", "offset_ptr", "valid_ptr", "t_ptr", "w_ptr"]

@@ -1,7 +1,7 @@
 """top-k / top-p threshold of each row (reference.filter_threshold), on a persistent grid.
 
-Launched only when a filter is active; tau[row] is in x = D * inv_T units and the kept set is
-x >= tau. Rows past valid_lengths (mixture_accept) are not read; their tau is unspecified.
+Launched only when a filter is active (always for per-row top_k / top_p, see below); tau[row] is in
+x = D * inv_T units and the kept set is x >= tau. Rows past valid_lengths (mixture_accept) are not read; their tau is unspecified.
 
 Method: radix select on the order-preserving uint32 key of x (-0 folded into +0, so equal floats
 have equal keys), 4 bits per pass from the top, 8 passes per phase. This is the CUDA backend's
@@ -23,6 +23,14 @@ see below); most chunks are skipped:
   (1 - top_p) Z / e), so they are ignored and their chunks skipped, like top-k's (only when
   1 - top_p >= 1e-3, far above the rounding of the sums).
 tau = +inf when Kset is empty (every x = -inf) or M = +inf (the reference's NaN probabilities).
+
+Per-row knobs (constexpr ROWS): any per-row temperature / top_k / top_p tensor runs the kernel with
+each row's own values read on the device, and with the switches that a scalar call would fix as
+constexprs (top-k, top-p, the top-k lane bound, top-p pruning) decided per row at run time, from
+the same values the host would use (top_p compared in float64, its mass target in float32): the
+same code behind scalar branches, so each row's tau is the scalar call's. A row without an active
+filter (top_k 0 or >= vocab, top_p 1) is not read and gets -inf. Pass 0 then always keeps the lane
+log-sum-exps (which only top-p without top-k reads), rather than branch in the pipelined loop.
 
 Rows in flight and L2. Only pass 0 should read a row from HBM; the 7-15 later passes should find
 it in L2, which holds only while the rows being filtered at once fit in it. One program per row
@@ -51,7 +59,8 @@ import triton
 import triton.language as tl
 
 from apd_ext.triton.common import (
-    NO_ALIGN, NO_SPECIALIZE, gpu_props, key_to_float, lse_add, lse_finish, on_gpu, ordered_key, valid_length,
+    NO_ALIGN, NO_SPECIALIZE, f64_dummy, gpu_props, key_to_float, lse_add, lse_finish, on_gpu, ordered_key,
+    row_temperature, rows_arg, valid_length,
 )
 from apd_ext.triton.noise import NEG_INF, POS_INF
 
@@ -115,10 +124,12 @@ def _kth_largest_key(keys, k):
 
 
 @triton.jit
-def _filter_row(row_ptr, V, inv_t, top_k, top_p, log_prune, cm_ptr, nch,
-                USE_K: tl.constexpr, USE_P: tl.constexpr, K_BOUND: tl.constexpr, PRUNE_P: tl.constexpr,
-                BLOCK_F: tl.constexpr):
-    """tau of one row (all threads of the program); cm_ptr: nch int32 of workspace."""
+def _filter_row(row_ptr, V, inv_t, top_k, top_p, log_prune, cm_ptr, nch, USE_K, USE_P, K_BOUND, PRUNE_P,
+                LANE_LSE: tl.constexpr, BLOCK_F: tl.constexpr):
+    """tau of one row (all threads of the program); cm_ptr: nch int32 of workspace. USE_K, USE_P,
+    K_BOUND, PRUNE_P: constexprs (a scalar filter's specialisation) or the row's runtime flags (a
+    per-row filter: the same code behind scalar branches, so the same tau). LANE_LSE: pass 0 keeps
+    the lane log-sum-exps (top-p without top-k reads them)."""
     bins = tl.arange(0, 16)
 
     # Pass 0: chunk maxima, lane maxima (and lane log-sum-exp for top-p without top-k).
@@ -129,7 +140,7 @@ def _filter_row(row_ptr, V, inv_t, top_k, top_p, log_prune, cm_ptr, nch,
         x, key, msk = _row_keys(row_ptr, c, V, inv_t, BLOCK_F)
         lane_max = tl.maximum(lane_max, key)
         tl.store(cm_ptr + c, tl.max(key).to(tl.int32, bitcast=True))
-        if USE_P and not USE_K:
+        if LANE_LSE:
             lm, ls = lse_add(lm, ls, x)
     max_key = tl.max(lane_max)
 
@@ -197,14 +208,20 @@ def _filter_row(row_ptr, V, inv_t, top_k, top_p, log_prune, cm_ptr, nch,
     return tau
 
 
-@triton.jit(do_not_specialize=NO_SPECIALIZE + ["top_k", "nch"], do_not_specialize_on_alignment=NO_ALIGN)
+@triton.jit(do_not_specialize=NO_SPECIALIZE + ["top_k", "nch", "k_rows", "p_rows"],
+            do_not_specialize_on_alignment=NO_ALIGN + ["k_ptr", "p_ptr"])
 def _filter_kernel(
     d_ptr, d_sb, d_sk, K, V, rows, valid_ptr, has_valid, inv_t, top_k, top_p, log_prune, tau_ptr, cmax_ptr,
-    nch,
+    nch, t_ptr, t_rows, k_ptr, k_rows, p_ptr, p_rows, top_p64: tl.float64,
     USE_K: tl.constexpr, USE_P: tl.constexpr, K_BOUND: tl.constexpr, PRUNE_P: tl.constexpr,
-    BLOCK_F: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """Persistent grid: program p takes rows p, p + programs, ... (see the module docstring)."""
+    """Persistent grid: program p takes rows p, p + programs, ... (see the module docstring).
+
+    ROWS (per-row knobs): batch row b's temperature, top_k and top_p come from t_ptr[b] (float64),
+    k_ptr[b] (int64) and p_ptr[b] (float64) where t_rows / k_rows / p_rows != 0, else from the
+    scalars (top_p64: top_p in float64); the filter's switches are then the row's runtime values,
+    decided as the host decides a scalar call's, and a row without an active filter gets -inf."""
     pid = tl.program_id(0)
     cm_ptr = cmax_ptr + pid.to(tl.int64) * nch  # this program's chunk maxima, reused row after row
     for row in range(pid, rows, tl.num_programs(0)):
@@ -212,8 +229,26 @@ def _filter_kernel(
         i = row - b * K
         if i < valid_length(valid_ptr, b, K, has_valid):
             row_ptr = d_ptr + b.to(tl.int64) * d_sb + i.to(tl.int64) * d_sk
-            tau = _filter_row(row_ptr, V, inv_t, top_k, top_p, log_prune, cm_ptr, nch,
-                              USE_K, USE_P, K_BOUND, PRUNE_P, BLOCK_F)
+            if ROWS:
+                inv, _ = row_temperature(t_ptr, t_rows, inv_t, b, True)
+                k = tl.full((), 0, tl.int64) + top_k
+                if k_rows != 0:
+                    k = tl.load(k_ptr + b)
+                p = top_p64
+                if p_rows != 0:
+                    p = tl.load(p_ptr + b)
+                use_k = (k > 0) & (k < V)
+                use_p = p < 1.0
+                prune = use_p & (1.0 - p >= 1e-3)
+                lp = tl.where(prune, tl.log(tl.where(prune, (1.0 - p) / V, 1.0)) - 1.0, 0.0).to(tl.float32)
+                tau = tl.full((), NEG_INF, tl.float32)
+                if use_k | use_p:
+                    # top_p as a scalar call passes it: rounded to float32
+                    tau = _filter_row(row_ptr, V, inv, k, p.to(tl.float32), lp, cm_ptr, nch, use_k, use_p,
+                                      use_k & (k <= BLOCK_F), prune, True, BLOCK_F)
+            else:
+                tau = _filter_row(row_ptr, V, inv_t, top_k, top_p, log_prune, cm_ptr, nch,
+                                  USE_K, USE_P, K_BOUND, PRUNE_P, USE_P and not USE_K, BLOCK_F)
             tl.store(tau_ptr + row, tau)
         tl.debug_barrier()  # every thread is done with cm_ptr before the next row rewrites it
 
@@ -229,13 +264,19 @@ def filter_programs(rows: int, row_bytes: int, l2_bytes: int) -> int:
 _INTERPRETER_L2_ROWS = 3
 
 
-def compute_tau(dllm: torch.Tensor, vocab: int, inv_t: float, top_k: int, top_p: float,
-                valid_lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 [B * K] thresholds of the rows of dllm (only call when modes.filter_active)."""
+def compute_tau(dllm: torch.Tensor, vocab: int, inv_t: float, top_k, top_p,
+                valid_lengths: torch.Tensor | None = None, temperature=None) -> torch.Tensor:
+    """float32 [B * K] thresholds of the rows of dllm (only call when modes.filter_active).
+
+    top_k / top_p: scalars, or per-row [B] tensors (int64 / float64); temperature: None (inv_t is
+    the call's float32 1 / T) or a per-row float64 [B] tensor. Any per-row knob selects the ROWS
+    kernel: every row is filtered with its own values, exactly as a scalar call on it (a row whose
+    top_k is 0 or >= vocab and top_p 1 gets -inf, read nothing)."""
     B, K, _ = dllm.shape
     rows = B * K
-    use_k = 0 < top_k < vocab
-    use_p = top_p < 1.0
+    per_row = any(isinstance(x, torch.Tensor) for x in (top_k, top_p, temperature))
+    use_k = not per_row and 0 < top_k < vocab
+    use_p = not per_row and top_p < 1.0
     row_bytes = vocab * dllm.element_size()
     if on_gpu(dllm.device):
         # 1024 entries per chunk, 16 warps (2 entries per thread): see the module docstring.
@@ -253,10 +294,21 @@ def compute_tau(dllm: torch.Tensor, vocab: int, inv_t: float, top_k: int, top_p:
     has_valid = valid_lengths is not None
     if not has_valid:  # an int64 pointer all the same (one kernel specialisation for both cases)
         valid_lengths = torch.empty(1, dtype=torch.int64, device=dllm.device)
+    if per_row:  # the scalars beside per-row tensors: the values the kernel reads for them
+        f64 = f64_dummy(valid_lengths)
+        t_ptr, t_rows = rows_arg(temperature, f64)
+        k_ptr, k_rows = rows_arg(top_k, valid_lengths)
+        p_ptr, p_rows = rows_arg(top_p, f64)
+        k_val = 0 if k_rows else int(top_k)
+        p_val = 1.0 if p_rows else float(top_p)
+    else:  # the scalar kernel reads none of these (float32 pointers, as every scalar call passes)
+        t_ptr, t_rows, k_ptr, k_rows, p_ptr, p_rows = tau, 0, valid_lengths, 0, tau, 0
+        k_val, p_val = int(top_k), float(top_p)
     _filter_kernel[(programs,)](
         dllm, dllm.stride(0), dllm.stride(1), K, vocab, rows, valid_lengths,
-        int(has_valid), inv_t, int(top_k), float(top_p), log_prune, tau, cmax, nch,
-        USE_K=use_k, USE_P=use_p, K_BOUND=use_k and top_k <= block_f, PRUNE_P=prune, BLOCK_F=block_f,
-        num_warps=num_warps, maxnreg=maxnreg, enable_fp_fusion=False,
+        int(has_valid), inv_t, k_val, p_val, log_prune, tau, cmax, nch,
+        t_ptr, t_rows, k_ptr, k_rows, p_ptr, p_rows, p_val,
+        USE_K=use_k, USE_P=use_p, K_BOUND=use_k and top_k <= block_f, PRUNE_P=prune, ROWS=per_row,
+        BLOCK_F=block_f, num_warps=num_warps, maxnreg=maxnreg, enable_fp_fusion=False,
     )
     return tau

@@ -17,6 +17,11 @@ at the end. On a GPU: BLOCK_G = 256, 8 warps, one group per thread per chunk (co
 splits == 1: it writes the outputs itself; else it writes a partial state and
 _draft_finalize_kernel merges the splits of each row in split order.
 
+Per-row temperatures (constexpr ROWS, with a sampled NOISE mode): each program reads its batch
+row's T (float64) and takes inv_T = float32(1 / T), as the host rounds a scalar's; a row with
+T = 0 takes the plain argmax of x (no noise read, no Philox calls), exactly as DRAFT_ARGMAX, so a
+batch mixes greedy and sampled rows. Per-row top_k / top_p only change the thresholds (filter.py).
+
 Noise skipping (generated noise only): every generated g is < GUMBEL_MAX, so when a chunk's
 largest candidate value t satisfies t + GUMBEL_MAX <= the best score already seen at a lower
 index (by this program), no entry of the chunk can become the first argmax and its Philox calls
@@ -31,8 +36,9 @@ import triton
 import triton.language as tl
 
 from apd_ext.triton.common import (
-    NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, check_vocab_offset, inv_temperature, load_row_block,
-    lse_add, lse_finish, lse_merge, log_prob, noise_key_args, row_config, slice_threshold, split_plan,
+    NO_ALIGN, NO_SPECIALIZE, argmax_finish, argmax_update, check_vocab_offset, inv_temperature, is_rows,
+    load_row_block, lse_add, lse_finish, lse_merge, log_prob, noise_key_args, row_config, row_temperature,
+    slice_threshold, split_plan,
 )
 from apd_ext.triton.filter import compute_tau
 from apd_ext.triton.modes import DRAFT_ARGMAX, DRAFT_PHILOX, DRAFT_UNIFORM, draft_mode, filter_active
@@ -56,12 +62,14 @@ def _store_stats(stats_ptr, row, score, lse_max, lse_sum, value, mask=None):
 def _draft_partial_kernel(
     d_ptr, d_sb, d_sk, K, V, splits, chunks_per_split, inv_t, tau_ptr,
     seed_ptr, seed_v: tl.int64, seed_mode, offset_ptr, offset_v: tl.int64, offset_mode, u_ptr, u_sb, u_sk,
-    part_f_ptr, part_i_ptr, tok_ptr, lp_ptr, stats_ptr, vocab_offset,
+    part_f_ptr, part_i_ptr, tok_ptr, lp_ptr, stats_ptr, vocab_offset, t_ptr,
     HAS_TAU: tl.constexpr, NOISE: tl.constexpr, FINAL: tl.constexpr, STATS: tl.constexpr,
-    SHIFT_NOISE: tl.constexpr, BLOCK_G: tl.constexpr,
+    SHIFT_NOISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     """Program (row, split). FINAL (splits == 1): writes token and log-prob, or with STATS the
-    global token and the stats; else the partial state (max, sum, score; index) of its range."""
+    global token and the stats; else the partial state (max, sum, score; index) of its range.
+    ROWS (per-row temperatures, a sampled NOISE mode): inv_t is batch row b's (t_ptr: float64 [B]),
+    and a row whose T is 0 takes the argmax of x without noise, as DRAFT_ARGMAX would."""
     BLOCK_V: tl.constexpr = 4 * BLOCK_G
     pid = tl.program_id(0)
     row = pid // splits
@@ -74,6 +82,10 @@ def _draft_partial_kernel(
     tau = tl.full((), NEG_INF, tl.float32)
     if HAS_TAU:
         tau = tl.load(tau_ptr + row)
+    if ROWS:
+        inv_t, greedy = row_temperature(t_ptr, 1, inv_t, b, True)
+    else:
+        greedy = False  # a constexpr: the scalar modes' code is unchanged
     if NOISE == DRAFT_PHILOX:
         k0, k1, o0, o1 = row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode, b)
         if SHIFT_NOISE:
@@ -100,7 +112,9 @@ def _draft_partial_kernel(
         if NOISE == DRAFT_ARGMAX:
             best_s, best_i = argmax_update(best_s, best_i, x, v)
         elif NOISE == DRAFT_PHILOX:
-            if tl.max(x) + GUMBEL_MAX > bound:
+            if greedy:
+                best_s, best_i = argmax_update(best_s, best_i, x, v)
+            elif tl.max(x) + GUMBEL_MAX > bound:
                 group0 = c * BLOCK_G
                 if SHIFT_NOISE:
                     group0 = group0 + group_shift
@@ -108,6 +122,8 @@ def _draft_partial_kernel(
                 score = x + g
                 best_s, best_i = argmax_update(best_s, best_i, score, v)
                 bound = tl.maximum(bound, tl.max(score))
+        elif greedy:
+            best_s, best_i = argmax_update(best_s, best_i, x, v)
         else:
             u = tl.load(u_row + v, mask=msk, other=0.5)
             score = tl.where(x > NEG_INF, x + gumbel_from_explicit(u), NEG_INF)
@@ -133,13 +149,14 @@ def _draft_partial_kernel(
         tl.store(part_i_ptr + pid, bi)
 
 
-@triton.jit(do_not_specialize=NO_SPECIALIZE)
+@triton.jit(do_not_specialize=NO_SPECIALIZE, do_not_specialize_on_alignment=["t_ptr"])
 def _draft_finalize_kernel(
     part_f_ptr, part_i_ptr, splits, rows, d_ptr, d_sb, d_sk, K, inv_t, tau_ptr, tok_ptr, lp_ptr,
-    stats_ptr, vocab_offset,
-    HAS_TAU: tl.constexpr, STATS: tl.constexpr, BLOCK_R: tl.constexpr,
+    stats_ptr, vocab_offset, t_ptr,
+    HAS_TAU: tl.constexpr, STATS: tl.constexpr, ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """Merges the splits of BLOCK_R rows in split order; writes what the FINAL programs write."""
+    """Merges the splits of BLOCK_R rows in split order; writes what the FINAL programs write.
+    ROWS (per-row temperatures with a threshold): each row's inv_t from t_ptr (float64 [B])."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = r < rows
     lm = tl.full([BLOCK_R], NEG_INF, tl.float32)
@@ -163,7 +180,11 @@ def _draft_finalize_kernel(
     dt = tl.where(dt == dt, dt, NEG_INF)
     if HAS_TAU:
         tau = tl.load(tau_ptr + r, mask=rm, other=NEG_INF)
-        dt = tl.where(dt * inv_t >= tau, dt, NEG_INF)
+        if ROWS:
+            inv_r, _ = row_temperature(t_ptr, 1, inv_t, b, rm)
+            dt = tl.where(dt * inv_r >= tau, dt, NEG_INF)
+        else:
+            dt = tl.where(dt * inv_t >= tau, dt, NEG_INF)
     if STATS:
         tl.store(tok_ptr + r, bi.to(tl.int64) + vocab_offset, mask=rm)
         _store_stats(stats_ptr, r, bs, lm, ls, dt, rm)
@@ -196,15 +217,18 @@ def _launch(dllm, vocab, filt, rng, threshold, vocab_offset, partial):
     B, K, _ = dllm.shape
     rows = B * K
     dev = dllm.device
-    inv_t = inv_temperature(temperature)
+    t_rows = is_rows(temperature)  # per-row temperatures: the ROWS kernels (a sampled mode)
+    inv_t = 1.0 if t_rows else inv_temperature(temperature)
     tokens = torch.empty(B, K, dtype=torch.int64, device=dev)
     out = torch.empty((B, K, NSTATS.value) if partial else (B, K), dtype=torch.float32, device=dev)
     if threshold is not None:
         has_tau, tau = True, threshold
     else:
         has_tau = filter_active(top_k, top_p, vocab)
-        tau = compute_tau(dllm, vocab, inv_t, top_k, top_p) if has_tau else out
+        tau = compute_tau(dllm, vocab, inv_t, top_k, top_p, temperature=temperature if t_rows else None) \
+            if has_tau else out
     mode = draft_mode(temperature, noise is not None)
+    t_ptr = temperature if t_rows else out  # float32 in the scalar kernels, which never read it
     key_args = noise_key_args(seed_t, seed_v, offset_t, offset_v, B, tokens, used=mode == DRAFT_PHILOX.value)
     explicit = mode == DRAFT_UNIFORM.value
     u = noise if explicit else out
@@ -221,15 +245,16 @@ def _launch(dllm, vocab, filt, rng, threshold, vocab_offset, partial):
         part_i = torch.empty(rows * splits, dtype=torch.int32, device=dev)
     _draft_partial_kernel[(rows * splits,)](
         dllm, dllm.stride(0), dllm.stride(1), K, vocab, splits, cps, inv_t, tau,
-        *key_args, u, u_sb, u_sk, part_f, part_i, tokens, out, out, vocab_offset,
+        *key_args, u, u_sb, u_sk, part_f, part_i, tokens, out, out, vocab_offset, t_ptr,
         HAS_TAU=has_tau, NOISE=mode, FINAL=final, STATS=partial and final, SHIFT_NOISE=shift_noise,
-        BLOCK_G=cfg.block_g, num_warps=cfg.num_warps, enable_fp_fusion=False,
+        ROWS=t_rows, BLOCK_G=cfg.block_g, num_warps=cfg.num_warps, enable_fp_fusion=False,
     )
     if not final:
         block_r = 128
         _draft_finalize_kernel[(triton.cdiv(rows, block_r),)](
             part_f, part_i, splits, rows, dllm, dllm.stride(0), dllm.stride(1), K, inv_t, tau,
-            tokens, out, out, vocab_offset, HAS_TAU=has_tau, STATS=partial, BLOCK_R=block_r, num_warps=4,
-            enable_fp_fusion=False,
+            tokens, out, out, vocab_offset, t_ptr if has_tau else out, HAS_TAU=has_tau, STATS=partial,
+            ROWS=t_rows and has_tau,
+            BLOCK_R=block_r, num_warps=4, enable_fp_fusion=False,
         )
     return tokens, out
