@@ -35,13 +35,13 @@ $(VENV)/.editable: $(VENV)/.installed setup.py pyproject.toml
 
 test: build cpp-test cuda-emu-test kernel-check pytest
 
-# Both cores (pytest-xdist, PYTEST_WORKERS processes, one test file per worker at a time so that each
-# file's module fixtures load once); every worker runs torch on one thread, so the workers do not
+# Both cores (pytest-xdist: PYTEST_WORKERS processes stealing tests from each other, so that one long
+# file does not leave a core idle); every worker runs torch on one thread, so the workers do not
 # oversubscribe the cores.
 PYTEST_WORKERS ?= 2
 pytest: build
 	APD_EXT_REQUIRE_EXTENSION=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=25 -n $(PYTEST_WORKERS) \
-	  --dist loadfile python_tests
+	  --dist worksteal python_tests
 
 # What the interpreter and the emulator cannot check, without a GPU: every Triton kernel
 # specialisation the launchers produce compiled for sm_80/sm_90 by Triton's compiler, and every CUDA

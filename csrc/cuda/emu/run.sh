@@ -3,7 +3,10 @@
 # fiber emulator of include/ (glibc ucontext), links the CPU backend, and runs
 #   test_skip_bounds          exactness of the noise-skipping bound
 #   test_vs_cpu [cases seed]  kernels vs CPU backend on random cases (default 150 cases)
-# Usage: csrc/cuda/emu/run.sh [cases] [seed]. Builds in a temporary directory.
+# Usage: csrc/cuda/emu/run.sh [cases] [seed]. Builds in a temporary directory. The emulator runs on
+# one core: the fixed checks run in one process and the random cases are split over EMU_JOBS more
+# (default: the cores, at most 4; shard j uses seed + j), all at once; every process's output is
+# printed, and any failure fails the run.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 CSRC="$(cd "$HERE/../.." && pwd)"
@@ -20,4 +23,24 @@ for f in "$CSRC"/cpu/*.cpp; do "$CXX" -std=c++17 -O2 -ffp-contract=off -I"$CSRC/
 "$CXX" "${FL[@]}" -mf16c "$HERE/test_vs_cpu.cpp" "$OUT"/emu_launch.o "$OUT"/capi.o "$OUT"/cpu_*.o "$OUT"/status.o -o "$OUT/test_vs_cpu"
 "$CXX" -std=c++17 -O2 -ffp-contract=off -I"$HERE/include" -I"$CSRC/include" -I"$CSRC/cuda" "$HERE/test_skip_bounds.cpp" -o "$OUT/test_skip_bounds"
 "$OUT/test_skip_bounds"
-"$OUT/test_vs_cpu" "${1:-150}" "${2:-12345}"
+CASES="${1:-150}"
+SEED="${2:-12345}"
+JOBS="${EMU_JOBS:-$(nproc)}"
+JOBS=$(( JOBS < 1 ? 1 : JOBS > 4 ? 4 : JOBS ))
+# the fixed checks in one process, the random cases split over JOBS more (shard j: seed + j)
+"$OUT/test_vs_cpu" 0 "$SEED" fixed > "$OUT/vs_cpu_fixed.log" 2>&1 &
+pids=($!)
+names=(fixed)
+for ((j = 0; j < JOBS; j++)); do
+  "$OUT/test_vs_cpu" $(( (CASES + JOBS - 1 - j) / JOBS )) $(( SEED + j )) random > "$OUT/vs_cpu_$j.log" 2>&1 &
+  pids+=($!)
+  names+=("$j")
+done
+status=0
+for ((i = 0; i < ${#pids[@]}; i++)); do
+  wait "${pids[$i]}" || status=1
+  n="${names[$i]}"
+  if [ "$n" = fixed ]; then echo "fixed checks:"; else echo "random cases, shard $n (seed $(( SEED + n ))):"; fi
+  cat "$OUT/vs_cpu_$n.log"
+done
+exit $status
