@@ -61,12 +61,22 @@ def _knob_rows(name: str, value: torch.Tensor, batch: int | None, device: torch.
     return value.contiguous() if integer else value.to(torch.float64).contiguous()
 
 
-def _first_bad_row(name: str, rows: torch.Tensor, bad: torch.Tensor, rule: str) -> None:
-    """ValueError naming the knob, the first row where `bad` holds and its value (CPU tensors only:
-    reading a CUDA tensor is a host sync, so those values are not checked; apd.h)."""
-    if bool(bad.any()):
-        b = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{name} must be {rule}, got {rows[b].item()} in row {b}")
+def _check_rows(name: str, rows: torch.Tensor, ok, rule: str) -> None:
+    """ValueError naming the knob, the first row whose value fails ok(value) and that value; for CPU
+    tensors only (reading a CUDA tensor is a host sync, so those values are not checked; apd.h).
+    The values are read as one Python list: cheaper than tensor ops for batch-sized knobs."""
+    if rows.device.type != "cpu":
+        return
+    for b, v in enumerate(rows.tolist()):
+        if not ok(v):
+            raise ValueError(f"{name} must be {rule}, got {v} in row {b}")
+
+
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _temperature_ok(t: float) -> bool:
+    return 0.0 <= t < math.inf and (t == 0.0 or 1.0 / t <= _F32_MAX)  # NaN fails the first test
 
 
 def _check_filter(temperature, top_k, top_p, vocab: int | None = None, batch: int | None = None,
@@ -75,24 +85,19 @@ def _check_filter(temperature, top_k, top_p, vocab: int | None = None, batch: in
     not given) keeps every entry and becomes 0, so that any integer top_k reaches the backends as int64.
     Each knob may instead be a per-row [B] tensor (backends.Filter); its values are checked here
     when it lies on the CPU."""
-    f32_max = torch.finfo(torch.float32).max
     if isinstance(temperature, torch.Tensor):
         temperature = _knob_rows("temperature", temperature, batch, device, integer=False)
-        if temperature.device.type == "cpu":
-            t = temperature
-            _first_bad_row("temperature", t, ~((t >= 0) & (t < math.inf)), "finite and >= 0")
-            _first_bad_row("temperature", t, (t > 0) & (1.0 / t.clamp(min=1e-300) > f32_max),
-                           "0 (greedy) or large enough that 1/T fits float32")
+        _check_rows("temperature", temperature, _temperature_ok,
+                    "finite and >= 0, and 0 (greedy) or large enough that 1/T fits float32")
     else:
         temperature = _real("temperature", temperature)
         if not 0.0 <= temperature < math.inf:  # also rejects NaN
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-        if temperature != 0.0 and 1.0 / temperature > f32_max:
+        if temperature != 0.0 and 1.0 / temperature > _F32_MAX:
             raise ValueError(f"temperature {temperature} is too small; use 0 for greedy")
     if isinstance(top_k, torch.Tensor):
         top_k = _knob_rows("top_k", top_k, batch, device, integer=True)
-        if top_k.device.type == "cpu":
-            _first_bad_row("top_k", top_k, top_k < 0, "an integer >= 0 (0: no top-k filter)")
+        _check_rows("top_k", top_k, lambda k: k >= 0, "an integer >= 0 (0: no top-k filter)")
     else:
         top_k = _integer("top_k", top_k, "an integer >= 0 (0: no top-k filter)")
         if top_k < 0:
@@ -101,8 +106,7 @@ def _check_filter(temperature, top_k, top_p, vocab: int | None = None, batch: in
             top_k = 0
     if isinstance(top_p, torch.Tensor):
         top_p = _knob_rows("top_p", top_p, batch, device, integer=False)
-        if top_p.device.type == "cpu":
-            _first_bad_row("top_p", top_p, ~((top_p > 0) & (top_p <= 1)), "in (0, 1]")
+        _check_rows("top_p", top_p, lambda p: 0.0 < p <= 1.0, "in (0, 1]")
     else:
         top_p = _real("top_p", top_p)
         if not 0.0 < top_p <= 1.0:
@@ -115,8 +119,7 @@ def _check_mixture_weight(mixture_weight, batch: int | None = None, device: torc
     (values checked when it lies on the CPU)."""
     if isinstance(mixture_weight, torch.Tensor):
         w = _knob_rows("mixture_weight", mixture_weight, batch, device, integer=False)
-        if w.device.type == "cpu":
-            _first_bad_row("mixture_weight", w, ~((w >= 0) & (w <= 1)), "in [0, 1]")
+        _check_rows("mixture_weight", w, lambda x: 0.0 <= x <= 1.0, "in [0, 1]")
         return w
     mixture_weight = _real("mixture_weight", mixture_weight)
     if not 0.0 <= mixture_weight <= 1.0:
