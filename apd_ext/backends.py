@@ -70,7 +70,8 @@ def flat_filter(filt: Filter) -> tuple:
 
 class Noise(NamedTuple):
     """apd_noise: where the Gumbel noise comes from. seed_t is None or an int64 tensor of 1 or B
-    row seeds on the logits' device (then seed_v is unused); offset_t likewise with one value;
+    row seeds on the logits' device (then seed_v is unused); offset_t likewise: 1 offset or B row
+    offsets (each row's own step count, as a continuous-batching engine keeps them);
     uniform: None (counter-based noise of (row seed, offset, position, token)) or explicit
     [B, K, >= vocab] float32/float64 uniforms."""
 

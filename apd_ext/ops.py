@@ -155,7 +155,7 @@ def _rng(seed, offset, batch: int, device: torch.device):
         # One draw from torch's generator of this device (advancing it); no host sync on CUDA.
         seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device)
     seed_t, seed_v = _rng_arg("seed", seed, batch, device, per_row_ok=True)
-    offset_t, offset_v = _rng_arg("offset", 0 if offset is None else offset, batch, device, False)
+    offset_t, offset_v = _rng_arg("offset", 0 if offset is None else offset, batch, device, True)
     return seed_t, seed_v, offset_t, offset_v
 
 

@@ -89,16 +89,32 @@ def row_seeds(seed, batch: int, device) -> torch.Tensor:
     return s + torch.arange(batch, dtype=torch.int64, device=device)
 
 
+def row_offsets(offset, batch: int, device) -> torch.Tensor:
+    """int64 [batch] row offsets: one offset (an int or one-element tensor) for every row, or a [B]
+    tensor of per-row offsets (a continuous-batching engine's rows start their steps at different
+    times: each row's offset counts its own steps). Ints are taken modulo 2^64 (two's complement)."""
+    if isinstance(offset, torch.Tensor):
+        o = offset.to(device=device, dtype=torch.int64).reshape(-1)
+        if o.numel() == batch and batch != 1:
+            return o
+        if o.numel() != 1:
+            raise ValueError(f"offset must hold 1 or {batch} values, got {o.numel()}")
+        return o.expand(batch)
+    off = int(offset) & 0xFFFFFFFFFFFFFFFF
+    off = off - 2**64 if off >= 2**63 else off
+    return torch.full((batch,), off, dtype=torch.int64, device=device)
+
+
 def noise_uniform(seed, offset, batch: int, window: int, vocab: int, device="cpu") -> torch.Tensor:
     """float32 [batch, window, vocab] uniforms in [2^-24, 1 - 2^-24] from the counter-based generator."""
     seeds = row_seeds(seed, batch, device).view(batch, 1, 1)
-    off = int(torch.as_tensor(offset).item()) & 0xFFFFFFFFFFFFFFFF
+    off = row_offsets(offset, batch, device).view(batch, 1, 1)
     v = torch.arange(vocab, dtype=torch.int64, device=device).view(1, 1, vocab)
     i = torch.arange(window, dtype=torch.int64, device=device).view(1, window, 1)
     c0 = (v >> 2).expand(batch, window, vocab)
     c1 = i.expand(batch, window, vocab)
-    c2 = torch.full_like(c0, off & _MASK32)
-    c3 = torch.full_like(c0, off >> 32)
+    c2 = (off & _MASK32).expand_as(c0)
+    c3 = ((off >> 32) & _MASK32).expand_as(c0)
     k0 = (seeds & _MASK32).expand_as(c0)
     k1 = ((seeds >> 32) & _MASK32).expand_as(c0)
     words = torch.stack(philox4x32_10(c0, c1, c2, c3, k0, k1), dim=-1)  # [B, K, V, 4]

@@ -27,7 +27,8 @@ class State:
     # verifier): row 0 holds the logits predicting position curr (kept from the previous step, or
     # the prefill's), rows 1..R-1 the current step's verifier output (row r predicts curr + r).
     verifier_logits: torch.Tensor | None
-    offset: torch.Tensor  # int64 [1] RNG offset (= step index)
+    offset: torch.Tensor  # int64 [B] each row's RNG offset (= its step index: rows of a continuous batch
+    #                       join at different steps, apd_ext/serve/engine.py; generate's rows share it)
     seeds: torch.Tensor  # int64 [B] row seeds
     # the rows' sampling knobs (decode/inputs.py RowKnobs; the steps build the ops' Filter from them)
     temperature: torch.Tensor  # float64 [B] T (0: greedy)
@@ -52,7 +53,7 @@ class State:
         return cls(canvas=torch.empty(batch, length + 1, **i64), start=torch.empty(batch, **i64),
                    curr=torch.empty(batch, **i64), row_end=torch.empty(batch, **i64),
                    n_prev=torch.empty(batch, **i64), done=torch.empty(batch, dtype=torch.bool, device=device),
-                   verifier_logits=vl, offset=torch.empty(1, **i64), seeds=torch.empty(batch, **i64),
+                   verifier_logits=vl, offset=torch.empty(batch, **i64), seeds=torch.empty(batch, **i64),
                    temperature=torch.empty(batch, **f64), draft_temperature=torch.empty(batch, **f64),
                    top_k=torch.empty(batch, **i64), top_p=torch.empty(batch, **f64),
                    mixture_weight=torch.empty(batch, **f64))

@@ -294,7 +294,10 @@ def noise_key_args(seed_t, seed_v: int, offset_t, offset_v: int, batch: int, dum
         seed = (dummy, int(seed_v), 0)
     else:
         seed = (seed_t, 0, 2 if seed_t.numel() == batch and batch != 1 else 1)
-    offset = (dummy, int(offset_v), 0) if offset_t is None else (offset_t, 0, 1)
+    if offset_t is None:
+        offset = (dummy, int(offset_v), 0)
+    else:
+        offset = (offset_t, 0, 2 if offset_t.numel() == batch and batch != 1 else 1)
     return (*seed, *offset)
 
 

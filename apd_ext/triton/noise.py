@@ -102,7 +102,8 @@ def row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode
     """(key0, key1, counter2, counter3) uint32 scalars of batch row b: the row seed and the offset.
 
     seed_mode 0: seed_v + b; 1: seed_ptr[0] + b; 2: seed_ptr[b] (reference.row_seeds, two's
-    complement wrap). The offset is offset_ptr[0] when offset_mode == 1, else offset_v. seed_ptr and
+    complement wrap). The offset is offset_ptr[0] when offset_mode == 1, offset_ptr[b] when
+    offset_mode == 2 (per-row offsets), else offset_v. seed_ptr and
     offset_ptr point to int64 (dummies when unused). Tensors are read here, on the device, so that a
     captured CUDA graph replays with their current values. The modes are runtime values (scalar
     branches, once per program): they need no kernel specialisation of their own.
@@ -115,6 +116,8 @@ def row_noise_key(seed_ptr, seed_v, seed_mode, offset_ptr, offset_v, offset_mode
         seed = tl.load(seed_ptr + b)
     if offset_mode == 1:
         offset = tl.load(offset_ptr)
+    elif offset_mode == 2:
+        offset = tl.load(offset_ptr + b)
     else:
         offset = offset_v.to(tl.int64)
     su = seed.to(tl.uint64, bitcast=True)

@@ -337,7 +337,8 @@ static void test_per_row_knobs() {
   s.filter.temperature_rows = temps, s.filter.top_k_rows = top_ks, s.filter.top_p_rows = top_ps;
   s.filter.temperature = -1.0;  // ignored: every scalar has its rows
   s.filter.top_p = 1.0;
-  s.noise.seeds = seeds, s.noise.seed_per_row = 1, s.noise.offset_value = 4;
+  const int64_t offsets[B] = {4, 0, 9, -3, 1ll << 33};  // per-row offsets: each row's own step count
+  s.noise.seeds = seeds, s.noise.seed_per_row = 1, s.noise.offset = offsets, s.noise.offset_per_row = 1;
   s.tokens = tok.data(), s.logprobs = lp.data();
   CHECK(apd_sample_draft_cpu(&s) == APD_OK);
 
@@ -359,7 +360,7 @@ static void test_per_row_knobs() {
     s1.batch = 1, s1.window = K, s1.vocab = V;
     s1.dllm = apd_logits{d.data() + b * K * V, APD_FLOAT32, K * V, V};
     s1.filter = apd_filter{temps[b], top_ks[b], top_ps[b], nullptr, nullptr, nullptr};
-    s1.noise.seed_value = seeds[b], s1.noise.offset_value = 4;
+    s1.noise.seed_value = seeds[b], s1.noise.offset_value = offsets[b];
     s1.tokens = tok1, s1.logprobs = lp1;
     CHECK(apd_sample_draft_cpu(&s1) == APD_OK);
     apd_mixture_accept_args m1{};
@@ -397,6 +398,8 @@ static void test_per_row_knobs() {
   CHECK(apd_mixture_accept_cpu(&mb) == APD_ERROR_INVALID_ARGUMENT);
   mb = m, mb.mixture_weight_rows = nullptr, mb.mixture_weight = 0.5;  // back to one weight: fine
   CHECK(apd_mixture_accept_cpu(&mb) == APD_OK);
+  sb = s, sb.noise.offset = nullptr;  // per-row offsets without a pointer
+  CHECK(apd_sample_draft_cpu(&sb) == APD_ERROR_INVALID_ARGUMENT);
 }
 
 int main() {

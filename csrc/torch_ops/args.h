@@ -107,9 +107,11 @@ struct NoiseTensors {
     }
     if (offset.has_value()) {
       const at::Tensor& o = *offset;
-      TORCH_CHECK(o.scalar_type() == at::kLong && o.device() == device && o.numel() == 1,
-                  "offset must be a one-element int64 tensor on ", device);
+      TORCH_CHECK(o.scalar_type() == at::kLong && o.device() == device && o.is_contiguous(),
+                  "offset must be a contiguous int64 tensor on ", device);
+      TORCH_CHECK(o.numel() == 1 || o.numel() == batch, "offset must hold 1 or B=", batch, " values");
       n.offset = o.data_ptr<int64_t>();
+      n.offset_per_row = o.numel() == batch && batch > 1;
     }
     if (uniform.has_value()) {
       const at::Tensor& u = *uniform;

@@ -27,7 +27,7 @@ def random_scores(seeds: torch.Tensor, offset: torch.Tensor, positions: int) -> 
     key = the row seed, counter = (position, _ORDER_STREAM, offset_lo, offset_hi)."""
     B = seeds.shape[0]
     p = torch.arange(positions, dtype=torch.int64, device=seeds.device).view(1, -1).expand(B, -1)
-    off = offset.view(1, 1).expand(B, positions)
+    off = offset.view(-1, 1).expand(B, positions)  # one offset, or one per row
     s = seeds.view(-1, 1).expand(B, positions)
     words = reference.philox4x32_10(p, torch.full_like(p, _ORDER_STREAM), off & _MASK32, (off >> 32) & _MASK32,
                                     s & _MASK32, (s >> 32) & _MASK32)
@@ -79,7 +79,7 @@ class DiffusionStep(StepBase):
         with clock.phase("sampling"):
             tokens, logp = self.impl.sample_draft(D, self.vocab, self.row_filter(st), rng)
             score = torch.where(masked, self._scores(st, D, logp), float("-inf"))
-            left = (self.steps - st.offset).clamp(min=1).float()  # [1] forwards left, this one included
+            left = (self.steps - st.offset).clamp(min=1).float()  # [B] forwards left, this one included
             count = torch.ceil(masked.sum(1).float() / left).to(torch.int64)  # [B]
             order = torch.argsort(score, dim=1, descending=True)
             rank = torch.empty_like(order).scatter_(1, order, ar.expand_as(order))

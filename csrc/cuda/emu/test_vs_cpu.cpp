@@ -120,11 +120,12 @@ static apd_noise noise_view(const apd_noise& n, int64_t b) {
   } else {
     r.seed_value = (int64_t)((uint64_t)n.seed_value + (uint64_t)b);
   }
+  if (n.uniform == nullptr && n.offset_per_row) r.offset = n.offset + b, r.offset_per_row = 0;
   return r;
 }
 
 struct Noise {
-  std::vector<int64_t> seeds;
+  std::vector<int64_t> seeds, offs;
   int64_t off = 0;
   Buf* ubuf = nullptr;
   apd_noise n{};
@@ -137,7 +138,14 @@ static void make_noise(Noise& nz, int64_t B, int64_t K, int64_t V, int mode) {
   nz.off = (int64_t)rng();
   switch (mode) {
     case 0: nz.n.seed_value = (int64_t)rng(); nz.n.offset_value = (int64_t)rng(); break;
-    case 1: nz.n.seeds = nz.seeds.data(); nz.n.seed_per_row = 1; nz.n.offset = &nz.off; break;
+    case 1:  // per-row seeds; one offset, or per-row offsets (a continuous-batching engine's rows) half the time
+      nz.n.seeds = nz.seeds.data(); nz.n.seed_per_row = 1; nz.n.offset = &nz.off;
+      if (B > 1 && rng() % 2) {
+        nz.offs.resize(B);
+        for (auto& o : nz.offs) o = (int64_t)(rng() % 1000);
+        nz.n.offset = nz.offs.data(); nz.n.offset_per_row = 1;
+      }
+      break;
     case 2: nz.n.seeds = nz.seeds.data(); nz.n.seed_per_row = 0; nz.n.offset_value = 7; break;
     case 3: case 4: {
       const bool f64 = mode == 4;

@@ -23,8 +23,9 @@ extern "C" {
 #endif
 
 /* Bumped when a struct's layout changes: 2 added the per-row knob pointers (apd_filter's *_rows,
- * mixture_weight_rows). Zero-initialise the argument structs so that unused pointers are NULL. */
-#define APD_ABI_VERSION 2
+ * mixture_weight_rows); 3 added apd_noise.offset_per_row. Zero-initialise the argument structs so
+ * that unused pointers are NULL and flags 0. */
+#define APD_ABI_VERSION 3
 
 typedef enum apd_dtype {
   APD_FLOAT32 = 0,
@@ -51,8 +52,10 @@ typedef struct apd_logits {
 
 /* Where the noise comes from. With uniform == NULL, g[b,i,v] is the counter-based Gumbel noise of
  * (row seed, offset, i, v) (csrc/include/apd/philox.h). The row seed of batch row b is seeds[b]
- * when seed_per_row, else (seeds ? seeds[0] : seed_value) + b. The offset is *offset when offset
- * is not NULL (a device pointer stays graph-safe), else offset_value. With uniform != NULL,
+ * when seed_per_row, else (seeds ? seeds[0] : seed_value) + b. The offset of row b is offset[b]
+ * when offset_per_row (each row's own step count: a continuous-batching engine admits rows at
+ * different steps), else *offset when offset is not NULL (a device pointer stays graph-safe), else
+ * offset_value. With uniform != NULL,
  * g = -log(-log(u)) of the given [batch, window, >= vocab] uniforms (FLOAT32 or FLOAT64). */
 typedef struct apd_noise {
   const int64_t* seeds;
@@ -64,6 +67,7 @@ typedef struct apd_noise {
   apd_dtype uniform_dtype;
   int64_t uniform_stride_b;
   int64_t uniform_stride_k;
+  int32_t offset_per_row; /* 1: offset points to [batch] row offsets (offset must not be NULL) */
 } apd_noise;
 
 /* Sampling filters of the dLLM distribution; top_k = 0 and top_p = 1 disable them.

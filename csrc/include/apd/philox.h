@@ -125,7 +125,7 @@ APD_HD RowNoise row_noise(const apd_noise& n, int64_t b, int64_t i) {
     return r;
   }
   r.seed = row_seed(n.seeds, n.seed_value, n.seed_per_row != 0, b);
-  r.offset = static_cast<uint64_t>(n.offset != nullptr ? *n.offset : n.offset_value);
+  r.offset = static_cast<uint64_t>(n.offset == nullptr ? n.offset_value : n.offset[n.offset_per_row != 0 ? b : 0]);
   r.i = static_cast<uint32_t>(i);
   return r;
 }

@@ -49,6 +49,7 @@ inline const char* check_noise(const apd_noise& n, bool needed) {
     return nullptr;
   }
   if (needed && n.seed_per_row && n.seeds == nullptr) return "seed_per_row needs a seeds pointer";
+  if (needed && n.offset_per_row && n.offset == nullptr) return "offset_per_row needs an offset pointer";
   return nullptr;
 }
 
