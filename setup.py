@@ -152,7 +152,9 @@ setup(
     python_requires=">=3.11",
     install_requires=["torch>=2.11", "numpy"],
     # `pip install apd_ext[eval]`: the lm-evaluation-harness model "apd" (apd_ext/harness)
-    extras_require={"eval": ["lm_eval>=0.4.13,<0.5"]},
+    # `pip install apd_ext[serve]`: the OpenAI-compatible server `python -m apd_ext serve` (apd_ext/serve)
+    extras_require={"eval": ["lm_eval>=0.4.13,<0.5"],
+                    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20"]},
     ext_modules=[] if os.environ.get("APD_EXT_EXTENSION") == "0" else [_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithHook,
               "editable_wheel": EditableWheelWithHook},

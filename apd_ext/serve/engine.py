@@ -1,0 +1,579 @@
+"""The serving engine: continuous batching of one decoding policy over a fixed number of slots.
+
+    engine = Engine(dllm, verifier, DecodeConfig(max_new_tokens=256), slots=8)
+    engine.start()                                   # the decoding loop, on its own thread
+    rid = engine.submit(Request(prompt=ids, max_tokens=64, temperature=0.7, seed=1), on_event)
+    engine.cancel(rid)                               # leaves at the next step boundary
+    engine.shutdown(drain=True, timeout=30)
+
+Layout. The engine owns one decoding State of `slots` rows on a canvas of `context_length`
+positions (decode/state.py) and the runners' caches for those rows, allocated once: every step
+has the same shapes, so on CUDA the steady step is one captured graph per (slots, context length)
+(one per filter mix under tensor parallelism, as generate's), which joins and leaves never
+recapture: they only rewrite State rows in place.
+
+A step of the loop (`step()`, on the engine thread):
+1. Cancellations take effect: a cancelled request leaves its slot (or the queue).
+2. Admission: waiting requests, in arrival order, take the free slots. Their rows are written into
+   the State and they run their first decoding step (the verifier's prompt pass and the step with
+   first=True, exactly generate's step 0) in one forward over every slot in which the rows
+   already decoding are *held*: their position is set to 0 for that forward, so each of their
+   inputs goes to the runners' scratch slot, nothing of theirs is read or written, and their State
+   rows are restored afterwards. The joiners' caches are filled, the others' untouched.
+3. The steady step (first=False) runs over every slot; finished rows leave, freeing their slot.
+Each request's newly committed tokens are reported after each forward it took part in (`Event`).
+
+Exactness. A request's tokens equal apd_ext.generate's on the same prompt, knobs and seed run
+alone, whatever shares the batch and whenever it arrived: the rows of a step are independent
+(per-row knobs, seeds and RNG offsets: each row's offset counts its own steps from its admission,
+State.offset), a join is generate's step 0 for the joiner and a no-op for the others, and a longer
+canvas or a larger window (the server's max_new_tokens bounds K) only pads shapes. Tokens, not
+float bits: a different batch or canvas size may round logits differently in the last bits.
+
+Idle slots. A free slot is parked: position 0, done, no window (valid 0). It keeps its share of the
+static-shape step (a captured graph cannot shrink), but every input of it goes to the scratch
+slot, so it reads and writes no cache, and the loop steps only while a request is queued or
+running: an idle server does no work.
+
+Tensor parallelism (runners loaded with tp=): every rank owns an Engine on the same arguments;
+rank 0's loop broadcasts each step's plan (cancellations, admissions with their seeds) to the
+others, whose `follow()` replays it, so every rank runs the same steps and collectives.
+
+Policies: apd, dllm_fixed, threshold and ar (diffusion commits out of order over a fixed schedule
+of the whole answer and is not served).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from apd_ext.decode import execute, graphs, inputs
+from apd_ext.decode.config import DecodeConfig, check_sampling_knob
+from apd_ext.decode.stats import NO_CLOCK
+from apd_ext.decode.steps import STEPS, make_step
+
+SERVED_POLICIES = ("apd", "dllm_fixed", "threshold", "ar")
+KNOBS = ("temperature", "top_k", "top_p", "mixture_weight")
+
+
+class RequestError(ValueError):
+    """A request the engine cannot take; `field` names the request field at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class QueueFull(RuntimeError):
+    """max_queue requests are already waiting."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine is shutting down (draining) or stopped: no new requests."""
+
+
+@dataclass
+class Request:
+    """One generation request. prompt: token ids (>= 1); max_tokens: tokens to generate at most
+    (>= 1); temperature / top_k / top_p / mixture_weight: this request's sampling knobs (None: the
+    engine config's); seed: the row seed (None: a random one), as generate(seed=) for one row."""
+
+    prompt: list[int]
+    max_tokens: int
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    mixture_weight: float | None = None
+    seed: int | None = None
+
+
+@dataclass
+class Event:
+    """What one forward did for one request. tokens: the ids it committed, in order (never the
+    EOS, nor anything after it); finish_reason: None while running, "stop" (EOS), "length"
+    (max_tokens), "cancelled" or "error" (error holds the message; the request failed alone).
+    step_time_s: the forward's wall time (shared by the requests it served)."""
+
+    request_id: int
+    tokens: list[int]
+    finish_reason: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    step_time_s: float = 0.0
+
+
+@dataclass
+class _Entry:
+    rid: int
+    request: Request
+    on_event: Callable[[Event], None] | None
+    seed: int = 0
+    slot: int = -1
+    generated: int = 0
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class Engine:
+    """Continuous batching of `config.policy` over `slots` rows (see the module docstring).
+
+    dllm, verifier: runners on one device (verifier None for dllm_fixed / threshold); config: the
+    DecodeConfig of the shape knobs (kv_window, max_lookahead, k, threshold, block_length,
+    authors_compat) and the default sampling knobs; its max_new_tokens caps a request's max_tokens
+    and the window K. context_length: the canvas (prompt + max_tokens of any request; default the
+    models' maximum length). vocab_size, eos_token_id, backend, cuda_graphs: as apd_ext.generate's.
+    max_queue: requests that may wait for a slot (submit raises QueueFull past it).
+    fault_seed: debugging aid (also APD_EXT_SERVE_FAULT_SEED): a request with this seed fails at
+    admission, to check that a failure stays with its request."""
+
+    def __init__(self, dllm, verifier, config: DecodeConfig | None = None, *, slots: int = 8,
+                 context_length: int | None = None, vocab_size: int | None = None, eos_token_id=None,
+                 backend: str = "auto", cuda_graphs: bool | None = None, max_queue: int = 256,
+                 fault_seed: int | None = None):
+        cfg = config or DecodeConfig()
+        if cfg.policy not in SERVED_POLICIES:
+            raise ValueError(f"policy {cfg.policy} is not served (the engine serves {', '.join(SERVED_POLICIES)}: "
+                             f"diffusion commits out of order over a schedule of the whole answer)")
+        for name, value, low in (("slots", slots, 1), ("max_queue", max_queue, 0)):
+            if type(value) is not int or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        inputs.check_runners(dllm, verifier, cfg.policy)
+        self.dllm, self.verifier = dllm, verifier
+        self.vocab = inputs.shared_vocab(dllm, verifier, vocab_size)
+        self.parallel = inputs.tensor_parallel(dllm, verifier, self.vocab)
+        models = [dllm] if verifier is None else [dllm, verifier]
+        limit = min(m.config.max_position_embeddings for m in models)
+        L = limit if context_length is None else context_length
+        if type(L) is not int or not 2 <= L <= limit:
+            raise ValueError(f"context_length must be an integer in [2, {limit}] (the models' maximum length), "
+                             f"got {context_length!r}")
+        self.L, self.slots, self.max_queue = L, slots, max_queue
+        self.config = cfg.replace(max_new_tokens=min(cfg.max_new_tokens, L - 1))
+        self.kind = STEPS[cfg.policy]
+        self.eos = inputs.eos_ids(dllm, verifier, eos_token_id,
+                                  both_models=bool(self.kind.dllm_forwards and self.kind.verifier_forwards))
+        self.backend = backend
+        self.device = dllm.device
+        self._steps: dict = {}
+        step = self._step_for((False, False))
+        for runner in graphs.used_runners(dllm, verifier, step):
+            runner.setup(slots, L)
+        self.state = execute.new_state(step, verifier, slots, self.device)
+        self.graphed = graphs.use_graphs(cuda_graphs, self.device, None, step, dllm, verifier)
+        self._graphs: dict = {}
+        self.state.canvas.fill_(dllm.mask_token_id)  # a parked row's inputs read valid token ids
+        if self.state.verifier_logits is not None:
+            self.state.verifier_logits.zero_()
+        self._park(list(range(slots)))
+        self.state.knobs_loaded = True
+        env = os.environ.get("APD_EXT_SERVE_FAULT_SEED")
+        self.fault_seed = fault_seed if fault_seed is not None else (int(env) if env else None)
+        # host side
+        self._cv = threading.Condition()
+        self._waiting: deque[_Entry] = deque()
+        self._running: dict[int, _Entry] = {}  # slot -> entry
+        self._by_id: dict[int, _Entry] = {}
+        self._cancels: set[int] = set()
+        self._finished_slots: list[int] = []  # slots whose request ended: parked by the next plan
+        self._next_id = 0
+        self._closed = False
+        self._drain = True
+        self._thread: threading.Thread | None = None
+        self.counters = dict(steps=0, joins=0, forwards=0, generated_tokens=0, finished=0)
+        self.last_error: BaseException | None = None
+
+    # ---- requests (any thread) ------------------------------------------------------------------
+
+    def check(self, request: Request) -> None:
+        """Raise RequestError(field, message) when the engine cannot take `request`."""
+        self._resolve(request)
+
+    def submit(self, request: Request, on_event: Callable[[Event], None] | None = None) -> int:
+        """Queue `request` (checked first: RequestError); returns its id. on_event(Event) is called on
+        the engine thread after each forward the request takes part in, the last one with a
+        finish_reason. Raises QueueFull when max_queue requests wait, EngineClosed after shutdown."""
+        seed = self._resolve(request)
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting (max_queue {self.max_queue})")
+            rid = self._next_id
+            self._next_id += 1
+            entry = _Entry(rid, request, on_event, seed)
+            self._waiting.append(entry)
+            self._by_id[rid] = entry
+            self._cv.notify_all()
+        return rid
+
+    def cancel(self, request_id: int) -> None:
+        """Cancel a queued or running request (no-op once it finished): it leaves at the next step
+        boundary with finish_reason "cancelled", freeing its slot."""
+        with self._cv:
+            if request_id in self._by_id:
+                self._cancels.add(request_id)
+                self._cv.notify_all()
+
+    def stats(self) -> dict:
+        """queue_length, running, slots, closed and the counters (steps, joins, forwards,
+        generated_tokens, finished)."""
+        with self._cv:
+            return dict(queue_length=len(self._waiting), running=len(self._running), slots=self.slots,
+                        closed=self._closed, context_length=self.L, policy=self.config.policy, **self.counters)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the loop on a daemon thread (steps while a request is queued or running)."""
+        if self._thread is not None:
+            raise RuntimeError("the engine is already started")
+        self._thread = threading.Thread(target=self._loop, name="apd_ext-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> bool:
+        """Stop taking requests; with drain, queued and running requests finish first (within
+        `timeout` seconds, after which the rest are cancelled), else all are cancelled. Returns
+        whether the loop stopped in time."""
+        with self._cv:
+            self._closed, self._drain = True, drain
+            if not drain:
+                self._cancels.update(self._by_id)
+            self._cv.notify_all()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # the drain ran out of time: cancel what is left
+            with self._cv:
+                self._cancels.update(self._by_id)
+                self._drain = False
+                self._cv.notify_all()
+            self._thread.join(10.0)
+        return not self._thread.is_alive()
+
+    def idle(self) -> bool:
+        with self._cv:
+            return not (self._waiting or self._running or self._cancels)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._waiting or self._running or self._cancels or self._closed):
+                    self._cv.wait()
+                if self._closed and not (self._running or self._waiting or self._cancels):
+                    break
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - a broken step fails the requests it ran, not the server
+                self.last_error = e
+                self._fail_running(f"{type(e).__name__}: {e}")
+        self._broadcast(None)
+
+    # ---- one step (the engine thread) -----------------------------------------------------------
+
+    def step(self) -> list[Event]:
+        """Cancellations, admissions (one joining forward), then the steady step over every slot;
+        returns the events (also delivered to each request's on_event)."""
+        plan = self._plan()
+        self._broadcast(plan)
+        return self._execute(plan)
+
+    def follow(self) -> None:
+        """Ranks other than 0 under tensor parallelism: replay rank 0's plans until it stops."""
+        while True:
+            box = [None]
+            torch.distributed.broadcast_object_list(box, src=0, group=self.parallel[0].group)
+            if box[0] is None:
+                return
+            self._execute(box[0])
+
+    def _plan(self) -> dict:
+        """What this step does, on the host: slots to release (cancelled), admissions (slot, request,
+        seed) in arrival order into free slots."""
+        with self._cv:
+            cancels, self._cancels = self._cancels, set()
+            release, cancelled = self._finished_slots, []
+            self._finished_slots = []
+            for rid in cancels:
+                e = self._by_id.get(rid)
+                if e is None:
+                    continue
+                if e.slot >= 0:
+                    release.append(e.slot)
+                else:
+                    self._waiting.remove(e)
+                cancelled.append(e)
+            for e in cancelled:
+                if e.slot >= 0:
+                    self._running.pop(e.slot, None)
+            free = sorted(set(range(self.slots)) - set(self._running))
+            admit = []
+            while self._waiting and free and (not self._closed or self._drain):
+                e = self._waiting.popleft()
+                e.slot = free.pop(0)
+                admit.append(e)
+            steady = bool(self._running or admit)
+        for e in cancelled:
+            self._finish(e, "cancelled")
+        return dict(release=release, admit=[(e.slot, e.request, e.seed) for e in admit], steady=steady,
+                    entries=admit)
+
+    def _broadcast(self, plan) -> None:
+        if self.parallel is None or self.parallel[0].world == 1:
+            return
+        send = None if plan is None else {k: v for k, v in plan.items() if k != "entries"}
+        torch.distributed.broadcast_object_list([send], src=0, group=self.parallel[0].group)
+
+    def _execute(self, plan: dict) -> list[Event]:
+        events: list[Event] = []
+        if plan["release"]:
+            self._park(plan["release"])
+        entries = plan.get("entries")
+        if plan["admit"]:
+            events += self._join(plan["admit"], entries)
+        if plan["steady"]:
+            t0 = time.perf_counter()
+            self._steady()
+            events += self._collect(time.perf_counter() - t0)
+            self.counters["steps"] += 1
+        return events
+
+    # ---- rows --------------------------------------------------------------------------------------
+
+    def _resolve(self, r: Request) -> int:
+        """Check a request; its row seed (drawn when None)."""
+        if not isinstance(r.prompt, (list, tuple)) or not r.prompt:
+            raise RequestError("prompt", "prompt must hold at least one token")
+        if not all(type(t) is int for t in r.prompt):
+            raise RequestError("prompt", "prompt must be a list of token ids (ints)")
+        bad = [t for t in r.prompt if not 0 <= t < self.vocab]
+        if bad:
+            raise RequestError("prompt", f"prompt token {bad[0]} is outside the vocabulary [0, {self.vocab})")
+        if self.dllm.mask_token_id in r.prompt:
+            raise RequestError("prompt", f"the prompt contains the mask token (id {self.dllm.mask_token_id}), which "
+                                         f"the dLLM reserves for undecided positions")
+        cap = self.config.max_new_tokens
+        if type(r.max_tokens) is not int or not 1 <= r.max_tokens <= cap:
+            raise RequestError("max_tokens", f"max_tokens must be an integer in [1, {cap}], got {r.max_tokens!r}")
+        if len(r.prompt) + r.max_tokens > self.L:
+            raise RequestError("prompt", f"prompt ({len(r.prompt)} tokens) + max_tokens ({r.max_tokens}) exceeds the "
+                                         f"context length {self.L}")
+        for name in KNOBS:
+            value = getattr(r, name)
+            if value is not None:
+                try:
+                    check_sampling_knob(name, value)
+                except (TypeError, ValueError) as e:
+                    raise RequestError(name, str(e)) from None
+        try:
+            self._row_knobs(r)
+            return int(inputs.row_seeds(r.seed, 1)[0]) if r.seed is not None else \
+                int(torch.randint(0, 2**62, (1,)))
+        except (TypeError, ValueError) as e:
+            raise RequestError("seed" if "seed" in str(e) else "temperature", str(e).replace(" in row 0", "")) from None
+
+    def _row_knobs(self, r: Request) -> inputs.RowKnobs:
+        given = {n: [getattr(r, n)] for n in KNOBS if getattr(r, n) is not None}
+        return inputs.row_knobs(self.kind.step_config(self.config), self.vocab, 1, given)
+
+    def _step_for(self, filters: tuple[bool, bool]):
+        """The step object (one per filter mix under tensor parallelism, else one)."""
+        key = filters if self.parallel is not None else None
+        if key not in self._steps:
+            self._steps[key] = make_step(self.config, length=self.L, vocab=self.vocab, eos=self.eos,
+                                         backend=self.backend, device=self.device, parallel=self.parallel,
+                                         filters=filters if self.parallel is not None else None)
+        return self._steps[key]
+
+    def _filters(self) -> tuple[bool, bool]:
+        st = self.state
+        k, p = st.top_k, st.top_p
+        return bool(((k > 0) & (k < self.vocab)).any()), bool((p < 1.0).any())
+
+    @property
+    def step_obj(self):
+        return self._step_for(self._filters() if self.parallel is not None else (False, False))
+
+    def _park(self, slots: list[int]) -> None:
+        """Free slots: position 0, done, no window, unfiltered greedy knobs (see the module docstring)."""
+        st = self.state
+        idx = torch.tensor(slots, dtype=torch.int64, device=self.device)
+        for t in (st.start, st.curr, st.row_end, st.n_prev, st.offset, st.seeds, st.top_k):
+            t.index_fill_(0, idx, 0)
+        for t in (st.temperature, st.draft_temperature):
+            t.index_fill_(0, idx, 0.0)
+        st.top_p.index_fill_(0, idx, 1.0)
+        st.mixture_weight.index_fill_(0, idx, self.config.mixture_weight)
+        st.done.index_fill_(0, idx, True)
+
+    def _load(self, slot: int, r: Request, seed: int) -> None:
+        """Write request r into State row `slot` (as State.fill does for a batch)."""
+        st, L, P = self.state, self.L, len(r.prompt)
+        row = torch.full((L + 1,), self.dllm.mask_token_id, dtype=torch.int64)
+        row[:P] = torch.tensor(r.prompt, dtype=torch.int64)
+        st.canvas[slot].copy_(row)
+        for t, v in ((st.start, P), (st.curr, P), (st.row_end, P + r.max_tokens), (st.n_prev, 0), (st.offset, 0),
+                     (st.seeds, seed)):
+            t[slot] = v
+        st.done[slot] = False
+        knobs = self._row_knobs(r)
+        for name in ("temperature", "draft_temperature", "top_k", "top_p", "mixture_weight"):
+            getattr(st, name)[slot] = getattr(knobs, name)[0]
+
+    def _join(self, admit: list, entries) -> list[Event]:
+        """Admit (slot, request, seed) rows: load them, then generate's step 0 for them alone in one
+        forward over every slot, the other rows held (module docstring). A failure leaves the
+        others untouched; the joiners are retried one by one so that only the failing one fails."""
+        t0 = time.perf_counter()
+        try:
+            self._join_forward(admit)
+        except Exception as e:  # noqa: BLE001
+            if len(admit) == 1 or self.parallel is not None:
+                self._park([slot for slot, _, _ in admit])
+                if entries is not None:
+                    for en in entries:
+                        self._finish(en, "error", f"{type(e).__name__}: {e}")
+                return []
+            events = []
+            for one, en in zip(admit, entries):
+                events += self._join([one], [en])
+            return events
+        if entries is not None:
+            with self._cv:
+                for en in entries:
+                    self._running[en.slot] = en
+        self.counters["joins"] += len(admit)
+        return self._collect(time.perf_counter() - t0, only={s for s, _, _ in admit})
+
+    def _join_forward(self, admit: list) -> None:
+        st = self.state
+        for slot, r, seed in admit:
+            if self.fault_seed is not None and seed == self.fault_seed:
+                raise RuntimeError(f"injected fault for seed {seed} (APD_EXT_SERVE_FAULT_SEED)")
+            self._load(slot, r, seed)
+        joining = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
+        joining[[s for s, _, _ in admit]] = True
+        held = (st.curr.clone(), st.n_prev.clone(), st.done.clone(), st.offset.clone())
+        self._prev = st.curr.clone()
+        try:
+            st.curr.masked_fill_(~joining, 0)
+            st.done.masked_fill_(~joining, True)
+            step = self.step_obj
+            if step.verifier_rows:
+                prompt_len = torch.where(joining, st.start, 0)
+                logits = self.verifier.prefill(st.canvas, prompt_len, max(len(r.prompt) for _, r, _ in admit))
+                st.verifier_logits[0].copy_(torch.where(joining.view(-1, 1), logits, st.verifier_logits[0]))
+            step(st, self.dllm, self.verifier, first=True)
+        finally:
+            for t, saved in zip((st.curr, st.n_prev, st.done, st.offset), held):
+                t.copy_(torch.where(joining, t, saved))
+        self._prev = torch.where(joining, st.start, self._prev)
+        self.counters["forwards"] += 1
+
+    def _steady(self) -> None:
+        """One steady step over every slot: eager, or the captured graph of this filter mix."""
+        st, step = self.state, self.step_obj
+        self._prev = st.curr.clone()
+        self.counters["forwards"] += 1
+        if not self.graphed:
+            step(st, self.dllm, self.verifier, first=False)
+            return
+        key = step.key
+        g = self._graphs.get(key)
+        if g is None:  # first call of this step: eager on a side stream (warm-up), capture on the next
+            self._graphs[key] = "warm"
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                step(st, self.dllm, self.verifier, first=False)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return
+        if g == "warm":
+            g = self._graphs[key] = graphs.capture(
+                lambda: step(st, self.dllm, self.verifier, first=False, clock=NO_CLOCK), self.device)
+        g.replay()
+
+    # ---- results ---------------------------------------------------------------------------------
+
+    def _collect(self, step_time: float, only: set[int] | None = None) -> list[Event]:
+        """Events of the running requests (or of the `only` slots) after a forward: their tokens
+        committed since self._prev, cut at EOS; finished requests leave their slot."""
+        st = self.state
+        with self._cv:
+            running = {s: e for s, e in self._running.items() if only is None or s in only}
+        if not running:
+            return []
+        slots = sorted(running)
+        curr, prev = st.curr.tolist(), self._prev.tolist()
+        width = max(curr[s] - prev[s] for s in slots)
+        new_rows = {}
+        if width > 0:
+            idx = torch.tensor([[min(prev[s] + j, self.L) for j in range(width)] for s in slots], device=self.device)
+            got = torch.gather(st.canvas[slots], 1, idx).tolist()
+            new_rows = {s: got[i][: curr[s] - prev[s]] for i, s in enumerate(slots)}
+        done = st.done.tolist()
+        events, release = [], []
+        for s in slots:
+            e = running[s]
+            toks = new_rows.get(s, [])
+            reason = None
+            cut = next((i for i, t in enumerate(toks) if t in self.eos), None)
+            if cut is not None:
+                toks, reason = toks[:cut], "stop"
+            e.generated += len(toks)
+            if reason is None and (e.generated >= e.request.max_tokens or done[s]):
+                reason = "length"
+            ev = Event(e.rid, toks, reason, None, len(e.request.prompt), e.generated, step_time)
+            events.append(ev)
+            self.counters["generated_tokens"] += len(toks)
+            if reason is not None:
+                release.append(s)
+        for ev in events:
+            self._deliver(running, ev)
+        if release:  # parked by the next plan (on every rank under tensor parallelism)
+            with self._cv:
+                for s in release:
+                    self._running.pop(s, None)
+                self._finished_slots += release
+        return events
+
+    def _deliver(self, running: dict, ev: Event) -> None:
+        e = next(x for x in running.values() if x.rid == ev.request_id)
+        if ev.finish_reason is not None:
+            with self._cv:
+                self._by_id.pop(e.rid, None)
+                self._cancels.discard(e.rid)
+            self.counters["finished"] += 1
+        if e.on_event is not None:
+            try:
+                e.on_event(ev)
+            except Exception:  # noqa: BLE001 - a consumer's failure must not stop the loop
+                pass
+
+    def _finish(self, e: _Entry, reason: str, error: str | None = None) -> None:
+        """End a request outside a forward (cancelled, failed)."""
+        with self._cv:
+            self._by_id.pop(e.rid, None)
+        self.counters["finished"] += 1
+        if e.on_event is not None:
+            try:
+                e.on_event(Event(e.rid, [], reason, error, len(e.request.prompt), e.generated))
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _fail_running(self, message: str) -> None:
+        with self._cv:
+            running = list(self._running.values())
+        with self._cv:
+            for e in running:
+                self._running.pop(e.slot, None)
+        for e in running:
+            self._finish(e, "error", message)
+        self._park([e.slot for e in running])

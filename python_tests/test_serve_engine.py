@@ -1,0 +1,240 @@
+"""The serving engine (apd_ext/serve/engine.py): continuous batching without HTTP.
+
+The engine's promise: a request's tokens equal apd_ext.generate's on the same prompt, knobs and seed
+run alone, whatever shares the batch and whenever it arrived. Checked here on random arrival
+schedules with cancellations and mixed per-request knobs, on the bundled tiny pair and the golden
+pair, greedy and sampled, for every served policy; and the engine's bookkeeping: queue order, slot
+reuse, the bounded queue, bad requests naming their field, a failing request failing alone,
+draining shutdown, the loop thread."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+import golden
+from apd_ext import backends, generate
+from apd_ext.decode.config import DecodeConfig
+from apd_ext.models import DllmRunner, VerifierRunner
+from apd_ext.serve import Engine, EngineClosed, QueueFull, Request, RequestError
+from apd_ext.tiny import evaluate as ev, task
+
+pytestmark = [pytest.mark.skipif(backends.extension() is None, reason="extension apd_ext._C not built"),
+              pytest.mark.usefixtures("one_thread")]
+
+POLICIES = ["apd", "dllm_fixed", "threshold", "ar"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pair = ev.load_pair()
+    prompts = [pair.tok.encode(p.prompt) for p in task.eval_problems(3, 8)]
+    return pair.dllm, pair.verifier, prompts, dict(max_lookahead=100, kv_window=16, k=2, threshold=0.9)
+
+
+@pytest.fixture(scope="module")
+def gold():
+    dllm = DllmRunner.from_pretrained(golden.path("dream_tiny"))
+    verifier = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"))
+    g = torch.Generator().manual_seed(3)
+    prompts = [[381] + torch.randint(0, 381, (int(n),), generator=g).tolist() for n in (5, 9, 7, 12, 6, 8)]
+    return dllm, verifier, prompts, dict(max_lookahead=4, kv_window=3, k=2, threshold=0.5)
+
+
+def _requests(prompts, sampled: bool, cap: int, rng: random.Random) -> list[Request]:
+    out = []
+    for p in prompts:
+        knobs = {}
+        if sampled:  # every request its own mix; some stay greedy beside sampled ones
+            knobs = dict(temperature=rng.choice([0.0, 0.7, 1.0, 1.4]), top_k=rng.choice([None, 0, 3, 20]),
+                         top_p=rng.choice([None, 1.0, 0.9]), mixture_weight=rng.choice([None, 0.3, 0.9]))
+        out.append(Request(prompt=p, max_tokens=rng.randint(max(1, cap // 3), cap), seed=rng.randrange(2**40),
+                           **knobs))
+    return out
+
+
+def _alone(dllm, verifier, cfg: DecodeConfig, r: Request, eos: list[int]) -> list[int]:
+    """The request decoded alone by generate, cut at its first EOS (what the engine reports)."""
+    knobs = {n: getattr(r, n) for n in ("temperature", "top_k", "top_p", "mixture_weight")
+             if getattr(r, n) is not None}
+    out = generate(dllm, verifier if cfg.policy in ("apd", "ar") else None, [r.prompt],
+                   cfg.replace(max_new_tokens=r.max_tokens, **knobs), seed=r.seed, eos_token_id=eos)
+    toks = out.sequences[0, len(r.prompt): len(r.prompt) + int(out.num_generated[0])].tolist()
+    cut = next((i for i, t in enumerate(toks) if t in eos), None)
+    return toks if cut is None else toks[:cut]
+
+
+def _drive(engine: Engine, schedule: dict[int, list[Request]], cancel_at: dict[int, int], limit: int = 400):
+    """Step the engine by hand: requests submitted before step i, request j cancelled before step
+    cancel_at[j]. Returns per request (tokens, finish_reason, events)."""
+    got: dict[int, dict] = {}
+    order = []
+
+    def sink(ev):
+        rec = got.setdefault(ev.request_id, dict(tokens=[], reason=None, events=0))
+        assert rec["reason"] is None, f"request {ev.request_id}: an event after its last"
+        rec["tokens"] += ev.tokens
+        rec["reason"] = ev.finish_reason
+        rec["events"] += 1
+
+    i = 0
+    while i < limit:
+        for r in schedule.get(i, []):
+            order.append(engine.submit(r, sink))
+        for j, at in cancel_at.items():
+            if at == i and j < len(order):
+                engine.cancel(order[j])
+        if engine.idle() and i > max(schedule):
+            break
+        engine.step()
+        i += 1
+    assert engine.idle(), "the engine did not finish its requests"
+    return order, got
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("which", ["tiny", "gold"])
+def test_requests_equal_generate_alone_whatever_shares_the_batch(request, which, policy, sampled):
+    dllm, verifier, prompts, shape = request.getfixturevalue(which)
+    cap = 24 if which == "tiny" else 10
+    cfg = DecodeConfig(policy=policy, max_new_tokens=cap, **shape)
+    eos = [1] if which == "tiny" else [382]
+    seed = 1000 * POLICIES.index(policy) + sampled + (7 if which == "gold" else 0)
+    rng = random.Random(seed)
+    reqs = _requests(prompts, sampled, cap, rng)
+    # random arrivals over the first steps; 3 slots for 6-8 requests: some queue, slots are reused
+    schedule: dict[int, list] = {}
+    for r in reqs:
+        schedule.setdefault(rng.randrange(0, 6), []).append(r)
+    schedule.setdefault(0, [])
+    order_of = [r for i in sorted(schedule) for r in schedule[i]]
+    cancel_at = {rng.randrange(len(reqs)): rng.randrange(1, 8)}
+    engine = Engine(dllm, verifier if policy in ("apd", "ar") else None, cfg, slots=3,
+                    context_length=dllm.config.max_position_embeddings if which == "gold" else 160,
+                    eos_token_id=eos)
+    ids, got = _drive(engine, schedule, cancel_at)
+    for j, (rid, r) in enumerate(zip(ids, order_of)):
+        rec = got[rid]
+        want = _alone(dllm, verifier, cfg, r, eos)
+        if rec["reason"] == "cancelled":
+            assert j in cancel_at
+            assert rec["tokens"] == want[: len(rec["tokens"])], f"request {j}: cancelled output is not a prefix"
+            continue
+        assert rec["tokens"] == want, f"request {j} {r}: engine {rec['tokens']} vs generate alone {want}"
+        assert rec["reason"] == ("length" if len(want) == r.max_tokens else "stop")
+        if policy == "ar":  # one token per forward: an event per step
+            assert rec["events"] >= len(want)
+
+
+def test_bounded_queue_counts_waiting_requests(gold):
+    dllm, verifier, prompts, shape = gold
+    engine = Engine(dllm, verifier, DecodeConfig(max_new_tokens=4, **shape), slots=1, max_queue=2, eos_token_id=[])
+    engine.submit(Request(prompt=prompts[0], max_tokens=4))
+    engine.submit(Request(prompt=prompts[1], max_tokens=4))
+    with pytest.raises(QueueFull, match="max_queue 2"):
+        engine.submit(Request(prompt=prompts[2], max_tokens=4))
+    engine.step()  # one joins its slot: room for one more in the queue
+    assert engine.stats()["running"] == 1 and engine.stats()["queue_length"] == 1
+    engine.submit(Request(prompt=prompts[2], max_tokens=4))
+    finished = []
+    for _ in range(40):
+        if engine.idle():
+            break
+        finished += [e.request_id for e in engine.step() if e.finish_reason]
+    assert finished == [0, 1, 2], "requests finish in arrival order through one slot"
+
+
+@pytest.mark.parametrize("field, kw, match", [
+    ("prompt", dict(prompt=[]), "at least one token"),
+    ("prompt", dict(prompt=[5, 383]), "mask token"),
+    ("prompt", dict(prompt=[5, 4000]), "outside the vocabulary"),
+    ("prompt", dict(prompt=[5] * 60, max_tokens=10), "exceeds the context length 64"),
+    ("max_tokens", dict(max_tokens=0), r"max_tokens must be an integer in \[1, 10\]"),
+    ("max_tokens", dict(max_tokens=11), r"\[1, 10\]"),
+    ("temperature", dict(temperature=-1.0), "temperature"),
+    ("temperature", dict(temperature="hot"), "temperature"),
+    ("top_p", dict(top_p=0.0), "top_p"),
+    ("top_k", dict(top_k=-2), "top_k"),
+    ("mixture_weight", dict(mixture_weight=1.5), "mixture_weight"),
+    ("seed", dict(seed=2**64), "seed"),
+])
+def test_bad_requests_name_their_field(gold, field, kw, match):
+    dllm, verifier, prompts, shape = gold
+    engine = Engine(dllm, verifier, DecodeConfig(max_new_tokens=10, **shape), slots=2, context_length=64)
+    args = dict(prompt=prompts[0], max_tokens=4) | kw
+    with pytest.raises(RequestError, match=match) as e:
+        engine.submit(Request(**args))
+    assert e.value.field == field
+    assert engine.stats()["queue_length"] == 0
+
+
+def test_a_failing_request_fails_alone(gold):
+    dllm, verifier, prompts, shape = gold
+    cfg = DecodeConfig(max_new_tokens=8, **shape)
+    engine = Engine(dllm, verifier, cfg, slots=3, eos_token_id=[382], fault_seed=666)
+    got: dict = {}
+    reqs = [Request(prompt=prompts[i], max_tokens=8, seed=s) for i, s in enumerate((1, 666, 2))]
+    ids = [engine.submit(r, lambda ev: got.setdefault(ev.request_id, []).append(ev)) for r in reqs]
+    for _ in range(40):
+        if engine.idle():
+            break
+        engine.step()
+    assert got[ids[1]][-1].finish_reason == "error" and "injected fault" in got[ids[1]][-1].error
+    for k in (0, 2):
+        toks = [t for ev in got[ids[k]] for t in ev.tokens]
+        assert toks == _alone(dllm, verifier, cfg, reqs[k], [382])
+
+
+def test_engine_thread_serves_concurrent_submitters_and_drains(gold):
+    dllm, verifier, prompts, shape = gold
+    cfg = DecodeConfig(max_new_tokens=8, **shape)
+    engine = Engine(dllm, verifier, cfg, slots=2, eos_token_id=[382])
+    engine.start()
+    done = {}
+    lock = threading.Lock()
+
+    def client(i):
+        r = Request(prompt=prompts[i], max_tokens=8, seed=i, temperature=0.8)
+        finished = threading.Event()
+        toks = []
+
+        def sink(ev):
+            toks.extend(ev.tokens)
+            if ev.finish_reason:
+                finished.set()
+        engine.submit(r, sink)
+        assert finished.wait(60)
+        with lock:
+            done[i] = (r, toks)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert len(done) == 5
+    for r, toks in done.values():
+        assert toks == _alone(dllm, verifier, cfg, r, [382])
+    # drain: a running request finishes, new ones are refused, the loop stops
+    finished = threading.Event()
+    engine.submit(Request(prompt=prompts[0], max_tokens=8, seed=3),
+                  lambda ev: finished.set() if ev.finish_reason else None)
+    assert engine.shutdown(drain=True, timeout=60)
+    assert finished.is_set()
+    with pytest.raises(EngineClosed):
+        engine.submit(Request(prompt=prompts[0], max_tokens=2))
+
+
+def test_unserved_policy_and_bad_sizes_are_refused(gold):
+    dllm, verifier, _, shape = gold
+    with pytest.raises(ValueError, match="diffusion"):
+        Engine(dllm, verifier, DecodeConfig(policy="diffusion"))
+    with pytest.raises(ValueError, match="slots"):
+        Engine(dllm, verifier, DecodeConfig(**shape), slots=0)
+    with pytest.raises(ValueError, match="context_length"):
+        Engine(dllm, verifier, DecodeConfig(**shape), context_length=10**6)
