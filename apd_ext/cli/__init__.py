@@ -6,7 +6,8 @@
     python -m apd_ext generate --dllm DREAM_DIR --verifier QWEN_DIR --vocab-size 151936 --prompt "..."
     python -m apd_ext eval-tiny --seed 0 --num-problems 50 --json out.json [--policies ar dllm_fixed:k=1 ...]
     python -m apd_ext sweep --num-problems 50 --out bench/results/sweep_tiny   # CSV + PNG
-    torchrun --nproc-per-node 2 -m apd_ext generate --tp 2    # tensor parallel (also demo, eval-tiny)
+    python -m apd_ext serve --port 8000       # an OpenAI-compatible HTTP server (continuous batching)
+    torchrun --nproc-per-node 2 -m apd_ext generate --tp 2    # tensor parallel (also demo, eval-tiny, serve)
 
 Decoding knobs default to DecodeConfig's (apd_ext/decode/config.py: apd, mixture_weight 0.7,
 kv_window 16, max_lookahead 100, greedy); a policy spec is `policy[:knob=value,...]` with
@@ -23,11 +24,11 @@ from __future__ import annotations
 
 import sys
 
-from apd_ext.cli import common, demo, eval_tiny, generate, sweep
+from apd_ext.cli import common, demo, eval_tiny, generate, serve, sweep
 from apd_ext.cli.common import CliError, Interrupted, fail
 from apd_ext.parallel import TensorParallelError
 
-COMMANDS = {"demo": demo, "generate": generate, "eval-tiny": eval_tiny, "sweep": sweep}
+COMMANDS = {"demo": demo, "generate": generate, "eval-tiny": eval_tiny, "sweep": sweep, "serve": serve}
 
 
 def parser() -> common.ArgumentParser:
