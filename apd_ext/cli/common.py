@@ -120,7 +120,10 @@ def finite_float(text: str) -> float:
 # --- paths, checked before any work ----------------------------------------------------------------
 
 def check_dir(path, flag: str, must_hold: tuple[str, ...] = ()) -> Path:
-    """An existing directory (holding the entries `must_hold`), or CliError naming the flag."""
+    """An existing directory (holding the entries `must_hold`), or CliError naming the flag; an
+    empty path is refused (Path("") would be the current directory)."""
+    if not str(path).strip():
+        raise CliError(f"{flag} {path!r}: an empty path (it takes a directory)")
     p = Path(path)
     if not p.is_dir():
         raise CliError(f"{flag} {path}: {'not a directory' if p.exists() else 'no such directory'}")

@@ -9,7 +9,8 @@ import sys
 import torch
 
 from apd_ext.decode.config import DecodeConfig
-from apd_ext.tiny.evaluate import run_decode
+from apd_ext.decode.driver import generate
+from apd_ext.loading import answer_tokens
 
 COLOURS = ["\033[1;32m", "\033[1;34m", "\033[1;35m", "\033[1;36m", "\033[1;33m"]
 RESET = "\033[0m"
@@ -64,31 +65,42 @@ def comparisons(cfg: DecodeConfig, names) -> list[DecodeConfig]:
     return out
 
 
-def decode_and_compare(args, cfg: DecodeConfig, dllm, verifier, tok, ids, compare=(), answer_of=None,
-                       warmup_tokens=None, **extra) -> str:
-    """Stream `cfg` on the prompt `ids`, then run the `compare` policies (see comparisons) on it
-    and print the table; returns the streamed text. answer_of(text) -> the answer column (default
-    "-"); warmup_tokens: length of the untimed warm-up runs (default cfg.max_new_tokens); `extra`:
-    generate's other keywords (vocab_size)."""
+def decode_and_compare(args, cfg: DecodeConfig, pair, ids, compare=(), answer_of=None, warmup_tokens=None) -> str:
+    """Decode the prompt `ids` with `cfg` on `pair` (an apd_ext.loading.Pair), streamed as it is
+    committed (a policy that commits out of order, diffusion or threshold, streams nothing: its
+    answer is printed once decoded), then run the `compare` policies (see comparisons) on it and
+    print the table. Returns the answer text: the returned sequence's tokens up to the first EOS
+    (loading.answer_tokens), decoded. answer_of(text) -> the answer column (default "-");
+    warmup_tokens: length of the untimed warm-up runs (default cfg.max_new_tokens)."""
     answer_of = answer_of or (lambda text: None)
     others = comparisons(cfg, compare)
+    extra = pair.generate_kwargs()
     if args.warmup:  # the first call of each policy allocates caches and builds kernels
         for c in [cfg] + others:
-            run_decode(dllm, verifier, [ids], c.replace(max_new_tokens=warmup_tokens or c.max_new_tokens),
+            generate(pair.dllm, pair.verifier, [ids], c.replace(max_new_tokens=warmup_tokens or c.max_new_tokens),
                        seed=args.seed, **extra)
-    streamer = Streamer(tok, use_colour(args))
-    out = run_decode(dllm, verifier, [ids], cfg, seed=args.seed, stream=streamer, **extra)
+    streamer = Streamer(pair.tokenizer, use_colour(args))
+    out = generate(pair.dllm, pair.verifier, [ids], cfg, seed=args.seed, stream=streamer, **extra)
+    text = answer_text(pair, out, len(ids))
+    if not streamer.step:
+        sys.stdout.write(text)
     print()
-    runs = [(cfg, out, answer_of(streamer.text))]
+    runs = [(cfg, out, answer_of(text))]
     for c in others:
-        o = run_decode(dllm, verifier, [ids], c, seed=args.seed, **extra)
-        n = int(o.num_generated[0])
-        runs.append((c, o, answer_of(tok.decode(o.sequences[0, len(ids): len(ids) + n].tolist()))))
+        o = generate(pair.dllm, pair.verifier, [ids], c, seed=args.seed, **extra)
+        runs.append((c, o, answer_of(answer_text(pair, o, len(ids)))))
     print()
     report(runs)
-    device = dllm.device
+    device = pair.dllm.device
     print(f"({device}" + (f", {torch.get_num_threads()} thread(s))" if device.type == "cpu" else ")"))
-    return streamer.text
+    return text
+
+
+def answer_text(pair, out, prompt_len: int) -> str:
+    """Row 0's answer in a GenerateOutput: its generated tokens up to the first EOS, decoded."""
+    n = int(out.num_generated[0])
+    return pair.tokenizer.decode(answer_tokens(out.sequences[0, prompt_len: prompt_len + n].tolist(),
+                                               pair.eos_token_ids))
 
 
 def report(runs) -> None:

@@ -80,8 +80,8 @@ def run(args) -> None:
           f"(eval seed {args.seed}, #{args.problem}); {pair.dllm.device}, {threads} thread(s) (--threads N)"
           f"{ranks}. Each colour is one decoding step.\n")
     sys.stdout.write(problem.prompt)
-    text = decode_and_compare(args, cfg, pair.dllm, pair.verifier, pair.tok, pair.tok.encode(problem.prompt),
-                              compare=("dllm_fixed", "ar"), answer_of=task.extract_answer)
+    text = decode_and_compare(args, cfg, pair, pair.tokenizer.encode(problem.prompt), compare=("dllm_fixed", "ar"),
+                              answer_of=task.extract_answer)
     got = task.extract_answer(text)
     print(f"expected {problem.answer}, got {got}: {'correct' if got == problem.answer else 'wrong'}. "
           f"`python -m apd_ext eval-tiny` measures accuracy over many problems.")

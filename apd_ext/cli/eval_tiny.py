@@ -15,16 +15,16 @@ HELP = "accuracy and speed of policies on held-out problems"
 
 
 def add_parser(sub) -> None:
-    from apd_ext.tiny.evaluate import DEFAULT_POLICIES
-
     p = sub.add_parser("eval-tiny", help=HELP, description=HELP)
     p.add_argument("--assets", default=None, help="directory with dllm/ and verifier/ (default: the bundled pair)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
     p.add_argument("--seed", type=nonneg_int, default=0, help="held-out set; problem i decodes with seed + i")
     p.add_argument("--num-problems", type=positive_int, default=50)
     p.add_argument("--json", default=None, help="write the results here (its directory must exist)")
-    p.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES,
-                   help="policy specs, knobs as DecodeConfig's fields (default: %(default)s)")
+    p.add_argument("--policies", nargs="+", default=None,
+                   help="policy specs, knobs as DecodeConfig's fields (default: the recorded set, "
+                        "apd_ext.tiny.evaluate.DEFAULT_POLICIES: dllm_fixed:k=1 and apd at mixture_weight 0.7 and "
+                        "0.9 without the dLLM cache, ar, apd)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     common.add_threads(p, f"{TINY_THREADS}")
     parallel.add_tp(p)
@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
 def run(args) -> None:
     from apd_ext.tiny import ASSETS, evaluate as ev, task
 
+    args.policies = args.policies or ev.DEFAULT_POLICIES
     common.check_policies(args.policies, ev.TASK_CONFIG)
     assets = common.check_dir(args.assets, "--assets", ("dllm", "verifier")) if args.assets else ASSETS
     device = common.resolve_device(args.device, "cpu")

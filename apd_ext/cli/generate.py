@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
 def run(args) -> None:
     common.check_text(args.prompt, "--prompt")
     common.check_text(args.system, "--system")
-    if args.dllm or args.verifier:
+    if args.dllm is not None or args.verifier is not None:
         run_checkpoints(args)
     else:
         run_tiny(args)
@@ -61,62 +61,38 @@ def run_tiny(args) -> None:
     else:
         prompt = task.format_prompt(args.prompt)
     sys.stdout.write(prompt)
-    text = decode_and_compare(args, cfg, pair.dllm, pair.verifier, pair.tok, pair.tok.encode(prompt),
+    text = decode_and_compare(args, cfg, pair, pair.tokenizer.encode(prompt),
                               compare=() if args.no_compare else ("dllm_fixed", "ar"), answer_of=task.extract_answer)
     if problem is not None:
         got = task.extract_answer(text)
         print(f"expected {problem.answer}, got {got}: {'correct' if got == problem.answer else 'wrong'}")
 
 
-def _shared_vocab(dllm_dir, verifier_dir) -> int:
-    """The vocabulary both checkpoints' heads have (without --vocab-size they must agree)."""
-    from apd_ext.models.config import ModelConfig
-
-    d, v = (ModelConfig.from_pretrained(p).vocab_size for p in (dllm_dir, verifier_dir))
-    if d != v:
-        raise CliError(f"the dLLM's vocabulary ({d}) and the verifier's ({v}) differ: pass --vocab-size, the size "
-                       f"of the tokenizer they share (151936 for Dream + Qwen2.5)")
-    return d
-
-
 def run_checkpoints(args) -> None:
-    """--dllm / --verifier: the pair's tokenizer (apd_ext.tokenizer.pair_tokenizer), the chat
-    template, a short warm-up."""
+    """--dllm / --verifier: the pair through apd_ext.loading.load_pair (its tokenizer, shared
+    vocabulary and EOS), the dLLM directory's chat template, a short warm-up."""
     from apd_ext.cli.compare import decode_and_compare
-    from apd_ext.models.runners import DllmRunner, VerifierRunner
-    from apd_ext.tokenizer import pair_tokenizer
-
-    from apd_ext.decode.steps import STEPS
-    from apd_ext.models.config import ModelConfig
-    from apd_ext.tokenizer import HFTokenizer
+    from apd_ext.loading import DLLM_ONLY, load_pair
 
     cfg = common.config_from_args(args, DecodeConfig())
-    dllm_only = not STEPS[cfg.policy].verifier_forwards
-    if not args.dllm or not (args.verifier or dllm_only):
-        raise CliError("--dllm and --verifier go together (--dllm alone only with a dLLM-only --policy: dllm_fixed, "
-                       "threshold, diffusion)")
+    if args.dllm is None or (args.verifier is None and cfg.policy not in DLLM_ONLY):
+        raise CliError(f"--dllm and --verifier go together (--dllm alone only with a dLLM-only --policy: "
+                       f"{', '.join(DLLM_ONLY)})")
     dllm_dir = common.check_dir(args.dllm, "--dllm")
-    verifier_dir = common.check_dir(args.verifier, "--verifier") if args.verifier else None
+    verifier_dir = common.check_dir(args.verifier, "--verifier") if args.verifier is not None else None
     if args.prompt is None:
         raise CliError("--prompt is needed with --dllm / --verifier")
     device = common.resolve_device(args.device, "cuda" if torch.cuda.is_available() else "cpu")
     common.set_threads(args, None)
-    # the pair's tokenizer: ValueError when they number tokens differently
-    tok = pair_tokenizer(dllm_dir, verifier_dir) if verifier_dir else HFTokenizer.from_pretrained(dllm_dir)
-    dtype = DTYPES.get(args.dtype)
     tp = parallel.setup(args, device)
-    vocab = args.vocab_size or (_shared_vocab(dllm_dir, verifier_dir) if verifier_dir else
-                                ModelConfig.from_pretrained(dllm_dir).vocab_size)
-    d_kw, v_kw = parallel.load_kwargs(args, tp, vocab)
-    device = tp.device if tp else device
-    dllm = DllmRunner.from_pretrained(dllm_dir, device=device, dtype=dtype, **d_kw)
-    verifier = VerifierRunner.from_pretrained(verifier_dir, device=device, dtype=dtype, **v_kw) if verifier_dir else None
+    pair = load_pair(dllm_dir, verifier_dir, policy=cfg.policy, device=tp.device if tp else device,
+                     dtype=DTYPES.get(args.dtype), vocab_size=args.vocab_size, tp=tp,
+                     replicate=parallel.VERIFIER_MODES[args.verifier_tp])
     prompt = args.prompt
-    if tok.chat_template is not None and not args.no_chat_template:
-        prompt = tok.apply_chat_template(prompt, system=args.system)
+    if pair.tokenizer.chat_template is not None and not args.no_chat_template:
+        system = [{"role": "system", "content": args.system}] if args.system is not None else []
+        prompt = pair.chat_prompt(system + [{"role": "user", "content": prompt}])
     sys.stdout.write(prompt)
-    extra = {"vocab_size": args.vocab_size} if args.vocab_size else {}
     # a short warm-up: with a large model the full-length one would double the run
-    decode_and_compare(args, cfg, dllm, verifier, tok, tok.encode(prompt),
-                       compare=() if args.no_compare else ("dllm_fixed",),
-                       warmup_tokens=min(8, cfg.max_new_tokens), **extra)
+    decode_and_compare(args, cfg, pair, pair.tokenizer.encode(prompt), compare=() if args.no_compare else ("dllm_fixed",),
+                       warmup_tokens=min(8, cfg.max_new_tokens))

@@ -29,11 +29,26 @@ def add_tp(p) -> None:
                         "(auto: replicate a verifier under 1.5B parameters)")
 
 
+def env_int(name: str, default: int, low: int) -> int:
+    """The environment variable `name` as torchrun sets it (an integer >= low; `default` when
+    unset); CliError naming it and its value when it is not one (set by hand, or left empty)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise CliError(f"{name}={text!r} is not an integer >= {low} (torchrun sets it); unset it to run one process")
+    return value
+
+
 def setup(args, device: torch.device):
     """The TensorParallel group of --tp N (None for --tp 1), after checking that torchrun started N
     processes; the rank's device (cuda:LOCAL_RANK for a CUDA --device). Ranks other than 0 stop
     printing to stdout."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1, 1)
     if args.tp == 1:
         if world > 1:
             raise CliError(f"torchrun started {world} processes but --tp is 1: pass --tp {world}")
@@ -45,7 +60,7 @@ def setup(args, device: torch.device):
     from apd_ext.parallel import TensorParallel
 
     if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = env_int("LOCAL_RANK", 0, 0)
         if local >= torch.cuda.device_count():
             raise CliError(f"LOCAL_RANK {local}: this node has {torch.cuda.device_count()} CUDA device(s)")
         device = torch.device("cuda", local)
@@ -55,10 +70,3 @@ def setup(args, device: torch.device):
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     return tp
 
-
-def load_kwargs(args, tp, vocab_size: int | None) -> tuple[dict, dict]:
-    """from_pretrained keywords of the dLLM and the verifier for --tp (empty without it)."""
-    if tp is None:
-        return {}, {}
-    shared = {"tp": tp, "vocab_size": vocab_size}
-    return shared, dict(shared, replicate=VERIFIER_MODES[args.verifier_tp])

@@ -1,5 +1,6 @@
 """`sweep`: accuracy against tokens per forward over a grid of policies (apd_ext.tiny.sweep), written
-to OUT.csv (one row per policy) and OUT.png; `--replot` redraws OUT.png from OUT.csv."""
+to OUT.csv (one row per policy) and OUT.png (names: apd_ext.tiny.sweep.output_paths); `--replot`
+redraws OUT.png from OUT.csv."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num-problems", type=positive_int, default=50)
     p.add_argument("--seed", type=nonneg_int, default=0, help="held-out set; problem i decodes with seed + i")
     p.add_argument("--out", default="bench/results/sweep_tiny",
-                   help="writes OUT.csv and OUT.png (its directory must exist; default %(default)s)")
+                   help="writes OUT.csv and OUT.png (its directory must exist; a .csv or .png suffix of OUT is "
+                        "dropped; a directory holds sweep_tiny.csv and sweep_tiny.png; default %(default)s)")
     p.add_argument("--assets", default=None, help="directory with dllm/ and verifier/ (default: the bundled pair)")
     p.add_argument("--quick", action="store_true", help="a smaller grid")
     p.add_argument("--policies", nargs="+", default=None, help="policy specs instead of the default grid")
@@ -42,10 +44,10 @@ def add_parser(sub) -> None:
 def run(args) -> None:
     from apd_ext.tiny import sweep
 
-    out = Path(args.out)
-    if not out.name:
-        raise CliError(f"--out {args.out!r}: takes a file path without its suffix, e.g. bench/results/sweep_tiny")
-    csv_path, png_path = out.with_suffix(".csv"), out.with_suffix(".png")
+    try:
+        csv_path, png_path = sweep.output_paths(args.out)
+    except ValueError as e:
+        raise CliError(f"--out {e}") from None
     if args.replot:
         common.check_file(csv_path, "--replot: --out")
         common.check_writable(png_path, "--out")

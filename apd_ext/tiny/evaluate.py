@@ -13,18 +13,17 @@ problem is decoded alone (batch 1, as the paper measures), greedy unless a tempe
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from apd_ext import loading
 from apd_ext.decode.config import DecodeConfig
 from apd_ext.decode.driver import generate
-from apd_ext.models.runners import DllmRunner, VerifierRunner
 from apd_ext.tiny import ASSETS, task
-from apd_ext.tiny.tokenizer import TinyTokenizer
 from apd_ext.tiny.train import MAX_NEW_TOKENS
 
 __all__ = ["ASSETS", "TASK_CONFIG", "DEFAULT_POLICIES", "Pair", "load_pair", "policy_config", "run_decode",
@@ -42,22 +41,23 @@ DEFAULT_POLICIES = [f"dllm_fixed:k=1,{NO_CACHE}", "ar", f"apd:mixture_weight=0.7
                     f"apd:mixture_weight=0.9,{NO_CACHE}", "apd"]
 
 
-@dataclass
-class Pair:
-    dllm: DllmRunner
-    verifier: VerifierRunner
-    tok: TinyTokenizer
+class Pair(loading.Pair):
+    """loading.Pair of a tiny pair, with the tokenizer also as `tok` (the name the evaluation's
+    callers use)."""
+
+    @property
+    def tok(self):
+        return self.tokenizer
 
 
 def load_pair(path: str | Path = ASSETS, device: str | torch.device = "cpu", tp=None, replicate=None) -> Pair:
-    """The pair in `path` (dllm/ and verifier/ checkpoint directories; default: the bundled one).
-    tp: a TensorParallel group to shard both over (replicate: the verifier's mode, None = auto)."""
+    """The pair in `path` (dllm/ and verifier/ checkpoint directories; default: the bundled one),
+    loaded by apd_ext.loading.load_pair. tp: a TensorParallel group to shard both over (replicate:
+    the verifier's mode, None = auto)."""
     path = Path(path)
-    kw = {} if tp is None else {"tp": tp}
-    return Pair(DllmRunner.from_pretrained(path / "dllm", device=device, **kw),
-                VerifierRunner.from_pretrained(path / "verifier", device=device,
-                                               **(kw if tp is None else dict(kw, replicate=replicate))),
-                TinyTokenizer.from_file(path / "dllm" / "tokenizer.json"))
+    dirs = (None, None) if path.resolve() == ASSETS.resolve() else (path / "dllm", path / "verifier")
+    pair = loading.load_pair(*dirs, device=device, tp=tp, replicate=replicate)
+    return Pair(**{f.name: getattr(pair, f.name) for f in dataclasses.fields(pair)})
 
 
 def policy_config(policy: str | DecodeConfig, base: DecodeConfig = TASK_CONFIG) -> DecodeConfig:
@@ -96,22 +96,21 @@ class ProgressBar:
         self.stream.flush()
 
 
-def decode(pair: Pair, problem: task.Problem, policy: str | DecodeConfig, seed: int = 0, stream=None):
+def decode(pair: loading.Pair, problem: task.Problem, policy: str | DecodeConfig, seed: int = 0, stream=None):
     """(answer text, answer token ids, stats) of one problem. The answer ends at its first EOS (kept
     in the ids): in authors_compat mode generate() also returns the tokens accepted after it in the
     same block, which are neither part of the answer nor counted as generated here
     (stats["emitted_tokens"] counts them)."""
-    ids = pair.tok.encode(problem.prompt)
-    out = run_decode(pair.dllm, pair.verifier, [ids], policy_config(policy), seed=seed, stream=stream)
+    ids = pair.tokenizer.encode(problem.prompt)
+    out = run_decode(pair.dllm, pair.verifier, [ids], policy_config(policy), seed=seed, stream=stream,
+                     **pair.generate_kwargs())
     n = int(out.num_generated[0])
-    gen = out.sequences[0, len(ids): len(ids) + n].tolist()
-    stats = {**out.stats, "emitted_tokens": len(gen)}
-    if pair.tok.eos_id in gen:
-        gen = gen[: gen.index(pair.tok.eos_id) + 1]
-    return pair.tok.decode(gen), gen, stats
+    emitted = out.sequences[0, len(ids): len(ids) + n].tolist()
+    gen = loading.answer_tokens(emitted, pair.eos_token_ids)
+    return pair.tokenizer.decode(gen), gen, {**out.stats, "emitted_tokens": len(emitted)}
 
 
-def evaluate(pair: Pair, problems: list[task.Problem], policy: str | DecodeConfig, progress: bool = True,
+def evaluate(pair: loading.Pair, problems: list[task.Problem], policy: str | DecodeConfig, progress: bool = True,
              seed: int = 0) -> dict:
     """Accuracy and speed of one policy over `problems` (problem i decoded alone with seed + i).
     Token counts (generated_tokens, tokens per forward, tokens/s) count each answer up to its first
@@ -155,7 +154,7 @@ def _summary(label: str, cfg: DecodeConfig, n: int, t: dict, wall: float, failur
     }
 
 
-def evaluate_many(pair: Pair, problems: list[task.Problem], policies: list, progress: bool = True,
+def evaluate_many(pair: loading.Pair, problems: list[task.Problem], policies: list, progress: bool = True,
                   seed: int = 0) -> list[dict]:
     return [evaluate(pair, problems, s, progress=progress, seed=seed) for s in policies]
 

@@ -90,6 +90,26 @@ def family_of(policy: str | DecodeConfig) -> str:
     return "apd_grid" if cfg.kv_window is not None or cfg.max_lookahead is not None else "apd"
 
 
+DEFAULT_NAME = "sweep_tiny"  # the file name of OUT when --out names a directory
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """(OUT.csv, OUT.png) for the output name `out`: the suffixes are appended to its name as it
+    is (a dot in it stays: run_T0.5 -> run_T0.5.csv), a .csv or .png suffix given with it dropped
+    first (runs.csv -> runs.csv, runs.png); a directory (an existing one, or a path ending in "/")
+    holds DEFAULT_NAME.csv and DEFAULT_NAME.png. ValueError for an empty `out`."""
+    text = str(out)
+    if not text.strip():
+        raise ValueError(f"{text!r}: an empty output name (a file path without its suffix, e.g. "
+                         f"bench/results/{DEFAULT_NAME}, or a directory)")
+    base = Path(text)
+    if text.endswith(("/", os.sep)) or base.is_dir():
+        base = base / DEFAULT_NAME
+    elif base.suffix.lower() in (".csv", ".png"):
+        base = base.with_suffix("")
+    return base.with_name(base.name + ".csv"), base.with_name(base.name + ".png")
+
+
 def partial_path(csv_path: Path) -> Path:
     """Where rows go while the sweep runs: OUT.partial.csv, renamed to OUT.csv when it completes."""
     return csv_path.with_name(csv_path.stem + ".partial.csv")

@@ -1,0 +1,114 @@
+"""Defects found while preparing the pair loader for the server, each pinned by a test that failed
+before its fix: answers of the policies that do not stream, sweep output names, tokens_per_step
+after EOS, special tokens outside the vocabulary, duplicate shard tensors, harness model_args and
+requests, WORLD_SIZE, and HF adapters whose logits have the wrong width."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from apd_ext.cli import main as cli
+from apd_ext.tiny import evaluate as ev
+from apd_ext.tiny import sweep, task
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()  # the commands set the process's thread count
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return ev.load_pair()
+
+
+def _error_line(argv, capsys, status: int) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == status and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# --- 1. generate / demo take the answer from the returned tokens, not from the stream -----------
+
+@pytest.mark.parametrize("command,spec", [("generate", "threshold"), ("generate", "diffusion:diffusion_steps=32"),
+                                          ("demo", "threshold")])
+def test_answer_of_a_policy_that_does_not_stream(pair, capsys, command, spec):
+    """threshold and diffusion commit out of order and stream nothing: the answer (and its text)
+    comes from the returned sequence, cut at EOS, as eval-tiny decodes it."""
+    problem = task.eval_problems(0, 1)[0]
+    text, _, _ = ev.decode(pair, problem, spec, seed=0)
+    expected = task.extract_answer(text)
+    assert expected == problem.answer  # the tiny pair solves it under both policies
+    argv = [command, "--policy", spec, "--no-warmup"] + (["--no-compare"] if command == "generate" else [])
+    cli(argv)
+    out = capsys.readouterr().out
+    assert f"got {expected}: correct" in out
+    assert problem.prompt + text in out  # the answer is printed after the prompt
+    row = next(line for line in out.splitlines() if line.startswith(spec.split(":")[0]))
+    assert row.split()[-1] == str(expected)  # the table's answer column
+
+
+# --- 2. sweep output names ----------------------------------------------------------------------
+
+def test_sweep_output_names_keep_dots_and_go_inside_directories(tmp_path):
+    d = tmp_path
+    assert sweep.output_paths(d / "run_T0.5") == (d / "run_T0.5.csv", d / "run_T0.5.png")
+    assert sweep.output_paths(d / "run_T0.7")[0] != sweep.output_paths(d / "run_T0.5")[0]
+    assert sweep.output_paths(d / "runs.csv") == sweep.output_paths(d / "runs.png") == (d / "runs.csv",
+                                                                                         d / "runs.png")
+    assert sweep.output_paths(f"{d}/res/") == (d / "res" / "sweep_tiny.csv", d / "res" / "sweep_tiny.png")
+    assert sweep.output_paths(d) == (d / "sweep_tiny.csv", d / "sweep_tiny.png")
+    with pytest.raises(ValueError, match="empty output name"):
+        sweep.output_paths("")
+
+
+def test_sweep_command_writes_where_out_says(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ev, "load_pair", lambda *a, **k: None)
+    monkeypatch.setattr(ev, "evaluate", lambda pair, problems, spec, progress=True, seed=0: {
+        "policy": spec, "name": "ar", "params": {}, "num_problems": 1, "correct": 1, "accuracy": 1.0,
+        "generated_tokens": 4, "emitted_tokens": 4, "dllm_forwards": 0, "verifier_forwards": 5, "steps": 4,
+        "tokens_per_dllm_forward": None, "tokens_per_step": 1.0, "tokens_per_s": 10.0, "wall_s": 0.4})
+    for name in ("run_T0.5", "run_T0.7"):
+        cli(["sweep", "--out", str(tmp_path / name), "--num-problems", "1", "--policies", "ar"])
+    (tmp_path / "res").mkdir()
+    cli(["sweep", "--out", f"{tmp_path}/res/", "--num-problems", "1", "--policies", "ar"])
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["run_T0.5.csv", "run_T0.7.csv"]
+    assert [r["policy"] for r in csv.DictReader(open(tmp_path / "res" / "sweep_tiny.csv"))] == ["ar"]
+    assert "--out '': an empty output name" in _error_line(["sweep", "--out", ""], capsys, 2)
+
+
+# --- an empty --dllm is an error, not the bundled pair -----------------------------------------------
+
+def test_empty_checkpoint_flags_are_errors(capsys):
+    assert "--dllm '': an empty path" in _error_line(["generate", "--dllm", "", "--verifier", "", "--prompt", "x"],
+                                                     capsys, 2)
+    assert "--dllm '': an empty path" in _error_line(["generate", "--dllm", "", "--policy", "threshold",
+                                                      "--prompt", "x"], capsys, 2)
+
+
+# --- 7. WORLD_SIZE that is not a number --------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["", "two", "0"])
+def test_world_size_that_is_not_a_count(monkeypatch, capsys, value):
+    monkeypatch.setenv("WORLD_SIZE", value)
+    line = _error_line(["demo", "--no-warmup"], capsys, 2)
+    assert f"WORLD_SIZE={value!r} is not an integer >= 1" in line
+
+
+def test_local_rank_that_is_not_a_number(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert "LOCAL_RANK='x' is not an integer >= 0" in _error_line(["demo", "--tp", "2", "--device", "cuda"], capsys, 2)
+
