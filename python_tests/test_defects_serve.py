@@ -112,3 +112,93 @@ def test_local_rank_that_is_not_a_number(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert "LOCAL_RANK='x' is not an integer >= 0" in _error_line(["demo", "--tp", "2", "--device", "cuda"], capsys, 2)
 
+
+# --- 6. the harness's model_args and requests --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hm():
+    import os
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return pytest.importorskip("apd_ext.harness.model")
+
+
+def _request(context: str, **gen_kwargs):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(args=(context, {"max_gen_toks": 64, **gen_kwargs}), task_name="t")
+
+
+@pytest.mark.parametrize("value,on", [("no", False), ("No", False), ("false", False), ("0", False), (0, False),
+                                      (False, False), ("yes", True), ("TRUE", True), ("1", True), (1, True),
+                                      (True, True)])
+def test_harness_compile_flag_is_parsed_strictly(hm, value, on):
+    assert hm.ApdLM(device="cpu", compile=value).generate_kwargs["compile"] is on
+
+
+@pytest.mark.parametrize("value", ["maybe", "", 2, 0.5])
+def test_harness_compile_flag_refuses_other_values(hm, value):
+    with pytest.raises(hm.HarnessError, match=f"compile must be true or false .*got {value!r}"):
+        hm.ApdLM(device="cpu", compile=value)
+
+
+def test_harness_refuses_knobs_the_policy_does_not_read(hm):
+    with pytest.raises(hm.HarnessError, match=r"model_args mixture_weight: policy ar does not read it; it reads "
+                                              r"max_new_tokens, temperature"):
+        hm.ApdLM(device="cpu", policy="ar", mixture_weight=0.5)
+    with pytest.raises(hm.HarnessError, match=r"model_args k, kv_window: policy diffusion does not read them"):
+        hm.ApdLM(device="cpu", policy="diffusion", k=2, kv_window=4)
+    assert hm.ApdLM(device="cpu", policy="ar", temperature=0.5).config.temperature == 0.5
+
+
+@pytest.mark.parametrize("seed", [2**63 - 1, 2**64 - 1])
+def test_harness_seeds_near_the_top_of_64_bits_wrap(hm, pair, seed):
+    """Request i decodes with seed + i modulo 2^64 (generate's own wrap): near 2^63 and 2^64 the
+    answers are those of generate called with those seeds."""
+    from apd_ext import generate
+
+    problems = task.eval_problems(0, 2)
+    lm = hm.ApdLM(device="cpu", seed=seed, temperature=1.0, kv_window=None, max_lookahead=None)
+    texts = lm.generate_until([_request(p.prompt) for p in problems], disable_tqdm=True)
+    for i, (p, text) in enumerate(zip(problems, texts)):
+        ids = pair.tok.encode(p.prompt)
+        out = generate(pair.dllm, pair.verifier, [ids], lm.config.replace(max_new_tokens=64), seed=(seed + i) % 2**64)
+        n = int(out.num_generated[0])
+        assert text == pair.tok.decode(ev.loading.answer_tokens(out.sequences[0, len(ids): len(ids) + n].tolist(), [1]))
+
+
+def test_harness_seed_outside_64_bits(hm):
+    for seed in (2**64, -1):
+        with pytest.raises(hm.HarnessError, match=rf"seed must be an integer in \[0, 2\^64\), got {seed}"):
+            hm.ApdLM(device="cpu", seed=seed)
+
+
+def test_harness_bad_requests_name_the_request_and_the_field(hm):
+    lm = hm.ApdLM(device="cpu")
+    prompt = task.eval_problems(0, 1)[0].prompt
+    with pytest.raises(hm.HarnessError, match=r"request 1: generation kwarg temperature must be a number, got 'hot'"):
+        lm.generate_until([_request(prompt), _request(prompt, temperature="hot")], disable_tqdm=True)
+    with pytest.raises(hm.HarnessError, match=r"request 1: generation kwarg temperature must be a number, got True"):
+        lm.generate_until([_request(prompt), _request(prompt, temperature=True)], disable_tqdm=True)
+    with pytest.raises(hm.HarnessError, match=r"request 2: the context holds the dLLM's mask token '<\|mask\|>' "
+                                              r"\(id 2\) at token \d"):
+        lm.generate_until([_request(prompt), _request(prompt), _request("Tom<|mask|> has")], disable_tqdm=True)
+    assert lm.generate_until([_request(prompt, temperature="0")], disable_tqdm=True)  # a number's text is fine
+
+
+@pytest.mark.parametrize("value", ["", "many", "0"])
+def test_harness_world_size_that_is_not_a_count(hm, monkeypatch, value):
+    monkeypatch.setenv("WORLD_SIZE", value)
+    with pytest.raises(hm.HarnessError, match=f"WORLD_SIZE={value!r} is not a process count"):
+        hm.ApdLM(device="cpu")
+
+
+def test_harness_empty_checkpoint_paths(hm, monkeypatch):
+    monkeypatch.chdir(ev.ASSETS / "dllm")  # "" was this directory, a loadable dLLM
+    with pytest.raises(hm.HarnessError, match=r"dllm='': an empty path"):
+        hm.ApdLM(device="cpu", dllm="", policy="dllm_fixed")
+    with pytest.raises(hm.HarnessError, match=r"dllm='': empty"):
+        hm.resolve_checkpoint("", "dllm")
+    with pytest.raises(hm.HarnessError, match=r"verifier='': an empty path"):
+        hm.ApdLM(device="cpu", dllm=str(ev.ASSETS / "dllm"), verifier="")

@@ -12,9 +12,11 @@ model_args:
         policies (dllm_fixed, threshold, diffusion) run with dllm= alone (e.g. LLaDA).
     every DecodeConfig field (policy, max_new_tokens, mixture_weight, kv_window, max_lookahead,
         temperature, top_k, top_p, k, diffusion_steps, diffusion_alg, authors_compat), with the
-        Python API's defaults (apd_ext.decode.config); `none` sets an optional knob to None.
-    generate's other keywords: seed (request i decodes with seed + i; default 0), eos_token_id,
-        vocab_size (the shared vocabulary, 151936 for Dream + Qwen2.5), backend, cuda_graphs, compile;
+        Python API's defaults (apd_ext.decode.config); `none` sets an optional knob to None. A knob
+        the policy does not read (DecodeConfig.knobs, e.g. mixture_weight with policy=ar) is an error.
+    generate's other keywords: seed (an integer in [0, 2^64); request i decodes with seed + i, modulo
+        2^64 as generate's seeds wrap; default 0), eos_token_id, vocab_size (the shared vocabulary,
+        151936 for Dream + Qwen2.5), backend, cuda_graphs, compile (true/false, 1/0, yes/no);
         canvas_bucket (default 64; 0: off): with CUDA graphs or compile, canvases are rounded up to a
         multiple of it, so that prompts of different lengths share captured graphs (same tokens).
     device (default: the harness's --device when it is usable, else cuda when available, else cpu),
@@ -24,9 +26,10 @@ model_args:
 
 A request's generation kwargs (the task's, and --gen_kwargs) set the knobs that model_args leave
 out: max_gen_toks -> max_new_tokens; do_sample=False -> temperature 0, else temperature / top_k /
-top_p as given. A knob given in model_args wins (a warning says so when the task asks otherwise). `until` strings that are one special
-token of the tokenizer (e.g. "<|im_end|>") end decoding like EOS; every stop string also cuts the
-returned text. Requests of one task and one configuration are decoded together, batch_size at a
+top_p as given. A knob given in model_args wins (a warning says so when the task asks otherwise).
+A bad value, or a context holding the dLLM's mask token, raises HarnessError naming the request
+(its index in the call) and the field. `until` strings that are one special token of the tokenizer
+(e.g. "<|im_end|>") end decoding like EOS; every stop string also cuts the returned text. Requests of one task and one configuration are decoded together, batch_size at a
 time, longest first; a row's tokens depend only on its prompt, knobs and seed, so the batch size
 does not change the answers.
 
@@ -59,6 +62,8 @@ from apd_ext.decode.config import DecodeConfig
 from apd_ext.decode.driver import generate
 from apd_ext.decode.inputs import eos_ids
 from apd_ext.decode.steps import STEPS
+from apd_ext.loading import Pair, answer_tokens, check_sources, load_pair
+from apd_ext.models.config import CheckpointError
 
 # under the harness's logger: its command line formats and shows these lines with its own
 log = logging.getLogger("lm_eval.apd_ext")
@@ -67,6 +72,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 KNOBS = tuple(f.name for f in dataclasses.fields(DecodeConfig))  # policy and every knob
 GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p")
 AUTO_BATCH = 32
+SEED_RANGE = 2**64  # generate's seeds are 64-bit: request i's seed + i wraps modulo 2^64
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 class HarnessError(ValueError):
@@ -76,6 +83,8 @@ class HarnessError(ValueError):
 def resolve_checkpoint(name, what: str) -> Path:
     """A local checkpoint directory, or a Hugging Face hub id resolved through huggingface_hub
     (its local cache first; a download when the hub is reachable)."""
+    if not str(name).strip():
+        raise HarnessError(f"{what}={name!r}: empty (a checkpoint directory or a hub id org/name)")
     path = Path(str(name)).expanduser()
     if path.is_dir():
         return path
@@ -91,6 +100,45 @@ def resolve_checkpoint(name, what: str) -> Path:
     except Exception as e:  # noqa: BLE001 - offline, unknown id, no permission: one message
         raise HarnessError(f"{what}={name}: not a local directory, and the hub id could not be resolved "
                            f"({type(e).__name__}: {e})") from None
+
+
+def _flag(name: str, value) -> bool:
+    """A boolean model_arg: True / False, 1 / 0, or the text true, false, 1, 0, yes, no (any case);
+    HarnessError naming `name` for anything else (bool("no") would be True)."""
+    if isinstance(value, bool):
+        return value
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE + _FALSE:
+        return text in _TRUE
+    raise HarnessError(f"{name} must be true or false (1/0, yes/no), got {value!r}")
+
+
+def _number(name: str, value) -> float:
+    """A numeric generation kwarg (a number or its text); HarnessError naming `name` otherwise."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise HarnessError(f"generation kwarg {name} must be a number, got {value!r}") from None
+
+
+def _world_size() -> int:
+    """WORLD_SIZE as torchrun / accelerate set it (1 when unset); HarnessError naming it and its
+    value when it is not an integer >= 1."""
+    text = os.environ.get("WORLD_SIZE")
+    if text is None:
+        return 1
+    try:
+        world = int(text)
+    except ValueError:
+        world = 0
+    if world < 1:
+        raise HarnessError(f"WORLD_SIZE={text!r} is not a process count (an integer >= 1, as torchrun sets it); "
+                           f"unset it to run in one process")
+    return world
 
 
 def _batch_size(value) -> int | None:
@@ -112,15 +160,15 @@ def _batch_size(value) -> int | None:
 class ApdLM(LM):
     """apd_ext as an lm-evaluation-harness model (see the module docstring for the model_args).
 
-    Attributes: config (the DecodeConfig of the model_args), dllm / verifier (the runners), tok
-    (apd_ext.tokenizer.HFTokenizer the pair shares), stats (task -> statistics dict, summed over
-    calls)."""
+    Attributes: config (the DecodeConfig of the model_args), pair (the apd_ext.loading.Pair loaded
+    by load_pair), dllm / verifier (its runners), tok (the apd_ext.tokenizer.HFTokenizer the pair
+    shares), stats (task -> statistics dict, summed over calls)."""
 
     def __init__(self, dllm=None, verifier=None, *, device=None, dtype=None, vocab_size=None, seed=0,
                  eos_token_id=None, backend="auto", cuda_graphs=None, compile=False, canvas_bucket=64, threads=None,
                  batch_size=1, max_batch_size=None, **knobs):
         super().__init__()
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        world = _world_size()
         if world > 1:
             raise HarnessError(f"the apd model runs in one process (WORLD_SIZE is {world}): data-parallel and "
                                f"tensor-parallel harness runs are not supported; launch lm_eval once")
@@ -133,12 +181,14 @@ class ApdLM(LM):
             self.config = DecodeConfig().replace(**knobs)
         except (TypeError, ValueError) as e:
             raise HarnessError(f"model_args: {e}") from None
-        if type(seed) is not int or seed < 0:
-            raise HarnessError(f"seed must be an integer >= 0, got {seed!r}")
+        unread = sorted(set(knobs) - {"policy"} - set(self.config.knobs))
+        if unread:
+            raise HarnessError(f"model_args {', '.join(unread)}: policy {self.config.policy} does not read "
+                               f"{'it' if len(unread) == 1 else 'them'}; it reads {', '.join(self.config.knobs)}")
+        if type(seed) is not int or not 0 <= seed < SEED_RANGE:
+            raise HarnessError(f"seed must be an integer in [0, 2^64), got {seed!r}")
         if dtype is not None and dtype not in DTYPES:
             raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if vocab_size is not None and (type(vocab_size) is not int or vocab_size < 1):
-            raise HarnessError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
         if threads is not None:
             if type(threads) is not int or threads < 1:
                 raise HarnessError(f"threads must be an integer >= 1, got {threads!r}")
@@ -155,11 +205,10 @@ class ApdLM(LM):
             raise HarnessError(f"backend must be one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
         if cuda_graphs not in (None, True, False):
             raise HarnessError(f"cuda_graphs must be true, false or none (auto), got {cuda_graphs!r}")
-        self.seed, self.eos_token_id, self.vocab_size = seed, eos_token_id, vocab_size
-        self.generate_kwargs = {"backend": backend, "cuda_graphs": cuda_graphs, "compile": bool(compile)}
+        self.seed, self.eos_token_id = seed, eos_token_id
+        self.generate_kwargs = {"backend": backend, "cuda_graphs": cuda_graphs, "compile": _flag("compile", compile)}
         self._device = self._pick_device(device)
-        self.dllm_dir, self.verifier_dir = self._checkpoints(dllm, verifier, self.config.policy)
-        self._load(DTYPES.get(dtype))
+        self._load(self._checkpoints(dllm, verifier, self.config.policy), DTYPES.get(dtype), vocab_size)
         self.stats: dict[str, dict] = {}
         self._warned: set[str] = set()
         log.info("apd model: %s + %s on %s, %s", self.dllm_dir, self.verifier_dir, self._device, self.config.to_spec())
@@ -184,35 +233,29 @@ class ApdLM(LM):
         return dev
 
     @staticmethod
-    def _checkpoints(dllm, verifier, policy: str) -> tuple[Path, Path | None]:
-        """(dLLM dir, verifier dir or None): a dLLM-only policy may leave the verifier out (a LLaDA
-        dLLM has none that numbers its tokens)."""
-        if dllm is None and verifier is None:
-            from apd_ext.tiny import DLLM_DIR, VERIFIER_DIR
+    def _checkpoints(dllm, verifier, policy: str) -> tuple[Path | None, Path | None]:
+        """The checkpoint directories (hub ids resolved), after apd_ext.loading's checks of the
+        arguments (so that no download starts for model_args that cannot load): (None, None) for
+        the bundled pair; a dLLM-only policy may leave the verifier out."""
+        try:
+            check_sources(dllm, verifier, policy)
+        except ValueError as e:
+            raise HarnessError(f"model_args: {e}") from None
+        return tuple(None if name is None else resolve_checkpoint(name, what)
+                     for name, what in ((dllm, "dllm"), (verifier, "verifier")))
 
-            return DLLM_DIR, VERIFIER_DIR
-        if dllm is None:
-            raise HarnessError("model_args verifier= needs dllm= too (neither: the bundled tiny pair)")
-        if verifier is None:
-            if STEPS[policy].verifier_forwards:
-                raise HarnessError(f"policy {policy} runs the verifier: give model_args verifier= with dllm= (only the "
-                                   f"dLLM-only policies dllm_fixed, threshold and diffusion run without one)")
-            return resolve_checkpoint(dllm, "dllm"), None
-        return resolve_checkpoint(dllm, "dllm"), resolve_checkpoint(verifier, "verifier")
-
-    def _load(self, dtype) -> None:
-        from apd_ext.models.runners import DllmRunner, VerifierRunner
-        from apd_ext.tokenizer import pair_tokenizer
-
-        from apd_ext.tokenizer import HFTokenizer
-
-        if self.verifier_dir is None:
-            self.tok = HFTokenizer.from_pretrained(self.dllm_dir)
-            self.verifier = None
-        else:
-            self.tok = pair_tokenizer(self.dllm_dir, self.verifier_dir)
-            self.verifier = VerifierRunner.from_pretrained(self.verifier_dir, device=self._device, dtype=dtype)
-        self.dllm = DllmRunner.from_pretrained(self.dllm_dir, device=self._device, dtype=dtype)
+    def _load(self, dirs: tuple[Path | None, Path | None], dtype, vocab_size) -> None:
+        """The pair through apd_ext.loading.load_pair; its argument errors as HarnessError."""
+        try:
+            pair = load_pair(*dirs, policy=self.config.policy, device=self._device, dtype=dtype,
+                             vocab_size=vocab_size)
+        except CheckpointError:  # a file of the checkpoint: the message names it
+            raise
+        except ValueError as e:
+            raise HarnessError(f"model_args: {e}") from None
+        self.pair: Pair = pair
+        self.dllm, self.verifier, self.tok = pair.dllm, pair.verifier, pair.tokenizer
+        self.dllm_dir, self.verifier_dir = pair.dllm_dir, pair.verifier_dir
         self.max_length = min(m.config.max_position_embeddings for m in (self.dllm, self.verifier) if m is not None)
         self.special_tokens = {t.content for t in self.tok.tok.get_added_tokens_decoder().values()}
 
@@ -280,8 +323,11 @@ class ApdLM(LM):
         context, gen_kwargs = request.args[0], (request.args[1] if len(request.args) > 1 else {})
         if not isinstance(context, str):
             raise HarnessError(f"request {index}: the context must be text, got {type(context).__name__}")
-        cfg, stops, eos = self._request_config(gen_kwargs or {})
-        ids = self._encode(context, cfg.max_new_tokens)
+        try:
+            cfg, stops, eos = self._request_config(gen_kwargs or {})
+            ids = self._encode(context, cfg.max_new_tokens)
+        except HarnessError as e:
+            raise HarnessError(f"request {index}: {e}") from None
         task = getattr(request, "task_name", None) or "?"
         return {"index": index, "ids": ids, "key": (task, cfg, tuple(stops), tuple(eos))}
 
@@ -301,7 +347,7 @@ class ApdLM(LM):
         if gen_kwargs.get("do_sample") is False:
             changes["temperature"] = 0.0
         elif gen_kwargs.get("temperature") is not None:
-            changes["temperature"] = float(gen_kwargs["temperature"])
+            changes["temperature"] = _number("temperature", gen_kwargs["temperature"])
         elif gen_kwargs.get("do_sample") is True and self.config.temperature == 0:
             changes["temperature"] = 1.0
         for key in ("top_k", "top_p"):
@@ -343,24 +389,26 @@ class ApdLM(LM):
             self._warn_once("truncate", f"apd model: contexts longer than {room} tokens are cut from the left (the "
                                         f"models hold {self.max_length} positions, {max_new_tokens} for the answer)")
             ids = ids[-room:]
+        mask = self.dllm.mask_token_id
+        if mask in ids:
+            raise HarnessError(f"the context holds the dLLM's mask token "
+                               f"{self.tok.decode([mask], skip_special_tokens=False)!r} (id {mask}) at token "
+                               f"{ids.index(mask)}: the dLLM would read it as a position to fill")
         return ids
 
     def _decode(self, chunk: list[dict], cfg: DecodeConfig, stops: list[str], eos: list[int], results: list,
                 stats: dict) -> None:
-        seeds = torch.tensor([self.seed + p["index"] for p in chunk], dtype=torch.int64)
-        extra = {} if self.vocab_size is None else {"vocab_size": self.vocab_size}
+        seeds = [(self.seed + p["index"]) % SEED_RANGE for p in chunk]
         t0 = time.perf_counter()
         rows = [p["ids"] for p in chunk]
         out = generate(self.dllm, self.verifier, rows, cfg, seed=seeds, eos_token_id=eos,
-                       canvas_length=self._canvas_length(rows, cfg), **extra, **self.generate_kwargs)
+                       vocab_size=self.pair.vocab_size, canvas_length=self._canvas_length(rows, cfg),
+                       **self.generate_kwargs)
         wall = time.perf_counter() - t0
         rows = len(chunk)
         for b, p in enumerate(chunk):
             start, n = len(p["ids"]), int(out.num_generated[b])
-            gen = out.sequences[b, start: start + n].tolist()
-            ends = [i for i, t in enumerate(gen) if t in eos]
-            if ends:
-                gen = gen[: ends[0] + 1]
+            gen = answer_tokens(out.sequences[b, start: start + n].tolist(), eos)
             text = self.tok.decode(gen)
             cut = [text.find(s) for s in stops if s in text]
             results[p["index"]] = text[: min(cut)] if cut else text
