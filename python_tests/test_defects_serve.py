@@ -202,3 +202,106 @@ def test_harness_empty_checkpoint_paths(hm, monkeypatch):
         hm.resolve_checkpoint("", "dllm")
     with pytest.raises(hm.HarnessError, match=r"verifier='': an empty path"):
         hm.ApdLM(device="cpu", dllm=str(ev.ASSETS / "dllm"), verifier="")
+
+
+# --- 4. a pad_token_id outside the vocabulary --------------------------------------------------------
+
+def _checkpoint(tmp_path, name: str):
+    import shutil
+
+    import golden
+
+    d = tmp_path / name
+    shutil.copytree(golden.path(name), d)
+    return d
+
+
+def _edit_config(d, **changes) -> None:
+    import json
+
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **changes}))
+
+
+@pytest.mark.parametrize("pad", [384, 151643, -1])
+def test_pad_token_outside_the_vocabulary_fails_at_load(tmp_path, pad):
+    """generate writes pad_token_id into `sequences` after a row's end: one outside [0, V) was
+    accepted and then returned as a token no tokenizer has."""
+    from apd_ext.models.config import CheckpointError
+    from apd_ext.models.runners import DllmRunner, VerifierRunner
+
+    for name, runner in (("dream_tiny", DllmRunner), ("qwen2_tiny", VerifierRunner)):
+        d = _checkpoint(tmp_path, name)
+        _edit_config(d, pad_token_id=pad)
+        with pytest.raises(CheckpointError, match=rf"config.json: pad_token_id {pad} is outside the vocabulary "
+                                                  rf"\[0, vocab_size = 384\)"):
+            runner.from_pretrained(d)
+
+
+def test_pad_token_of_an_hf_adapter_outside_the_vocabulary():
+    from apd_ext.models import HFDllm
+    from apd_ext.models.config import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"HFDllm: pad_token_id 64 is outside the vocabulary \[0, vocab_size = 64\)"):
+        HFDllm(lambda ids: ids, vocab_size=64, mask_token_id=63, pad_token_id=64)
+    assert HFDllm(lambda ids: ids, vocab_size=64, mask_token_id=63, pad_token_id=0).config.pad_token_id == 0
+
+
+# --- 5. the same tensor in two shard files -----------------------------------------------------------
+
+def test_a_tensor_in_two_shards_names_both_files(tmp_path):
+    """Without an index the file that sorted last silently won; with one, both copies were read."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from apd_ext.models.checkpoint import INDEX
+    from apd_ext.models.config import CheckpointError
+    from apd_ext.models.runners import VerifierRunner
+
+    d = _checkpoint(tmp_path, "qwen2_tiny")
+    tensors = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    name = "model.norm.weight"
+    save_file(tensors, d / "a.safetensors")
+    save_file({name: tensors[name] * 2}, d / "b.safetensors")
+    with pytest.raises(CheckpointError, match=rf"tensor '{name}' is in two files, a.safetensors and b.safetensors "
+                                              rf"\(no {INDEX} says which one to read\)"):
+        VerifierRunner.from_pretrained(d)
+    (d / INDEX).write_text(json.dumps({"weight_map": {n: "a.safetensors" for n in tensors} | {name: "b.safetensors"}}))
+    with pytest.raises(CheckpointError, match=rf"tensor '{name}' is in two files, a.safetensors and b.safetensors;"):
+        VerifierRunner.from_pretrained(d)
+    norm = tensors.pop(name)
+    save_file(tensors, d / "a.safetensors")  # each tensor once: loads, the norm from b.safetensors
+    params = dict(VerifierRunner.from_pretrained(d).model.named_parameters())
+    assert torch.equal(params[name], norm * 2)
+
+
+# --- 8. an HF adapter whose model returns logits of another width ---------------------------------------
+
+class _Logits(torch.nn.Module):
+    """A stand-in model: logits [B, S, width] that favour token (id + 1) mod 16."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+
+    def forward(self, ids):
+        return torch.nn.functional.one_hot((ids + 1) % 16, self.width).float() * 5
+
+
+def test_hf_adapter_logits_narrower_than_the_vocabulary(monkeypatch):
+    from apd_ext import generate
+    from apd_ext.models import HFDllm, HFVerifier
+
+    V = 32
+    prompt = [[3, 4, 5]]
+    with pytest.raises(ValueError, match=rf"HFDllm: the model returned logits of width {V - 1}, expected vocab_size {V}"):
+        generate(HFDllm(_Logits(V - 1), vocab_size=V, mask_token_id=V - 1), None, prompt, "dllm_fixed", max_new_tokens=4)
+    with pytest.raises(ValueError, match=rf"HFVerifier: the model returned logits of width 20, expected vocab_size {V}"):
+        generate(HFDllm(_Logits(V), vocab_size=V, mask_token_id=V - 1), HFVerifier(_Logits(20), vocab_size=V),
+                 prompt, "apd", max_new_tokens=4, seed=0)
+    # a wider head (padded past the tokenizer, as Qwen2.5's) is cut to the vocabulary
+    wide = generate(HFDllm(_Logits(V + 8), vocab_size=V, mask_token_id=V - 1), None, prompt, "dllm_fixed",
+                    max_new_tokens=4)
+    assert wide.sequences[0, 3:].tolist() == [6, 7, 8, 9]

@@ -13,8 +13,8 @@ message names the tensor as the file spells it.
 
 Every file is checked before it is read: a missing file raises FileNotFoundError, an unusable one
 (empty, truncated, a Git LFS pointer, not safetensors, an index without a weight_map, a tensor
-absent or of the wrong shape) raises CheckpointError (a ValueError) naming the file, the key or
-tensor, and what was expected; never a raw safetensors or json error."""
+absent or of the wrong shape, a tensor in two shard files) raises CheckpointError (a ValueError)
+naming the file, the key or tensor, and what was expected; never a raw safetensors or json error."""
 
 from __future__ import annotations
 
@@ -158,9 +158,10 @@ def load_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = Tru
     params = {names[n]: p for n, p in model.named_parameters() if names[n] not in tied}  # by the files' names
     slices = {names[n]: spec for n, spec in getattr(model, "slices", {}).items()}
     listed = index_weight_map(path) if (path / INDEX).exists() else None
+    headers = {f: tensor_shapes(f) for f in shard_files(path)}
+    _check_unique(path, headers, indexed=listed is not None)
     seen: set[str] = set()
-    for f in shard_files(path):
-        shapes = tensor_shapes(f)
+    for f, shapes in headers.items():
         if listed is not None:
             absent = sorted(n for n, s in listed.items() if s == f and n not in shapes)
             if absent:
@@ -172,6 +173,20 @@ def load_weights(model: torch.nn.Module, path: str | Path, *, strict: bool = Tru
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"{path}: tensors missing from {', '.join(f.name for f in shard_files(path))}: "
                               f"{missing[:5]}{more}")
+
+
+def _check_unique(path: Path, headers: dict[Path, dict], indexed: bool) -> None:
+    """Every tensor name in one file of `headers` (file -> its tensor shapes): two shards holding
+    the same tensor leave it undecided which copy is the weight (the file read last would win), so
+    that is a CheckpointError naming both files and the tensor."""
+    owner: dict[str, Path] = {}
+    for f, shapes in headers.items():
+        for name in shapes:
+            if name in owner:
+                how = "" if indexed else f" (no {INDEX} says which one to read)"
+                raise CheckpointError(f"{path}: tensor {name!r} is in two files, {owner[name].name} and {f.name}"
+                                      f"{how}; a checkpoint holds each tensor once")
+            owner[name] = f
 
 
 def full_shape(param: torch.Tensor, spec: tuple[int, int, int] | None) -> tuple[int, ...]:

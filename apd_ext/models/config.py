@@ -84,8 +84,8 @@ class ModelConfig:
     "Dream" (bidirectional dLLM whose logits at position j predict token j + 1), "llada"
     (bidirectional, unshifted; read from and written to LLaDA's own config.json keys).
     Checked on construction (`check`): sizes are positive integers, hidden_size divides into an
-    even head_dim per attention head and the heads into key/value heads, mask_token_id and the
-    EOS ids lie in [0, vocab_size).
+    even head_dim per attention head and the heads into key/value heads, mask_token_id,
+    pad_token_id and the EOS ids lie in [0, vocab_size).
     """
 
     model_type: str
@@ -170,7 +170,9 @@ class ModelConfig:
         eos = self.eos_token_id
         if eos is not None and not (_is_int(eos) or (isinstance(eos, list) and all(_is_int(e) for e in eos))):
             return f"eos_token_id must be a token id, a list of token ids or null, got {eos!r}"
-        ranged = [("mask_token_id", self.mask_token_id)] + [("eos_token_id", e) for e in self.eos_ids]
+        # generate writes pad_token_id into `sequences` after a row's end: it must be a token too
+        ranged = [("mask_token_id", self.mask_token_id), ("pad_token_id", self.pad_token_id)] + [
+            ("eos_token_id", e) for e in self.eos_ids]
         for name, v in ranged:
             if v is not None and not 0 <= v < self.vocab_size:
                 return f"{name} {v} is outside the vocabulary [0, vocab_size = {self.vocab_size})"

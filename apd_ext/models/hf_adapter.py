@@ -1,7 +1,8 @@
 """Slow adapters: any model object whose forward(input_ids) returns logits (a transformers model
 already in memory, say) drives `generate` without conversion. No KV cache: every call recomputes
 the whole prefix, one batch row at a time, so it is for checking and small runs, not for speed
-(and not for CUDA graphs: they read positions on the host). Logits are float32 (`logits_dtype`).
+(and not for CUDA graphs: they read positions on the host). Logits are float32 (`logits_dtype`),
+cut to vocab_size columns (a head padded past the tokenizer is wider); a narrower head is an error.
 """
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ import torch
 from apd_ext.models.config import CheckpointError, ModelConfig
 
 
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+def _logits(model, ids: torch.Tensor, vocab_size: int, who: str) -> torch.Tensor:
+    """float32 [B, S, vocab_size]: the model's logits of ids [B, S], cut to vocab_size columns (a
+    head padded past the tokenizer, as Qwen2.5's, is wider); a narrower one is a ValueError naming
+    `who` (the adapter) and both widths."""
     out = model(ids)
     out = getattr(out, "logits", out)
     if not isinstance(out, torch.Tensor) or out.dim() != 3:
-        raise TypeError("the model's forward(input_ids) must return logits [B, S, V] (or an object with .logits)")
-    return out.float()
+        raise TypeError(f"{who}: the model's forward(input_ids) must return logits [B, S, V] (or an object with "
+                        f".logits)")
+    if out.shape[-1] < vocab_size:
+        raise ValueError(f"{who}: the model returned logits of width {out.shape[-1]}, expected vocab_size "
+                         f"{vocab_size} (or wider: columns past it are cut)")
+    return out[..., :vocab_size].float()
 
 
 def _device_of(model, device) -> torch.device:
@@ -67,7 +75,7 @@ class HFDllm:
             r, c = int(right[b]), int(curr[b])
             if r <= c:
                 continue
-            logits = _logits(self.model, canvas[b : b + 1, :r])[0, :, : self.vocab_size]
+            logits = _logits(self.model, canvas[b : b + 1, :r], self.vocab_size, "HFDllm")[0]
             first = c - (1 if self.shifted else 0)
             n = min(window, r - c)
             out[b, :n] = logits[first : first + n]
@@ -98,7 +106,7 @@ class HFVerifier:
         rows = []
         for b in range(canvas.shape[0]):
             p = int(prompt_len[b])
-            rows.append(_logits(self.model, self.tokens[b : b + 1, :p])[0, -1, : self.vocab_size])
+            rows.append(_logits(self.model, self.tokens[b : b + 1, :p], self.vocab_size, "HFVerifier")[0, -1])
         if out is None:
             return torch.stack(rows)
         out[0].copy_(torch.stack(rows))
@@ -116,6 +124,6 @@ class HFVerifier:
             if v == 0:
                 continue
             self.tokens[b, c : c + v] = tokens[b, :v]
-            logits = _logits(self.model, self.tokens[b : b + 1, : c + v])[0, :, : self.vocab_size]
+            logits = _logits(self.model, self.tokens[b : b + 1, : c + v], self.vocab_size, "HFVerifier")[0]
             res[b, :v] = logits[c : c + v]
         return res
