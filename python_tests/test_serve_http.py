@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import re
+import socket
 import threading
 import time
 
@@ -24,7 +27,9 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 import apd_ext
+from apd_ext.cli import main as cli
 from apd_ext.loading import answer_tokens, load_pair
+from apd_ext.serve.detok import REPLACEMENT, Detokenizer, StopMatcher
 from apd_ext.tiny import task
 from apd_ext.tiny.evaluate import TASK_CONFIG
 from serve_process import ServeProcess
@@ -138,6 +143,79 @@ def sse_events(response) -> list:
             data = line[len("data: "):]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
+
+
+# --- in-process parts: the detokeniser, stop strings, the command line --------------------------------------
+
+def test_detokenizer_never_splits_a_character(pair):
+    text = "héllo wörld, 日本語 🎉🎉 ok\n#### 42 ✓"
+    ids = pair.tokenizer.encode(text)
+    for step in (1, 2, 3):  # tokens per push
+        d = Detokenizer(pair.tokenizer)
+        deltas = [d.push(ids[i: i + step]) for i in range(0, len(ids), step)] + [d.flush()]
+        assert "".join(deltas) == pair.tokenizer.decode(ids) == text
+        assert not any(REPLACEMENT in x for x in deltas)
+    d = Detokenizer(pair.tokenizer)  # a sequence that really ends mid-character: flushed as U+FFFD
+    cut = pair.tokenizer.encode("🎉")[:-1]
+    assert d.push(cut) == "" and d.flush() == pair.tokenizer.decode(cut)
+
+
+def test_stop_matcher_against_a_plain_search():
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 12)))
+        stops = ["".join(rng.choice("abc") for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 3))]
+        cuts = [text.find(s) for s in stops if s in text]
+        want = text[: min(cuts)] if cuts else text
+        m, out, pos = StopMatcher(stops), [], 0
+        while pos < len(text):  # random chunks
+            n = rng.randint(1, 4)
+            got, stopped = m.push(text[pos: pos + n])
+            out.append(got)
+            pos += n
+            if stopped:
+                break
+        else:
+            out.append(m.push("", final=True)[0])
+        assert "".join(out) == want, (text, stops)
+        emitted = ""
+        for piece in out:  # no emitted prefix ever ends inside a stop string that later completes
+            emitted += piece
+            assert emitted == want[: len(emitted)]
+
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("argv, status, pattern", [
+    (["--policy", "diffusion"], 2, r"--policy diffusion: not served"),
+    (["--port", "70000"], 2, r"--port: takes a port in \[0, 65535\]"),
+    (["--drain-timeout", "-1"], 2, r"--drain-timeout: takes seconds >= 0"),
+    (["--verifier", "x"], 2, r"--verifier needs --dllm too"),
+    (["--dllm", "x"], 2, r"policy apd runs the verifier: pass --verifier with --dllm"),
+    (["--dllm", "/nonexistent/dream", "--verifier", "/nonexistent/qwen"], 2, r"--dllm /nonexistent/dream"),
+    (["--dllm", ""], 2, r"--dllm '': an empty path"),
+    (["--max-batch-size", "0"], 2, r"--max-batch-size: takes an integer >= 1"),
+])
+def test_serve_argument_errors(capsys, keep_threads, argv, status, pattern):
+    with pytest.raises(SystemExit) as e:
+        cli(["serve", *argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == status and "\n" not in err and re.search(pattern, err), err
+
+
+def test_serve_on_a_taken_port_fails_in_one_line(capsys, keep_threads):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(SystemExit) as e:
+            cli(["serve", "--port", str(taken.getsockname()[1])])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err.startswith("error: --host 127.0.0.1 --port") and "cannot listen" in err, err
 
 
 # --- answers --------------------------------------------------------------------------------------------
@@ -283,6 +361,22 @@ def test_bad_requests_get_400_naming_the_field(server, path, body, param):
     assert err["message"]
 
 
+def test_harmless_fields_are_accepted(server, ref):
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 64, "temperature": 0, "n": 1, "user": "u",
+            "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "echo": False, "best_of": 1,
+            "stop": None, "seed": None, "top_p": None, "stream": False}
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == ref(PROMPT)[0], r.text
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": PROBLEMS[1].question}]}],
+            "tools": [], "response_format": {"type": "text"}, "logprobs": False, "parallel_tool_calls": True,
+            "store": False, "metadata": {"k": "v"}, "max_tokens": 64}
+    r = httpx.post(server.url + "/v1/chat/completions", json=chat, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == ref(
+        task.format_prompt(PROBLEMS[1].question))[0], r.text
+    r = httpx.get(server.url + "/v2/nothing", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_malformed_bodies_and_long_prompts(server, pair):
     post = lambda body, **kw: httpx.post(server.url + "/v1/completions", timeout=30, content=body, **kw)  # noqa: E731
     for body in (b"{bad", b"", b"[1, 2]", b"\xff\xfe"):
@@ -363,6 +457,11 @@ def test_disconnect_mid_stream_frees_the_slot(small, long_seed):
     wait_until("the slot freed", lambda: idle(small))
     wait_until("the request counted as cancelled",
                lambda: metric(small, "apd_requests_total", finish_reason="cancelled") == before + 1)
+    with pytest.raises(httpx.ReadTimeout):  # a non-streamed request whose client gives up
+        httpx.post(small.url + "/v1/completions", json=_long_body(long_seed), timeout=httpx.Timeout(30, read=0.05))
+    wait_until("the slot freed", lambda: idle(small))
+    wait_until("the request counted as cancelled",
+               lambda: metric(small, "apd_requests_total", finish_reason="cancelled") == before + 2)
 
 
 def test_queue_full_gets_429(small, long_seed):

@@ -16,6 +16,8 @@ second signal stops at once.
 
 from __future__ import annotations
 
+import re
+import signal
 import socket
 import sys
 
@@ -91,17 +93,51 @@ def run(args) -> None:
     device = common.resolve_device(args.device, "cuda" if torch.cuda.is_available() and not bundled else "cpu")
     common.set_threads(args, TINY_THREADS if bundled else None)
     tp = parallel.setup(args, device)
-    sock = _listen(args.host, args.port) if tp is None or tp.rank == 0 else None
+    sock = _listen_rank0(args, tp)
     try:
         pair = _load(args, cfg, bundled, tp.device if tp else device, tp)
-        engine = _engine(args, cfg, pair)
-        if sock is None:  # a follower rank: replay rank 0's steps until it shuts down
+        engine = _engine(args, cfg, pair, tp)
+        if sock is None:  # a follower rank: replay rank 0's steps until its loop stops
+            _ignore_signals()
             engine.follow()
             return
-        _serve(args, engine, pair, bundled, sock)
+        try:
+            _serve(args, engine, pair, bundled, sock)
+        finally:
+            _stop(engine)
     finally:
         if sock is not None:
             sock.close()
+
+
+def _listen_rank0(args, tp):
+    """Rank 0's listening socket (None on the other ranks); under --tp a failure to listen ends
+    every rank alike (TensorParallel.check_all) rather than leaving the others waiting."""
+    if tp is None:
+        return _listen(args.host, args.port)
+    sock, error = None, None
+    if tp.rank == 0:
+        try:
+            sock = _listen(args.host, args.port)
+        except CliError as e:
+            error = e
+    tp.check_all(error, "listening")
+    return sock
+
+
+def _ignore_signals() -> None:
+    """Follower ranks ignore SIGTERM / SIGINT (torchrun forwards them to every rank): rank 0 drains
+    and its loop's end releases them; dying first would break rank 0's collectives mid-drain."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _stop(engine) -> None:
+    """Make sure the engine's loop has stopped, however serving ended (under --tp the loop's end
+    releases the follower ranks from Engine.follow; a loop that never started is started to end)."""
+    if getattr(engine, "_thread", None) is None:
+        engine.start()
+    engine.shutdown(drain=False, timeout=10)
 
 
 def _config(args) -> tuple[DecodeConfig, bool]:
@@ -120,11 +156,16 @@ def _config(args) -> tuple[DecodeConfig, bool]:
     try:
         check_sources(args.dllm, args.verifier, cfg.policy)
     except ValueError as e:
-        raise CliError(str(e).replace("dllm=", "--dllm ").replace("verifier=", "--verifier ")) from None
+        raise CliError(_flags(str(e))) from None
     for flag, path in (("--dllm", args.dllm), ("--verifier", args.verifier)):
         if path is not None:
             common.check_dir(path, flag, ("config.json",))
     return cfg, bundled
+
+
+def _flags(message: str) -> str:
+    """load_pair's argument names as the command's flags ("dllm=x" -> "--dllm x", "dllm=" -> "--dllm")."""
+    return re.sub(r"\b(dllm|verifier)=(?=\s|$)", r"--\1", re.sub(r"\b(dllm|verifier)=(?=\S)", r"--\1 ", message))
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -155,15 +196,21 @@ def _load(args, cfg: DecodeConfig, bundled: bool, device: torch.device, tp):
                      vocab_size=args.vocab_size, tp=tp, replicate=replicate)
 
 
-def _engine(args, cfg: DecodeConfig, pair):
+def _engine(args, cfg: DecodeConfig, pair, tp):
     from apd_ext.serve.engine import Engine
 
+    engine, error = None, None
     try:
-        return Engine(pair.dllm, pair.verifier, cfg, slots=args.max_batch_size, context_length=args.context_length,
-                      vocab_size=pair.vocab_size, eos_token_id=list(pair.eos_token_ids), backend=args.backend,
-                      cuda_graphs=False if args.no_cuda_graphs else None, max_queue=args.max_queue)
+        engine = Engine(pair.dllm, pair.verifier, cfg, slots=args.max_batch_size, context_length=args.context_length,
+                        vocab_size=pair.vocab_size, eos_token_id=list(pair.eos_token_ids), backend=args.backend,
+                        cuda_graphs=False if args.no_cuda_graphs else None, max_queue=args.max_queue)
     except ValueError as e:
-        raise CliError(str(e).replace("context_length", "--context-length"), 1) from None
+        error = CliError(str(e).replace("context_length", "--context-length"), 1)
+    if tp is not None:
+        tp.check_all(error, "starting the engine")
+    if error is not None:
+        raise error
+    return engine
 
 
 def _serve(args, engine, pair, bundled: bool, sock: socket.socket) -> None:
