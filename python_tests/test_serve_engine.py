@@ -62,7 +62,8 @@ def _alone(dllm, verifier, cfg: DecodeConfig, r: Request, eos: list[int]) -> lis
     knobs = {n: getattr(r, n) for n in ("temperature", "top_k", "top_p", "mixture_weight")
              if getattr(r, n) is not None}
     out = generate(dllm, verifier if cfg.policy in ("apd", "ar") else None, [r.prompt],
-                   cfg.replace(max_new_tokens=r.max_tokens, **knobs), seed=r.seed, eos_token_id=eos)
+                   cfg.replace(max_new_tokens=r.max_tokens, **knobs), seed=r.seed, eos_token_id=eos,
+                   cuda_graphs=False)
     toks = out.sequences[0, len(r.prompt): len(r.prompt) + int(out.num_generated[0])].tolist()
     cut = next((i for i, t in enumerate(toks) if t in eos), None)
     return toks if cut is None else toks[:cut]
@@ -238,3 +239,78 @@ def test_unserved_policy_and_bad_sizes_are_refused(gold):
         Engine(dllm, verifier, DecodeConfig(**shape), slots=0)
     with pytest.raises(ValueError, match="context_length"):
         Engine(dllm, verifier, DecodeConfig(**shape), context_length=10**6)
+
+
+class _Replay:
+    """graphs.capture's stand-in on CPU: replay() runs the captured step, after checking that every
+    State tensor is where it was at capture (what a real CUDA graph reads)."""
+
+    made = 0
+
+    def __init__(self, fn, device):
+        self.fn, self.state = fn, _Replay.engine.state
+        self.addresses = [t.data_ptr() for t in self.state.tensors()]
+        _Replay.made += 1
+
+    def replay(self):
+        assert [t.data_ptr() for t in self.state.tensors()] == self.addresses, "a State tensor moved"
+        self.fn()
+
+
+def test_steady_step_is_captured_once_whatever_joins_and_leaves(gold, monkeypatch):
+    from apd_ext.decode import graphs
+
+    monkeypatch.setattr(graphs, "graphs_possible", lambda device: True)
+    monkeypatch.setattr(graphs, "capture", _Replay)
+    dllm, verifier, prompts, shape = gold
+    cfg = DecodeConfig(max_new_tokens=10, **shape)
+    engine = Engine(dllm, verifier, cfg, slots=2, eos_token_id=[382], cuda_graphs=True)
+    _Replay.engine, _Replay.made = engine, 0
+    rng = random.Random(5)
+    reqs = _requests(prompts, True, 10, rng)
+    ids, got = _drive(engine, {0: reqs[:2], 3: reqs[2:4], 9: reqs[4:]}, {})
+    # one capture per slot bucket (1 and 2 rows here), made once
+    assert 1 <= _Replay.made <= len(engine.buckets) == 2 and engine.stats()["captures"] == _Replay.made
+    made = _Replay.made
+    ids2, got2 = _drive(engine, {0: reqs[::-1]}, {0: 2})  # request 0 cancelled before step 2
+    assert _Replay.made == made, "joins, leaves or cancellations recaptured a step"
+    assert engine.stats()["joins"] in (2 * len(reqs) - 1, 2 * len(reqs))  # the cancelled one may not have joined
+    for rid, r in zip(ids, reqs):
+        assert got[rid]["tokens"] == _alone(dllm, verifier, cfg, r, [382])
+    for rid, r in zip(ids2, reqs[::-1]):
+        want = _alone(dllm, verifier, cfg, r, [382])
+        toks = got2[rid]["tokens"]
+        assert toks == (want[: len(toks)] if got2[rid]["reason"] == "cancelled" else want)
+
+
+def _rank_engine(tp, reqs, policy):
+    dllm = DllmRunner.from_pretrained(golden.path("dream_tiny"), tp=tp)
+    verifier = VerifierRunner.from_pretrained(golden.path("qwen2_tiny"), tp=tp, replicate=False)
+    cfg = DecodeConfig(policy=policy, max_new_tokens=10, max_lookahead=4, kv_window=3, threshold=0.5)
+    engine = Engine(dllm, verifier if policy == "apd" else None, cfg, slots=2, eos_token_id=[382])
+    if tp.rank != 0:
+        engine.follow()
+        return None
+    ids, got = _drive(engine, {0: reqs[:3], 2: reqs[3:]}, {4: 1})
+    engine.shutdown()
+    return [(got[rid]["tokens"], got[rid]["reason"]) for rid in ids]
+
+
+@pytest.mark.parametrize("policy", ["apd", "threshold"])
+def test_tensor_parallel_engine_follows_rank_0_and_equals_unsharded(gold, policy):
+    """2 gloo ranks: rank 0 plans (admissions, a cancellation, per-request filters that switch the
+    step's filter mix), rank 1 replays; every finished request equals generate alone, unsharded."""
+    from distributed import run_ranks
+
+    dllm, verifier, prompts, shape = gold
+    reqs = [Request(prompt=prompts[i], max_tokens=10, seed=40 + i, temperature=t, top_k=k, top_p=p)
+            for i, (t, k, p) in enumerate([(0.0, None, None), (1.0, 5, None), (0.8, None, 0.9), (1.2, 3, 0.8),
+                                           (0.0, None, None)])]
+    got = run_ranks(_rank_engine, 2, reqs, policy)[0]
+    cfg = DecodeConfig(policy=policy, max_new_tokens=10, max_lookahead=4, kv_window=3, threshold=0.5)
+    for j, (r, (toks, reason)) in enumerate(zip(reqs, got)):
+        want = _alone(dllm, verifier, cfg, r, [382])
+        if reason == "cancelled":
+            assert toks == want[: len(toks)]
+        else:
+            assert toks == want, f"request {j}: TP=2 engine {toks} vs unsharded generate {want}"

@@ -166,14 +166,12 @@ class Engine:
         step = self._step_for((False, False))
         for runner in graphs.used_runners(dllm, verifier, step):
             runner.setup(slots, L)
-        self.state = execute.new_state(step, verifier, slots, self.device)
+        self._caches = {r: [(a.k_cache, a.v_cache) for a in _attentions(r)] for r in graphs.used_runners(dllm, verifier, step)}
+        self.buckets = sorted({min(2**i, slots) for i in range(slots.bit_length() + 1)})
+        self._states: dict = {}
+        self._n = self.buckets[0]  # the rows the steps run over (a bucket >= the highest busy slot + 1)
         self.graphed = graphs.use_graphs(cuda_graphs, self.device, None, step, dllm, verifier)
         self._graphs: dict = {}
-        self.state.canvas.fill_(dllm.mask_token_id)  # a parked row's inputs read valid token ids
-        if self.state.verifier_logits is not None:
-            self.state.verifier_logits.zero_()
-        self._park(list(range(slots)))
-        self.state.knobs_loaded = True
         env = os.environ.get("APD_EXT_SERVE_FAULT_SEED")
         self.fault_seed = fault_seed if fault_seed is not None else (int(env) if env else None)
         # host side
@@ -187,7 +185,8 @@ class Engine:
         self._closed = False
         self._drain = True
         self._thread: threading.Thread | None = None
-        self.counters = dict(steps=0, joins=0, forwards=0, generated_tokens=0, finished=0)
+        self._released = False
+        self.counters = dict(steps=0, joins=0, forwards=0, generated_tokens=0, finished=0, captures=0)
         self.last_error: BaseException | None = None
 
     # ---- requests (any thread) ------------------------------------------------------------------
@@ -247,7 +246,8 @@ class Engine:
             if not drain:
                 self._cancels.update(self._by_id)
             self._cv.notify_all()
-        if self._thread is None:
+        if self._thread is None:  # stepped by hand: release the followers (tensor parallelism)
+            self._broadcast(None)
             return True
         self._thread.join(timeout)
         if self._thread.is_alive():  # the drain ran out of time: cancel what is left
@@ -320,14 +320,16 @@ class Engine:
                 e.slot = free.pop(0)
                 admit.append(e)
             steady = bool(self._running or admit)
+            rows = self._bucket(set(self._running) | {e.slot for e in admit})
         for e in cancelled:
             self._finish(e, "cancelled")
         return dict(release=release, admit=[(e.slot, e.request, e.seed) for e in admit], steady=steady,
-                    entries=admit)
+                    rows=rows, entries=admit)
 
     def _broadcast(self, plan) -> None:
-        if self.parallel is None or self.parallel[0].world == 1:
+        if self.parallel is None or self.parallel[0].world == 1 or self._released:
             return
+        self._released = plan is None  # the followers stop at None: sent once
         send = None if plan is None else {k: v for k, v in plan.items() if k != "entries"}
         torch.distributed.broadcast_object_list([send], src=0, group=self.parallel[0].group)
 
@@ -335,6 +337,7 @@ class Engine:
         events: list[Event] = []
         if plan["release"]:
             self._park(plan["release"])
+        self._resize(plan["rows"])
         entries = plan.get("entries")
         if plan["admit"]:
             events += self._join(plan["admit"], entries)
@@ -401,9 +404,63 @@ class Engine:
     def step_obj(self):
         return self._step_for(self._filters() if self.parallel is not None else (False, False))
 
+    @property
+    def state(self):
+        """The State of the current bucket's rows (allocated on first use, every row parked)."""
+        n = self._n
+        if n not in self._states:
+            st = self._states[n] = execute.new_state(self._step_for((False, False)), self.verifier, n, self.device)
+            st.canvas.fill_(self.dllm.mask_token_id)  # a parked row's inputs read valid token ids
+            if st.verifier_logits is not None:
+                st.verifier_logits.zero_()
+            st.knobs_loaded = True
+            self._park(list(range(n)))
+        return self._states[n]
+
+    def _resize(self, n: int) -> None:
+        """Run the next forwards over the first n slots: the rows both buckets hold move to the
+        bucket's State (rows past the old bucket are parked); the runners' caches stay (each step
+        reads the first n rows of them, `_narrowed`)."""
+        if n == self._n:
+            return
+        old = self.state
+        self._n = n
+        new = self.state
+        m = min(old.seeds.shape[0], n)
+        for a, b in zip(old.tensors(), new.tensors()):
+            if a.dim() == 3:  # verifier logits [R, B, V]
+                b[:, :m].copy_(a[:, :m])
+            else:
+                b[:m].copy_(a[:m])
+
+    def _bucket(self, busy) -> int:
+        top = max(busy, default=-1) + 1
+        return next(b for b in self.buckets if b >= top)
+
+    def _narrowed(self):
+        """Context: every runner's K/V caches narrowed to the first n rows (views of the same
+        memory) for a forward over the current bucket."""
+        engine = self
+
+        class _Ctx:
+            def __enter__(self):
+                for runner, full in engine._caches.items():
+                    for a, (k, v) in zip(_attentions(runner), full):
+                        a.k_cache, a.v_cache = k[: engine._n], v[: engine._n]
+
+            def __exit__(self, *exc):
+                for runner, full in engine._caches.items():
+                    for a, (k, v) in zip(_attentions(runner), full):
+                        a.k_cache, a.v_cache = k, v
+
+        return _Ctx()
+
     def _park(self, slots: list[int]) -> None:
         """Free slots: position 0, done, no window, unfiltered greedy knobs (see the module docstring)."""
         st = self.state
+        slots = [s for s in slots if s < st.seeds.shape[0]]  # rows past the bucket are parked already
+        if not slots:
+            return
         idx = torch.tensor(slots, dtype=torch.int64, device=self.device)
         for t in (st.start, st.curr, st.row_end, st.n_prev, st.offset, st.seeds, st.top_k):
             t.index_fill_(0, idx, 0)
@@ -458,7 +515,7 @@ class Engine:
             if self.fault_seed is not None and seed == self.fault_seed:
                 raise RuntimeError(f"injected fault for seed {seed} (APD_EXT_SERVE_FAULT_SEED)")
             self._load(slot, r, seed)
-        joining = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
+        joining = torch.zeros(self._n, dtype=torch.bool, device=self.device)
         joining[[s for s, _, _ in admit]] = True
         held = (st.curr.clone(), st.n_prev.clone(), st.done.clone(), st.offset.clone())
         self._prev = st.curr.clone()
@@ -466,11 +523,12 @@ class Engine:
             st.curr.masked_fill_(~joining, 0)
             st.done.masked_fill_(~joining, True)
             step = self.step_obj
-            if step.verifier_rows:
-                prompt_len = torch.where(joining, st.start, 0)
-                logits = self.verifier.prefill(st.canvas, prompt_len, max(len(r.prompt) for _, r, _ in admit))
-                st.verifier_logits[0].copy_(torch.where(joining.view(-1, 1), logits, st.verifier_logits[0]))
-            step(st, self.dllm, self.verifier, first=True)
+            with self._narrowed():
+                if step.verifier_rows:
+                    prompt_len = torch.where(joining, st.start, 0)
+                    logits = self.verifier.prefill(st.canvas, prompt_len, max(len(r.prompt) for _, r, _ in admit))
+                    st.verifier_logits[0].copy_(torch.where(joining.view(-1, 1), logits, st.verifier_logits[0]))
+                step(st, self.dllm, self.verifier, first=True)
         finally:
             for t, saved in zip((st.curr, st.n_prev, st.done, st.offset), held):
                 t.copy_(torch.where(joining, t, saved))
@@ -478,17 +536,25 @@ class Engine:
         self.counters["forwards"] += 1
 
     def _steady(self) -> None:
-        """One steady step over every slot: eager, or the captured graph of this filter mix."""
-        st, step = self.state, self.step_obj
+        """One steady step over the bucket's rows: eager, or the captured graph of this (bucket,
+        filter mix)."""
+        st = self.state
         self._prev = st.curr.clone()
         self.counters["forwards"] += 1
+        with self._narrowed():
+            self._run_steady(st, self.step_obj)
+
+    def _run_steady(self, st, step) -> None:
         if not self.graphed:
             step(st, self.dllm, self.verifier, first=False)
             return
-        key = step.key
+        key = (self._n, step.key)
         g = self._graphs.get(key)
-        if g is None:  # first call of this step: eager on a side stream (warm-up), capture on the next
+        if g is None:  # first call of this step: eager, off the default stream (warm-up); captured next
             self._graphs[key] = "warm"
+            if self.device.type != "cuda":
+                step(st, self.dllm, self.verifier, first=False)
+                return
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
@@ -498,6 +564,7 @@ class Engine:
         if g == "warm":
             g = self._graphs[key] = graphs.capture(
                 lambda: step(st, self.dllm, self.verifier, first=False, clock=NO_CLOCK), self.device)
+            self.counters["captures"] += 1
         g.replay()
 
     # ---- results ---------------------------------------------------------------------------------
@@ -577,3 +644,7 @@ class Engine:
         for e in running:
             self._finish(e, "error", message)
         self._park([e.slot for e in running])
+
+
+def _attentions(runner) -> list:
+    return [layer.self_attn for layer in runner.model.model.layers]
