@@ -305,3 +305,39 @@ def test_hf_adapter_logits_narrower_than_the_vocabulary(monkeypatch):
     wide = generate(HFDllm(_Logits(V + 8), vocab_size=V, mask_token_id=V - 1), None, prompt, "dllm_fixed",
                     max_new_tokens=4)
     assert wide.sequences[0, 3:].tolist() == [6, 7, 8, 9]
+
+
+# --- 3. tokens_per_step counts the answer, not positions filled after EOS ----------------------------
+
+def test_tokens_per_step_of_a_policy_that_fills_past_eos(pair):
+    """threshold commits the whole answer region, past the row's EOS: 18 answer tokens in 5 steps
+    were reported as 64 / 5 = 12.8 tokens per step. Now: num_generated / the row's steps."""
+    from apd_ext import generate
+
+    ids = pair.tok.encode(task.eval_problems(0, 1)[0].prompt)
+    for spec in ("threshold", "diffusion:diffusion_steps=16"):
+        out = generate(pair.dllm, pair.verifier, [ids], ev.policy_config(spec), seed=0)
+        n, acc = int(out.num_generated[0]), out.stats["acceptance_counts"]
+        assert int(acc.sum()) == 64 > n  # acceptance_counts still count every committed position
+        assert out.stats["tokens_per_step"] == n / out.stats["steps"]
+
+
+def test_tokens_per_step_of_the_in_order_policies_is_unchanged(pair):
+    """apd, dllm_fixed and ar commit only answer tokens: the figure stays the mean of the positive
+    acceptance counts (the former definition), here over a batch whose rows end at different steps."""
+    from apd_ext import generate
+
+    prompts = [pair.tok.encode(p.prompt) for p in task.eval_problems(3, 4)]
+    for spec in ("apd", "apd:temperature=0.7,authors_compat=1,mixture_weight=0.9", "dllm_fixed:k=3", "ar"):
+        out = generate(pair.dllm, pair.verifier, prompts, ev.policy_config(spec), seed=1)
+        acc = out.stats["acceptance_counts"]
+        assert torch.equal(acc.sum(1), out.num_generated), spec
+        assert out.stats["tokens_per_step"] == pytest.approx(float(acc[acc > 0].double().mean()), rel=1e-12), spec
+
+
+def test_tokens_per_step_of_rows_that_end_at_different_steps():
+    from apd_ext.decode.stats import tokens_per_step
+
+    acc = torch.tensor([[4, 9, 0, 0], [2, 2, 2, 30]])  # row 0: 5 answer tokens, row 1: 8 (then 28 past EOS)
+    assert tokens_per_step(acc, torch.tensor([5, 8])) == 13 / 6
+    assert tokens_per_step(torch.zeros(2, 0, dtype=torch.int64), torch.tensor([0, 0])) == 0.0

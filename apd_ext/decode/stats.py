@@ -63,6 +63,17 @@ class Clock:
         return dict(self.totals)
 
 
+def tokens_per_step(acc: torch.Tensor, num_generated: torch.Tensor) -> float:
+    """Generated tokens per step of a row still decoding: num_generated int64 [B] (each row's tokens
+    up to and including its EOS) summed, over the (row, step) pairs in which the row committed
+    something, acc int64 [B, steps] (acceptance counts). Positions a step commits after the row's
+    EOS (threshold and diffusion fill the whole answer region; the output pads them) count in acc
+    but not here; where every commit is part of the answer (apd, dllm_fixed, ar: acc's rows sum
+    to num_generated) this is the mean of acc's positive entries. 0.0 when nothing was committed."""
+    active = int((acc > 0).sum())
+    return int(num_generated.sum()) / active if active else 0.0
+
+
 class Stats:
     """Collects what each step returns and builds `GenerateOutput.stats`.
 
@@ -110,7 +121,7 @@ class Stats:
             dllm_forwards=steps * step.dllm_forwards,
             verifier_forwards=steps * step.verifier_forwards + int(step.verifier_rows > 0),  # + the prefill
             acceptance_counts=acc,
-            tokens_per_step=float(positive.float().mean()) if positive.numel() else 0.0,
+            tokens_per_step=tokens_per_step(acc, num_generated),
             tokens_per_step_histogram=torch.bincount(positive).tolist() if positive.numel() else [],
             spans=torch.stack(self.spans, 1).cpu() if self.spans else None,
             time_s=times,
