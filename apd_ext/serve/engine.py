@@ -528,12 +528,23 @@ class Engine:
                     prompt_len = torch.where(joining, st.start, 0)
                     logits = self.verifier.prefill(st.canvas, prompt_len, max(len(r.prompt) for _, r, _ in admit))
                     st.verifier_logits[0].copy_(torch.where(joining.view(-1, 1), logits, st.verifier_logits[0]))
-                step(st, self.dllm, self.verifier, first=True)
+                if hasattr(step, "first_size"):  # the joiners' inputs need their prompt and window only
+                    step.first_size = self._first_size(admit, step)
+                try:
+                    step(st, self.dllm, self.verifier, first=True)
+                finally:
+                    step.first_size = None
         finally:
             for t, saved in zip((st.curr, st.n_prev, st.done, st.offset), held):
                 t.copy_(torch.where(joining, t, saved))
         self._prev = torch.where(joining, st.start, self._prev)
         self.counters["forwards"] += 1
+
+    def _first_size(self, admit: list, step) -> int:
+        """The join's dLLM input length: the longest joiner's prompt + window (right), rounded up to
+        a multiple of 16 so that joins share a few shapes, at most the canvas."""
+        right = max(len(r.prompt) + min(r.max_tokens, step.K) for _, r, _ in admit)
+        return min(self.L, -(-right // 16) * 16)
 
     def _steady(self) -> None:
         """One steady step over the bucket's rows: eager, or the captured graph of this (bucket,

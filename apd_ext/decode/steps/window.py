@@ -19,6 +19,9 @@ class DraftStep(StepBase):
     """Draft K tokens with the dLLM from its span of the canvas; subclasses decide what to keep."""
 
     dllm_forwards = 1
+    # the input length of step 0 (first=True) when set: >= every row's right = curr + valid (the
+    # serving engine's joins, whose canvas is longer than the joiners need); None: the canvas, L
+    first_size: int | None = None
 
     def __init__(self, config, **kw):
         super().__init__(config, **kw)
@@ -35,7 +38,9 @@ class DraftStep(StepBase):
         positions whose tokens changed since the cache last saw them, which lie at or after
         curr - back) to right: size = kv_window + 2K - 1 covers every row."""
         right = st.curr + valid
-        if self.kv_window is None or first:
+        if first:
+            return torch.zeros_like(st.curr), right, self.first_size or self.L
+        if self.kv_window is None:
             return torch.zeros_like(st.curr), right, self.L
         left = (st.curr - self.kv_window - back + 1).clamp(min=0)
         return left, right, self.kv_window + 2 * self.K - 1
