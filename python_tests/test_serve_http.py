@@ -8,6 +8,7 @@ one slot and a queue of one on dllm_fixed:k=1 (one token per forward: its reques
 enough to be interrupted), used for the 429, the client disconnect and, last, SIGTERM.
 
 Answers are checked against apd_ext.generate in this process on the same prompt, knobs and seed.
+The last test starts a third process (--drain-timeout 0) to check that the drain is bounded.
 """
 
 from __future__ import annotations
@@ -516,3 +517,42 @@ def test_sigterm_drains_then_exits_0(small, long_seed):
         assert status == 200 and events[-1] == "[DONE]", (name, events[-3:])
         assert json.loads(events[-2])["choices"][0]["finish_reason"] in ("stop", "length")
     assert small.wait(WAIT_S) == 0, small.stderr()
+
+
+def test_drain_timeout_bounds_the_drain(long_seed):
+    """--drain-timeout 0: SIGTERM cancels what runs and waits; the decoding stream ends with an
+    error event, the queued request gets a 503, and the process still exits with status 0."""
+    with ServeProcess(["--max-batch-size", 1, "--policy", SMALL_POLICY, "--drain-timeout", 0]) as srv:
+        results, started = {}, threading.Event()
+
+        def post(name, seed):
+            with httpx.Client(base_url=srv.url, timeout=60) as h, \
+                    h.stream("POST", "/v1/completions", json=_long_body(seed, stream=True)) as r:
+                if r.status_code != 200:
+                    r.read()
+                    results[name] = (r.status_code, r.json())
+                    return
+                events = []
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        started.set()
+                        events.append(line[len("data: "):])
+                results[name] = (200, events)
+
+        threads = [threading.Thread(target=post, args=("running", long_seed), daemon=True)]
+        threads[0].start()
+        assert started.wait(WAIT_S)
+        threads.append(threading.Thread(target=post, args=("queued", long_seed + 1), daemon=True))
+        threads[1].start()
+        wait_until("the second request queued",
+                   lambda: httpx.get(srv.url + "/health", timeout=30).json()["queue_length"] == 1)
+        srv.terminate()
+        for t in threads:
+            t.join(WAIT_S)
+            assert not t.is_alive()
+        status, events = results["running"]
+        assert status == 200 and events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "unavailable", events[-3:]
+        status, body = results["queued"]
+        assert status == 503 and body["error"]["code"] == "unavailable", body
+        assert srv.wait(WAIT_S) == 0, srv.stderr()

@@ -118,17 +118,17 @@ def _int(name: str, value, low: int, high: int | None = None) -> int | None:
     return value
 
 
-def _knob(name: str, value, knob: str | None = None):
+def _knob(name: str, value):
     """A sampling knob (temperature, top_p, top_k, mixture_weight) by DecodeConfig's rules."""
     if value is None:
         return None
-    if knob == "top_k" or name == "top_k":
+    if name == "top_k":
         if not _is_int(value):
-            raise bad(name, f"{name} must be an integer >= 0 (0: no filter), got {_type_name(value)} {value!r:.40}")
+            raise bad(name, f"top_k must be an integer >= 0 (0: no filter), got {_type_name(value)} {value!r:.40}")
     elif not _is_number(value) or not math.isfinite(value):
         raise bad(name, f"{name} must be a finite number, got {_type_name(value)} {value!r:.40}")
     try:
-        return check_sampling_knob(knob or name, value)
+        return check_sampling_knob(name, value)
     except (ValueError, TypeError) as e:
         raise bad(name, str(e)) from None
 
