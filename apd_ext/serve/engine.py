@@ -60,6 +60,9 @@ from apd_ext.decode.stats import NO_CLOCK
 from apd_ext.decode.steps import STEPS, make_step
 
 SERVED_POLICIES = ("apd", "dllm_fixed", "threshold", "ar")
+# the canvas when context_length is not given (at most the models' maximum): the runners' K/V caches
+# hold slots x context positions, which a model's own maximum (Dream: 131072) would make huge
+DEFAULT_CONTEXT = 4096
 KNOBS = ("temperature", "top_k", "top_p", "mixture_weight")
 
 
@@ -129,7 +132,8 @@ class Engine:
     DecodeConfig of the shape knobs (kv_window, max_lookahead, k, threshold, block_length,
     authors_compat) and the default sampling knobs; its max_new_tokens caps a request's max_tokens
     and the window K. context_length: the canvas (prompt + max_tokens of any request; default the
-    models' maximum length). vocab_size, eos_token_id, backend, cuda_graphs: as apd_ext.generate's.
+    models' maximum length, at most DEFAULT_CONTEXT = 4096: the caches hold slots x context positions).
+    vocab_size, eos_token_id, backend, cuda_graphs: as apd_ext.generate's.
     max_queue: requests that may wait for a slot (submit raises QueueFull past it).
     fault_seed: debugging aid (also APD_EXT_SERVE_FAULT_SEED): a request with this seed fails at
     admission, to check that a failure stays with its request."""
@@ -151,7 +155,7 @@ class Engine:
         self.parallel = inputs.tensor_parallel(dllm, verifier, self.vocab)
         models = [dllm] if verifier is None else [dllm, verifier]
         limit = min(m.config.max_position_embeddings for m in models)
-        L = limit if context_length is None else context_length
+        L = min(limit, DEFAULT_CONTEXT) if context_length is None else context_length
         if type(L) is not int or not 2 <= L <= limit:
             raise ValueError(f"context_length must be an integer in [2, {limit}] (the models' maximum length), "
                              f"got {context_length!r}")
