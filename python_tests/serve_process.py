@@ -27,8 +27,12 @@ class ServeProcess:
     """One server process. start() waits (at most `startup_s`) for its `listening on` line;
     url: http://127.0.0.1:PORT; stop() kills it if it still runs. env: extra environment."""
 
-    def __init__(self, args=(), env: dict | None = None, startup_s: float = 120.0):
+    def __init__(self, args=(), env: dict | None = None, startup_s: float = 120.0, tp: int = 1):
         self.args = ["--host", "127.0.0.1", "--port", "0", "--threads", "1", *map(str, args)]
+        self.launcher = [sys.executable, "-m", "apd_ext", "serve"]
+        if tp > 1:  # under torchrun: rank 0 serves HTTP
+            self.launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                             str(tp), "-m", "apd_ext", "serve", "--tp", str(tp)]
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.startup_s = startup_s
         self.proc: subprocess.Popen | None = None
@@ -37,7 +41,7 @@ class ServeProcess:
         self._stderr = tempfile.TemporaryFile()
 
     def start(self) -> "ServeProcess":
-        self.proc = subprocess.Popen([sys.executable, "-m", "apd_ext", "serve", *self.args], cwd=ROOT, env=self.env,
+        self.proc = subprocess.Popen([*self.launcher, *self.args], cwd=ROOT, env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         threading.Thread(target=self._read_stdout, daemon=True).start()
         return self
@@ -85,6 +89,20 @@ class ServeProcess:
     def terminate(self) -> None:
         """SIGTERM (the server drains, then exits)."""
         self.proc.send_signal(signal.SIGTERM)
+
+    def rank_pid(self, rank: int) -> int:
+        """Under torchrun: the pid of the worker of `rank` (a child whose environment has RANK)."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.proc.pid and f"RANK={rank}".encode() in environ:
+                return int(entry.name)
+        raise LookupError(f"no rank {rank} worker under pid {self.proc.pid}")
 
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout)

@@ -8,15 +8,18 @@ one slot and a queue of one on dllm_fixed:k=1 (one token per forward: its reques
 enough to be interrupted), used for the 429, the client disconnect and, last, SIGTERM.
 
 Answers are checked against apd_ext.generate in this process on the same prompt, knobs and seed.
-The last test starts a third process (--drain-timeout 0) to check that the drain is bounded.
+The last tests start their own processes: --drain-timeout 0 (the drain is bounded), and
+`torchrun --nproc-per-node 2 ... --tp 2` on CPU (rank 0 serves, rank 1 follows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
+import signal
 import socket
 import threading
 import time
@@ -556,3 +559,19 @@ def test_drain_timeout_bounds_the_drain(long_seed):
         status, body = results["queued"]
         assert status == 503 and body["error"]["code"] == "unavailable", body
         assert srv.wait(WAIT_S) == 0, srv.stderr()
+
+
+def test_tensor_parallel_server(ref):
+    """`torchrun --nproc-per-node 2 -m apd_ext serve --tp 2` (gloo on CPU): rank 0 serves, rank 1
+    follows its steps; answers equal generate's in one process; SIGTERM to rank 0 drains it, its
+    loop's end releases rank 1, and torchrun exits with status 0."""
+    with ServeProcess(["--max-batch-size", 2], tp=2) as srv:
+        c = client(srv)
+        for seed, temperature in ((0, 0.0), (3, 1.0)):
+            r = c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=64, temperature=temperature, seed=seed)
+            assert r.choices[0].text == ref(PROMPT, seed=seed, temperature=temperature)[0]
+        chunks = [ch.choices[0].text for ch in c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=64,
+                                                                    temperature=0, stream=True)]
+        assert "".join(chunks) == ref(PROMPT)[0]
+        os.kill(srv.rank_pid(0), signal.SIGTERM)
+        assert srv.wait(WAIT_S * 3) == 0, srv.stderr()
