@@ -40,9 +40,10 @@ DLLM_ONLY = tuple(name for name, step in STEPS.items() if not step.verifier_forw
 class Pair:
     """A loaded pair and what decoding it needs.
 
-    dllm: the DllmRunner; verifier: the VerifierRunner, or None (a dLLM loaded alone for the
-    dLLM-only policies); tokenizer: the HFTokenizer both models number tokens with (encode(text) ->
-    ids, decode(ids) -> text, the chat template of the dLLM's directory); vocab_size: the shared
+    dllm: the DllmRunner (or an object with its interface, e.g. apd_ext.models.HFDllm); verifier:
+    the VerifierRunner (or HFVerifier), or None (a dLLM loaded alone for the dLLM-only policies);
+    tokenizer: the HFTokenizer both models number tokens with (encode(text) -> ids, decode(ids) ->
+    text, the chat template of the dLLM's directory); vocab_size: the shared
     vocabulary V generate samples from; eos_token_ids: the ids a row ends at (see load_pair);
     dllm_dir / verifier_dir: the checkpoint directories (verifier_dir None without a verifier);
     bundled: True for the bundled tiny pair (apd_ext.tiny), whose prompts are its task's format."""
@@ -174,8 +175,8 @@ def load_pair(dllm=None, verifier=None, *, policy: str = "apd", device="cpu", dt
         dllm, verifier = DLLM_DIR, VERIFIER_DIR
     dllm_dir = _checkpoint_dir(dllm, "dllm")
     verifier_dir = _checkpoint_dir(verifier, "verifier") if verifier is not None else None
-    d_cfg = _config_of(dllm_dir, "dllm", DLLM_TYPES)
-    v_cfg = _config_of(verifier_dir, "verifier", VERIFIER_TYPES) if verifier_dir is not None else None
+    d_cfg = _config_of(dllm_dir, "dllm")
+    v_cfg = _config_of(verifier_dir, "verifier") if verifier_dir is not None else None
     vocab = _shared_vocab(d_cfg, v_cfg, vocab_size)
     tokenizer = _tokenizer(dllm_dir, verifier_dir, bundled)
     d_kw = {} if tp is None else {"tp": tp, "vocab_size": vocab}
@@ -201,16 +202,16 @@ def _checkpoint_dir(path, what: str) -> Path:
     return p
 
 
-def _config_of(path: Path, what: str, kinds) -> ModelConfig:
-    """path/config.json, whose model_type must be one of `kinds` (DLLM_TYPES or VERIFIER_TYPES)."""
+def _config_of(path: Path, what: str) -> ModelConfig:
+    """path/config.json, whose model_type must be a dLLM's (what="dllm") or a verifier's."""
     config = ModelConfig.from_pretrained(path)
-    if config.model_type.lower() not in kinds:
-        role = "dLLM" if what == "dllm" else "verifier"
-        other = "verifier" if what == "dllm" else "dllm"
-        swap = f" (a {other}'s model type: are dllm and verifier swapped?)" if config.model_type.lower() in (
-            VERIFIER_TYPES if what == "dllm" else DLLM_TYPES) else ""
+    kind = config.model_type.lower()
+    role, kinds, others = (("dLLM", DLLM_TYPES, VERIFIER_TYPES) if what == "dllm" else
+                           ("verifier", VERIFIER_TYPES, DLLM_TYPES))
+    if kind not in kinds:
+        swapped = " (are dllm and verifier swapped?)" if kind in others else ""
         raise ValueError(f"{what}={path}: model_type {config.model_type!r} is not a {role} (it takes "
-                         f"{', '.join(kinds)}){swap}")
+                         f"{', '.join(kinds)}){swapped}")
     return config
 
 

@@ -6,11 +6,24 @@ requests, WORLD_SIZE, and HF adapters whose logits have the wrong width."""
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+import golden
+from apd_ext import generate
 from apd_ext.cli import main as cli
+from apd_ext.decode.stats import tokens_per_step
+from apd_ext.loading import answer_tokens
+from apd_ext.models import HFDllm, HFVerifier
+from apd_ext.models.checkpoint import INDEX
+from apd_ext.models.config import CheckpointError
+from apd_ext.models.runners import DllmRunner, VerifierRunner
 from apd_ext.tiny import evaluate as ev
 from apd_ext.tiny import sweep, task
 
@@ -117,16 +130,12 @@ def test_local_rank_that_is_not_a_number(monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def hm():
-    import os
-
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return pytest.importorskip("apd_ext.harness.model")
 
 
 def _request(context: str, **gen_kwargs):
-    from types import SimpleNamespace
-
     return SimpleNamespace(args=(context, {"max_gen_toks": 64, **gen_kwargs}), task_name="t")
 
 
@@ -156,8 +165,6 @@ def test_harness_refuses_knobs_the_policy_does_not_read(hm):
 def test_harness_seeds_near_the_top_of_64_bits_wrap(hm, pair, seed):
     """Request i decodes with seed + i modulo 2^64 (generate's own wrap): near 2^63 and 2^64 the
     answers are those of generate called with those seeds."""
-    from apd_ext import generate
-
     problems = task.eval_problems(0, 2)
     lm = hm.ApdLM(device="cpu", seed=seed, temperature=1.0, kv_window=None, max_lookahead=None)
     texts = lm.generate_until([_request(p.prompt) for p in problems], disable_tqdm=True)
@@ -165,7 +172,7 @@ def test_harness_seeds_near_the_top_of_64_bits_wrap(hm, pair, seed):
         ids = pair.tok.encode(p.prompt)
         out = generate(pair.dllm, pair.verifier, [ids], lm.config.replace(max_new_tokens=64), seed=(seed + i) % 2**64)
         n = int(out.num_generated[0])
-        assert text == pair.tok.decode(ev.loading.answer_tokens(out.sequences[0, len(ids): len(ids) + n].tolist(), [1]))
+        assert text == pair.tok.decode(answer_tokens(out.sequences[0, len(ids): len(ids) + n].tolist(), [1]))
 
 
 def test_harness_seed_outside_64_bits(hm):
@@ -207,18 +214,12 @@ def test_harness_empty_checkpoint_paths(hm, monkeypatch):
 # --- 4. a pad_token_id outside the vocabulary --------------------------------------------------------
 
 def _checkpoint(tmp_path, name: str):
-    import shutil
-
-    import golden
-
     d = tmp_path / name
     shutil.copytree(golden.path(name), d)
     return d
 
 
 def _edit_config(d, **changes) -> None:
-    import json
-
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, **changes}))
 
@@ -227,9 +228,6 @@ def _edit_config(d, **changes) -> None:
 def test_pad_token_outside_the_vocabulary_fails_at_load(tmp_path, pad):
     """generate writes pad_token_id into `sequences` after a row's end: one outside [0, V) was
     accepted and then returned as a token no tokenizer has."""
-    from apd_ext.models.config import CheckpointError
-    from apd_ext.models.runners import DllmRunner, VerifierRunner
-
     for name, runner in (("dream_tiny", DllmRunner), ("qwen2_tiny", VerifierRunner)):
         d = _checkpoint(tmp_path, name)
         _edit_config(d, pad_token_id=pad)
@@ -239,10 +237,8 @@ def test_pad_token_outside_the_vocabulary_fails_at_load(tmp_path, pad):
 
 
 def test_pad_token_of_an_hf_adapter_outside_the_vocabulary():
-    from apd_ext.models import HFDllm
-    from apd_ext.models.config import CheckpointError
-
-    with pytest.raises(CheckpointError, match=r"HFDllm: pad_token_id 64 is outside the vocabulary \[0, vocab_size = 64\)"):
+    with pytest.raises(CheckpointError, match=r"HFDllm: pad_token_id 64 is outside the vocabulary "
+                                              r"\[0, vocab_size = 64\)"):
         HFDllm(lambda ids: ids, vocab_size=64, mask_token_id=63, pad_token_id=64)
     assert HFDllm(lambda ids: ids, vocab_size=64, mask_token_id=63, pad_token_id=0).config.pad_token_id == 0
 
@@ -251,14 +247,6 @@ def test_pad_token_of_an_hf_adapter_outside_the_vocabulary():
 
 def test_a_tensor_in_two_shards_names_both_files(tmp_path):
     """Without an index the file that sorted last silently won; with one, both copies were read."""
-    import json
-
-    from safetensors.torch import load_file, save_file
-
-    from apd_ext.models.checkpoint import INDEX
-    from apd_ext.models.config import CheckpointError
-    from apd_ext.models.runners import VerifierRunner
-
     d = _checkpoint(tmp_path, "qwen2_tiny")
     tensors = load_file(d / "model.safetensors")
     (d / "model.safetensors").unlink()
@@ -290,15 +278,15 @@ class _Logits(torch.nn.Module):
         return torch.nn.functional.one_hot((ids + 1) % 16, self.width).float() * 5
 
 
-def test_hf_adapter_logits_narrower_than_the_vocabulary(monkeypatch):
-    from apd_ext import generate
-    from apd_ext.models import HFDllm, HFVerifier
-
+def test_hf_adapter_logits_narrower_than_the_vocabulary():
     V = 32
     prompt = [[3, 4, 5]]
-    with pytest.raises(ValueError, match=rf"HFDllm: the model returned logits of width {V - 1}, expected vocab_size {V}"):
-        generate(HFDllm(_Logits(V - 1), vocab_size=V, mask_token_id=V - 1), None, prompt, "dllm_fixed", max_new_tokens=4)
-    with pytest.raises(ValueError, match=rf"HFVerifier: the model returned logits of width 20, expected vocab_size {V}"):
+    with pytest.raises(ValueError, match=rf"HFDllm: the model returned logits of width {V - 1}, expected "
+                                         rf"vocab_size {V}"):
+        generate(HFDllm(_Logits(V - 1), vocab_size=V, mask_token_id=V - 1), None, prompt, "dllm_fixed",
+                 max_new_tokens=4)
+    with pytest.raises(ValueError, match=rf"HFVerifier: the model returned logits of width 20, expected "
+                                         rf"vocab_size {V}"):
         generate(HFDllm(_Logits(V), vocab_size=V, mask_token_id=V - 1), HFVerifier(_Logits(20), vocab_size=V),
                  prompt, "apd", max_new_tokens=4, seed=0)
     # a wider head (padded past the tokenizer, as Qwen2.5's) is cut to the vocabulary
@@ -312,8 +300,6 @@ def test_hf_adapter_logits_narrower_than_the_vocabulary(monkeypatch):
 def test_tokens_per_step_of_a_policy_that_fills_past_eos(pair):
     """threshold commits the whole answer region, past the row's EOS: 18 answer tokens in 5 steps
     were reported as 64 / 5 = 12.8 tokens per step. Now: num_generated / the row's steps."""
-    from apd_ext import generate
-
     ids = pair.tok.encode(task.eval_problems(0, 1)[0].prompt)
     for spec in ("threshold", "diffusion:diffusion_steps=16"):
         out = generate(pair.dllm, pair.verifier, [ids], ev.policy_config(spec), seed=0)
@@ -325,8 +311,6 @@ def test_tokens_per_step_of_a_policy_that_fills_past_eos(pair):
 def test_tokens_per_step_of_the_in_order_policies_is_unchanged(pair):
     """apd, dllm_fixed and ar commit only answer tokens: the figure stays the mean of the positive
     acceptance counts (the former definition), here over a batch whose rows end at different steps."""
-    from apd_ext import generate
-
     prompts = [pair.tok.encode(p.prompt) for p in task.eval_problems(3, 4)]
     for spec in ("apd", "apd:temperature=0.7,authors_compat=1,mixture_weight=0.9", "dllm_fixed:k=3", "ar"):
         out = generate(pair.dllm, pair.verifier, prompts, ev.policy_config(spec), seed=1)
@@ -336,8 +320,6 @@ def test_tokens_per_step_of_the_in_order_policies_is_unchanged(pair):
 
 
 def test_tokens_per_step_of_rows_that_end_at_different_steps():
-    from apd_ext.decode.stats import tokens_per_step
-
     acc = torch.tensor([[4, 9, 0, 0], [2, 2, 2, 30]])  # row 0: 5 answer tokens, row 1: 8 (then 28 past EOS)
     assert tokens_per_step(acc, torch.tensor([5, 8])) == 13 / 6
     assert tokens_per_step(torch.zeros(2, 0, dtype=torch.int64), torch.tensor([0, 0])) == 0.0

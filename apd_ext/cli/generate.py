@@ -94,5 +94,5 @@ def run_checkpoints(args) -> None:
         prompt = pair.chat_prompt(system + [{"role": "user", "content": prompt}])
     sys.stdout.write(prompt)
     # a short warm-up: with a large model the full-length one would double the run
-    decode_and_compare(args, cfg, pair, pair.tokenizer.encode(prompt), compare=() if args.no_compare else ("dllm_fixed",),
-                       warmup_tokens=min(8, cfg.max_new_tokens))
+    decode_and_compare(args, cfg, pair, pair.tokenizer.encode(prompt),
+                       compare=() if args.no_compare else ("dllm_fixed",), warmup_tokens=min(8, cfg.max_new_tokens))

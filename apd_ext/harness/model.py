@@ -29,9 +29,10 @@ out: max_gen_toks -> max_new_tokens; do_sample=False -> temperature 0, else temp
 top_p as given. A knob given in model_args wins (a warning says so when the task asks otherwise).
 A bad value, or a context holding the dLLM's mask token, raises HarnessError naming the request
 (its index in the call) and the field. `until` strings that are one special token of the tokenizer
-(e.g. "<|im_end|>") end decoding like EOS; every stop string also cuts the returned text. Requests of one task and one configuration are decoded together, batch_size at a
-time, longest first; a row's tokens depend only on its prompt, knobs and seed, so the batch size
-does not change the answers.
+(e.g. "<|im_end|>") end decoding like EOS; every stop string also cuts the returned text.
+Requests of one task and one configuration are decoded together, batch_size at a time, longest
+first; a row's tokens depend only on its prompt, knobs and seed, so the batch size does not change
+the answers.
 
 Statistics per task (`ApdLM.stats`, logged on the "lm_eval.apd_ext" logger after every call):
 answers, generated tokens (each answer up to its first EOS, as eval-tiny counts them), dLLM and
