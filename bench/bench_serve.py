@@ -1,7 +1,7 @@
 """Serving benchmark: bounded load on a real `python -m apd_ext serve` process through the official
 `openai` client, against in-process `apd_ext.generate` baselines on the same requests.
 
-    PYTHONPATH=. python bench/bench_serve.py [--num-requests 200] [--concurrency 1,4,8,16] [--rates 0.5,1,2]
+    PYTHONPATH=. python bench/bench_serve.py [--num-requests 128] [--concurrency 1,4,8,16] [--rates 0.5,1,2]
         [--max-batch-size 8] [--context-lengths default,128] [--policy apd] [--threads 1] [--out DIR] [--quick]
 
 Requests: the first --num-requests held-out problems of the bundled tiny task (task.eval_problems(
@@ -25,6 +25,9 @@ in this process, `--threads` and OMP_NUM_THREADS=--threads in the server's):
      inter-arrival times of mean 1 / (r x the sequential baseline's requests/s), whatever is in
      flight;
    then the process is killed. Every request streams (stream=true, stream_options.include_usage).
+4. The sequential baseline again ("sequential-recheck", not with --quick): on a shared machine
+   the load drifts over the minutes of a run; this row says by how much (the ratios stay against
+   the first sequential figure).
 Each run is bounded: --run-timeout-s (then what is in flight is cancelled and counted as errors),
 and each request has the client's timeout.
 
@@ -438,7 +441,8 @@ class Client:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--num-requests", type=int, default=200, help="requests per run (default 200)")
+    p.add_argument("--num-requests", type=int, default=128,
+                   help="requests per run (default 128: the whole benchmark in about 12 minutes on the 2-core VM)")
     p.add_argument("--concurrency", default="1,4,8,16", help="closed-loop concurrencies (and static batch sizes)")
     p.add_argument("--rates", default="0.5,1,2",
                    help="Poisson arrival rates as multiples of the sequential baseline's requests/s ('' for none)")
@@ -644,6 +648,14 @@ def _main(args) -> int:
             asyncio.run(_serve_runs(args, server, model, reqs, reference, static, seq_rps, ctx, add))
         finally:
             server.stop()
+
+    # the machine is shared: the sequential baseline again, to see how far the load drifted
+    if not args.quick:
+        again = base.run(reqs, 1, args.run_timeout_s)
+        row = add("sequential (again, at the end)", "sequential-recheck", again, concurrency=1,
+                  mismatches=mismatches(again, reference, by_tokens=True))
+        print(f"drift: the sequential baseline measured {common.fmt(row.get('vs_sequential'))}x its first "
+              f"figure at the end of the run (ratios above are against the first)", flush=True)
 
     # targets
     ok = True
