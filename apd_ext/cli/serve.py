@@ -134,9 +134,7 @@ def _ignore_signals() -> None:
 
 def _stop(engine) -> None:
     """Make sure the engine's loop has stopped, however serving ended (under --tp the loop's end
-    releases the follower ranks from Engine.follow; a loop that never started is started to end)."""
-    if getattr(engine, "_thread", None) is None:
-        engine.start()
+    releases the follower ranks from Engine.follow, as does the shutdown of a loop never started)."""
     engine.shutdown(drain=False, timeout=10)
 
 

@@ -65,8 +65,7 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def engine_alive(self) -> bool:
-        thread = getattr(self.engine, "_thread", None)
-        return thread is not None and thread.is_alive()
+        return self.engine is not None and self.engine.alive()
 
 
 # --- one request --------------------------------------------------------------------------------

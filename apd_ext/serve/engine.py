@@ -102,6 +102,7 @@ class Event:
     """What one forward did for one request. tokens: the ids it committed, in order (never the
     EOS, nor anything after it); finish_reason: None while running, "stop" (EOS), "length"
     (max_tokens), "cancelled" or "error" (error holds the message; the request failed alone).
+    step: the engine's forward index (events of one forward share it; -1 outside a forward);
     step_time_s: the forward's wall time (shared by the requests it served)."""
 
     request_id: int
@@ -111,6 +112,7 @@ class Event:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     step_time_s: float = 0.0
+    step: int = -1
 
 
 @dataclass
@@ -262,6 +264,10 @@ class Engine:
             self._thread.join(10.0)
         return not self._thread.is_alive()
 
+    def alive(self) -> bool:
+        """Whether the loop thread runs (start() was called and the loop has not ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def idle(self) -> bool:
         with self._cv:
             return not (self._waiting or self._running or self._cancels)
@@ -278,7 +284,10 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - a broken step fails the requests it ran, not the server
                 self.last_error = e
                 self._fail_running(f"{type(e).__name__}: {e}")
-        self._broadcast(None)
+        try:
+            self._broadcast(None)  # release the followers (tensor parallelism)
+        except Exception as e:  # noqa: BLE001 - a follower already gone: nothing left to release
+            self.last_error = e
 
     # ---- one step (the engine thread) -----------------------------------------------------------
 
@@ -612,7 +621,8 @@ class Engine:
             e.generated += len(toks)
             if reason is None and (e.generated >= e.request.max_tokens or done[s]):
                 reason = "length"
-            ev = Event(e.rid, toks, reason, None, len(e.request.prompt), e.generated, step_time)
+            ev = Event(e.rid, toks, reason, None, len(e.request.prompt), e.generated, step_time,
+                       self.counters["forwards"])
             events.append(ev)
             self.counters["generated_tokens"] += len(toks)
             if reason is not None:

@@ -56,18 +56,18 @@ class ServerMetrics:
         for reason in ("invalid", "queue_full", "unavailable"):
             self.rejected.labels(reason)
         r.register(_EngineCollector(stats, draining))
-        self._last_step_time = None
+        self._last_step = None
 
     def observe_event(self, event) -> None:
-        """Account one Event (engine thread). A forward's events share its step_time_s: the step
-        time is observed once per forward (when the value changes between consecutive events)."""
+        """Account one Event (engine thread). A forward's events share its index (Event.step): the
+        step time is observed once per forward."""
         n = len(event.tokens)
         if n:
             self.generated.inc(n)
-        if event.step_time_s > 0:
+        if event.step >= 0:
             self.step_tokens.observe(n)
-            if event.step_time_s != self._last_step_time:
-                self._last_step_time = event.step_time_s
+            if event.step != self._last_step:
+                self._last_step = event.step
                 self.step_time.observe(event.step_time_s)
 
     def finished(self, reason: str, prompt_tokens: int, latency_s: float, ttft_s: float | None) -> None:
