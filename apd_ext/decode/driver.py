@@ -23,7 +23,8 @@ class GenerateOutput:
     tokens in authors_compat mode, as the released code leaves them); num_generated int64 [B].
 
     stats: steps, dllm_forwards, verifier_forwards, acceptance_counts [B, steps] (tokens committed
-    per row and step), tokens_per_step (mean over rows still decoding), tokens_per_step_histogram,
+    per row and step), tokens_per_step (answer tokens, num_generated, per step of a row still
+    committing: positions threshold/diffusion fill after EOS do not count), tokens_per_step_histogram,
     spans [B, steps, 2] (the dLLM's [left, right) per step, or None), time_s {dllm, verifier,
     sampling, other, total; graph_step / compiled_step when used}, tokens_per_s, peak_memory_bytes
     (CUDA; None on CPU), cuda_graph ("captured", "reused" or None)."""
