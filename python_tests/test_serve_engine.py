@@ -314,3 +314,24 @@ def test_tensor_parallel_engine_follows_rank_0_and_equals_unsharded(gold, policy
             assert toks == want[: len(toks)]
         else:
             assert toks == want, f"request {j}: TP=2 engine {toks} vs unsharded generate {want}"
+
+
+@pytest.mark.parametrize("policy", ["apd", "threshold"])
+def test_rows_move_between_canvas_and_slot_buckets_exactly(gold, policy):
+    """Short requests decode on a 64-position canvas; a long one joining moves every busy row to a
+    larger canvas (and more slots), its leaving moves them back: tokens still equal generate alone."""
+    dllm, verifier, prompts, shape = gold
+    g = torch.Generator().manual_seed(11)
+    long_prompt = [381] + torch.randint(0, 381, (100,), generator=g).tolist()
+    cfg = DecodeConfig(policy=policy, max_new_tokens=10, **shape)
+    engine = Engine(dllm, verifier if policy == "apd" else None, cfg, slots=4, context_length=256,
+                    eos_token_id=[382])
+    rng = random.Random(2)
+    short = _requests(prompts[:4], True, 10, rng)
+    long = Request(prompt=long_prompt, max_tokens=10, seed=77, temperature=0.9)
+    assert engine.canvases == [64, 128, 256]
+    ids, got = _drive(engine, {0: short[:2], 2: [long], 4: short[2:]}, {})
+    assert {(1, 64), (4, 128)} <= set(engine._states) or {(2, 64), (4, 128)} <= set(engine._states), \
+        f"shapes visited: {sorted(engine._states)}"
+    for rid, r in zip(ids, short[:2] + [long] + short[2:]):
+        assert got[rid]["tokens"] == _alone(dllm, verifier, cfg, r, [382])

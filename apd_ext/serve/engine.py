@@ -6,11 +6,15 @@
     engine.cancel(rid)                               # leaves at the next step boundary
     engine.shutdown(drain=True, timeout=30)
 
-Layout. The engine owns one decoding State of `slots` rows on a canvas of `context_length`
-positions (decode/state.py) and the runners' caches for those rows, allocated once: every step
-has the same shapes, so on CUDA the steady step is one captured graph per (slots, context length)
-(one per filter mix under tensor parallelism, as generate's), which joins and leaves never
-recapture: they only rewrite State rows in place.
+Layout. The runners' caches hold `slots` rows of `context_length` positions, allocated once. A
+step runs on a shape (n, C): the first n slots, n a bucket (1, 2, 4, ..., slots) that holds every
+busy slot, over a canvas of C positions, C a bucket (64, 128, ..., context_length) that holds every
+busy row's prompt + max_tokens; the runners read the first n rows and C + 1 positions of their
+caches (views of the same memory) and each shape has its own decoding State (decode/state.py), whose
+rows move when the shape changes. So on CUDA the steady step is one captured graph per (slot
+bucket, canvas bucket) (and per filter mix under tensor parallelism, as generate's), which joins and
+leaves never recapture: they rewrite State rows in place, and a change of shape replays another
+graph.
 
 A step of the loop (`step()`, on the engine thread):
 1. Cancellations take effect: a cancelled request leaves its slot (or the queue).
@@ -30,10 +34,11 @@ State.offset), a join is generate's step 0 for the joiner and a no-op for the ot
 canvas or a larger window (the server's max_new_tokens bounds K) only pads shapes. Tokens, not
 float bits: a different batch or canvas size may round logits differently in the last bits.
 
-Idle slots. A free slot is parked: position 0, done, no window (valid 0). It keeps its share of the
-static-shape step (a captured graph cannot shrink), but every input of it goes to the scratch
-slot, so it reads and writes no cache, and the loop steps only while a request is queued or
-running: an idle server does no work.
+Idle slots. Requests take the lowest free slot, and steps run over the smallest slot bucket that
+holds every busy slot, so slots past it cost nothing. A free slot inside the bucket is parked:
+position 0, done, no window (valid 0); it keeps its share of the static-shape step, but every input
+of it goes to the scratch slot, so it reads and writes no cache. The loop steps only while a request
+is queued or running: an idle server does no work.
 
 Tensor parallelism (runners loaded with tp=): every rank owns an Engine on the same arguments;
 rank 0's loop broadcasts each step's plan (cancellations, admissions with their seeds) to the
@@ -58,6 +63,7 @@ from apd_ext.decode import execute, graphs, inputs
 from apd_ext.decode.config import DecodeConfig, check_sampling_knob
 from apd_ext.decode.stats import NO_CLOCK
 from apd_ext.decode.steps import STEPS, make_step
+from apd_ext.models.transformer import cache_alignment
 
 SERVED_POLICIES = ("apd", "dllm_fixed", "threshold", "ar")
 # the canvas when context_length is not given (at most the models' maximum): the runners' K/V caches
@@ -169,13 +175,16 @@ class Engine:
         self.backend = backend
         self.device = dllm.device
         self._steps: dict = {}
-        step = self._step_for((False, False))
+        step = self._step_for((False, False), canvas=L)
         for runner in graphs.used_runners(dllm, verifier, step):
             runner.setup(slots, L)
-        self._caches = {r: [(a.k_cache, a.v_cache) for a in _attentions(r)] for r in graphs.used_runners(dllm, verifier, step)}
+        self._full = {r: _CacheView.of(r) for r in graphs.used_runners(dllm, verifier, step)}
+        # the shapes the steps run on: the first n slots (a bucket >= the highest busy slot + 1) of a
+        # canvas of C positions (a bucket >= every busy row's prompt + max_tokens)
         self.buckets = sorted({min(2**i, slots) for i in range(slots.bit_length() + 1)})
+        self.canvases = sorted({min(2**i, L) for i in range(6, L.bit_length() + 1)} | {L})
         self._states: dict = {}
-        self._n = self.buckets[0]  # the rows the steps run over (a bucket >= the highest busy slot + 1)
+        self._n, self._C = self.buckets[0], self.canvases[0]
         self.graphed = graphs.use_graphs(cuda_graphs, self.device, None, step, dllm, verifier)
         self._graphs: dict = {}
         env = os.environ.get("APD_EXT_SERVE_FAULT_SEED")
@@ -333,7 +342,9 @@ class Engine:
                 e.slot = free.pop(0)
                 admit.append(e)
             steady = bool(self._running or admit)
-            rows = self._bucket(set(self._running) | {e.slot for e in admit})
+            busy = {s: len(e.request.prompt) + e.request.max_tokens for s, e in self._running.items()}
+            busy.update({e.slot: len(e.request.prompt) + e.request.max_tokens for e in admit})
+            rows = self._shape(busy)
         for e in cancelled:
             self._finish(e, "cancelled")
         return dict(release=release, admit=[(e.slot, e.request, e.seed) for e in admit], steady=steady,
@@ -399,11 +410,13 @@ class Engine:
         given = {n: [getattr(r, n)] for n in KNOBS if getattr(r, n) is not None}
         return inputs.row_knobs(self.kind.step_config(self.config), self.vocab, 1, given)
 
-    def _step_for(self, filters: tuple[bool, bool]):
-        """The step object (one per filter mix under tensor parallelism, else one)."""
-        key = filters if self.parallel is not None else None
+    def _step_for(self, filters: tuple[bool, bool], canvas: int | None = None):
+        """The step object of a canvas bucket (the current one by default): one per filter mix under
+        tensor parallelism, else one."""
+        C = self._C if canvas is None else canvas
+        key = (C, filters if self.parallel is not None else None)
         if key not in self._steps:
-            self._steps[key] = make_step(self.config, length=self.L, vocab=self.vocab, eos=self.eos,
+            self._steps[key] = make_step(self.config, length=C, vocab=self.vocab, eos=self.eos,
                                          backend=self.backend, device=self.device, parallel=self.parallel,
                                          filters=filters if self.parallel is not None else None)
         return self._steps[key]
@@ -419,52 +432,57 @@ class Engine:
 
     @property
     def state(self):
-        """The State of the current bucket's rows (allocated on first use, every row parked)."""
-        n = self._n
-        if n not in self._states:
-            st = self._states[n] = execute.new_state(self._step_for((False, False)), self.verifier, n, self.device)
+        """The State of the current shape (n slots, canvas C; allocated on first use, rows parked)."""
+        key = (self._n, self._C)
+        if key not in self._states:
+            st = self._states[key] = execute.new_state(self._step_for((False, False)), self.verifier, self._n,
+                                                       self.device)
             st.canvas.fill_(self.dllm.mask_token_id)  # a parked row's inputs read valid token ids
             if st.verifier_logits is not None:
                 st.verifier_logits.zero_()
             st.knobs_loaded = True
-            self._park(list(range(n)))
-        return self._states[n]
+            self._park(list(range(self._n)))
+        return self._states[key]
 
-    def _resize(self, n: int) -> None:
-        """Run the next forwards over the first n slots: the rows both buckets hold move to the
-        bucket's State (rows past the old bucket are parked); the runners' caches stay (each step
-        reads the first n rows of them, `_narrowed`)."""
-        if n == self._n:
+    def _resize(self, shape: tuple[int, int]) -> None:
+        """Run the next forwards over the first n slots of a canvas of C positions: the rows both
+        shapes hold move to that shape's State (their canvas up to the smaller C: a busy row ends
+        within both; rows past the old n are parked). The runners' caches stay where they are: a
+        forward reads the first n rows and C + 1 positions of them (`_narrowed`)."""
+        if shape == (self._n, self._C):
             return
         old = self.state
-        self._n = n
+        self._n, self._C = shape
         new = self.state
-        m = min(old.seeds.shape[0], n)
+        m = min(old.seeds.shape[0], self._n)
+        c = min(old.canvas.shape[1], new.canvas.shape[1]) - 1  # the scratch column stays each its own
         for a, b in zip(old.tensors(), new.tensors()):
             if a.dim() == 3:  # verifier logits [R, B, V]
                 b[:, :m].copy_(a[:, :m])
+            elif a is old.canvas:
+                b[:m, :c].copy_(a[:m, :c])
             else:
                 b[:m].copy_(a[:m])
 
-    def _bucket(self, busy) -> int:
+    def _shape(self, busy: dict[int, int]) -> tuple[int, int]:
+        """(n, C) for busy slots {slot: prompt + max_tokens}."""
         top = max(busy, default=-1) + 1
-        return next(b for b in self.buckets if b >= top)
+        end = max(busy.values(), default=1)
+        return next(b for b in self.buckets if b >= top), next(c for c in self.canvases if c >= end)
 
     def _narrowed(self):
-        """Context: every runner's K/V caches narrowed to the first n rows (views of the same
-        memory) for a forward over the current bucket."""
+        """Context: every runner narrowed to the current shape (its caches' first n rows and C + 1
+        positions, views of the same memory; its scratch slot C) for a forward over it."""
         engine = self
 
         class _Ctx:
             def __enter__(self):
-                for runner, full in engine._caches.items():
-                    for a, (k, v) in zip(_attentions(runner), full):
-                        a.k_cache, a.v_cache = k[: engine._n], v[: engine._n]
+                for view in engine._full.values():
+                    view.narrow(engine._n, engine._C)
 
             def __exit__(self, *exc):
-                for runner, full in engine._caches.items():
-                    for a, (k, v) in zip(_attentions(runner), full):
-                        a.k_cache, a.v_cache = k, v
+                for view in engine._full.values():
+                    view.restore()
 
         return _Ctx()
 
@@ -485,7 +503,7 @@ class Engine:
 
     def _load(self, slot: int, r: Request, seed: int) -> None:
         """Write request r into State row `slot` (as State.fill does for a batch)."""
-        st, L, P = self.state, self.L, len(r.prompt)
+        st, L, P = self.state, self._C, len(r.prompt)
         row = torch.full((L + 1,), self.dllm.mask_token_id, dtype=torch.int64)
         row[:P] = torch.tensor(r.prompt, dtype=torch.int64)
         st.canvas[slot].copy_(row)
@@ -557,7 +575,7 @@ class Engine:
         """The join's dLLM input length: the longest joiner's prompt + window (right), rounded up to
         a multiple of 16 so that joins share a few shapes, at most the canvas."""
         right = max(len(r.prompt) + min(r.max_tokens, step.K) for _, r, _ in admit)
-        return min(self.L, -(-right // 16) * 16)
+        return min(self._C, -(-right // 16) * 16)
 
     def _steady(self) -> None:
         """One steady step over the bucket's rows: eager, or the captured graph of this (bucket,
@@ -572,7 +590,7 @@ class Engine:
         if not self.graphed:
             step(st, self.dllm, self.verifier, first=False)
             return
-        key = (self._n, step.key)
+        key = (self._n, step.key)  # step.key holds the canvas
         g = self._graphs.get(key)
         if g is None:  # first call of this step: eager, off the default stream (warm-up); captured next
             self._graphs[key] = "warm"
@@ -606,7 +624,8 @@ class Engine:
         width = max(curr[s] - prev[s] for s in slots)
         new_rows = {}
         if width > 0:
-            idx = torch.tensor([[min(prev[s] + j, self.L) for j in range(width)] for s in slots], device=self.device)
+            idx = torch.tensor([[min(prev[s] + j, self._C) for j in range(width)] for s in slots],
+                               device=self.device)
             got = torch.gather(st.canvas[slots], 1, idx).tolist()
             new_rows = {s: got[i][: curr[s] - prev[s]] for i, s in enumerate(slots)}
         done = st.done.tolist()
@@ -671,5 +690,32 @@ class Engine:
         self._park([e.slot for e in running])
 
 
-def _attentions(runner) -> list:
-    return [layer.self_attn for layer in runner.model.model.layers]
+class _CacheView:
+    """A runner set up for `slots` rows of `L` positions, narrowed in place to its first n rows and
+    a canvas of C <= L positions for one forward (views of the same cache memory: a captured graph
+    of the narrowed forward reads and writes the memory the full runner owns) and restored after."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.attn = [layer.self_attn for layer in runner.model.model.layers]
+        self.caches = [(a.k_cache, a.v_cache) for a in self.attn]
+        m = runner.model
+        self.full = (runner.max_len, runner._slots, m.cache_len, m.cache_slots)
+        self.align = cache_alignment(runner.device)
+
+    @classmethod
+    def of(cls, runner) -> "_CacheView":
+        return cls(runner)
+
+    def narrow(self, n: int, C: int) -> None:
+        r, m = self.runner, self.runner.model
+        slots = -(-(C + 1) // self.align) * self.align  # the cache keys of a canvas of C (+ scratch)
+        r.max_len, r._slots, m.cache_len, m.cache_slots = C, self.full[1][:slots], C + 1, slots
+        for a, (k, v) in zip(self.attn, self.caches):
+            a.k_cache, a.v_cache = k[:n, :, :slots], v[:n, :, :slots]
+
+    def restore(self) -> None:
+        r, m = self.runner, self.runner.model
+        r.max_len, r._slots, m.cache_len, m.cache_slots = self.full
+        for a, (k, v) in zip(self.attn, self.caches):
+            a.k_cache, a.v_cache = k, v
