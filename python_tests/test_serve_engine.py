@@ -335,3 +335,35 @@ def test_rows_move_between_canvas_and_slot_buckets_exactly(gold, policy):
         f"shapes visited: {sorted(engine._states)}"
     for rid, r in zip(ids, short[:2] + [long] + short[2:]):
         assert got[rid]["tokens"] == _alone(dllm, verifier, cfg, r, [382])
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(gold, monkeypatch):
+    dllm, verifier, prompts, shape = gold
+    cfg = DecodeConfig(max_new_tokens=8, **shape)
+    engine = Engine(dllm, verifier, cfg, slots=2, eos_token_id=[382])
+    real, calls = engine._run_steady, []
+
+    def flaky(st, step):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the device fell over")
+        return real(st, step)
+
+    monkeypatch.setattr(engine, "_run_steady", flaky)
+    got: dict = {}
+    engine.start()
+    try:
+        first = [engine.submit(Request(prompt=prompts[i], max_tokens=8, seed=i),
+                               lambda ev: got.setdefault(ev.request_id, []).append(ev)) for i in range(2)]
+        deadline = time.monotonic() + 60
+        while not all(got.get(r) and got[r][-1].finish_reason for r in first) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [got[r][-1].finish_reason for r in first] == ["error", "error"]
+        assert "the device fell over" in got[first[0]][-1].error
+        later = Request(prompt=prompts[2], max_tokens=8, seed=5, temperature=0.8)
+        rid = engine.submit(later, lambda ev: got.setdefault(ev.request_id, []).append(ev))
+        while not (got.get(rid) and got[rid][-1].finish_reason) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [t for ev in got[rid] for t in ev.tokens] == _alone(dllm, verifier, cfg, later, [382])
+    finally:
+        engine.shutdown(drain=False, timeout=30)

@@ -680,14 +680,14 @@ class Engine:
                 pass
 
     def _fail_running(self, message: str) -> None:
+        """A step raised: its requests fail (finish_reason "error"); their slots are parked by the
+        next plan (on every rank under tensor parallelism), so the server goes on."""
         with self._cv:
             running = list(self._running.values())
-        with self._cv:
-            for e in running:
-                self._running.pop(e.slot, None)
+            self._running.clear()
+            self._finished_slots += [e.slot for e in running]
         for e in running:
             self._finish(e, "error", message)
-        self._park([e.slot for e in running])
 
 
 class _CacheView:
