@@ -55,10 +55,14 @@ Figures per run (one CSV / JSON row each):
   mismatches      requests whose text differs from the sequential baseline's (tokens for the
                   static baseline): 0 expected for greedy and seeded requests alike (the engine's
                   requests equal generate alone), a correctness check, not a timing one.
-  engine_*        deltas of the server's counters over the run (/health: forwards, requests
-                  admitted (joins), steady steps; join forwards = forwards - steady steps; /metrics:
-                  apd_step_seconds sum = time in forwards): tokens_per_forward and engine_busy =
-                  time in forwards / duration say where the time goes.
+  forwards        decoding forwards of the run: the engine's (joining forwards + steady steps,
+                  /health deltas); in-process, generate's steps (step 0 included). Each runs the
+                  dLLM (and the verifier) over all the rows of its batch or slot bucket, so
+                  tokens_per_forward = output tokens / forwards is the batching's yield.
+  engine_*        deltas of the server's counters over the run (/health: requests admitted (joins),
+                  steady steps; join forwards = forwards - steady steps; /metrics: apd_step_seconds
+                  sum = time in forwards): engine_forward_ms (mean) and engine_busy = time in
+                  forwards / duration say where the time goes.
 Engine probe (before the server runs; --no-probe skips it): an Engine in this process, at 1 and
 --max-batch-size slots and each context length, given 1 and then as many requests as it has slots
 at once; the median time of its joining forward and of its steady step (engine_probe.csv).
@@ -109,12 +113,13 @@ LISTENING = re.compile(r"^apd_ext serve: listening on (http://127\.0\.0\.1:\d+)\
 MAX_TOKENS = ev.TASK_CONFIG.max_new_tokens
 TARGET_CONCURRENCY, TARGET_VS_SEQUENTIAL = 8, 2.5
 STAT_KEYS = ("ttft", "itl", "tpot", "e2e")
+KEEPALIVE_S = 2.0  # the client's idle-connection expiry, under the server's 5 s keep-alive
 COLUMNS = ("run", "mode", "concurrency", "rate_x", "rate_rps", "context_length", "max_batch_size", "policy",
            "num_requests", "completed", "errors", "output_tokens", "duration_s", "output_tok_s", "req_s",
            *(f"{k}_{q}_ms" for k in STAT_KEYS for q in ("p50", "p99")),
-           "vs_sequential", "vs_static", "mismatches", "engine_forwards", "engine_join_forwards", "engine_joins",
-           "engine_steps",
-           "engine_forward_ms", "engine_busy", "tokens_per_forward", "threads", "loadavg_1m", "machine",
+           "vs_sequential", "vs_static", "mismatches", "forwards", "tokens_per_forward", "engine_join_forwards",
+           "engine_joins", "engine_steps",
+           "engine_forward_ms", "engine_busy", "threads", "loadavg_1m", "machine",
            "apd_ext_commit", "timestamp")
 
 
@@ -185,6 +190,7 @@ class InProcess:
 
     def __init__(self, pair, cfg):
         self.pair, self.cfg = pair, cfg
+        self.forwards = 0  # decoding steps (each one forward over the call's rows) of the timed calls
         kw = pair.generate_kwargs() if hasattr(pair, "generate_kwargs") else {}
         self.kw = kw
         eos = kw.get("eos_token_id", pair.tok.eos_id)
@@ -214,6 +220,7 @@ class InProcess:
         out = apd_ext.generate(self.pair.dllm, self.pair.verifier, [r.ids for r in reqs], self.cfg,
                                seed=[r.seed for r in reqs], stream=on_step, **self.kw)
         t1 = time.perf_counter()
+        self.forwards += int(out.stats["steps"])
         for b, (r, rec) in enumerate(zip(reqs, recs)):
             n, p = int(out.num_generated[b]), len(r.ids)
             ids = self._answer(out.sequences[b, p: p + n].tolist())
@@ -224,6 +231,7 @@ class InProcess:
     def run(self, reqs: list[Req], size: int, deadline_s: float) -> list[Record]:
         """The requests in consecutive batches of `size`, after one untimed warm-up call of that size."""
         self.batch(reqs[:size])
+        self.forwards = 0
         recs: list[Record] = []
         t_end = time.perf_counter() + deadline_s
         for i in range(0, len(reqs), size):
@@ -309,14 +317,12 @@ class Server:
 def engine_figures(before: dict, after: dict, summary: dict) -> dict:
     d = {k: after.get(k, 0) - before.get(k, 0) for k in ("forwards", "joins", "steps", "step_seconds_sum",
                                                          "step_seconds_count")}
-    out = dict(engine_forwards=d["forwards"], engine_join_forwards=d["forwards"] - d["steps"], engine_joins=d["joins"],
+    out = dict(forwards=d["forwards"], engine_join_forwards=d["forwards"] - d["steps"], engine_joins=d["joins"],
                engine_steps=d["steps"])
     if d["step_seconds_count"]:
         out["engine_forward_ms"] = d["step_seconds_sum"] / d["step_seconds_count"] * 1e3
     if summary.get("duration_s"):
         out["engine_busy"] = d["step_seconds_sum"] / summary["duration_s"]
-    if d["forwards"]:
-        out["tokens_per_forward"] = summary["output_tokens"] / d["forwards"]
     return out
 
 
@@ -361,9 +367,17 @@ class Client:
     """Streamed completions through openai.AsyncOpenAI; each request's Record."""
 
     def __init__(self, url: str, model: str, timeout_s: float):
+        import httpx
         import openai
 
-        self.client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", timeout=timeout_s, max_retries=0)
+        # The server closes a connection idle for 5 s (uvicorn's timeout_keep_alive): a pooled
+        # connection reused just then fails with a connection error before the request reaches the
+        # server. The client drops its idle connections first (2 s), and nothing is retried
+        # (max_retries=0): every failure is counted.
+        http = openai.DefaultAsyncHttpxClient(timeout=timeout_s, limits=httpx.Limits(
+            max_connections=1000, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_S))
+        self.client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", timeout=timeout_s, max_retries=0,
+                                         http_client=http)
         self.model = model
 
     async def one(self, r: Req) -> Record:
@@ -595,6 +609,8 @@ def _main(args) -> int:
     def add(run: str, mode: str, recs: list[Record], **cells) -> dict:
         row = dict(run=run, mode=mode, **common_cells, **cells, **summarize(recs), loadavg_1m=os.getloadavg()[0],
                    timestamp=common.timestamp())
+        if row.get("forwards") and row.get("output_tokens"):
+            row["tokens_per_forward"] = row["output_tokens"] / row["forwards"]
         if seq_row.get("output_tok_s") and row.get("output_tok_s"):
             row["vs_sequential"] = row["output_tok_s"] / seq_row["output_tok_s"]
         res.add(row, recs)
@@ -607,14 +623,14 @@ def _main(args) -> int:
     seq_row: dict = {}
     seq = base.run(reqs, 1, args.run_timeout_s)
     reference = {r.index: r for r in seq}
-    seq_row = add("sequential", "sequential", seq, concurrency=1, mismatches=0)
+    seq_row = add("sequential", "sequential", seq, concurrency=1, mismatches=0, forwards=base.forwards)
     seq_row["vs_sequential"] = 1.0
     res.write()
     static = {1: seq_row}
     for c in args.concurrency:
         if c > 1:
             recs = base.run(reqs, c, args.run_timeout_s)
-            static[c] = add(f"static c={c}", "static", recs, concurrency=c,
+            static[c] = add(f"static c={c}", "static", recs, concurrency=c, forwards=base.forwards,
                             mismatches=mismatches(recs, reference, by_tokens=True))
 
     # where the server's time goes: its engine's forwards, timed in this process
@@ -652,7 +668,7 @@ def _main(args) -> int:
     # the machine is shared: the sequential baseline again, to see how far the load drifted
     if not args.quick:
         again = base.run(reqs, 1, args.run_timeout_s)
-        row = add("sequential (again, at the end)", "sequential-recheck", again, concurrency=1,
+        row = add("sequential (again, at the end)", "sequential-recheck", again, concurrency=1, forwards=base.forwards,
                   mismatches=mismatches(again, reference, by_tokens=True))
         print(f"drift: the sequential baseline measured {common.fmt(row.get('vs_sequential'))}x its first "
               f"figure at the end of the run (ratios above are against the first)", flush=True)

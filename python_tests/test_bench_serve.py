@@ -24,8 +24,8 @@ pytestmark = pytest.mark.skipif(backends.extension() is None, reason="extension 
 COLUMNS = ["run", "mode", "concurrency", "rate_x", "rate_rps", "context_length", "max_batch_size", "policy",
            "num_requests", "completed", "errors", "output_tokens", "duration_s", "output_tok_s", "req_s",
            "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "e2e_p50_ms",
-           "e2e_p99_ms", "vs_sequential", "vs_static", "mismatches", "engine_forwards", "engine_join_forwards",
-           "engine_joins", "engine_steps", "engine_forward_ms", "engine_busy", "tokens_per_forward", "threads",
+           "e2e_p99_ms", "vs_sequential", "vs_static", "mismatches", "forwards", "tokens_per_forward",
+           "engine_join_forwards", "engine_joins", "engine_steps", "engine_forward_ms", "engine_busy", "threads",
            "loadavg_1m", "machine", "apd_ext_commit", "timestamp"]
 
 
@@ -53,6 +53,8 @@ def test_rows(quick):
         for key in ("ttft", "itl", "tpot", "e2e"):
             assert 0 < float(r[f"{key}_p50_ms"]) <= float(r[f"{key}_p99_ms"])
         assert r["threads"] == "1" and r["machine"] and r["apd_ext_commit"]
+        assert int(r["forwards"]) > 0
+        assert float(r["tokens_per_forward"]) == pytest.approx(int(r["output_tokens"]) / int(r["forwards"]), rel=1e-4)
     # tokens are counted the same way in every mode: the same requests give the same total
     assert len({r["output_tokens"] for r in rows}) == 1
     seq = float(rows[0]["output_tok_s"])
@@ -60,8 +62,9 @@ def test_rows(quick):
     for r in rows[1:]:
         assert float(r["vs_sequential"]) == pytest.approx(float(r["output_tok_s"]) / seq, rel=1e-4)
     for r in rows[2:]:  # the server's engine counters were read
-        assert int(r["engine_forwards"]) >= int(r["engine_steps"]) > 0 and int(r["engine_joins"]) == 4
-        assert float(r["tokens_per_forward"]) > 0 and float(r["engine_busy"]) > 0
+        assert int(r["forwards"]) == int(r["engine_steps"]) + int(r["engine_join_forwards"])
+        assert int(r["engine_steps"]) > 0 and 1 <= int(r["engine_join_forwards"]) <= int(r["engine_joins"]) == 4
+        assert float(r["engine_busy"]) > 0 and float(r["engine_forward_ms"]) > 0
         assert r["context_length"] == "256" and r["max_batch_size"] == "8"
     assert rows[2]["vs_static"] == rows[2]["vs_sequential"]  # static at c=1 is the sequential baseline
     assert float(rows[4]["rate_rps"]) == pytest.approx(2 * float(rows[0]["req_s"]), rel=1e-4)
