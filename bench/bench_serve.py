@@ -72,9 +72,10 @@ sequential calls' and >= the static batches'.
 
 Output (--out DIR, default bench/results/serve_cpu; --quick: bench/results/serve_cpu_quick.tmp,
 git-ignored): serve_cpu.csv and serve_cpu.json (the rows, the run's settings, machine and commit,
-and per-request records), serve_cpu.png (latency vs throughput), serve_cpu.log (the printout). The
-CSV and JSON are replaced, not appended to, rewritten after every run, so a killed benchmark keeps
-what it measured.
+the engine probe, and per request of each run: its times in ms from the run's first request sent,
+tokens, text, in-process token ids, error), serve_cpu.png (latency vs throughput; --replot redraws
+it from the JSON), serve_cpu.log (the printout), engine_probe.csv. The CSV and JSON are replaced,
+not appended to, rewritten after every run, so a killed benchmark keeps what it measured.
 """
 
 from __future__ import annotations
@@ -476,6 +477,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output directory (default bench/results/serve_cpu; "
                                                "--quick: bench/results/serve_cpu_quick.tmp)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--replot", action="store_true", help="only redraw DIR/serve_cpu.png from DIR/serve_cpu.json")
     p.add_argument("--no-probe", action="store_true",
                    help="skip the in-process engine probe (join and steady step times at 1 and "
                         "--max-batch-size slots, each context length; on by default, off with --quick)")
@@ -524,8 +526,7 @@ class Results:
 
     def add(self, row: dict, recs: list[Record]) -> None:
         self.rows.append(row)
-        self.requests[row["run"]] = [dict(index=r.index, sent=r.sent, chunks=r.chunks, done=r.done, tokens=r.tokens,
-                                          text=r.text, token_ids=r.token_ids, error=r.error) for r in recs]
+        self.requests[row["run"]] = request_records(recs)
         self.write()
 
     def write(self) -> None:
@@ -537,8 +538,28 @@ class Results:
                 w.writerow({k: _cell(r.get(k)) for k in COLUMNS})
         tmp.replace(self.csv)
         tmp = self.json.with_name(self.json.name + ".partial")
-        tmp.write_text(json.dumps(dict(meta=self.meta, rows=self.rows, requests=self.requests), indent=1))
+        tmp.write_text(dump_json(self.meta, self.rows, self.requests))
         tmp.replace(self.json)
+
+
+def request_records(recs: list[Record]) -> list[dict]:
+    """The JSON form of a run's requests: times in ms from the run's first request sent (rounded to
+    the microsecond): sent_ms, chunks_ms (each chunk carrying text), done_ms."""
+    t0 = min((r.sent for r in recs if r.sent), default=0.0)
+
+    def ms(t):
+        return None if t is None else round((t - t0) * 1e3, 3)
+
+    return [dict(index=r.index, sent_ms=ms(r.sent) if r.sent else None, chunks_ms=[ms(t) for t in r.chunks],
+                 done_ms=ms(r.done), tokens=r.tokens, text=r.text, token_ids=r.token_ids, error=r.error) for r in recs]
+
+
+def dump_json(meta: dict, rows: list[dict], requests: dict) -> str:
+    """meta and rows indented, one line per request record."""
+    runs = ",\n".join(f" {json.dumps(name)}: [\n" + ",\n".join("  " + json.dumps(r) for r in recs) + "\n ]"
+                      for name, recs in requests.items())
+    return ("{\n\"meta\": " + json.dumps(meta, indent=1) + ",\n\"rows\": " + json.dumps(rows, indent=1)
+            + ",\n\"requests\": {\n" + runs + "\n}\n}\n")
 
 
 def _cell(v):
@@ -575,6 +596,9 @@ def print_row(row: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        plot(json.loads((args.out / "serve_cpu.json").read_text())["rows"], args.out / "serve_cpu.png")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "serve_cpu.log").open("w")
     sys.stdout = common.Tee(sys.__stdout__, log)
@@ -768,8 +792,8 @@ def plot(rows: list[dict], path: Path) -> None:
                 seq = r["mode"] == "sequential"
                 ax.axvline(r["output_tok_s"], color="black" if seq else "gray", linestyle="--" if seq else ":",
                            linewidth=1)
-                ax.annotate("sequential" if seq else f"static {r['concurrency']}", (r["output_tok_s"], 1),
-                            xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right", fontsize=8)
+                ax.annotate("sequential" if seq else f"static {r['concurrency']}", (r["output_tok_s"], 0.01),
+                            xycoords=("data", "axes fraction"), rotation=90, va="bottom", ha="right", fontsize=8)
                 if r.get(key):  # the baseline's own latency (in-process, through generate's stream callback)
                     ax.plot([r["output_tok_s"]], [r[key]], marker="x", color="black" if seq else "gray",
                             linestyle="none", label=("in-process generate (x)" if seq else None))
