@@ -228,8 +228,8 @@ class DllmRunner(_Runner):
         ids = self._gather_ids(canvas, pos)
         # every query attends cache slots j < right_b (cache + window; never the scratch slot):
         # one mask row [B, 1, 1, slots], broadcast over the queries. A row with right_b = 0 (a slot
-        # the serving engine parks or leaves out of a join: every input goes to the scratch slot)
-        # attends every real slot instead, so that its junk logits stay finite.
+        # the serving engine parks: every input goes to the scratch slot) attends every real slot
+        # instead, so that its junk logits stay finite.
         limit = torch.where(right > 0, right, self.max_len)
         mask = (self._slots.view(1, 1, 1, -1) < limit.view(-1, 1, 1, 1))
         first = curr - left - (1 if self.shifted else 0)

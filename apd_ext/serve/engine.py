@@ -18,19 +18,18 @@ graph.
 
 A step of the loop (`step()`, on the engine thread):
 1. Cancellations take effect: a cancelled request leaves its slot (or the queue).
-2. Admission: waiting requests, in arrival order, take the free slots. Their rows are written into
-   the State and they run their first decoding step (the verifier's prompt pass and the step with
-   first=True, exactly generate's step 0) in one forward over every slot in which the rows
-   already decoding are *held*: their position is set to 0 for that forward, so each of their
-   inputs goes to the runners' scratch slot, nothing of theirs is read or written, and their State
-   rows are restored afterwards. The joiners' caches are filled, the others' untouched.
-3. The steady step (first=False) runs over every slot; finished rows leave, freeing their slot.
+2. Admission: waiting requests, in arrival order, take the free slots. They run their first
+   decoding step (the verifier's prompt pass and the step with first=True, exactly generate's
+   step 0) together, in a staging State of their own rows with staging caches, whose rows are then
+   copied into their slots: the rows already decoding are neither computed nor touched, and a join
+   costs a forward over the joiners alone.
+3. The steady step (first=False) runs over the slot bucket; finished rows leave, freeing their slot.
 Each request's newly committed tokens are reported after each forward it took part in (`Event`).
 
 Exactness. A request's tokens equal apd_ext.generate's on the same prompt, knobs and seed run
 alone, whatever shares the batch and whenever it arrived: the rows of a step are independent
 (per-row knobs, seeds and RNG offsets: each row's offset counts its own steps from its admission,
-State.offset), a join is generate's step 0 for the joiner and a no-op for the others, and a longer
+State.offset), a join is generate's step 0 for the joiners and touches no other row, and a longer
 canvas or a larger window (the server's max_new_tokens bounds K) only pads shapes. Tokens, not
 float bits: a different batch or canvas size may round logits differently in the last bits.
 
@@ -184,6 +183,7 @@ class Engine:
         self.buckets = sorted({min(2**i, slots) for i in range(slots.bit_length() + 1)})
         self.canvases = sorted({min(2**i, L) for i in range(6, L.bit_length() + 1)} | {L})
         self._states: dict = {}
+        self._staging: dict = {}  # runner -> {rows: [(k, v) per layer]}: the joins' caches
         self._n, self._C = self.buckets[0], self.canvases[0]
         self.graphed = graphs.use_graphs(cuda_graphs, self.device, None, step, dllm, verifier)
         self._graphs: dict = {}
@@ -421,14 +421,14 @@ class Engine:
                                          filters=filters if self.parallel is not None else None)
         return self._steps[key]
 
-    def _filters(self) -> tuple[bool, bool]:
-        st = self.state
+    def _filters(self, st) -> tuple[bool, bool]:
         k, p = st.top_k, st.top_p
         return bool(((k > 0) & (k < self.vocab)).any()), bool((p < 1.0).any())
 
-    @property
-    def step_obj(self):
-        return self._step_for(self._filters() if self.parallel is not None else (False, False))
+    def step_for(self, st):
+        """The step object for State st: under tensor parallelism the one of its rows' filter mix
+        (whether any row's top-k / top-p filters: the global threshold searches run only then)."""
+        return self._step_for(self._filters(st) if self.parallel is not None else (False, False))
 
     @property
     def state(self):
@@ -470,15 +470,17 @@ class Engine:
         end = max(busy.values(), default=1)
         return next(b for b in self.buckets if b >= top), next(c for c in self.canvases if c >= end)
 
-    def _narrowed(self):
+    def _narrowed(self, staged: int | None = None):
         """Context: every runner narrowed to the current shape (its caches' first n rows and C + 1
-        positions, views of the same memory; its scratch slot C) for a forward over it."""
+        positions, views of the same memory; its scratch slot C) for a forward over it; staged=jb:
+        to its staging caches of jb rows instead (joins)."""
         engine = self
 
         class _Ctx:
             def __enter__(self):
                 for view in engine._full.values():
-                    view.narrow(engine._n, engine._C)
+                    caches = None if staged is None else engine._staging[view.runner][staged]
+                    view.narrow(staged or engine._n, engine._C, caches)
 
             def __exit__(self, *exc):
                 for view in engine._full.values():
@@ -486,9 +488,10 @@ class Engine:
 
         return _Ctx()
 
-    def _park(self, slots: list[int]) -> None:
-        """Free slots: position 0, done, no window, unfiltered greedy knobs (see the module docstring)."""
-        st = self.state
+    def _park(self, slots: list[int], st=None) -> None:
+        """Free slots (of the current State, or `st`): position 0, done, no window, unfiltered greedy
+        knobs (see the module docstring)."""
+        st = self.state if st is None else st
         slots = [s for s in slots if s < st.seeds.shape[0]]  # rows past the bucket are parked already
         if not slots:
             return
@@ -501,9 +504,9 @@ class Engine:
         st.mixture_weight.index_fill_(0, idx, self.config.mixture_weight)
         st.done.index_fill_(0, idx, True)
 
-    def _load(self, slot: int, r: Request, seed: int) -> None:
-        """Write request r into State row `slot` (as State.fill does for a batch)."""
-        st, L, P = self.state, self._C, len(r.prompt)
+    def _load(self, slot: int, r: Request, seed: int, st) -> None:
+        """Write request r into row `slot` of State st (as State.fill does for a batch)."""
+        L, P = self._C, len(r.prompt)
         row = torch.full((L + 1,), self.dllm.mask_token_id, dtype=torch.int64)
         row[:P] = torch.tensor(r.prompt, dtype=torch.int64)
         st.canvas[slot].copy_(row)
@@ -516,9 +519,9 @@ class Engine:
             getattr(st, name)[slot] = getattr(knobs, name)[0]
 
     def _join(self, admit: list, entries) -> list[Event]:
-        """Admit (slot, request, seed) rows: load them, then generate's step 0 for them alone in one
-        forward over every slot, the other rows held (module docstring). A failure leaves the
-        others untouched; the joiners are retried one by one so that only the failing one fails."""
+        """Admit (slot, request, seed) rows: generate's step 0 for them alone (module docstring). A
+        failure leaves the other rows untouched; the joiners are retried one by one so that only the
+        failing one fails."""
         t0 = time.perf_counter()
         try:
             self._join_forward(admit)
@@ -541,35 +544,60 @@ class Engine:
         return self._collect(time.perf_counter() - t0, only={s for s, _, _ in admit})
 
     def _join_forward(self, admit: list) -> None:
-        st = self.state
+        """generate's step 0 for the joiners alone: their rows are loaded into a staging State of a
+        slot bucket of rows and the runners pointed at staging caches, the verifier's prompt pass
+        and the first step run there, then the rows and their cache rows are copied into their
+        slots. The busy rows are neither computed nor touched."""
         for slot, r, seed in admit:
             if self.fault_seed is not None and seed == self.fault_seed:
                 raise RuntimeError(f"injected fault for seed {seed} (APD_EXT_SERVE_FAULT_SEED)")
-            self._load(slot, r, seed)
-        joining = torch.zeros(self._n, dtype=torch.bool, device=self.device)
-        joining[[s for s, _, _ in admit]] = True
-        held = (st.curr.clone(), st.n_prev.clone(), st.done.clone(), st.offset.clone())
-        self._prev = st.curr.clone()
-        try:
-            st.curr.masked_fill_(~joining, 0)
-            st.done.masked_fill_(~joining, True)
-            step = self.step_obj
-            with self._narrowed():
-                if step.verifier_rows:
-                    prompt_len = torch.where(joining, st.start, 0)
-                    logits = self.verifier.prefill(st.canvas, prompt_len, max(len(r.prompt) for _, r, _ in admit))
-                    st.verifier_logits[0].copy_(torch.where(joining.view(-1, 1), logits, st.verifier_logits[0]))
-                if hasattr(step, "first_size"):  # the joiners' inputs need their prompt and window only
-                    step.first_size = self._first_size(admit, step)
-                try:
-                    step(st, self.dllm, self.verifier, first=True)
-                finally:
+        J = len(admit)
+        jb = next(b for b in self.buckets if b >= J)
+        stage = self._stage_state(jb)
+        self._park(list(range(jb)), stage)
+        for j, (_, r, seed) in enumerate(admit):
+            self._load(j, r, seed, stage)
+        step = self.step_for(stage)
+        with self._narrowed(staged=jb):
+            if step.verifier_rows:
+                self.verifier.prefill(stage.canvas, stage.start, max(len(r.prompt) for _, r, _ in admit),
+                                      out=stage.verifier_logits[:1])
+            if hasattr(step, "first_size"):  # the joiners' inputs need their prompt and window only
+                step.first_size = self._first_size(admit, step)
+            try:
+                step(stage, self.dllm, self.verifier, first=True)
+            finally:
+                if hasattr(step, "first_size"):
                     step.first_size = None
-        finally:
-            for t, saved in zip((st.curr, st.n_prev, st.done, st.offset), held):
-                t.copy_(torch.where(joining, t, saved))
-        self._prev = torch.where(joining, st.start, self._prev)
+        st = self.state
+        slots = torch.tensor([slot for slot, _, _ in admit], dtype=torch.int64, device=self.device)
+        for a, b in zip(stage.tensors(), st.tensors()):
+            if a.dim() == 3:  # verifier logits [R, B, V]
+                b.index_copy_(1, slots, a[:, :J])
+            else:
+                b.index_copy_(0, slots, a[:J])
+        for view in self._full.values():
+            view.copy_rows(self._staging[view.runner][jb], J, slots, self._C)
+        self._prev = st.curr.clone()
+        self._prev.index_copy_(0, slots, st.start.index_select(0, slots))
         self.counters["forwards"] += 1
+
+    def _stage_state(self, jb: int):
+        """The staging State of jb rows on the current canvas, and the runners' staging caches of
+        jb rows (allocated once per bucket: at most the slots' own size)."""
+        key = ("stage", jb, self._C)
+        if key not in self._states:
+            st = self._states[key] = execute.new_state(self._step_for((False, False)), self.verifier, jb,
+                                                       self.device)
+            st.canvas.fill_(self.dllm.mask_token_id)
+            if st.verifier_logits is not None:
+                st.verifier_logits.zero_()
+            st.knobs_loaded = True
+        for view in self._full.values():
+            per = self._staging.setdefault(view.runner, {})
+            if jb not in per:
+                per[jb] = [(torch.zeros_like(k[:jb]), torch.zeros_like(v[:jb])) for k, v in view.caches]
+        return self._states[key]
 
     def _first_size(self, admit: list, step) -> int:
         """The join's dLLM input length: the longest joiner's prompt + window (right), rounded up to
@@ -584,7 +612,7 @@ class Engine:
         self._prev = st.curr.clone()
         self.counters["forwards"] += 1
         with self._narrowed():
-            self._run_steady(st, self.step_obj)
+            self._run_steady(st, self.step_for(st))
 
     def _run_steady(self, st, step) -> None:
         if not self.graphed:
@@ -707,12 +735,24 @@ class _CacheView:
     def of(cls, runner) -> "_CacheView":
         return cls(runner)
 
-    def narrow(self, n: int, C: int) -> None:
+    def keys(self, C: int) -> int:
+        """The cache keys of a canvas of C positions (+ the scratch slot), aligned."""
+        return -(-(C + 1) // self.align) * self.align
+
+    def narrow(self, n: int, C: int, caches=None) -> None:
+        """Narrow to n rows and canvas C of the runner's caches, or of `caches` ([(k, v)] per layer)."""
         r, m = self.runner, self.runner.model
-        slots = -(-(C + 1) // self.align) * self.align  # the cache keys of a canvas of C (+ scratch)
+        slots = self.keys(C)
         r.max_len, r._slots, m.cache_len, m.cache_slots = C, self.full[1][:slots], C + 1, slots
-        for a, (k, v) in zip(self.attn, self.caches):
+        for a, (k, v) in zip(self.attn, caches or self.caches):
             a.k_cache, a.v_cache = k[:n, :, :slots], v[:n, :, :slots]
+
+    def copy_rows(self, staged, J: int, slots: torch.Tensor, C: int) -> None:
+        """Rows 0..J-1 of the staging caches `staged` into the runner's cache rows `slots` (canvas C)."""
+        keys = self.keys(C)
+        for (k, v), (sk, sv) in zip(self.caches, staged):
+            k[:, :, :keys].index_copy_(0, slots, sk[:J, :, :keys])
+            v[:, :, :keys].index_copy_(0, slots, sv[:J, :, :keys])
 
     def restore(self) -> None:
         r, m = self.runner, self.runner.model
