@@ -49,7 +49,7 @@ def t():
         (dict(seed="x"), TypeError, "seed"),
         (dict(seed=1.5), TypeError, "seed"),
         (dict(seed=None, offset=0.5), TypeError, "offset"),
-        (dict(offset=torch.tensor([1, 2])), ValueError, "offset"),
+        (dict(offset=torch.arange(B + 1)), ValueError, "offset tensor must hold 1 or B"),  # 1 or B row offsets
         (dict(noise=torch.rand(B, K, V - 1)), ValueError, "noise"),
         (dict(noise=torch.rand(B, K, V).half()), TypeError, "noise"),
         (dict(noise=torch.rand(B, K, V).tolist()), TypeError, "noise"),
