@@ -94,7 +94,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -333,7 +333,7 @@ def probe_engine(pair, cfg, reqs: list[Req], slots_list, contexts, repeats: int 
     step() is timed: a step that admits runs the joining forward then the steady step, each reported
     as its Events' step_time_s. Returns one row per (slots, L, active): the median join forward and
     steady step (ms) over `repeats` rounds, after one untimed round."""
-    from apd_ext.serve.engine import Engine, Request
+    from apd_ext.serve import Engine, Request
 
     kw = pair.generate_kwargs() if hasattr(pair, "generate_kwargs") else {}
     rows = []

@@ -6,6 +6,7 @@ continuous-batching engine (engine.py) that any Python program can drive without
     rid = engine.submit(Request(prompt=ids, max_tokens=64, seed=0), on_event)
 """
 
-from apd_ext.serve.engine import Engine, EngineClosed, Event, QueueFull, Request, RequestError
+from apd_ext.serve.engine import Engine
+from apd_ext.serve.request import EngineClosed, Event, QueueFull, Request, RequestError
 
 __all__ = ["Engine", "Request", "Event", "RequestError", "QueueFull", "EngineClosed"]

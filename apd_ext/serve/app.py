@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from apd_ext.serve import protocol
 from apd_ext.serve.detok import Detokenizer, StopMatcher
-from apd_ext.serve.engine import EngineClosed, Event, QueueFull, Request, RequestError
+from apd_ext.serve.request import EngineClosed, Event, QueueFull, Request, RequestError
 from apd_ext.serve.metrics import CONTENT_TYPE, ServerMetrics
 from apd_ext.serve.protocol import ApiError, GenerationRequest, bad, sse
 

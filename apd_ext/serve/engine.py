@@ -53,71 +53,24 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from apd_ext.decode import execute, graphs, inputs
-from apd_ext.decode.config import DecodeConfig, check_sampling_knob
+import contextlib
+
+from apd_ext.decode import graphs, inputs
+from apd_ext.decode.config import DecodeConfig
 from apd_ext.decode.stats import NO_CLOCK
 from apd_ext.decode.steps import STEPS, make_step
-from apd_ext.models.transformer import cache_alignment
+from apd_ext.serve import shapes
+from apd_ext.serve.request import EngineClosed, Event, QueueFull, Request, check as check_request, row_knobs, row_seed
 
 SERVED_POLICIES = ("apd", "dllm_fixed", "threshold", "ar")
 # the canvas when context_length is not given (at most the models' maximum): the runners' K/V caches
 # hold slots x context positions, which a model's own maximum (Dream: 131072) would make huge
 DEFAULT_CONTEXT = 4096
-KNOBS = ("temperature", "top_k", "top_p", "mixture_weight")
-
-
-class RequestError(ValueError):
-    """A request the engine cannot take; `field` names the request field at fault."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-class QueueFull(RuntimeError):
-    """max_queue requests are already waiting."""
-
-
-class EngineClosed(RuntimeError):
-    """The engine is shutting down (draining) or stopped: no new requests."""
-
-
-@dataclass
-class Request:
-    """One generation request. prompt: token ids (>= 1); max_tokens: tokens to generate at most
-    (>= 1); temperature / top_k / top_p / mixture_weight: this request's sampling knobs (None: the
-    engine config's); seed: the row seed (None: a random one), as generate(seed=) for one row."""
-
-    prompt: list[int]
-    max_tokens: int
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    mixture_weight: float | None = None
-    seed: int | None = None
-
-
-@dataclass
-class Event:
-    """What one forward did for one request. tokens: the ids it committed, in order (never the
-    EOS, nor anything after it); finish_reason: None while running, "stop" (EOS), "length"
-    (max_tokens), "cancelled" or "error" (error holds the message; the request failed alone).
-    step: the engine's forward index (events of one forward share it; -1 outside a forward);
-    step_time_s: the forward's wall time (shared by the requests it served)."""
-
-    request_id: int
-    tokens: list[int]
-    finish_reason: str | None = None
-    error: str | None = None
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    step_time_s: float = 0.0
-    step: int = -1
 
 
 @dataclass
@@ -128,8 +81,6 @@ class _Entry:
     seed: int = 0
     slot: int = -1
     generated: int = 0
-    cancelled: bool = False
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 class Engine:
@@ -177,11 +128,10 @@ class Engine:
         step = self._step_for((False, False), canvas=L)
         for runner in graphs.used_runners(dllm, verifier, step):
             runner.setup(slots, L)
-        self._full = {r: _CacheView.of(r) for r in graphs.used_runners(dllm, verifier, step)}
+        self._full = {r: shapes.CacheView(r) for r in graphs.used_runners(dllm, verifier, step)}
         # the shapes the steps run on: the first n slots (a bucket >= the highest busy slot + 1) of a
         # canvas of C positions (a bucket >= every busy row's prompt + max_tokens)
-        self.buckets = sorted({min(2**i, slots) for i in range(slots.bit_length() + 1)})
-        self.canvases = sorted({min(2**i, L) for i in range(6, L.bit_length() + 1)} | {L})
+        self.buckets, self.canvases = shapes.slot_buckets(slots), shapes.canvas_buckets(L)
         self._states: dict = {}
         self._staging: dict = {}  # runner -> {rows: [(k, v) per layer]}: the joins' caches
         self._n, self._C = self.buckets[0], self.canvases[0]
@@ -368,47 +318,20 @@ class Engine:
         if plan["steady"]:
             t0 = time.perf_counter()
             self._steady()
+            self.counters["steps"] += 1  # before the events: a client that saw its last one reads stats() whole
             events += self._collect(time.perf_counter() - t0)
-            self.counters["steps"] += 1
         return events
 
     # ---- rows --------------------------------------------------------------------------------------
 
     def _resolve(self, r: Request) -> int:
-        """Check a request; its row seed (drawn when None)."""
-        if not isinstance(r.prompt, (list, tuple)) or not r.prompt:
-            raise RequestError("prompt", "prompt must hold at least one token")
-        if not all(type(t) is int for t in r.prompt):
-            raise RequestError("prompt", "prompt must be a list of token ids (ints)")
-        bad = [t for t in r.prompt if not 0 <= t < self.vocab]
-        if bad:
-            raise RequestError("prompt", f"prompt token {bad[0]} is outside the vocabulary [0, {self.vocab})")
-        if self.dllm.mask_token_id in r.prompt:
-            raise RequestError("prompt", f"the prompt contains the mask token (id {self.dllm.mask_token_id}), which "
-                                         f"the dLLM reserves for undecided positions")
-        cap = self.config.max_new_tokens
-        if type(r.max_tokens) is not int or not 1 <= r.max_tokens <= cap:
-            raise RequestError("max_tokens", f"max_tokens must be an integer in [1, {cap}], got {r.max_tokens!r}")
-        if len(r.prompt) + r.max_tokens > self.L:
-            raise RequestError("prompt", f"prompt ({len(r.prompt)} tokens) + max_tokens ({r.max_tokens}) exceeds the "
-                                         f"context length {self.L}")
-        for name in KNOBS:
-            value = getattr(r, name)
-            if value is not None:
-                try:
-                    check_sampling_knob(name, value)
-                except (TypeError, ValueError) as e:
-                    raise RequestError(name, str(e)) from None
-        try:
-            self._row_knobs(r)
-            return int(inputs.row_seeds(r.seed, 1)[0]) if r.seed is not None else \
-                int(torch.randint(0, 2**62, (1,)))
-        except (TypeError, ValueError) as e:
-            raise RequestError("seed" if "seed" in str(e) else "temperature", str(e).replace(" in row 0", "")) from None
+        """Check a request (RequestError naming the field); its row seed (drawn when None)."""
+        check_request(r, vocab=self.vocab, mask_id=self.dllm.mask_token_id, max_tokens=self.config.max_new_tokens,
+                      context=self.L)
+        return row_seed(r, self._row_knobs)
 
     def _row_knobs(self, r: Request) -> inputs.RowKnobs:
-        given = {n: [getattr(r, n)] for n in KNOBS if getattr(r, n) is not None}
-        return inputs.row_knobs(self.kind.step_config(self.config), self.vocab, 1, given)
+        return row_knobs(r, self.kind.step_config(self.config), self.vocab)
 
     def _step_for(self, filters: tuple[bool, bool], canvas: int | None = None):
         """The step object of a canvas bucket (the current one by default): one per filter mix under
@@ -435,34 +358,23 @@ class Engine:
         """The State of the current shape (n slots, canvas C; allocated on first use, rows parked)."""
         key = (self._n, self._C)
         if key not in self._states:
-            st = self._states[key] = execute.new_state(self._step_for((False, False)), self.verifier, self._n,
-                                                       self.device)
-            st.canvas.fill_(self.dllm.mask_token_id)  # a parked row's inputs read valid token ids
-            if st.verifier_logits is not None:
-                st.verifier_logits.zero_()
-            st.knobs_loaded = True
+            self._states[key] = self._new_state(self._n)
             self._park(list(range(self._n)))
         return self._states[key]
 
+    def _new_state(self, rows: int):
+        return shapes.new_state(self._step_for((False, False)), self.verifier, rows, self.device,
+                               self.dllm.mask_token_id)
+
     def _resize(self, shape: tuple[int, int]) -> None:
-        """Run the next forwards over the first n slots of a canvas of C positions: the rows both
-        shapes hold move to that shape's State (their canvas up to the smaller C: a busy row ends
-        within both; rows past the old n are parked). The runners' caches stay where they are: a
+        """Run the next forwards over the first n slots of a canvas of C positions: the busy rows
+        move to that shape's State (shapes.move_rows). The runners' caches stay where they are: a
         forward reads the first n rows and C + 1 positions of them (`_narrowed`)."""
         if shape == (self._n, self._C):
             return
         old = self.state
         self._n, self._C = shape
-        new = self.state
-        m = min(old.seeds.shape[0], self._n)
-        c = min(old.canvas.shape[1], new.canvas.shape[1]) - 1  # the scratch column stays each its own
-        for a, b in zip(old.tensors(), new.tensors()):
-            if a.dim() == 3:  # verifier logits [R, B, V]
-                b[:, :m].copy_(a[:, :m])
-            elif a is old.canvas:
-                b[:m, :c].copy_(a[:m, :c])
-            else:
-                b[:m].copy_(a[:m])
+        shapes.move_rows(old, self.state)
 
     def _shape(self, busy: dict[int, int]) -> tuple[int, int]:
         """(n, C) for busy slots {slot: prompt + max_tokens}."""
@@ -470,53 +382,22 @@ class Engine:
         end = max(busy.values(), default=1)
         return next(b for b in self.buckets if b >= top), next(c for c in self.canvases if c >= end)
 
+    @contextlib.contextmanager
     def _narrowed(self, staged: int | None = None):
-        """Context: every runner narrowed to the current shape (its caches' first n rows and C + 1
-        positions, views of the same memory; its scratch slot C) for a forward over it; staged=jb:
-        to its staging caches of jb rows instead (joins)."""
-        engine = self
+        """Every runner narrowed to the current shape (its caches' first n rows and C + 1 positions,
+        views of the same memory; its scratch slot C) for a forward over it; staged=jb: to its
+        staging caches of jb rows instead (joins)."""
+        for view in self._full.values():
+            view.narrow(staged or self._n, self._C, None if staged is None else self._staging[view.runner][staged])
+        try:
+            yield
+        finally:
+            for view in self._full.values():
+                view.restore()
 
-        class _Ctx:
-            def __enter__(self):
-                for view in engine._full.values():
-                    caches = None if staged is None else engine._staging[view.runner][staged]
-                    view.narrow(staged or engine._n, engine._C, caches)
-
-            def __exit__(self, *exc):
-                for view in engine._full.values():
-                    view.restore()
-
-        return _Ctx()
-
-    def _park(self, slots: list[int], st=None) -> None:
-        """Free slots (of the current State, or `st`): position 0, done, no window, unfiltered greedy
-        knobs (see the module docstring)."""
-        st = self.state if st is None else st
-        slots = [s for s in slots if s < st.seeds.shape[0]]  # rows past the bucket are parked already
-        if not slots:
-            return
-        idx = torch.tensor(slots, dtype=torch.int64, device=self.device)
-        for t in (st.start, st.curr, st.row_end, st.n_prev, st.offset, st.seeds, st.top_k):
-            t.index_fill_(0, idx, 0)
-        for t in (st.temperature, st.draft_temperature):
-            t.index_fill_(0, idx, 0.0)
-        st.top_p.index_fill_(0, idx, 1.0)
-        st.mixture_weight.index_fill_(0, idx, self.config.mixture_weight)
-        st.done.index_fill_(0, idx, True)
-
-    def _load(self, slot: int, r: Request, seed: int, st) -> None:
-        """Write request r into row `slot` of State st (as State.fill does for a batch)."""
-        L, P = self._C, len(r.prompt)
-        row = torch.full((L + 1,), self.dllm.mask_token_id, dtype=torch.int64)
-        row[:P] = torch.tensor(r.prompt, dtype=torch.int64)
-        st.canvas[slot].copy_(row)
-        for t, v in ((st.start, P), (st.curr, P), (st.row_end, P + r.max_tokens), (st.n_prev, 0), (st.offset, 0),
-                     (st.seeds, seed)):
-            t[slot] = v
-        st.done[slot] = False
-        knobs = self._row_knobs(r)
-        for name in ("temperature", "draft_temperature", "top_k", "top_p", "mixture_weight"):
-            getattr(st, name)[slot] = getattr(knobs, name)[0]
+    def _park(self, rows: list[int], st=None) -> None:
+        """Free rows of the current State (or `st`): shapes.park."""
+        shapes.park(self.state if st is None else st, rows, self.config.mixture_weight)
 
     def _join(self, admit: list, entries) -> list[Event]:
         """Admit (slot, request, seed) rows: generate's step 0 for them alone (module docstring). A
@@ -556,7 +437,7 @@ class Engine:
         stage = self._stage_state(jb)
         self._park(list(range(jb)), stage)
         for j, (_, r, seed) in enumerate(admit):
-            self._load(j, r, seed, stage)
+            shapes.load(stage, j, r.prompt, r.max_tokens, seed, self._row_knobs(r), self.dllm.mask_token_id)
         step = self.step_for(stage)
         with self._narrowed(staged=jb):
             if step.verifier_rows:
@@ -570,16 +451,12 @@ class Engine:
                 if hasattr(step, "first_size"):
                     step.first_size = None
         st = self.state
-        slots = torch.tensor([slot for slot, _, _ in admit], dtype=torch.int64, device=self.device)
-        for a, b in zip(stage.tensors(), st.tensors()):
-            if a.dim() == 3:  # verifier logits [R, B, V]
-                b.index_copy_(1, slots, a[:, :J])
-            else:
-                b.index_copy_(0, slots, a[:J])
+        into = torch.tensor([slot for slot, _, _ in admit], dtype=torch.int64, device=self.device)
+        shapes.copy_rows(stage, J, st, into)
         for view in self._full.values():
-            view.copy_rows(self._staging[view.runner][jb], J, slots, self._C)
+            view.copy_rows(self._staging[view.runner][jb], J, into, self._C)
         self._prev = st.curr.clone()
-        self._prev.index_copy_(0, slots, st.start.index_select(0, slots))
+        self._prev.index_copy_(0, into, st.start.index_select(0, into))
         self.counters["forwards"] += 1
 
     def _stage_state(self, jb: int):
@@ -587,12 +464,7 @@ class Engine:
         jb rows (allocated once per bucket: at most the slots' own size)."""
         key = ("stage", jb, self._C)
         if key not in self._states:
-            st = self._states[key] = execute.new_state(self._step_for((False, False)), self.verifier, jb,
-                                                       self.device)
-            st.canvas.fill_(self.dllm.mask_token_id)
-            if st.verifier_logits is not None:
-                st.verifier_logits.zero_()
-            st.knobs_loaded = True
+            self._states[key] = self._new_state(jb)
         for view in self._full.values():
             per = self._staging.setdefault(view.runner, {})
             if jb not in per:
@@ -717,45 +589,3 @@ class Engine:
         for e in running:
             self._finish(e, "error", message)
 
-
-class _CacheView:
-    """A runner set up for `slots` rows of `L` positions, narrowed in place to its first n rows and
-    a canvas of C <= L positions for one forward (views of the same cache memory: a captured graph
-    of the narrowed forward reads and writes the memory the full runner owns) and restored after."""
-
-    def __init__(self, runner):
-        self.runner = runner
-        self.attn = [layer.self_attn for layer in runner.model.model.layers]
-        self.caches = [(a.k_cache, a.v_cache) for a in self.attn]
-        m = runner.model
-        self.full = (runner.max_len, runner._slots, m.cache_len, m.cache_slots)
-        self.align = cache_alignment(runner.device)
-
-    @classmethod
-    def of(cls, runner) -> "_CacheView":
-        return cls(runner)
-
-    def keys(self, C: int) -> int:
-        """The cache keys of a canvas of C positions (+ the scratch slot), aligned."""
-        return -(-(C + 1) // self.align) * self.align
-
-    def narrow(self, n: int, C: int, caches=None) -> None:
-        """Narrow to n rows and canvas C of the runner's caches, or of `caches` ([(k, v)] per layer)."""
-        r, m = self.runner, self.runner.model
-        slots = self.keys(C)
-        r.max_len, r._slots, m.cache_len, m.cache_slots = C, self.full[1][:slots], C + 1, slots
-        for a, (k, v) in zip(self.attn, caches or self.caches):
-            a.k_cache, a.v_cache = k[:n, :, :slots], v[:n, :, :slots]
-
-    def copy_rows(self, staged, J: int, slots: torch.Tensor, C: int) -> None:
-        """Rows 0..J-1 of the staging caches `staged` into the runner's cache rows `slots` (canvas C)."""
-        keys = self.keys(C)
-        for (k, v), (sk, sv) in zip(self.caches, staged):
-            k[:, :, :keys].index_copy_(0, slots, sk[:J, :, :keys])
-            v[:, :, :keys].index_copy_(0, slots, sv[:J, :, :keys])
-
-    def restore(self) -> None:
-        r, m = self.runner, self.runner.model
-        r.max_len, r._slots, m.cache_len, m.cache_slots = self.full
-        for a, (k, v) in zip(self.attn, self.caches):
-            a.k_cache, a.v_cache = k, v
