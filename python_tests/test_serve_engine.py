@@ -367,3 +367,23 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(gold, monkeypa
         assert [t for ev in got[rid] for t in ev.tokens] == _alone(dllm, verifier, cfg, later, [382])
     finally:
         engine.shutdown(drain=False, timeout=30)
+
+
+def test_generate_between_engine_steps_on_the_same_runners(tiny):
+    """generate sets the shared runners up for its own shapes between two engine steps (canvas 64
+    vs the engine's 160, other caches and RoPE tables): the engine's next forward sets its own again,
+    and both give their exact tokens."""
+    dllm, verifier, prompts, shape = tiny
+    cfg = DecodeConfig(max_new_tokens=24, **shape)
+    engine = Engine(dllm, verifier, cfg, slots=2, context_length=160, eos_token_id=[1])
+    reqs = _requests(prompts[:3], True, 24, random.Random(9))
+    got: dict = {}
+    ids = [engine.submit(r, lambda ev: got.setdefault(ev.request_id, []).extend(ev.tokens)) for r in reqs]
+    between = Request(prompt=prompts[5][:20], max_tokens=8, seed=3)
+    for _ in range(60):
+        if engine.idle():
+            break
+        engine.step()
+        assert _alone(dllm, verifier, cfg, between, [1]) == _alone(dllm, verifier, cfg, between, [1])
+    for rid, r in zip(ids, reqs):
+        assert got[rid] == _alone(dllm, verifier, cfg, r, [1])

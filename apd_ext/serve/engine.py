@@ -94,7 +94,12 @@ class Engine:
     vocab_size, eos_token_id, backend, cuda_graphs: as apd_ext.generate's.
     max_queue: requests that may wait for a slot (submit raises QueueFull past it).
     fault_seed: debugging aid (also APD_EXT_SERVE_FAULT_SEED): a request with this seed fails at
-    admission, to check that a failure stays with its request."""
+    admission, to check that a failure stays with its request.
+
+    The engine sets the runners' caches up for its slots and context and narrows them for each
+    forward (their caches, cache sizes and RoPE tables): nothing else (apd_ext.generate included)
+    may run on the same runner objects during a step; between steps generate may (it sets them up
+    for its own shapes, and the engine's next forward sets its own again)."""
 
     def __init__(self, dllm, verifier, config: DecodeConfig | None = None, *, slots: int = 8,
                  context_length: int | None = None, vocab_size: int | None = None, eos_token_id=None,

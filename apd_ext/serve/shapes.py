@@ -107,6 +107,7 @@ class CacheView:
         self.caches = [(a.k_cache, a.v_cache) for a in self.attn]
         m = runner.model
         self.full = (runner.max_len, runner._slots, m.cache_len, m.cache_slots)
+        self.rope = (m.rope_cos, m.rope_sin)
         self.align = cache_alignment(runner.device)
 
     def keys(self, C: int) -> int:
@@ -118,6 +119,7 @@ class CacheView:
         r, m = self.runner, self.runner.model
         keys = self.keys(C)
         r.max_len, r._slots, m.cache_len, m.cache_slots = C, self.full[1][:keys], C + 1, keys
+        m.rope_cos, m.rope_sin = self.rope  # (a generate call in between may have set up other shapes)
         for a, (k, v) in zip(self.attn, caches or self.caches):
             a.k_cache, a.v_cache = k[:n, :, :keys], v[:n, :, :keys]
 
@@ -131,5 +133,6 @@ class CacheView:
     def restore(self) -> None:
         r, m = self.runner, self.runner.model
         r.max_len, r._slots, m.cache_len, m.cache_slots = self.full
+        m.rope_cos, m.rope_sin = self.rope
         for a, (k, v) in zip(self.attn, self.caches):
             a.k_cache, a.v_cache = k, v
