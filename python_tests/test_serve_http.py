@@ -164,6 +164,17 @@ def test_detokenizer_never_splits_a_character(pair):
     assert d.push(cut) == "" and d.flush() == pair.tokenizer.decode(cut)
 
 
+def test_detokenizer_counts_the_tokens_of_a_text_prefix(pair):
+    ids = pair.tokenizer.encode("Tom has 12 coins. He buys 5 more. 日本 🎉\n#### 17")
+    d = Detokenizer(pair.tokenizer)
+    d.push(ids)
+    for chars in range(0, len(pair.tokenizer.decode(ids)) + 3):
+        want = next((k for k in range(len(ids) + 1) if len(pair.tokenizer.decode(ids[:k])) >= chars), len(ids))
+        assert d.tokens_for(chars) == want, chars
+    m = StopMatcher(["b", "ab", "zz"])
+    assert m.push("xxab") == ("xx", True) and m.matched == "ab"
+
+
 def test_stop_matcher_against_a_plain_search():
     rng = random.Random(0)
     for _ in range(300):
@@ -276,13 +287,19 @@ def test_seed_reproduces_generate(server, ref):
     assert r.choices[0].text == ref(PROMPT, seed=5, temperature=1.5, top_p=0.9, **extra)[0]
 
 
-def test_stop_strings_cut_the_text(server, ref):
+def test_stop_strings_cut_the_text(server, ref, pair):
     full = ref(PROMPT)[0]
     stop = full[len(full) // 2: len(full) // 2 + 2]
     want = full[: full.find(stop)]
     c = client(server)
     r = c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=64, temperature=0, stop=[stop, "never seen"])
     assert (r.choices[0].text, r.choices[0].finish_reason) == (want, "stop")
+    # usage counts the tokens up to the one completing the stop string, not all the engine made
+    ids = pair.tokenizer.encode(PROMPT)
+    out = apd_ext.generate(pair.dllm, pair.verifier, [ids], TASK_CONFIG, seed=0, **pair.generate_kwargs())
+    toks = out.sequences[0, len(ids): len(ids) + int(out.num_generated[0])].tolist()
+    need = next(k for k in range(len(toks) + 1) if stop in pair.tokenizer.decode(toks[:k]))
+    assert r.usage.completion_tokens == need < ref(PROMPT)[1]
     chunks = [ch for ch in c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=64, temperature=0, stop=stop,
                                                 stream=True) if ch.choices]
     assert "".join(ch.choices[0].text for ch in chunks) == want

@@ -94,6 +94,7 @@ class Generation:
         self.rid: int | None = None
         self.finish_reason: str | None = None  # set once, when the request ends for the server
         self.completion_tokens = 0
+        self.text_chars = 0  # characters of text returned so far
         self.t0 = time.perf_counter()
         self.first_token_s: float | None = None
 
@@ -155,7 +156,9 @@ class Generation:
         final = ev.finish_reason is not None
         text = self.detok.push(ev.tokens) + (self.detok.flush() if final else "")
         text, stopped = self.stops.push(text, final=final)
-        if stopped:
+        self.text_chars += len(text)
+        if stopped:  # the tokens up to the one that completed the stop string (as vLLM counts them)
+            self.completion_tokens = self.detok.tokens_for(self.text_chars + len(self.stops.matched))
             self.end("stop")
             return text, "stop"
         if final:

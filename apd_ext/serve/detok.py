@@ -45,6 +45,18 @@ class Detokenizer:
         """The text still held back (call once, after the last push)."""
         return self._advance(final=True)
 
+    def tokens_for(self, chars: int) -> int:
+        """The fewest leading tokens whose text holds `chars` characters (all of them when the text
+        is shorter): what a response cut after `chars` characters of text consumed."""
+        lo, hi = 0, len(self.ids)
+        while lo < hi:  # decoded length grows with the prefix: binary search on it
+            mid = (lo + hi) // 2
+            if len(self.tokenizer.decode(self.ids[:mid])) >= chars:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     @property
     def pending(self) -> int:
         """Tokens whose text has not been emitted yet."""
@@ -86,6 +98,7 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
+        self.matched = ""  # the stop string that stopped the stream
 
     def push(self, delta: str, final: bool = False) -> tuple[str, bool]:
         if self.stopped:
@@ -94,6 +107,7 @@ class StopMatcher:
         cut = self._first_match(buf)
         if cut is not None:
             self.stopped, self._held = True, ""
+            self.matched = min((s for s in self.stops if buf.find(s) == cut), key=len)
             return buf[:cut], True
         keep = 0 if final else self._partial_tail(buf)
         self._held = buf[len(buf) - keep:] if keep else ""
