@@ -85,13 +85,10 @@ import asyncio
 import csv
 import json
 import os
-import queue
 import random
 import re
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -103,6 +100,7 @@ import common
 
 try:
     import apd_ext
+    from apd_ext.serve.launch import ServerProcess
     from apd_ext.tiny import evaluate as ev, task
 except ModuleNotFoundError as e:
     if e.name != "apd_ext":
@@ -110,7 +108,6 @@ except ModuleNotFoundError as e:
     sys.exit("apd_ext is not importable: run from the repository root with PYTHONPATH=.")
 
 ROOT = Path(__file__).resolve().parents[1]
-LISTENING = re.compile(r"^apd_ext serve: listening on (http://127\.0\.0\.1:\d+)\s*$")
 MAX_TOKENS = ev.TASK_CONFIG.max_new_tokens
 TARGET_CONCURRENCY, TARGET_VS_SEQUENTIAL = 8, 2.5
 STAT_KEYS = ("ttft", "itl", "tpot", "e2e")
@@ -245,54 +242,22 @@ class InProcess:
 
 # --- the server process -----------------------------------------------------------------------------
 
-class Server:
+class Server(ServerProcess):
     """`python -m apd_ext serve` on 127.0.0.1 with an OS-chosen port; always killed by stop()."""
 
     def __init__(self, args, context_length: int | None):
-        self.cmd = [sys.executable, "-m", "apd_ext", "serve", "--host", "127.0.0.1", "--port", "0",
-                    "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
-                    "--max-queue", str(max(args.num_requests, 16)), "--policy", args.policy]
+        cmd = ["--host", "127.0.0.1", "--port", "0", "--threads", str(args.threads), "--max-batch-size",
+               str(args.max_batch_size), "--max-queue", str(max(args.num_requests, 16)), "--policy", args.policy]
         if context_length is not None:
-            self.cmd += ["--context-length", str(context_length)]
-        self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1",
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self.startup_s = args.startup_timeout_s
-        self.proc: subprocess.Popen | None = None
-        self.url: str | None = None
-        self._err = tempfile.TemporaryFile()
+            cmd += ["--context-length", str(context_length)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        super().__init__(cmd, env=env, cwd=ROOT, startup_s=args.startup_timeout_s)
 
     def start(self) -> "Server":
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._err, text=True)
-        lines: queue.Queue = queue.Queue()
-
-        def read() -> None:
-            for line in self.proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + self.startup_s
-        while self.url is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"the server did not start in {self.startup_s} s: {self.stderr()}")
-            try:
-                line = lines.get(timeout=min(left, 1.0))
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the server exited ({self.proc.returncode}): {self.stderr()}") from None
-                continue
-            if line is None:
-                raise RuntimeError(f"the server exited ({self.proc.wait(10)}): {self.stderr()}")
-            m = LISTENING.match(line)
-            if m:
-                self.url = m.group(1)
+        super().start()
+        self.wait_ready()
         return self
-
-    def stderr(self) -> str:
-        self._err.seek(0)
-        return self._err.read().decode(errors="replace")[-3000:]
 
     def get(self, path: str) -> str:
         with urllib.request.urlopen(self.url + path, timeout=10) as r:
@@ -306,13 +271,6 @@ class Server:
             m = re.search(rf"^apd_step_seconds_{name} (\S+)$", text, re.M)
             out[f"step_seconds_{name}"] = float(m.group(1)) if m else 0.0
         return out
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def engine_figures(before: dict, after: dict, summary: dict) -> dict:
@@ -682,7 +640,7 @@ def _main(args) -> int:
             server.start()
             health = json.loads(server.get("/health"))
             ctx = health.get("context_length", L)
-            print(f"server (context length {ctx}{'' if L else ', its default'}): {' '.join(server.cmd[1:])} "
+            print(f"server (context length {ctx}{'' if L else ', its default'}): {' '.join(server.command[1:])} "
                   f"-> {server.url}", flush=True)
             model = json.loads(server.get("/v1/models"))["data"][0]["id"]
             asyncio.run(_serve_runs(args, server, model, reqs, reference, static, seq_rps, ctx, add))
