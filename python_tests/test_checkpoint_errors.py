@@ -186,7 +186,7 @@ def test_unreadable_config_json_names_the_file(qwen_dir, raw, pattern):
     ({"pad_token_id": 1.5}, ["pad_token_id", "integer token id"]),
     ({"dtype": "float64"}, ["float64", "not supported"]),
     ({"model_type": None}, ["model_type"]),
-    ({"head_dim": 32}, ["head_dim 32", "16"]),
+    ({"head_dim": 15}, ["head_dim", "15", "even"]),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, ["rope_scaling", "yarn", "plain RoPE"]),
 ])
 def test_bad_config_values_name_file_and_key(qwen_dir, changes, patterns):

@@ -7,8 +7,17 @@ Families (config.json's model_type, any case), all loaded into the one native tr
                      Qwen2, q/k/v biases); logits at position j predict token j + 1
     "llada"          dLLM: LLaDA (LLaDA-8B-Base/Instruct, LLaDA-1.5): its own config keys (d_model,
                      n_heads, ...) are translated here (`llada_to_native`); unshifted logits
-    "qwen2", "llama" causal verifiers (Hugging Face Qwen2 / Llama configs)
-Any other model_type raises CheckpointError naming the file and listing these (`SUPPORTED`).
+    "Fast_dLLM_Qwen" block-diffusion dLLM: Fast-dLLM v2 (NVlabs, adapted from Qwen2.5): Qwen2 keys,
+                     q/k/v biases, block size `bd_size`; logits at position j predict token j + 1
+    "sdar"           block-diffusion dLLM: SDAR (JetLM, adapted from Qwen3): Qwen3 keys (explicit
+                     head_dim, q/k RMSNorm), block size `block_size`; unshifted logits
+    "qwen2", "llama", "qwen3"  causal verifiers (Hugging Face Qwen2 / Llama / Qwen3 configs)
+Any other model_type raises CheckpointError naming the file and listing these (`SUPPORTED`); a
+variant the native transformer does not implement (another activation, sliding-window layers, a
+scaled RoPE, a block model without its block size) raises CheckpointError naming the config key.
+
+Block-diffusion models attend block-causally: blocks of `block_size` positions counted from
+position 0; a query attends every key of its own block and of the blocks before it (runners.py).
 """
 
 from __future__ import annotations
@@ -27,10 +36,16 @@ _SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 # model_type (lower case) -> whether the dLLM's logits are shifted by one (row j predicts token j + 1)
-DLLM_TYPES = {"dream": True, "llada": False}
-VERIFIER_TYPES = ("qwen2", "llama")
-SUPPORTED = ("dLLMs: \"Dream\" (Dream and derivatives that keep its architecture), \"llada\" (LLaDA); "
-             "verifiers: \"qwen2\", \"llama\"")
+DLLM_TYPES = {"dream": True, "llada": False, "fast_dllm_qwen": True, "sdar": False}
+# block-diffusion families (lower case) -> the config.json key holding the block size
+BLOCK_KEYS = {"fast_dllm_qwen": "bd_size", "sdar": "block_size"}
+VERIFIER_TYPES = ("qwen2", "llama", "qwen3")
+# families with a per-head RMSNorm on q and k (and an o_proj bias when attention_bias)
+QK_NORM_TYPES = ("qwen3", "sdar")
+# Fast-dLLM v2's released generate passes mask_id=151665 ("|<MASK>|"); its config.json has no key for it
+FAST_DLLM_MASK_ID = 151665
+SUPPORTED = ("dLLMs: \"Dream\" (Dream and derivatives that keep its architecture), \"llada\" (LLaDA), "
+             "\"Fast_dLLM_Qwen\" (Fast-dLLM v2), \"sdar\" (SDAR); verifiers: \"qwen2\", \"llama\", \"qwen3\"")
 
 
 class CheckpointError(ValueError):
@@ -104,22 +119,44 @@ class ModelConfig:
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     mask_token_id: int | None = None
+    head_dim: int | None = None  # None: hidden_size / num_attention_heads (set on construction)
     dtype: torch.dtype = torch.float32
     extra: dict = field(default_factory=dict, repr=False)
     _source: InitVar[str] = "ModelConfig"  # where the values came from (a config.json), for error messages
 
     def __post_init__(self, _source: str):
+        if self.head_dim is None and _is_int(self.hidden_size) and _is_int(self.num_attention_heads) \
+                and self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0:
+            self.head_dim = self.hidden_size // self.num_attention_heads
         self.check(_source)
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def family(self) -> str:
+        """model_type in lower case."""
+        return self.model_type.lower()
+
+    @property
+    def qk_norm(self) -> bool:
+        """Whether attention normalises q and k per head (Qwen3, SDAR)."""
+        return self.family in QK_NORM_TYPES
+
+    @property
+    def o_proj_bias(self) -> bool:
+        """Whether o_proj has a bias (Qwen3 / SDAR with attention_bias; Qwen2 never has one)."""
+        return self.qk_norm and self.attention_bias
+
+    @property
+    def block_size(self) -> int | None:
+        """The block size of a block-diffusion dLLM (config.json's BLOCK_KEYS key), else None."""
+        key = BLOCK_KEYS.get(self.family)
+        return None if key is None else self.extra[key]
 
     def num_parameters(self) -> int:
         """Parameters of the whole model this config describes (tied embeddings counted once)."""
         h, d, i = self.hidden_size, self.head_dim, self.intermediate_size
         q, kv = self.num_attention_heads * d, self.num_key_value_heads * d
         attention = h * (q + 2 * kv) + (q + 2 * kv if self.attention_bias else 0) + q * h
+        attention += (h if self.o_proj_bias else 0) + (2 * d if self.qk_norm else 0)
         layer = attention + 3 * h * i + 2 * h
         heads = 1 if self.tie_word_embeddings else 2
         return heads * self.vocab_size * h + self.num_hidden_layers * layer + h
@@ -143,11 +180,15 @@ class ModelConfig:
             v, low = getattr(self, name), 0 if name == "num_hidden_layers" else 1
             if not _is_int(v) or v < low:
                 return f"{name} must be an integer >= {low}, got {v!r}"
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_dim is None:
             return (f"hidden_size {self.hidden_size} must be a multiple of num_attention_heads "
-                    f"{self.num_attention_heads}")
-        if self.head_dim % 2:
-            return f"head_dim = hidden_size / num_attention_heads = {self.head_dim} must be even (rotary embedding)"
+                    f"{self.num_attention_heads} (or give head_dim)")
+        if not _is_int(self.head_dim) or self.head_dim < 2 or self.head_dim % 2:
+            return f"head_dim must be an even integer >= 2 (rotary embedding), got {self.head_dim!r}"
+        key = BLOCK_KEYS.get(self.family)
+        if key is not None and (not _is_int(self.extra.get(key)) or self.extra[key] < 1):
+            return (f"{key} must be an integer >= 1 (the block size of a {self.model_type} block-diffusion model), "
+                    f"got {self.extra.get(key, 'nothing')!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             return (f"num_attention_heads {self.num_attention_heads} must be a multiple of num_key_value_heads "
                     f"{self.num_key_value_heads}")
@@ -203,6 +244,11 @@ class ModelConfig:
         mt = d["model_type"]
         known = {f.name for f in fields(cls)} - {"dtype", "extra", "attention_bias", "model_type"}
         kw = {k: d[k] for k in known if k in d}
+        kind = mt.lower() if isinstance(mt, str) else None
+        _check_variant(d, kind, source)
+        if kind == "fast_dllm_qwen" and kw.get("mask_token_id") is None and _is_int(d.get("vocab_size")) \
+                and FAST_DLLM_MASK_ID < d["vocab_size"]:
+            kw["mask_token_id"] = FAST_DLLM_MASK_ID  # what its released generate passes
         missing = [k for k in _REQUIRED if k not in kw]
         if missing:
             raise CheckpointError(f"{source}: lacks {', '.join(missing)}")
@@ -215,7 +261,9 @@ class ModelConfig:
         dtype_name = d.get("dtype") or d.get("torch_dtype") or "float32"
         if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
             raise CheckpointError(f"{source}: dtype {dtype_name!r} is not supported (expected one of {sorted(_DTYPES)})")
-        bias = d.get("attention_bias", mt.lower() in ("qwen2", "dream") if isinstance(mt, str) else None)
+        bias = d.get("attention_bias", kind in ("qwen2", "dream"))
+        if kind == "fast_dllm_qwen":
+            bias = True  # its attention builds q/k/v biases whatever the config says
         extra = {k: v for k, v in d.items() if k not in known}
         return cls(model_type=mt, dtype=_DTYPES[dtype_name], attention_bias=bias, extra=extra, _source=source, **kw)
 
@@ -257,13 +305,29 @@ def _read_rope(d: dict, kw: dict, source: str) -> None:
 
 
 def _check_head_dim(d: dict, source: str) -> None:
-    """An explicit head_dim (Qwen3 style) must equal hidden_size / num_attention_heads."""
-    hd, h, n = d.get("head_dim"), d.get("hidden_size"), d.get("num_attention_heads")
-    if hd is None or not (_is_int(h) and _is_int(n) and n > 0):
-        return
-    if hd != h // n:
-        raise CheckpointError(f"{source}: head_dim {hd!r} differs from hidden_size / num_attention_heads = {h // n}; "
-                              f"only head_dim = hidden_size / num_attention_heads is supported")
+    """An explicit head_dim (Qwen3 style; it may differ from hidden_size / num_attention_heads)
+    must be an even integer."""
+    hd = d.get("head_dim")
+    if hd is not None and (not _is_int(hd) or hd < 2 or hd % 2):
+        raise CheckpointError(f"{source}: head_dim must be an even integer >= 2 (rotary embedding), got {hd!r}")
+
+
+def _check_variant(d: dict, kind: str | None, source: str) -> None:
+    """Refuse, naming the key, the variants of a Qwen2/Qwen3-style config.json that the native
+    transformer does not implement: an activation other than SiLU, sliding-window attention, layer
+    types other than full attention; a block-diffusion model without its block size."""
+    act = d.get("hidden_act", "silu")
+    if act != "silu":
+        raise CheckpointError(f"{source}: hidden_act {act!r} is not supported (the native MLP is SiLU-gated: \"silu\")")
+    if d.get("use_sliding_window") not in (None, False):
+        raise CheckpointError(f"{source}: use_sliding_window {d['use_sliding_window']!r} is not supported (the native "
+                              f"attention is full attention)")
+    types = d.get("layer_types")
+    if types is not None and (not isinstance(types, list) or any(t != "full_attention" for t in types)):
+        raise CheckpointError(f"{source}: layer_types {types!r} is not supported (only \"full_attention\" layers)")
+    key = BLOCK_KEYS.get(kind)
+    if key is not None and key not in d:
+        raise CheckpointError(f"{source}: lacks {key}, the block size of a {d['model_type']} block-diffusion model")
 
 
 # --- LLaDA ------------------------------------------------------------------------------------------

@@ -181,13 +181,21 @@ class _Runner:
 
 
 class DllmRunner(_Runner):
-    """A bidirectional masked-diffusion LM (Dream, LLaDA) in native PyTorch; `shifted`: whether
-    its logits at position j predict token j + 1 (Dream) or token j (LLaDA)."""
+    """A masked-diffusion LM in native PyTorch: bidirectional (Dream, LLaDA) or block-diffusion
+    (Fast-dLLM v2, SDAR: `block_size` set). `shifted`: whether its logits at position j predict
+    token j + 1 (Dream, Fast-dLLM v2) or token j (LLaDA, SDAR)."""
 
     def __init__(self, model: Transformer, config: ModelConfig, shifted: bool):
         self.model, self.config, self.shifted = model, config, shifted
         if config.mask_token_id is None:
             raise ValueError("the dLLM config has no mask_token_id")
+
+    @property
+    def block_size(self) -> int | None:
+        """Block-diffusion models: the block size (blocks of positions [k*bs, (k+1)*bs) counted from
+        position 0; attention is causal across blocks, bidirectional inside one, so the K/V of a
+        completed block are exact). None for a whole-canvas (bidirectional) dLLM."""
+        return self.config.block_size
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None, *, tp=None,
@@ -199,9 +207,11 @@ class DllmRunner(_Runner):
         same global tokens).
 
         The family comes from config.json's model_type: "Dream" (Dream and derivatives keeping its
-        architecture; shifted logits) or "llada" (LLaDA's own config keys and tensor names;
-        unshifted logits). A verifier's model_type raises ValueError; an unknown one
-        CheckpointError listing the supported families."""
+        architecture; shifted logits), "llada" (LLaDA's own config keys and tensor names;
+        unshifted logits), "Fast_dLLM_Qwen" (Fast-dLLM v2: block-diffusion, shifted, block size
+        bd_size) or "sdar" (SDAR: block-diffusion, unshifted, block size block_size). A
+        verifier's model_type raises ValueError; an unknown one CheckpointError listing the
+        supported families."""
         model, config = _load(path, device, dtype, tp, vocab_size)
         kind = config.model_type.lower()
         if kind not in DLLM_TYPES:
@@ -223,6 +233,12 @@ class DllmRunner(_Runner):
 
         canvas: int64 [B, L]; left, right, curr: int64 [B] with left <= curr - shifted, right <= L;
         size: the static input length (>= max over rows of right - left).
+
+        Whole-canvas dLLM: every query attends cache slots j < right (the cache before `left`,
+        the input, nothing after). Block-diffusion dLLM: the query at position p attends slots
+        j < min(right, block_end(p)), block_end(p) = (p // block_size + 1) * block_size: keys of
+        its own block and the blocks before it, so the K/V written for a block depend on it and
+        the blocks before it only (the cache of a completed block is exact).
         """
         pos = self._positions(left, size, right)  # [B, size]
         ids = self._gather_ids(canvas, pos)
@@ -231,14 +247,20 @@ class DllmRunner(_Runner):
         # the serving engine parks: every input goes to the scratch slot) attends every real slot
         # instead, so that its junk logits stay finite.
         limit = torch.where(right > 0, right, self.max_len)
-        mask = (self._slots.view(1, 1, 1, -1) < limit.view(-1, 1, 1, 1))
+        bs = self.block_size
+        if bs is None:
+            mask = (self._slots.view(1, 1, 1, -1) < limit.view(-1, 1, 1, 1))
+        else:  # per query [B, 1, size, slots]; scratch queries (pos = max_len) keep `limit`
+            block_end = torch.div(pos, bs, rounding_mode="floor") * bs + bs
+            q_limit = torch.where(pos < self.max_len, torch.minimum(block_end, limit.view(-1, 1)), limit.view(-1, 1))
+            mask = (self._slots.view(1, 1, 1, -1) < q_limit.unsqueeze(-1)).unsqueeze(1)
         first = curr - left - (1 if self.shifted else 0)
         rows = (first.view(-1, 1) + torch.arange(window, device=self.device).view(1, -1)).clamp(0, size - 1)
         return self.model(ids, pos, mask, logit_rows=rows)
 
 
 class VerifierRunner(_Runner):
-    """A causal LM (Qwen2 family) with a static KV cache."""
+    """A causal LM (Qwen2, Llama, Qwen3) with a static KV cache."""
 
     def __init__(self, model: Transformer, config: ModelConfig):
         self.model, self.config = model, config

@@ -102,7 +102,11 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, h * d, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, kv * d, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, kv * d, bias=bias)
-        self.o_proj = nn.Linear(h * d, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(h * d, config.hidden_size, bias=config.o_proj_bias)
+        # Qwen3 / SDAR: RMSNorm over each head's head_dim channels of q and k, before RoPE (one weight
+        # of head_dim shared by the heads, so tensor parallelism replicates it)
+        self.q_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
         self.n_heads, self.n_kv, self.head_dim = h, kv, d
         self.reduce = reduce
         self.k_cache: torch.Tensor | None = None
@@ -117,6 +121,8 @@ class Attention(nn.Module):
         q = F.linear(x, self.q_proj.weight, self.q_proj.bias).view(B, S, H, D).transpose(1, 2)  # [B, H, S, D]
         k = F.linear(x, self.k_proj.weight, self.k_proj.bias).view(B, S, Hkv, D).transpose(1, 2)  # [B, Hkv, S, D]
         v = F.linear(x, self.v_proj.weight, self.v_proj.bias).view(B, S, Hkv, D).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         self.k_cache[rows, :, positions] = k.transpose(1, 2).to(self.k_cache.dtype)  # cache: [B, Hkv, Lc, D]
         self.v_cache[rows, :, positions] = v.transpose(1, 2).to(self.v_cache.dtype)
@@ -125,7 +131,8 @@ class Attention(nn.Module):
         out = attend(q, self.k_cache, self.v_cache, bias)  # [B, Hkv, G*S, D]
         out = out.view(B, Hkv, G, S, D).permute(0, 3, 1, 2, 4).reshape(B, S, H * D)
         out = F.linear(out, self.o_proj.weight)  # [B, S, hidden]; a partial sum over the heads when sharded
-        return out if self.reduce is None else self.reduce(out)
+        out = out if self.reduce is None else self.reduce(out)
+        return out if self.o_proj.bias is None else out + self.o_proj.bias
 
 
 class MLP(nn.Module):
@@ -308,7 +315,8 @@ class Transformer(nn.Module):
         return self.reduce(x.masked_fill(outside.unsqueeze(-1), 0))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                logit_rows: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                logit_rows: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                rope_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, R, V] in the model's dtype (no upcast: the sampling ops read bf16 directly);
         V = shard.rows under tensor parallelism (this rank's vocabulary slice), else vocab_size.
 
@@ -319,12 +327,16 @@ class Transformer(nn.Module):
         out: optional [R, B, V] tensor of the model's dtype, contiguous: the logits are written
             there position-major (one matrix product, no copy) and the result is its [B, R, V]
             view out.transpose(0, 1). R = S without logit_rows.
+        rope_positions: optional int64 [B, S], the rotary positions when they differ from the cache
+            slots (training a block-diffusion model on [x_t ; x_0], whose halves share positions
+            0..L-1 but need 2L slots); default `positions`.
         """
         if self.cache_len == 0:
             raise RuntimeError("call setup_cache(batch, max_len) before forward")
         x = self.embed(input_ids)
-        cos = self.rope_cos[positions].unsqueeze(1)  # [B, 1, S, D]
-        sin = self.rope_sin[positions].unsqueeze(1)
+        rp = positions if rope_positions is None else rope_positions
+        cos = self.rope_cos[rp].unsqueeze(1)  # [B, 1, S, D]
+        sin = self.rope_sin[rp].unsqueeze(1)
         bias = self.attention_bias(mask, x.dtype, input_ids.shape[1])
         rows = torch.arange(input_ids.shape[0], device=x.device).unsqueeze(1)  # [B, 1], shared by the layers
         for layer in self.model.layers:
