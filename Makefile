@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: all build test pytest cpp-test cuda-emu-test kernel-check triton-aot ptxas-report demo train-tiny bench bench-loop gpu-check gpu-suite clean
+.PHONY: all build test pytest cpp-test cuda-emu-test kernel-check triton-aot ptxas-report demo train-tiny train-tiny-block bench bench-loop gpu-check gpu-suite clean
 
 all: test
 
@@ -74,6 +74,9 @@ demo: build
 # apd_ext/tiny/assets/README.md and apd_ext/tiny/train.py have the figures.
 train-tiny: $(VENV)/.installed
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m apd_ext.tiny.train --out apd_ext/tiny/assets
+
+train-tiny-block: $(VENV)/.installed
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m apd_ext.tiny.train_block --out apd_ext/tiny/assets
 
 bench: build
 	PYTHONPATH=. $(PY) bench/bench_ops.py
