@@ -336,18 +336,18 @@ def run(cfg: BlockConfig, out: str | Path, log=print, ar_dir: str | Path | None 
     # training reads 3L tokens (two noisy copies and x_0): a config with room for them
     model = Transformer(block_model_config(tok, cfg.bd_size, 4 * MAX_POSITIONS))
     model.load_state_dict(ar_model.state_dict())
-    probes = {}
-    # block size 1 is plain causal decoding: the AR model's own accuracy (the ceiling to keep)
-    probes["ar_causal"] = probe_accuracy(model, tok, cfg.probe_problems, 1, "left")
-    log(f"[probe] AR model, causal greedy: {probes['ar_causal']['accuracy']:.2f}")
-    probes["ar_init_confidence"] = probe_accuracy(model, tok, cfg.probe_problems, cfg.bd_size, "confidence")
-    log(f"[probe] AR weights as a block model (confidence): {probes['ar_init_confidence']['accuracy']:.2f}")
+    probes, n_probe = {}, cfg.probe_problems  # 0: no probes (tests)
+    if n_probe:  # block size 1 is plain causal decoding: the AR model's own accuracy (the ceiling to keep)
+        probes["ar_causal"] = probe_accuracy(model, tok, n_probe, 1, "left")
+        log(f"[probe] AR model, causal greedy: {probes['ar_causal']['accuracy']:.2f}")
+        probes["ar_init_confidence"] = probe_accuracy(model, tok, n_probe, cfg.bd_size, "confidence")
+        log(f"[probe] AR weights as a block model (confidence): {probes['ar_init_confidence']['accuracy']:.2f}")
     log(f"[block] {count_params(model):,} parameters, {cfg.steps} steps of {cfg.batch_size}, bd_size {cfg.bd_size}")
     t0 = time.perf_counter()
     curves = adapt(model, tok, cfg, log)
     adapt_seconds = time.perf_counter() - t0
-    for order in ("confidence", "left"):
-        probes[f"block_{order}"] = probe_accuracy(model, tok, cfg.probe_problems, cfg.bd_size, order)
+    for order in ("confidence", "left") if n_probe else ():
+        probes[f"block_{order}"] = probe_accuracy(model, tok, n_probe, cfg.bd_size, order)
         log(f"[probe] block dLLM ({order}): {probes[f'block_{order}']['accuracy']:.2f}")
     info = dict(recipe=asdict(cfg), stages={
         "ar": {"recipe": ar_record["recipe"], "train_seconds": round(ar_seconds, 1),
