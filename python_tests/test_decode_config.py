@@ -15,7 +15,8 @@ from apd_ext.models.runners import DllmRunner, VerifierRunner
 
 DEFAULTS = dict(policy="apd", max_new_tokens=256, mixture_weight=0.7, kv_window=16, max_lookahead=100,
                 temperature=0.0, top_k=None, top_p=1.0, k=1, diffusion_steps=None, diffusion_alg="confidence",
-                authors_compat=False, threshold=0.9, block_length=None)
+                authors_compat=False, threshold=0.9, block_length=None, small_block_size=8, denoising_steps=None,
+                remasking="low_confidence_dynamic")
 
 
 def test_defaults_are_the_documented_ones():

@@ -18,8 +18,11 @@ import math
 import numbers
 from dataclasses import dataclass
 
-POLICIES = ("apd", "dllm_fixed", "ar", "diffusion", "threshold")
+POLICIES = ("apd", "dllm_fixed", "ar", "diffusion", "threshold", "fast_dllm_v2", "sdar")
 DIFFUSION_ALGS = ("confidence", "entropy", "random")
+REMASKING = ("low_confidence_dynamic", "low_confidence_static")
+# the policies that decode a block-diffusion dLLM's own way (they need one: runners.DllmRunner.block_size)
+BLOCK_POLICIES = ("fast_dllm_v2", "sdar")
 
 # The knobs each policy reads (the others are ignored by it, and left out of its spec).
 _SAMPLING = ("max_new_tokens", "temperature", "top_k", "top_p")
@@ -29,6 +32,8 @@ POLICY_KNOBS = {
     "ar": _SAMPLING,
     "diffusion": _SAMPLING + ("diffusion_steps", "diffusion_alg"),
     "threshold": _SAMPLING + ("threshold", "block_length", "kv_window", "max_lookahead"),
+    "fast_dllm_v2": _SAMPLING + ("threshold", "small_block_size"),
+    "sdar": _SAMPLING + ("threshold", "denoising_steps", "remasking"),
 }
 
 
@@ -41,7 +46,13 @@ class DecodeConfig:
         quality reference); "ar" (the verifier alone); "diffusion" (the dLLM's own schedule);
         "threshold" (the dLLM alone, confidence-threshold parallel decoding as in Fast-dLLM: per
         step every masked position of the window whose confidence is >= threshold, at least the
-        most confident one; apd_ext/decode/steps/threshold.py states the rule).
+        most confident one; apd_ext/decode/steps/threshold.py states the rule);
+        "fast_dllm_v2" and "sdar" (block-diffusion dLLMs only: the released decoding of Fast-dLLM v2,
+        threshold over sub-blocks, and of SDAR, a low-confidence schedule per block;
+        apd_ext/decode/steps/native.py states the rules).
+        On a block-diffusion dLLM (Fast-dLLM v2, SDAR) apd, dllm_fixed and threshold draft a window
+        that ends at the current block's end, and the dLLM reads an exact block cache (kv_window is
+        not used; apd_ext/decode/steps/window.py).
     max_new_tokens: tokens generated per row at most (>= 1).
     mixture_weight: w in [0, 1]; the target samples p_dLLM^w * p_verifier^(1 - w).
     kv_window: R >= 1 positions recomputed before the window around the dLLM's approximate KV
@@ -62,6 +73,15 @@ class DecodeConfig:
         masked positions of the block holding the first uncommitted position may commit, blocks of
         block_length answer positions counted from the row's prompt end; None: no blocks (the
         window alone bounds the commits).
+    small_block_size: >= 1, "fast_dllm_v2"'s sub-blocks (its released default 8; it must divide
+        the model's block size): per step, masked positions of the sub-block holding the first
+        uncommitted position commit when their confidence is > threshold, at least the most confident.
+    denoising_steps: "sdar"'s forwards per block, in [1, block size] (None: the block size, one
+        token per forward): the schedule commits block_size / denoising_steps tokens per forward
+        (the remainder to the first forwards), more with "low_confidence_dynamic" when more
+        positions are confident (> threshold; SDAR's confidence_threshold).
+    remasking: "sdar"'s rule, "low_confidence_dynamic" (default) or "low_confidence_static" (the
+        scheduled count of the most confident masked positions).
     authors_compat: reproduce the authors' released code (APD_SPEC, last section).
     """
 
@@ -79,6 +99,9 @@ class DecodeConfig:
     authors_compat: bool = False
     threshold: float = 0.9
     block_length: int | None = None
+    small_block_size: int = 8
+    denoising_steps: int | None = None
+    remasking: str = "low_confidence_dynamic"
 
     def __post_init__(self):
         if not isinstance(self.policy, str) or self.policy not in POLICIES:
@@ -100,12 +123,18 @@ class DecodeConfig:
         _real("threshold", self.threshold, 0.0, 1.0, low_open=True)
         if self.block_length is not None:
             _int("block_length", self.block_length, 1, none_ok=True)
+        _int("small_block_size", self.small_block_size, 1)
+        if self.denoising_steps is not None:
+            _int("denoising_steps", self.denoising_steps, 1, none_ok=True)
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
         if not isinstance(self.authors_compat, bool):
             raise TypeError(f"authors_compat must be a bool, got {type(self.authors_compat).__name__}")
         # canonical numeric types (an int mixture_weight is a float; frozen: set through object)
         for name in ("mixture_weight", "temperature", "top_p", "threshold"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("max_new_tokens", "kv_window", "max_lookahead", "top_k", "k", "diffusion_steps", "block_length"):
+        for name in ("max_new_tokens", "kv_window", "max_lookahead", "top_k", "k", "diffusion_steps", "block_length",
+                     "small_block_size", "denoising_steps"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, int(getattr(self, name)))
 

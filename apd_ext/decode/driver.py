@@ -96,7 +96,7 @@ def generate(dllm, verifier, input_ids, config: DecodeConfig | None = None, *, a
     row_knobs = inputs.row_knobs(kind.step_config(cfg), vocab, batch.size, per_row)  # host tensors
     eos = inputs.eos_ids(dllm, verifier, eos_token_id, both_models=bool(kind.dllm_forwards and kind.verifier_forwards))
     step = make_step(cfg, length=batch.length, vocab=vocab, eos=eos, backend=backend, device=dllm.device,
-                     parallel=parallel, filters=row_knobs.filters(vocab))
+                     parallel=parallel, filters=row_knobs.filters(vocab), block=getattr(dllm, "block_size", None))
     graphed = graphs.use_graphs(None if compile else cuda_graphs, dllm.device, noise_fn, step, dllm, verifier)
     stats = Stats(dllm.device)  # the clock starts here: setting the runners up is part of the call
     for runner in graphs.used_runners(dllm, verifier, step):

@@ -62,6 +62,14 @@ def check_runners(dllm, verifier, policy: str = "apd") -> None:
     from apd_ext.decode.steps import STEPS
 
     kind = STEPS[policy]
+    from apd_ext.decode.config import BLOCK_POLICIES
+
+    if policy in BLOCK_POLICIES and getattr(dllm, "block_size", None) is None:
+        raise ValueError(f"policy {policy!r} is the decoding of a block-diffusion dLLM (Fast-dLLM v2, SDAR); "
+                         f"this dLLM ({getattr(dllm, 'family', type(dllm).__name__)}) has no blocks")
+    if policy == "diffusion" and getattr(dllm, "block_size", None) is not None:
+        raise ValueError("policy 'diffusion' unmasks the whole answer at once; a block-diffusion dLLM decodes block "
+                         "by block: use fast_dllm_v2 / sdar (its own decoding), apd, threshold or dllm_fixed")
     if verifier is None:
         if kind.verifier_forwards:
             raise TypeError(f"policy {policy!r} runs the verifier: pass a VerifierRunner or HFVerifier as the second "
@@ -304,11 +312,26 @@ class Batch:
         return self.canvas.shape[0]
 
 
+def block_canvas(dllm, L: int, limit: int) -> int:
+    """L rounded up to a multiple of the dLLM's block size when it is a block-diffusion model (its
+    current block is always read whole, mask tokens after a row's end included, as it was
+    trained); raises ValueError when that passes the models' maximum length `limit`."""
+    bs = getattr(dllm, "block_size", None)
+    if bs is None or L % bs == 0:
+        return L
+    rounded = -(-L // bs) * bs
+    if rounded > limit:
+        raise ValueError(f"the canvas of {L} positions rounded up to whole blocks of {bs} ({rounded}) exceeds the "
+                         f"models' maximum length {limit} (max_position_embeddings)")
+    return rounded
+
+
 def make_batch(dllm, verifier, rows: list[list[int]], config: DecodeConfig, seed,
                canvas_length: int | None = None) -> Batch:
     """Check the prompts against the models (mask token, vocabulary, maximum length) and lay them
     out on a canvas of L = P_max + max_new_tokens positions, or `canvas_length` when larger (a row
-    ends at its own prompt length + max_new_tokens either way)."""
+    ends at its own prompt length + max_new_tokens either way); for a block-diffusion dLLM, L rounded
+    up to whole blocks (block_canvas)."""
     mask_id = dllm.mask_token_id
     models = [dllm] if verifier is None else [dllm, verifier]
     limit_v = min(m.vocab_size for m in models)
@@ -326,6 +349,7 @@ def make_batch(dllm, verifier, rows: list[list[int]], config: DecodeConfig, seed
             raise ValueError(f"canvas_length must be an integer in [prompt + max_new_tokens, the models' maximum "
                              f"length] = [{P + N}, {limit}], got {canvas_length!r}")
     B, L = len(rows), max(P + N, canvas_length or 0)
+    L = block_canvas(dllm, L, limit)
     canvas = torch.full((B, L + 1), mask_id, dtype=torch.int64)
     for b, r in enumerate(rows):
         canvas[b, : len(r)] = torch.tensor(r, dtype=torch.int64)

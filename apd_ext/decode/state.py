@@ -36,6 +36,7 @@ class State:
     top_k: torch.Tensor  # int64 [B] (0: no filter)
     top_p: torch.Tensor  # float64 [B]
     mixture_weight: torch.Tensor  # float64 [B] (apd)
+    phase: torch.Tensor  # int64 [B] forwards spent on the row's current block (sdar's schedule); 0 at fill
 
     # whether fill() was given the knobs; if not, the step loads its config's values for every row at
     # its next call (a state filled directly, as tests and benchmarks do); a plain attribute
@@ -56,7 +57,7 @@ class State:
                    verifier_logits=vl, offset=torch.empty(batch, **i64), seeds=torch.empty(batch, **i64),
                    temperature=torch.empty(batch, **f64), draft_temperature=torch.empty(batch, **f64),
                    top_k=torch.empty(batch, **i64), top_p=torch.empty(batch, **f64),
-                   mixture_weight=torch.empty(batch, **f64))
+                   mixture_weight=torch.empty(batch, **f64), phase=torch.empty(batch, **i64))
 
     def fill(self, canvas: torch.Tensor, prompt_len: torch.Tensor, max_new_tokens: int, seeds: torch.Tensor,
              knobs=None) -> None:
@@ -71,6 +72,7 @@ class State:
         self.n_prev.zero_()
         self.done.zero_()
         self.offset.zero_()
+        self.phase.zero_()
         self.seeds.copy_(seeds)
         self.knobs_loaded = False
         if knobs is not None:

@@ -253,7 +253,7 @@ class DllmRunner(_Runner):
         else:  # per query [B, 1, size, slots]; scratch queries (pos = max_len) keep `limit`
             block_end = torch.div(pos, bs, rounding_mode="floor") * bs + bs
             q_limit = torch.where(pos < self.max_len, torch.minimum(block_end, limit.view(-1, 1)), limit.view(-1, 1))
-            mask = (self._slots.view(1, 1, 1, -1) < q_limit.unsqueeze(-1)).unsqueeze(1)
+            mask = (self._slots.view(1, 1, -1) < q_limit.unsqueeze(-1)).unsqueeze(1)
         first = curr - left - (1 if self.shifted else 0)
         rows = (first.view(-1, 1) + torch.arange(window, device=self.device).view(1, -1)).clamp(0, size - 1)
         return self.model(ids, pos, mask, logit_rows=rows)

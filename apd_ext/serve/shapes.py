@@ -47,7 +47,7 @@ def park(st, rows: list[int], mixture_weight: float) -> None:
     if not rows:
         return
     idx = torch.tensor(rows, dtype=torch.int64, device=st.seeds.device)
-    for t in (st.start, st.curr, st.row_end, st.n_prev, st.offset, st.seeds, st.top_k):
+    for t in (st.start, st.curr, st.row_end, st.n_prev, st.offset, st.seeds, st.top_k, st.phase):
         t.index_fill_(0, idx, 0)
     for t in (st.temperature, st.draft_temperature):
         t.index_fill_(0, idx, 0.0)
@@ -65,7 +65,7 @@ def load(st, row: int, prompt: list[int], max_tokens: int, seed: int, knobs, mas
     line[:P] = torch.tensor(prompt, dtype=torch.int64)
     st.canvas[row].copy_(line)
     for t, v in ((st.start, P), (st.curr, P), (st.row_end, P + max_tokens), (st.n_prev, 0), (st.offset, 0),
-                 (st.seeds, seed)):
+                 (st.seeds, seed), (st.phase, 0)):
         t[row] = v
     st.done[row] = False
     for name in KNOB_FIELDS:

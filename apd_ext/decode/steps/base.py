@@ -54,10 +54,15 @@ class StepBase:
         return config
 
     def __init__(self, config: DecodeConfig, *, length: int, vocab: int, eos: list[int], backend: str = "auto",
-                 device="cpu", parallel=None, filters: tuple[bool, bool] | None = None):
+                 device="cpu", parallel=None, filters: tuple[bool, bool] | None = None, block: int | None = None):
         c = config = self.step_config(config)
         self.config = c
         self.L, self.vocab = int(length), int(vocab)
+        # a block-diffusion dLLM's block size (None: a whole-canvas dLLM): windows end at the current
+        # block's end and the dLLM reads an exact block cache (window.py DraftStep.dllm_span)
+        self.block = None if block is None else int(block)
+        if self.block is not None and self.L % self.block:
+            raise ValueError(f"the canvas ({self.L} positions) must be a multiple of the block size {self.block}")
         self.K = c.max_new_tokens if c.max_lookahead is None else min(c.max_lookahead, c.max_new_tokens)
         # the ops' own check (top_k >= vocab becomes 0); the released code drafts at T^2 (APD_SPEC, last section)
         self.filter = ops._check_filter(c.temperature, c.effective_top_k, c.top_p, self.vocab)
@@ -86,7 +91,7 @@ class StepBase:
     @property
     def key(self) -> tuple:
         return (type(self).__name__, self.L, self.K, self.vocab, self.config.authors_compat, self.eos_list,
-                self.backend, str(self.device), self.filters) + self.knobs()
+                self.backend, str(self.device), self.filters, self.block) + self.knobs()
 
     def row_knobs(self, batch: int) -> inputs.RowKnobs:
         """The config's sampling knobs for each of `batch` rows (what State.fill(knobs=None) means)."""
@@ -118,10 +123,16 @@ class StepBase:
             with clock.phase("verifier"):
                 verifier.prefill(st.canvas, st.curr, prompt_max, out=st.verifier_logits[:1])
 
+    def block_end(self, pos: torch.Tensor) -> torch.Tensor:
+        """int64: the end of the block holding each position (block models only)."""
+        return torch.div(pos, self.block, rounding_mode="floor") * self.block + self.block
+
     def valid(self, st) -> torch.Tensor:
         """int64 [B]: the positions each row fills this step at most (0 for finished rows): the
-        window clipped to the row's end. An explicit noise callable receives it."""
-        return torch.where(st.done, 0, (st.row_end - st.curr).clamp(0, self.K))
+        window clipped to the row's end, and on a block-diffusion dLLM to the current block's end.
+        An explicit noise callable receives it."""
+        end = st.row_end if self.block is None else torch.minimum(st.row_end, self.block_end(st.curr))
+        return torch.where(st.done, 0, (end - st.curr).clamp(0, self.K))
 
     def noise(self, st, noise, valid: torch.Tensor, width: int) -> backends.Noise:
         """The Noise argument of the ops: counter noise from the row seeds at the state's offset, or

@@ -43,6 +43,9 @@ class DiffusionStep(StepBase):
 
     def __init__(self, config, **kw):
         super().__init__(config, **kw)
+        if self.block is not None:
+            raise ValueError("policy 'diffusion' unmasks the whole answer at once; a block-diffusion dLLM decodes block "
+                             "by block: use fast_dllm_v2 / sdar (its own decoding), apd, threshold or dllm_fixed")
         self.N = config.max_new_tokens
         self.steps = config.diffusion_steps or config.max_new_tokens
         self.pads_tail = True  # the answer ends at its first EOS whatever authors_compat says

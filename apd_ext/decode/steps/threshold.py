@@ -109,8 +109,8 @@ class ThresholdStep(DraftStep):
             cand = cand & (idx < block_end.view(-1, 1))
         return idx, cand
 
-    def select(self, cand: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-        """bool [B, K]: the candidates whose confidence exp(logp) >= threshold, and the most
+    def select(self, st, cand: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        """bool [B, K] (st: the State): the candidates whose confidence exp(logp) >= threshold, and the most
         confident candidate of each row (the first among equals)."""
         conf = logp.exp()
         pick = cand & (conf >= self.threshold)
@@ -133,7 +133,7 @@ class ThresholdStep(DraftStep):
             rng = self.noise(st, noise, valid, K)
             tokens, logp = self.impl.sample_draft(D, self.vocab, self.row_filter(st), rng)
             idx, cand = self.candidates(st, mask_id, valid)
-            pick = self.select(cand, logp)
+            pick = self.select(st, cand, logp)
         with clock.phase("other"):
             st.canvas.scatter_(1, torch.where(pick, idx, self.L), tokens)
             self._advance(st, idx, valid, mask_id)
@@ -154,3 +154,7 @@ class ThresholdStep(DraftStep):
         st.n_prev.copy_(adv)
         st.done.logical_or_(hit | (st.curr >= st.row_end))
         st.offset.add_(1)
+        self.advanced(st, adv)
+
+    def advanced(self, st, adv: torch.Tensor) -> None:
+        """After curr moved by adv [B] (a hook for the block policies' own bookkeeping)."""

@@ -5,6 +5,24 @@ The dLLM reads its span [left, right) of the canvas: the whole canvas at step 0 
 (kv_window None); later, kv_window positions before the previous step's accepted tokens, those
 tokens and the window, one static input length kv_window + 2K - 1. kv_window is clamped to the
 canvas length L (a larger value recomputes the same whole prefix, only with a longer input).
+
+Block-diffusion dLLMs (Fast-dLLM v2, SDAR: `block` set; attention causal across blocks of `block`
+positions counted from 0, bidirectional inside one) have an exact cache instead:
+* The window ends at the current block's end: K' = min(K, block_end(curr) - curr, row_end - curr)
+  positions from curr (StepBase.valid). A draft never reaches into the next block, whose positions
+  would read a block that still holds mask tokens (the models were trained on clean earlier
+  blocks); the block's last positions are drafted by the steps that reach them, and the block
+  after starts fresh at its first position. So APD keeps at most block_end(curr) - curr tokens a
+  step, and the dLLM always sees its whole current block (mask tokens after the window included,
+  as it was trained), never the blocks after it.
+* The dLLM input is the current block [block_start(curr), block_end(curr)), starting at the block
+  of the previous step's curr instead when the previous step completed a block: that block's K/V
+  are then written once more with its final tokens, by the same forward (the block-causal mask
+  keeps its queries off the new block), and never again. Every position before the input holds
+  K/V computed from final tokens of its own and earlier blocks: the cache is exact, no forward
+  recomputes a committed block, and there is no separate commit forward (the released codes spend
+  one per block). Static input length 2 * block; step 0 reads the prompt and the first block.
+  kv_window is not used.
 """
 
 from __future__ import annotations
@@ -37,6 +55,13 @@ class DraftStep(StepBase):
         positions from kv_window - 1 before the `back` positions ending at curr (back [B] <= K: the
         positions whose tokens changed since the cache last saw them, which lie at or after
         curr - back) to right: size = kv_window + 2K - 1 covers every row."""
+        if self.block is not None:  # exact block cache (module docstring)
+            right = self.block_end(st.curr).clamp(max=self.L)
+            if first:
+                return torch.zeros_like(st.curr), right, self.first_size or self.L
+            b = self.block
+            left = torch.div((st.curr - back).clamp(min=0), b, rounding_mode="floor") * b
+            return left, right, min(2 * b, self.L)
         right = st.curr + valid
         if first:
             return torch.zeros_like(st.curr), right, self.first_size or self.L
