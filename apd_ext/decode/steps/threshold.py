@@ -122,7 +122,7 @@ class ThresholdStep(DraftStep):
         K = self.K
         mask_id = int(dllm.mask_token_id)
         valid = self.valid(st)
-        left, right, size = self.dllm_span(st, valid, first, st.n_prev.clamp(min=1))
+        left, right, size = self.dllm_span(st, valid, first, st.n_prev.clamp(min=1), getattr(dllm, "shifted", True))
         span = torch.stack([left, right], dim=1)
         with clock.phase("dllm"):
             D = dllm.window_logits(st.canvas, left, right, st.curr, K, size)  # [B, K, V] model dtype

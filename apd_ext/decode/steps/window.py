@@ -49,7 +49,7 @@ class DraftStep(StepBase):
     def knobs(self) -> tuple:
         return (self.kv_window,)
 
-    def dllm_span(self, st, valid, first: bool, back: torch.Tensor):
+    def dllm_span(self, st, valid, first: bool, back: torch.Tensor, shifted: bool = True):
         """(left int64 [B], right int64 [B], size): the dLLM's input [left, right) and its static
         length. right = curr + valid. The whole canvas at step 0 or without a cache; else the
         positions from kv_window - 1 before the `back` positions ending at curr (back [B] <= K: the
@@ -60,7 +60,10 @@ class DraftStep(StepBase):
             if first:
                 return torch.zeros_like(st.curr), right, self.first_size or self.L
             b = self.block
-            left = torch.div((st.curr - back).clamp(min=0), b, rounding_mode="floor") * b
+            # the block of the previous step's curr: the current one, or the one that step completed
+            left = torch.div((st.curr - st.n_prev).clamp(min=0), b, rounding_mode="floor") * b
+            if shifted:  # the logits predicting curr are row curr - 1's: one position of the block before
+                left = torch.minimum(left, (st.curr - 1).clamp(min=0))
             return left, right, min(2 * b, self.L)
         right = st.curr + valid
         if first:
@@ -73,7 +76,7 @@ class DraftStep(StepBase):
     def draft(self, st, dllm, valid, first, noise, clock):
         """(D [B, K, V] dLLM logits, draft int64 [B, K], span int64 [B, 2], the ops' Noise)."""
         K = self.K
-        left, right, size = self.dllm_span(st, valid, first, st.n_prev)
+        left, right, size = self.dllm_span(st, valid, first, st.n_prev, getattr(dllm, "shifted", True))
         span = torch.stack([left, right], dim=1)
         with clock.phase("dllm"):
             D = dllm.window_logits(st.canvas, left, right, st.curr, K, size)  # [B, K, V] model dtype
