@@ -387,3 +387,35 @@ def test_generate_between_engine_steps_on_the_same_runners(tiny):
         assert _alone(dllm, verifier, cfg, between, [1]) == _alone(dllm, verifier, cfg, between, [1])
     for rid, r in zip(ids, reqs):
         assert got[rid] == _alone(dllm, verifier, cfg, r, [1])
+
+
+@pytest.fixture(scope="module")
+def block_pairs(tmp_path_factory):
+    """The random block-diffusion models (Fast-dLLM v2 and SDAR layouts) with a qwen2 verifier."""
+    from block_models import write
+
+    paths = write(tmp_path_factory.mktemp("block"), ("fast", "sdar", "qwen2"))
+    verifier = VerifierRunner.from_pretrained(paths["qwen2"])
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(6, 60, (int(n),), generator=g).tolist() for n in (5, 8, 3, 12, 7)]
+    return {k: DllmRunner.from_pretrained(paths[k]) for k in ("fast", "sdar")}, verifier, prompts
+
+
+@pytest.mark.parametrize("kind, policy", [("fast", "apd"), ("fast", "fast_dllm_v2"), ("sdar", "threshold"),
+                                          ("sdar", "sdar")])
+def test_block_models_are_served_exactly(block_pairs, kind, policy):
+    """Block-diffusion dLLMs through the engine (canvas buckets of whole blocks, joins reading their
+    prompt's block): each request's tokens equal generate alone, sampled and greedy requests mixed."""
+    dllms, verifier, prompts = block_pairs
+    dllm = dllms[kind]
+    cfg = DecodeConfig(policy=policy, max_new_tokens=14, threshold=0.3, small_block_size=4, denoising_steps=2)
+    rng = random.Random(len(policy) + dllm.block_size)
+    reqs = _requests(prompts, True, 14, rng)
+    use_verifier = verifier if policy == "apd" else None
+    engine = Engine(dllm, use_verifier, cfg, slots=2, context_length=96, eos_token_id=[5])
+    with pytest.raises(ValueError, match="multiple of the dLLM.s block size"):
+        Engine(dllm, use_verifier, cfg, slots=2, context_length=98)
+    assert engine.L % dllm.block_size == 0 and all(c % dllm.block_size == 0 for c in engine.canvases)
+    ids, got = _drive(engine, {0: reqs[:2], 1: reqs[2:4], 3: reqs[4:]}, {})
+    for rid, r in zip(ids, reqs):
+        assert got[rid]["tokens"] == _alone(dllm, verifier, cfg, r, [5]), f"{r}"

@@ -43,7 +43,8 @@ Tensor parallelism (runners loaded with tp=): every rank owns an Engine on the s
 rank 0's loop broadcasts each step's plan (cancellations, admissions with their seeds) to the
 others, whose `follow()` replays it, so every rank runs the same steps and collectives.
 
-Policies: apd, dllm_fixed, threshold and ar (diffusion commits out of order over a fixed schedule
+Policies: apd, dllm_fixed, threshold, ar, and on block-diffusion dLLMs fast_dllm_v2 and sdar (the context
+and canvas buckets are whole blocks there; diffusion commits out of order over a fixed schedule
 of the whole answer and is not served).
 """
 
@@ -67,7 +68,7 @@ from apd_ext.decode.steps import STEPS, make_step
 from apd_ext.serve import shapes
 from apd_ext.serve.request import EngineClosed, Event, QueueFull, Request, check as check_request, row_knobs, row_seed
 
-SERVED_POLICIES = ("apd", "dllm_fixed", "threshold", "ar")
+SERVED_POLICIES = ("apd", "dllm_fixed", "threshold", "ar", "fast_dllm_v2", "sdar")
 # the canvas when context_length is not given (at most the models' maximum): the runners' K/V caches
 # hold slots x context positions, which a model's own maximum (Dream: 131072) would make huge
 DEFAULT_CONTEXT = 4096
@@ -122,6 +123,11 @@ class Engine:
         if type(L) is not int or not 2 <= L <= limit:
             raise ValueError(f"context_length must be an integer in [2, {limit}] (the models' maximum length), "
                              f"got {context_length!r}")
+        self.block = getattr(dllm, "block_size", None)  # a block-diffusion dLLM: whole blocks of context
+        if self.block is not None and L % self.block:
+            if context_length is not None:
+                raise ValueError(f"context_length {L} must be a multiple of the dLLM's block size {self.block}")
+            L -= L % self.block
         self.L, self.slots, self.max_queue = L, slots, max_queue
         self.config = cfg.replace(max_new_tokens=min(cfg.max_new_tokens, L - 1))
         self.kind = STEPS[cfg.policy]
@@ -136,7 +142,7 @@ class Engine:
         self._full = {r: shapes.CacheView(r) for r in graphs.used_runners(dllm, verifier, step)}
         # the shapes the steps run on: the first n slots (a bucket >= the highest busy slot + 1) of a
         # canvas of C positions (a bucket >= every busy row's prompt + max_tokens)
-        self.buckets, self.canvases = shapes.slot_buckets(slots), shapes.canvas_buckets(L)
+        self.buckets, self.canvases = shapes.slot_buckets(slots), shapes.canvas_buckets(L, self.block)
         self._states: dict = {}
         self._staging: dict = {}  # runner -> {rows: [(k, v) per layer]}: the joins' caches
         self._n, self._C = self.buckets[0], self.canvases[0]
@@ -346,7 +352,7 @@ class Engine:
         if key not in self._steps:
             self._steps[key] = make_step(self.config, length=C, vocab=self.vocab, eos=self.eos,
                                          backend=self.backend, device=self.device, parallel=self.parallel,
-                                         filters=filters if self.parallel is not None else None)
+                                         filters=filters if self.parallel is not None else None, block=self.block)
         return self._steps[key]
 
     def _filters(self, st) -> tuple[bool, bool]:
@@ -477,9 +483,12 @@ class Engine:
         return self._states[key]
 
     def _first_size(self, admit: list, step) -> int:
-        """The join's dLLM input length: the longest joiner's prompt + window (right), rounded up to
-        a multiple of 16 so that joins share a few shapes, at most the canvas."""
-        right = max(len(r.prompt) + min(r.max_tokens, step.K) for _, r, _ in admit)
+        """The join's dLLM input length: the longest joiner's prompt + window (right; on a block
+        model the prompt's block end), rounded up to a multiple of 16 so that joins share a few shapes, at most the canvas."""
+        if self.block is not None:  # step 0 reads the prompt and its block whole
+            right = max((len(r.prompt) // self.block + 1) * self.block for _, r, _ in admit)
+        else:
+            right = max(len(r.prompt) + min(r.max_tokens, step.K) for _, r, _ in admit)
         return min(self._C, -(-right // 16) * 16)
 
     def _steady(self) -> None:

@@ -23,9 +23,13 @@ def slot_buckets(slots: int) -> list[int]:
     return sorted({min(2**i, slots) for i in range(slots.bit_length() + 1)})
 
 
-def canvas_buckets(context: int) -> list[int]:
-    """64, 128, 256, ... up to `context`, and `context`."""
-    return sorted({min(2**i, context) for i in range(6, context.bit_length() + 1)} | {context})
+def canvas_buckets(context: int, block: int | None = None) -> list[int]:
+    """64, 128, 256, ... up to `context`, and `context`; with a block-diffusion dLLM's `block`, each
+    rounded up to whole blocks (`context` is a multiple of it)."""
+    sizes = {min(2**i, context) for i in range(6, context.bit_length() + 1)} | {context}
+    if block is not None:
+        sizes = {min(-(-c // block) * block, context) for c in sizes}
+    return sorted(sizes)
 
 
 def new_state(step, verifier, rows: int, device, mask_id: int):
