@@ -120,3 +120,45 @@ def test_debug_check_catches_ranks_that_disagree():
     assert sorted(errors) == [0, 1], errors
     for kind, msg, _ in errors.values():
         assert kind == "TensorParallelError" and "ranks disagree on the decoded tokens" in msg, msg
+
+
+BLOCK_CASES = {
+    "fast": [("apd:max_lookahead=6", {"temperature": 1.0}), ("fast_dllm_v2:threshold=0.3,small_block_size=4", {}),
+             ("threshold:threshold=0.3", {"temperature": 0.8, "top_k": 20})],
+    "sdar": [("apd", {"temperature": [1.0, 0.0], "mixture_weight": [0.5, 0.9]}),
+             ("sdar:threshold=0.3,denoising_steps=2", {"temperature": 1.0, "top_p": 0.9}), ("dllm_fixed:k=2", {})],
+}
+
+
+def _block_decode(dllm, verifier, kind: str):
+    out = []
+    for prompts in ([[7, 8, 9, 10, 11]], [[7, 8, 9, 10, 11], [20, 21, 22, 23, 24, 25, 26, 27, 28]]):
+        for spec, knobs in BLOCK_CASES[kind]:
+            knobs = {k: v[: len(prompts)] if isinstance(v, list) else v for k, v in knobs.items()}
+            r = generate(dllm, verifier, prompts, spec, seed=3, max_new_tokens=13, eos_token_id=[], **knobs)
+            out.append((spec, len(prompts), r.sequences, r.num_generated, r.stats["acceptance_counts"]))
+    return out
+
+
+def _rank_block(tp, paths: dict, kind: str):
+    os.environ["APD_EXT_TP_CHECK"] = "1"
+    dllm = DllmRunner.from_pretrained(paths[kind], tp=tp)
+    verifier = VerifierRunner.from_pretrained(paths["qwen3" if kind == "sdar" else "qwen2"], tp=tp, replicate=False)
+    assert dllm.logits_width < dllm.vocab_size
+    return _block_decode(dllm, verifier, kind)
+
+
+@pytest.mark.parametrize("kind", ["fast", "sdar"])
+def test_tp2_block_models_equal_tp1(tmp_path, kind):
+    """Block-diffusion dLLMs (Fast-dLLM v2 and SDAR layouts, with qwen2 / qwen3 verifiers: q/k norms,
+    an explicit head_dim) split over 2 ranks decode the same tokens as one process."""
+    from block_models import write
+
+    paths = {k: str(v) for k, v in write(tmp_path).items()}
+    want = _block_decode(DllmRunner.from_pretrained(paths[kind]),
+                         VerifierRunner.from_pretrained(paths["qwen3" if kind == "sdar" else "qwen2"]), kind)
+    for rank, got in enumerate(run_ranks(_rank_block, 2, paths, kind)):
+        for g, w in zip(got, want):
+            what = f"rank {rank}, {w[0]}, batch {w[1]}"
+            assert torch.equal(g[2], w[2]) and torch.equal(g[3], w[3]), f"{what}: sequences differ\n{g[2]}\n{w[2]}"
+            assert torch.equal(torch.as_tensor(g[4]), torch.as_tensor(w[4])), f"{what}: acceptance counts differ"
