@@ -216,3 +216,61 @@ def test_generate_cases_are_complete(dataset, name):
             assert c.args["stopping_criteria_idx"] == [eos] and len(c.output) % bs == 0
             assert {c.args["remasking_strategy"] for c in cases} == {"low_confidence_dynamic", "low_confidence_static"}
         assert min(v for v in c.margins.values() if v is not None) > 1e-5
+
+
+# --- the native policies replay the released generate functions ------------------------------------
+
+
+def _answer(tokens: list[int], stops: list[int]) -> list[int]:
+    """The answer cut after its first stop token."""
+    cut = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
+    return tokens[:cut]
+
+
+@pytest.mark.parametrize("name", bg.DATASETS["fastdllm_v2_tiny"])
+def test_fast_dllm_v2_policy_replays_the_released_generate(dllms, name):
+    """policy fast_dllm_v2 (greedy) equals Fast-dLLM v2's released `generate` token for token on every
+    recorded case: thresholds 0.2..1.0, sub-blocks of 2..8, prompts ending mid-block and at a block's
+    end, stops mid-answer. The replay decodes to the end of the released answer's last block (the
+    released code decodes whole blocks; a row here ends at prompt + max_new_tokens)."""
+    from apd_ext import generate
+
+    dllm = dllms[("fastdllm_v2_tiny", name)]
+    for case in bg.generate_cases("fastdllm_v2_tiny", name):
+        a, P = case.args, len(case.prompt)
+        assert a["block_size"] == dllm.block_size and a["mask_id"] == dllm.mask_token_id
+        want = _answer(case.output[P:].tolist(), [a["stop_token"]])
+        bs = dllm.block_size  # the released code decodes the last block whole: so does the replay
+        n = -(-(P + len(want)) // bs) * bs - P
+        out = generate(dllm, None, [case.prompt.tolist()], "fast_dllm_v2", threshold=a["threshold"],
+                       small_block_size=a["small_block_size"], max_new_tokens=n, eos_token_id=[a["stop_token"]])
+        got = out.sequences[0, P: P + int(out.num_generated[0])].tolist()
+        assert got[: len(want)] == want, f"case {case.index} {a}"
+        assert (len(got) == len(want)) == (want[-1] == a["stop_token"]) or len(got) == len(want) == n
+
+
+@pytest.mark.parametrize("name", bg.DATASETS["sdar_tiny"])
+def test_sdar_policy_replays_the_released_generate(dllms, name):
+    """policy sdar (greedy) equals SDAR's released `block_diffusion_generate` token for token on every
+    recorded case (dynamic and static remasking, denoising_steps at and below the block size); where
+    the released topk rewrote a committed token (fewer masks left than scheduled), the replay equals
+    it up to that position and keeps the committed token there (decode/steps/native.py)."""
+    from apd_ext import generate
+
+    dllm = dllms[("sdar_tiny", name)]
+    for case in bg.generate_cases("sdar_tiny", name):
+        a, P = case.args, len(case.prompt)
+        assert a["block_length"] == dllm.block_size and a["mask_id"] == dllm.mask_token_id
+        stops = a["stopping_criteria_idx"]
+        want = _answer(case.output[P: P + a["gen_length"]].tolist(), stops)
+        out = generate(dllm, None, [case.prompt.tolist()], "sdar", threshold=a["confidence_threshold"],
+                       denoising_steps=a["denoising_steps"],
+                       remasking=a["remasking_strategy"], max_new_tokens=len(case.output) - P, eos_token_id=stops)
+        got = out.sequences[0, P: P + int(out.num_generated[0])].tolist()[: len(want)]  # its canvas is whole blocks
+        if not case.overwrites:
+            assert got == want, f"case {case.index} {a}"
+            continue
+        first = min(pos for _, _, pos, _, _ in case.overwrites) - P
+        assert got[:first] == want[:first], f"case {case.index}: differs before the released overwrite"
+        old = next(o for _, _, pos, o, _ in case.overwrites if pos - P == first)
+        assert got[first] == old != want[first], f"case {case.index}: the committed token is kept"
