@@ -210,7 +210,9 @@ def add_knob_flags(p, max_new_tokens_default: str) -> None:
     d = DecodeConfig()
     p.add_argument("--policy", default="apd", help="a policy spec, policy[:knob=value,...], knob names as "
                    "DecodeConfig's fields: apd, apd:mixture_weight=0.9,kv_window=none, dllm_fixed:k=1, "
-                   "diffusion:diffusion_steps=16, threshold:threshold=0.9[,block_length=32], ar "
+                   "diffusion:diffusion_steps=16, threshold:threshold=0.9[,block_length=32], ar, and on a "
+                   "block-diffusion dLLM fast_dllm_v2[:threshold=0.9,small_block_size=8] (Fast-dLLM v2's own "
+                   "decoding) or sdar[:denoising_steps=4,remasking=low_confidence_static] (SDAR's) "
                    "(default: apd with the library's defaults)")
     k = p.add_argument_group("knobs (override the --policy spec; defaults: DecodeConfig's)")
     k.add_argument("--max-new-tokens", type=positive_int, default=None, help=f"default {max_new_tokens_default}")

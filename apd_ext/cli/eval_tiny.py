@@ -17,6 +17,9 @@ HELP = "accuracy and speed of policies on held-out problems"
 def add_parser(sub) -> None:
     p = sub.add_parser("eval-tiny", help=HELP, description=HELP)
     p.add_argument("--assets", default=None, help="directory with dllm/ and verifier/ (default: the bundled pair)")
+    p.add_argument("--block", action="store_true",
+                   help="decode with the block-diffusion dLLM (ASSETS/block_dllm/, Fast-dLLM v2 layout) and the same "
+                        "verifier; default policies: apd_ext.tiny.evaluate.BLOCK_POLICIES")
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
     p.add_argument("--seed", type=nonneg_int, default=0, help="held-out set; problem i decodes with seed + i")
     p.add_argument("--num-problems", type=positive_int, default=50)
@@ -33,16 +36,17 @@ def add_parser(sub) -> None:
 def run(args) -> None:
     from apd_ext.tiny import ASSETS, evaluate as ev, task
 
-    args.policies = args.policies or ev.DEFAULT_POLICIES
+    args.policies = args.policies or (ev.BLOCK_POLICIES if args.block else ev.DEFAULT_POLICIES)
     common.check_policies(args.policies, ev.TASK_CONFIG)
-    assets = common.check_dir(args.assets, "--assets", ("dllm", "verifier")) if args.assets else ASSETS
+    need = ("block_dllm", "verifier") if args.block else ("dllm", "verifier")
+    assets = common.check_dir(args.assets, "--assets", need) if args.assets else ASSETS
     device = common.resolve_device(args.device, "cpu")
     if args.json:
         common.check_writable(args.json, "--json")
     threads = common.set_threads(args, TINY_THREADS)
     tp = parallel.setup(args, device)
     pair = ev.load_pair(assets, device=tp.device if tp else device, tp=tp,
-                        replicate=parallel.VERIFIER_MODES[args.verifier_tp])
+                        replicate=parallel.VERIFIER_MODES[args.verifier_tp], block=args.block)
     progress = not args.quiet and common.RANK == 0
     problems = task.eval_problems(args.seed, args.num_problems)
     results = []
@@ -57,7 +61,7 @@ def run(args) -> None:
     print(ev.format_table(results))
     if args.json and common.RANK == 0:
         doc = {"seed": args.seed, "num_problems": args.num_problems, "threads": threads,
-               "device": str(pair.dllm.device), "tp": args.tp, "results": results}
+               "device": str(pair.dllm.device), "tp": args.tp, "dllm": pair.dllm.family, "results": results}
         tmp = f"{args.json}.partial"
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=2)

@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
                         "dropped; a directory holds sweep_tiny.csv and sweep_tiny.png; default %(default)s)")
     p.add_argument("--assets", default=None, help="directory with dllm/ and verifier/ (default: the bundled pair)")
     p.add_argument("--quick", action="store_true", help="a smaller grid")
+    p.add_argument("--block", action="store_true",
+                   help="the block-diffusion dLLM (ASSETS/block_dllm/) with the same verifier, on its own grid "
+                        "(apd_ext.tiny.sweep.BLOCK_FAMILIES; --families picks among them)")
     p.add_argument("--policies", nargs="+", default=None, help="policy specs instead of the default grid")
     p.add_argument("--families", nargs="+", default=None, metavar="FAMILY",
                    help="the grid's families (default: all: apd, apd_grid, dllm_fixed, diffusion, ar, apd_sampled, "
@@ -58,16 +61,21 @@ def run(args) -> None:
     if args.policies and args.families:
         raise CliError("--policies and --families: choose one (--families picks parts of the default grid)")
     try:
-        policies = args.policies or sweep.configurations(args.quick, args.temperature,
-                                                         tuple(args.families or sweep.FAMILIES))
+        if args.block:
+            policies = args.policies or sweep.block_configurations(args.quick,
+                                                                   tuple(args.families or sweep.BLOCK_FAMILIES))
+        else:
+            policies = args.policies or sweep.configurations(args.quick, args.temperature,
+                                                             tuple(args.families or sweep.FAMILIES))
     except ValueError as e:
         raise CliError(f"--families: {e}") from None
     common.check_policies(policies, ev.TASK_CONFIG)
-    assets = common.check_dir(args.assets, "--assets", ("dllm", "verifier")) if args.assets else ASSETS
+    need = ("block_dllm", "verifier") if args.block else ("dllm", "verifier")
+    assets = common.check_dir(args.assets, "--assets", need) if args.assets else ASSETS
     for path in (csv_path, png_path, sweep.partial_path(csv_path)):
         common.check_writable(path, "--out")
     common.set_threads(args, 1)
-    pair = ev.load_pair(assets)
+    pair = ev.load_pair(assets, block=args.block)
     problems = task.eval_problems(args.seed, args.num_problems)
     done: list[dict] = []
     try:

@@ -9,9 +9,13 @@ the harness's LM interface (generate_until).
 model_args:
     dllm, verifier: checkpoint directories (Hugging Face layout; a hub id "org/name" is looked up with
         huggingface_hub, the local cache first). Neither: the bundled tiny pair. The dLLM-only
-        policies (dllm_fixed, threshold, diffusion) run with dllm= alone (e.g. LLaDA).
+        policies (dllm_fixed, threshold, diffusion, fast_dllm_v2, sdar) run with dllm= alone (e.g.
+        LLaDA, SDAR). A block-diffusion dLLM (Fast-dLLM v2, SDAR) loads like any other:
+        dllm=Fast_dLLM_v2_7B,verifier=Qwen2.5-0.5B-Instruct,vocab_size=151936 (APD) or
+        dllm=SDAR-8B-Chat,policy=sdar (its own decoding).
     every DecodeConfig field (policy, max_new_tokens, mixture_weight, kv_window, max_lookahead,
-        temperature, top_k, top_p, k, diffusion_steps, diffusion_alg, authors_compat), with the
+        temperature, top_k, top_p, k, diffusion_steps, diffusion_alg, authors_compat, threshold,
+        block_length, small_block_size, denoising_steps, remasking), with the
         Python API's defaults (apd_ext.decode.config); `none` sets an optional knob to None. A knob
         the policy does not read (DecodeConfig.knobs, e.g. mixture_weight with policy=ar) is an error.
     generate's other keywords: seed (an integer in [0, 2^64); request i decodes with seed + i, modulo

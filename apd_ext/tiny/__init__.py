@@ -5,9 +5,11 @@ verifier, trained in this repository on multi-step arithmetic word problems.
     tokenizer.py  training of its byte-level BPE tokenizer (digits as single tokens, pad/EOS/mask); read
                   back with apd_ext.tokenizer.HFTokenizer (TinyTokenizer: the same class, tiny defaults)
     train.py      the training recipe (CPU, one thread): python -m apd_ext.tiny.train
+    train_block.py  the block-diffusion dLLM (Fast-dLLM v2 layout): python -m apd_ext.tiny.train_block
     evaluate.py   accuracy and speed of decoding policies; load_pair() loads the bundled checkpoints
     sweep.py      the speed/quality sweep over policies (python -m apd_ext sweep): CSV + plot
-    assets/       dllm/ and verifier/: config.json, model.safetensors, tokenizer.json (Hugging Face layout)
+    assets/       dllm/, block_dllm/ and verifier/: config.json, model.safetensors, tokenizer.json (Hugging
+                  Face layout); block_dllm/ is the block-diffusion dLLM the same verifier verifies
 """
 
 from pathlib import Path
@@ -16,3 +18,4 @@ from pathlib import Path
 ASSETS = Path(__file__).parent / "assets"
 DLLM_DIR = ASSETS / "dllm"
 VERIFIER_DIR = ASSETS / "verifier"
+BLOCK_DLLM_DIR = ASSETS / "block_dllm"

@@ -3,6 +3,8 @@
     from apd_ext.tiny import evaluate as ev, task
     pair = ev.load_pair()                      # the bundled checkpoints
     res = ev.evaluate(pair, task.eval_problems(0, 50), "apd:mixture_weight=0.9")
+    block = ev.load_pair(block=True)           # the bundled block-diffusion dLLM with the same verifier
+    res = ev.evaluate(block, task.eval_problems(0, 50), "fast_dllm_v2")
 
 A policy is a DecodeConfig or its spec string (apd_ext.decode.config: `policy[:knob=value,...]`,
 knob names are DecodeConfig's fields), e.g. "dllm_fixed:k=1", "apd:kv_window=none",
@@ -26,7 +28,7 @@ from apd_ext.decode.driver import generate
 from apd_ext.tiny import ASSETS, task
 from apd_ext.tiny.train import MAX_NEW_TOKENS
 
-__all__ = ["ASSETS", "TASK_CONFIG", "DEFAULT_POLICIES", "Pair", "load_pair", "policy_config", "run_decode",
+__all__ = ["ASSETS", "TASK_CONFIG", "DEFAULT_POLICIES", "BLOCK_POLICIES", "Pair", "load_pair", "policy_config", "run_decode",
            "decode", "evaluate", "evaluate_many", "format_table", "ProgressBar"]
 
 # The library's defaults with the answer region the pair was trained on (64 tokens; its models hold
@@ -39,6 +41,11 @@ TASK_CONFIG = DecodeConfig(max_new_tokens=MAX_NEW_TOKENS)
 NO_CACHE = "kv_window=none,max_lookahead=none"
 DEFAULT_POLICIES = [f"dllm_fixed:k=1,{NO_CACHE}", "ar", f"apd:mixture_weight=0.7,{NO_CACHE}",
                     f"apd:mixture_weight=0.9,{NO_CACHE}", "apd"]
+# The block-diffusion dLLM's rows: one token per step, the verifier alone, APD, its own decoding
+# (Fast-dLLM v2's, at its released threshold 0.9 and sub-blocks of 8) and confidence-threshold
+# decoding; on a block model the window ends at the block's end and the cache is exact (no knobs).
+BLOCK_POLICIES = ["dllm_fixed:k=1", "ar", "apd:mixture_weight=0.7", "apd:mixture_weight=0.9", "fast_dllm_v2",
+                  "threshold:threshold=0.9"]
 
 
 class Pair(loading.Pair):
@@ -50,12 +57,17 @@ class Pair(loading.Pair):
         return self.tokenizer
 
 
-def load_pair(path: str | Path = ASSETS, device: str | torch.device = "cpu", tp=None, replicate=None) -> Pair:
+def load_pair(path: str | Path = ASSETS, device: str | torch.device = "cpu", tp=None, replicate=None,
+              block: bool = False) -> Pair:
     """The pair in `path` (dllm/ and verifier/ checkpoint directories; default: the bundled one),
     loaded by apd_ext.loading.load_pair. tp: a TensorParallel group to shard both over (replicate:
-    the verifier's mode, None = auto)."""
+    the verifier's mode, None = auto). block: the block-diffusion dLLM of `path` (block_dllm/) in
+    place of dllm/, with the same verifier."""
     path = Path(path)
-    dirs = (None, None) if path.resolve() == ASSETS.resolve() else (path / "dllm", path / "verifier")
+    if block:
+        dirs = (path / "block_dllm", path / "verifier")
+    else:
+        dirs = (None, None) if path.resolve() == ASSETS.resolve() else (path / "dllm", path / "verifier")
     pair = loading.load_pair(*dirs, device=device, tp=tp, replicate=replicate)
     return Pair(**{f.name: getattr(pair, f.name) for f in dataclasses.fields(pair)})
 

@@ -18,6 +18,14 @@ and, outside the recorded grid (bench/results/sweep_tiny.csv; `configurations(fa
                     semi-autoregressive variant), no cache; one family per block_length ("B=8")
 Knobs that differ from DecodeConfig's defaults are spelled out in each spec, so that a spec means
 the same under `eval-tiny`. Tokens count each answer up to its first EOS.
+
+The block-diffusion dLLM (`sweep --block`, bench/results/sweep_tiny_block.csv; no cache knobs: its
+cache is exact and its window ends at the block's end) has its own grid, BLOCK_FAMILIES:
+  block_apd       mixture_weight in {0, 0.1, ..., 1}
+  block_fixed     dllm_fixed k in {1, 2, 4}
+  block_ar        the verifier alone
+  fast_dllm_v2    its own decoding, threshold in {0.5, 0.7, 0.8, 0.9, 0.95} x small_block_size {4, 8, 16}
+  block_threshold confidence-threshold decoding over the window, thresholds as above
 """
 
 from __future__ import annotations
@@ -40,6 +48,23 @@ FIELDS = ["family", "policy", "accuracy", "correct", "num_problems", "tokens_per
 RECORDED_FAMILIES = ("apd", "apd_grid", "dllm_fixed", "diffusion", "ar", "apd_sampled", "apd_compat")
 FAMILIES = RECORDED_FAMILIES + ("threshold",)  # "threshold": threshold, threshold_cached, threshold_block
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
+BLOCK_FAMILIES = ("block_apd", "block_fixed", "block_ar", "fast_dllm_v2", "block_threshold")
+
+
+def block_configurations(quick: bool = False, families: tuple[str, ...] = BLOCK_FAMILIES) -> list[str]:
+    """The block-diffusion dLLM's grid (module docstring) for `families` (names of BLOCK_FAMILIES)."""
+    unknown = sorted(set(families) - set(BLOCK_FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown block sweep families {', '.join(unknown)}; families: {', '.join(BLOCK_FAMILIES)}")
+    ws = [0.0, 0.5, 0.7, 0.9, 1.0] if quick else [round(0.1 * i, 1) for i in range(11)]
+    thresholds = (0.7, 0.9) if quick else THRESHOLDS
+    grid = {"block_apd": [f"apd:mixture_weight={w}" for w in ws],
+            "block_fixed": [f"dllm_fixed:k={k}" for k in ((1, 4) if quick else (1, 2, 4))],
+            "block_ar": ["ar"],
+            "fast_dllm_v2": [f"fast_dllm_v2:threshold={t},small_block_size={b}"
+                             for b in ((8,) if quick else (4, 8, 16)) for t in thresholds],
+            "block_threshold": [f"threshold:threshold={t}" for t in thresholds]}
+    return [spec for fam in BLOCK_FAMILIES if fam in families for spec in grid[fam]]
 
 
 def configurations(quick: bool = False, temperature: float = 0.5,
@@ -71,12 +96,18 @@ def configurations(quick: bool = False, temperature: float = 0.5,
     return [spec for fam in FAMILIES if fam in families for spec in grid[fam]]
 
 
-def family_of(policy: str | DecodeConfig) -> str:
+def family_of(policy: str | DecodeConfig, block: bool = False) -> str:
     """The plot family: apd (greedy, no cache, whole region), apd_grid (greedy, kv_window or
     max_lookahead set), "apd_sampled T=..." (paper semantics), "apd_compat T=..." (authors_compat);
     threshold (no cache, whole region), threshold_cached (kv_window or max_lookahead set),
-    "threshold_block B=..." (block_length set), with " T=..." when sampled; or the policy's name."""
+    "threshold_block B=..." (block_length set), with " T=..." when sampled; or the policy's name.
+    block (a block-diffusion dLLM, whose cache knobs are unused): the policy's name, Fast-dLLM v2's
+    with its sub-block size."""
     cfg = ev.policy_config(policy)
+    if cfg.policy == "fast_dllm_v2":
+        return f"fast_dllm_v2 sub={cfg.small_block_size}"
+    if block:
+        return cfg.policy + (f" T={cfg.temperature}" if cfg.temperature else "")
     if cfg.policy == "threshold":
         fam = (f"threshold_block B={cfg.block_length}" if cfg.block_length is not None else
                "threshold_cached" if cfg.kv_window is not None or cfg.max_lookahead is not None else "threshold")
@@ -127,7 +158,7 @@ def run(pair, problems, policies, csv_path: Path, seed: int = 0, on_row=None) ->
         writer.writeheader()
         for spec in policies:
             r = ev.evaluate(pair, problems, spec, seed=seed)
-            r["family"] = family_of(spec)
+            r["family"] = family_of(spec, block=getattr(pair.dllm, "block_size", None) is not None)
             r["tokens_per_model_forward"] = r["tokens_per_dllm_forward"] or (
                 r["generated_tokens"] / max(1, r["verifier_forwards"]))
             rows.append(r)
