@@ -10,6 +10,9 @@ No GPU here, so both are checked on CPU with the golden tiny pair:
 * Graph cache: graph_key, GraphCache (LRU, validity) and generate's reuse of a cached step and its
   persistent state, with a stand-in for the CUDA graph that replays the step eagerly and checks
   that every tensor the step reads kept its address (which a real graph depends on).
+
+Both also run on the block-diffusion dLLMs (block_models.py: Fast-dLLM v2 and SDAR layouts): apd,
+threshold, dllm_fixed and the native fast_dllm_v2 / sdar steps on the exact block cache.
 """
 
 import weakref
@@ -19,6 +22,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
+import block_models
 import golden
 import apd_ext
 from apd_ext import backends, reference
@@ -143,6 +147,77 @@ def test_steady_step_is_capturable(models, policy, kv_window, temperature, top_k
     targets = {str(n.target) for n in gm.graph.nodes}
     assert any("apd_ext.sample_draft" in t for t in targets)
     assert any("apd_ext.mixture_accept" in t for t in targets) == (policy == "apd")
+    assert any("scaled_dot_product_attention" in t for t in targets)
+    for a, b in zip(want, got):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(after, st.tensors()))
+
+
+# --- the block-diffusion step (Fast-dLLM v2 and SDAR layouts: block_models.py) ----------------------
+
+@pytest.fixture(scope="module")
+def block_runners(tmp_path_factory):
+    paths = block_models.write(tmp_path_factory.mktemp("block"))
+    return {name: (DllmRunner.from_pretrained(paths[name]), VerifierRunner.from_pretrained(paths[verifier]))
+            for name, verifier in (("fast", "qwen2"), ("sdar", "qwen3"))}
+
+
+BLOCK_P, BLOCK_L = (7, 8), 24  # one prompt ends mid-block, one at a block's end (blocks of 8 and 4)
+BLOCK_CONFIGS = [  # dllm, DecodeConfig knobs
+    ("fast", dict(policy="apd", max_lookahead=6, temperature=0.0)),
+    ("fast", dict(policy="apd", max_lookahead=8, temperature=1.0, top_k=5)),
+    ("fast", dict(policy="threshold", max_lookahead=8, threshold=0.3, temperature=0.0)),
+    ("fast", dict(policy="dllm_fixed", max_lookahead=8, k=2, temperature=1.0, top_p=0.9)),
+    ("fast", dict(policy="fast_dllm_v2", threshold=0.3, small_block_size=4, temperature=0.0)),
+    ("fast", dict(policy="fast_dllm_v2", threshold=0.9, small_block_size=8, temperature=1.0)),
+    ("sdar", dict(policy="apd", max_lookahead=4, temperature=1.0)),
+    ("sdar", dict(policy="threshold", max_lookahead=4, threshold=0.3, temperature=1.0, top_k=5)),
+    ("sdar", dict(policy="dllm_fixed", max_lookahead=4, k=2, temperature=0.0)),
+    ("sdar", dict(policy="sdar", denoising_steps=2, remasking="low_confidence_static", temperature=0.0)),
+    ("sdar", dict(policy="sdar", denoising_steps=4, threshold=0.3, remasking="low_confidence_dynamic",
+                  temperature=1.0)),
+]
+
+
+def _block_setup(runners, knobs, steps_before=1):
+    """A step on a block model and its state after `steps_before` eager steps (the first: step 0)."""
+    dllm, verifier = runners
+    L, new = BLOCK_L, BLOCK_L - min(BLOCK_P)
+    config = DecodeConfig(max_new_tokens=new, mixture_weight=0.7, **knobs)
+    step = make_step(config, length=L, vocab=block_models.VOCAB, eos=[block_models.EOS], backend="cpu",
+                     device="cpu", block=dllm.block_size)
+    B = len(BLOCK_P)
+    dllm.setup(B, L)
+    verifier.setup(B, L)
+    st = State.allocate(B, L, step.verifier_rows, block_models.VOCAB, verifier.logits_dtype, "cpu")
+    canvas = torch.full((B, L + 1), block_models.MASK)
+    canvas[:, : max(BLOCK_P)] = torch.randint(6, block_models.MASK, (B, max(BLOCK_P)),
+                                              generator=torch.Generator().manual_seed(0))
+    st.fill(canvas, torch.tensor(BLOCK_P), new, reference.row_seeds(5, B, "cpu"))
+    if st.verifier_logits is not None:
+        verifier.prefill(st.canvas, st.curr, max(BLOCK_P), out=st.verifier_logits[:1])
+    for i in range(steps_before):
+        step(st, dllm, verifier, first=i == 0)
+    return step, st
+
+
+@pytest.mark.parametrize("steps_before", [1, 2])
+@pytest.mark.parametrize("dllm,knobs", BLOCK_CONFIGS,
+                         ids=[f"{d}-" + ",".join(f"{k}={v}" for k, v in c.items()) for d, c in BLOCK_CONFIGS])
+def test_block_steady_step_is_capturable(block_runners, dllm, knobs, steps_before):
+    """The steady step on a block-diffusion dLLM (exact block cache, windows ending at the block's
+    end, the native policies' rules) is one graph with no host read, and gives the eager step's
+    tensors; after step 0 and after a steady step (another block span, SDAR's phase counted)."""
+    runners = block_runners[dllm]
+    step, st = _block_setup(runners, knobs, steps_before)
+    snap = _snapshot(st, runners)
+    want = step(st, *runners)  # eager
+    after = [t.clone() for t in st.tensors()]
+    _restore(snap)
+    gm, got = assert_capturable(lambda s: step(s, *runners), st)
+    targets = {str(n.target) for n in gm.graph.nodes}
+    assert any("apd_ext.sample_draft" in t for t in targets)
+    assert any("apd_ext.mixture_accept" in t for t in targets) == (knobs["policy"] == "apd")
     assert any("scaled_dot_product_attention" in t for t in targets)
     for a, b in zip(want, got):
         assert (a is None and b is None) or torch.equal(a, b)
@@ -330,6 +405,37 @@ def test_generate_reuses_a_captured_step_and_its_state(models, fake_graphs, poli
     assert g4.stats["cuda_graph"] == "captured" and torch.equal(g4.sequences, eager_a.sequences)
     apd_ext.clear_graph_cache()
     assert len(graphs.GRAPH_CACHE) == 0
+
+
+BLOCK_GENERATE = [("fast", "apd"), ("fast", "threshold:threshold=0.3"), ("fast", "dllm_fixed:k=2"),
+                  ("fast", "fast_dllm_v2:threshold=0.3,small_block_size=4"), ("sdar", "apd"),
+                  ("sdar", "threshold:threshold=0.3"), ("sdar", "dllm_fixed:k=2"),
+                  ("sdar", "sdar:threshold=0.3,denoising_steps=2")]
+
+
+@pytest.mark.parametrize("dllm,spec", BLOCK_GENERATE, ids=[f"{d}-{s}" for d, s in BLOCK_GENERATE])
+def test_block_generate_reuses_a_captured_step_and_its_state(block_runners, fake_graphs, dllm, spec):
+    """As above on a block-diffusion dLLM: the second call (other prompts of the same padded length,
+    ending mid-block and at a block's end) replays the first call's captured step on the same state
+    tensors; tokens, counts and spans equal eager mode's."""
+    runners = block_runners[dllm]
+    kw = dict(max_new_tokens=13, max_lookahead=4, eos_token_id=[], temperature=1.0)
+    g = torch.Generator().manual_seed(3)
+    a, b = ([torch.randint(6, block_models.MASK, (n,), generator=g).tolist() for n in (7, 8)] for _ in range(2))
+    eager_a = generate(*runners, a, spec, seed=7, cuda_graphs=False, **kw)
+    eager_b = generate(*runners, b, spec, seed=9, cuda_graphs=False, **kw)
+    g1 = generate(*runners, a, spec, seed=7, cuda_graphs=True, **kw)
+    assert g1.stats["cuda_graph"] == "captured" and FakeGraph.captured == 1
+    entry = next(iter(graphs.GRAPH_CACHE.entries.values()))
+    state_ids = [id(t) for t in entry.state.tensors()]
+    g2 = generate(*runners, b, spec, seed=9, cuda_graphs=True, **kw)
+    assert g2.stats["cuda_graph"] == "reused" and FakeGraph.captured == 1 and entry.uses == 2
+    assert [id(t) for t in entry.state.tensors()] == state_ids
+    for eager, graph in ((eager_a, g1), (eager_b, g2)):
+        assert torch.equal(eager.sequences, graph.sequences)
+        assert torch.equal(eager.stats["acceptance_counts"], graph.stats["acceptance_counts"])
+        assert torch.equal(eager.stats["spans"], graph.stats["spans"])
+    assert eager_a.stats["steps"] > 2 and not torch.equal(eager_a.sequences, eager_b.sequences)
 
 
 def test_graphs_are_refused_for_slow_adapters(models):
