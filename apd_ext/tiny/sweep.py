@@ -153,12 +153,13 @@ def run(pair, problems, policies, csv_path: Path, seed: int = 0, on_row=None) ->
     csv_path = Path(csv_path)
     tmp = partial_path(csv_path)
     rows = []
+    block = getattr(getattr(pair, "dllm", None), "block_size", None) is not None
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         for spec in policies:
             r = ev.evaluate(pair, problems, spec, seed=seed)
-            r["family"] = family_of(spec, block=getattr(pair.dllm, "block_size", None) is not None)
+            r["family"] = family_of(spec, block=block)
             r["tokens_per_model_forward"] = r["tokens_per_dllm_forward"] or (
                 r["generated_tokens"] / max(1, r["verifier_forwards"]))
             rows.append(r)
