@@ -90,7 +90,7 @@ bench-loop: build
 gpu-check:
 	bash bench/device/run_all.sh
 
-# gpu-check plus the end-to-end benchmark at Dream-7B / Qwen2.5-0.5B shapes (bench/bench_e2e.py).
+# gpu-check plus the end-to-end benchmark at Dream-7B and Fast-dLLM-v2-7B / Qwen2.5-0.5B shapes (bench/bench_e2e.py).
 gpu-suite:
 	bash bench/device/run_all.sh --suite
 

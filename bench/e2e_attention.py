@@ -1,6 +1,7 @@
 """bench_e2e.py's attention profile: which scaled_dot_product_attention backend runs in a steady
-eager APD step, its costliest kernel, its time per step (torch.profiler: device time on CUDA, CPU
-time on CPU), and torch's own backend choice for each model's call (torch._fused_sdp_choice).
+eager decoding step (APD, or a block-diffusion dLLM's own policy), its costliest kernel, its time per
+step (torch.profiler: device time on CUDA, CPU time on CPU), and torch's own backend choice for each
+model's call (torch._fused_sdp_choice).
 """
 
 from __future__ import annotations
@@ -25,24 +26,29 @@ class _ProfilerClock:
         return torch.profiler.record_function(name)
 
 
-def steady_state(dllm, verifier, prompts, R, M, new_tokens, vocab, mixture_weight, seed):
-    """(step, state): an eager APD step (apd_ext.decode.steps.make_step, the function generate runs)
-    and a decoding state of the prompts [B, P] after its first step (the whole prompt), so that the
-    next calls are steady steps. Row b's noise seed is seed + b."""
+def steady_state(dllm, verifier, prompts, R, M, new_tokens, vocab, mixture_weight, seed, policy="apd", knobs=None):
+    """(step, state): an eager step of `policy` (apd by default; knobs: its own DecodeConfig knobs;
+    apd_ext.decode.steps.make_step, the function generate runs) and a decoding state of the prompts
+    [B, P] after its first step (the whole prompt), so that the next calls are steady steps. Row b's
+    noise seed is seed + b. On a block-diffusion dLLM the canvas is rounded up to whole blocks."""
     device = prompts.device
     B, P = prompts.shape
     L = P + new_tokens
-    cfg = DecodeConfig(max_new_tokens=new_tokens, mixture_weight=mixture_weight, kv_window=R, max_lookahead=M,
-                       temperature=1.0)
+    block = getattr(dllm, "block_size", None)
+    if block is not None:
+        L = -(-L // block) * block
+    cfg = DecodeConfig(policy=policy, max_new_tokens=new_tokens, mixture_weight=mixture_weight, kv_window=R,
+                       max_lookahead=M, temperature=1.0, **(knobs or {}))
     parallel = inputs.tensor_parallel(dllm, verifier, vocab)  # (tp, shard) under --tp, else None
-    step = make_step(cfg, length=L, vocab=vocab, eos=[], device=device, parallel=parallel)
+    step = make_step(cfg, length=L, vocab=vocab, eos=[], device=device, parallel=parallel, block=block)
     dllm.setup(B, L)
     verifier.setup(B, L)
     st = State.allocate(B, L, step.verifier_rows, logits_width(verifier), verifier.logits_dtype, device)
     canvas = torch.full((B, L + 1), dllm.mask_token_id, dtype=torch.int64)
     canvas[:, :P] = prompts.cpu()
     st.fill(canvas, torch.full((B,), P), new_tokens, torch.arange(B) + seed)
-    verifier.prefill(st.canvas, st.curr, P, out=st.verifier_logits[:1])
+    if st.verifier_logits is not None:
+        verifier.prefill(st.canvas, st.curr, P, out=st.verifier_logits[:1])
     step(st, dllm, verifier, first=True)
     return step, st
 
@@ -143,11 +149,12 @@ def attention_time(events, wall_ms: float, device) -> dict:
 
 @torch.no_grad()
 def attention_profile(dllm, verifier, prompts, R, M, new_tokens, vocab, *, mixture_weight: float,
-                      seed: int) -> dict:
-    """A few eager steady APD steps (apd_ext.decode.steps.make_step, the function generate runs) under
-    torch.profiler: the SDPA backend op that ran, its costliest kernel, its time per step; and
-    torch's own backend choice for one call of each model (torch._fused_sdp_choice)."""
-    step, st = steady_state(dllm, verifier, prompts, R, M, new_tokens, vocab, mixture_weight, seed)
+                      seed: int, policy: str = "apd", knobs: dict | None = None) -> dict:
+    """A few eager steady steps of `policy` (APD by default; apd_ext.decode.steps.make_step, the
+    function generate runs) under torch.profiler: the SDPA backend op that ran, its costliest
+    kernel, its time per step; and torch's own backend choice for one call of each model that the
+    step runs (torch._fused_sdp_choice)."""
+    step, st = steady_state(dllm, verifier, prompts, R, M, new_tokens, vocab, mixture_weight, seed, policy, knobs)
     choice = sdpa_choice(record_sdpa_calls(step, st, dllm, verifier), dllm, verifier)
     events, wall_ms = profile_steps(step, st, dllm, verifier, prompts.device)
     return dict(attention_time(events, wall_ms, prompts.device), attention_choice=choice)

@@ -80,11 +80,36 @@ def test_bench_loop_quick(tmp_path):
     assert "host overhead" in out
 
 
+# bench_e2e's columns before the model / policy ones were added at the end
+E2E_OLD_FIELDS = ("batch,kv_window,max_lookahead,dllm_forward_ms,dllm_floor_ms,step_eager_ms,step_graph_ms,"
+                  "graph_vs_forward,graph_reused,achieved_gbps,copy_gbps,projected_tokens_per_s,tokens_per_step,steps,"
+                  "peak_eager_gb,peak_graph_gb,reserved_graph_gb,attention_backend,attention_kernel,"
+                  "attention_ms_per_step,attention_share,attention_choice,device,timestamp,torch_version,tp")
+E2E_ROWS = [("dream", "apd:mixture_weight=0.7"), ("fast_dllm_v2", "apd:mixture_weight=0.7,max_lookahead=8"),
+            ("fast_dllm_v2", "fast_dllm_v2:threshold=0.9,small_block_size=4")]
+
+
 def test_bench_e2e_quick(tmp_path):
-    _run("bench_e2e.py", "--quick", "--csv", str(tmp_path / "e2e.csv"), "--json", str(tmp_path / "e2e.json"))
-    rows = _rows(tmp_path / "e2e.csv")
-    assert len(rows) == 1 and float(rows[0]["step_eager_ms"]) > 0 and rows[0]["step_graph_ms"] == ""
-    assert (tmp_path / "e2e.json").stat().st_size > 0
+    """Dream's APD row, then the block-diffusion dLLM's (Fast_dLLM_Qwen, bd_size 8): APD and its own
+    fast_dllm_v2 decoding, on the exact block cache (input 2 * 8 positions). The CSV was written
+    before the model / policy columns existed: it is upgraded in place, its row (Dream's APD row)
+    keeping its cells, with empty new ones."""
+    old_header = E2E_OLD_FIELDS.split(",")
+    (tmp_path / "e2e.csv").write_text(",".join(old_header) + "\n" + ",".join(
+        {"batch": "1", "kv_window": "16", "max_lookahead": "100", "tp": "1"}.get(k, "") for k in old_header) + "\n")
+    out = _run("bench_e2e.py", "--quick", "--csv", str(tmp_path / "e2e.csv"), "--json", str(tmp_path / "e2e.json"))
+    old, *rows = _rows(tmp_path / "e2e.csv")
+    assert (old["kv_window"], old["max_lookahead"], old["model"], old["policy"]) == ("16", "100", "", "")
+    assert [(r["model"], r["policy"]) for r in rows] == E2E_ROWS
+    assert all(float(r["step_eager_ms"]) > 0 and r["step_graph_ms"] == "" and float(r["dllm_forward_ms"]) > 0
+               and float(r["projected_tokens_per_s"]) > 0 for r in rows)
+    dream, apd, native = rows
+    assert (dream["block_size"], dream["kv_window"], dream["dllm_input"]) == ("", "4", "19")  # R + 2M - 1
+    assert all((r["block_size"], r["kv_window"], r["dllm_input"]) == ("8", "", "16") for r in (apd, native))
+    assert [float(r["assumed_tokens_per_forward"]) for r in rows] == [9.3, 9.3, 2.5]
+    # fast_dllm_v2 commits at least one token per forward
+    assert int(native["steps"]) <= 24 and float(native["tokens_per_step"]) >= 1
+    assert "AR baseline" in out and (tmp_path / "e2e.json").stat().st_size > 0
 
 
 def test_sweep_writes_rows_and_plot(tmp_path):
@@ -137,12 +162,13 @@ def test_bench_tp_quick(tmp_path):
 
 
 def test_bench_e2e_quick_tp2(tmp_path):
-    """bench_e2e.py --tp 2 under torchrun (gloo on CPU): one row with tp = 2, written by rank 0."""
+    """bench_e2e.py --tp 2 under torchrun (gloo on CPU): each model's rows with tp = 2, written by rank 0."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         str(ROOT / "bench" / "bench_e2e.py"), "--tp", "2", "--device", "cpu", "--quick", "--out",
                         str(tmp_path)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = _rows(tmp_path / "e2e_cpu_quick.csv")
-    assert len(rows) == 1 and rows[0]["tp"] == "2" and float(rows[0]["step_eager_ms"]) > 0
+    assert [(r["model"], r["policy"]) for r in rows] == E2E_ROWS  # the block model sharded too
+    assert all(r["tp"] == "2" and float(r["step_eager_ms"]) > 0 for r in rows)
     assert r.stdout.count("## cpu") == 1  # rank 0 reports
