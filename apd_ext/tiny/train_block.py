@@ -321,9 +321,14 @@ def probe_accuracy(model: Transformer, tok: TinyTokenizer, n: int = 30, bd_size:
             "tokens": tokens, "seconds": round(time.perf_counter() - t0, 1), "failures": failures}
 
 
-def run(cfg: BlockConfig, out: str | Path, log=print, ar_dir: str | Path | None = None) -> dict:
+def run(cfg: BlockConfig, out: str | Path, log=print, ar_dir: str | Path | None = None,
+        init_from: str | Path | None = None) -> dict:
     """Both stages; writes OUT (config.json, model.safetensors, tokenizer.json, generation_config.json,
-    training.json). The AR stage's checkpoint goes to ar_dir (default: a temporary directory)."""
+    training.json). The AR stage's checkpoint goes to ar_dir (default: a temporary directory).
+    init_from: a block checkpoint to continue (no AR stage; cfg.steps more adaptation steps with a
+    fresh optimizer and schedule; its training.json is kept under "previous")."""
+    if init_from is not None:
+        return _continue(cfg, out, Path(init_from), log)
     t_all = time.perf_counter()
     tok = build_tokenizer()
     with tempfile.TemporaryDirectory(prefix="apd_tiny_block_ar_") as tmp:
@@ -360,12 +365,40 @@ def run(cfg: BlockConfig, out: str | Path, log=print, ar_dir: str | Path | None 
     return info
 
 
+def _continue(cfg: BlockConfig, out: Path, init_from: Path, log) -> dict:
+    from apd_ext.models.checkpoint import load_weights
+
+    t_all = time.perf_counter()
+    tok = build_tokenizer()
+    previous = json.loads((init_from / "training.json").read_text())
+    mc = block_model_config(tok, cfg.bd_size)
+    model = Transformer(block_model_config(tok, cfg.bd_size, 4 * MAX_POSITIONS))
+    load_weights(model, init_from)
+    log(f"[block] continuing {init_from}: {cfg.steps} steps of {cfg.batch_size}, bd_size {cfg.bd_size}, "
+        f"problems from {cfg.first_problem}")
+    t0 = time.perf_counter()
+    curves = adapt(model, tok, cfg, log)
+    adapt_seconds = time.perf_counter() - t0
+    probes = {}
+    for order in ("confidence", "left") if cfg.probe_problems else ():
+        probes[f"block_{order}"] = probe_accuracy(model, tok, cfg.probe_problems, cfg.bd_size, order)
+        log(f"[probe] block dLLM ({order}): {probes[f'block_{order}']['accuracy']:.2f}")
+    info = dict(recipe=asdict(cfg), init_from=str(init_from), previous=previous,
+                stages={"block_diffusion": {"train_seconds": round(adapt_seconds, 1), "loss_curves": curves}},
+                probe=probes, parameters=count_params(model), total_seconds=round(time.perf_counter() - t_all, 1),
+                torch=torch.__version__, threads=torch.get_num_threads())
+    model.config = mc
+    save(model, mc, tok, out, info)
+    return info
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m apd_ext.tiny.train_block", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).parent / "assets"), help="writes OUT/block_dllm")
     p.add_argument("--ar-dir", default=None, help="keep the AR stage's checkpoint here (default: a temp dir)")
+    p.add_argument("--init-from", default=None, help="continue this block checkpoint (no AR stage)")
     p.add_argument("--threads", type=int, default=1)
-    for f in ("bd_size", "ar_steps", "steps", "batch_size", "probe_problems", "log_every"):
+    for f in ("bd_size", "ar_steps", "steps", "first_problem", "warmup", "batch_size", "probe_problems", "log_every"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=None)
     for f in ("ar_lr", "lr", "suffix_prob", "causal_mix"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=None)
@@ -373,7 +406,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     cfg = BlockConfig(**{k: v for k, v in vars(args).items() if k in BlockConfig.__dataclass_fields__ and v is not None})
-    run(cfg, Path(args.out) / "block_dllm", log=lambda s: print(s, flush=True), ar_dir=args.ar_dir)
+    run(cfg, Path(args.out) / "block_dllm", log=lambda s: print(s, flush=True), ar_dir=args.ar_dir,
+        init_from=args.init_from)
 
 
 if __name__ == "__main__":
