@@ -3,7 +3,7 @@ the local task apd_tiny_arith, each policy run end to end by `lm_eval.simple_eva
 "apd" model (apd_ext.harness.model.ApdLM).
 
     PYTHONPATH=. python bench/bench_harness.py [--limit 200] [--batch-size 1] [--threads 1] \\
-        [--policies "policy=dllm_fixed,k=1" "policy=apd,mixture_weight=0.9" ...] [--out PATH] [--quick]
+        [--policies "policy=dllm_fixed,k=1" "policy=apd,mixture_weight=0.9" ...] [--out PATH] [--quick] [--block]
 
 Policies (default, in this order; every knob not named keeps the library's default, e.g. kv_window
 16 and max_lookahead 100):
@@ -96,6 +96,15 @@ DEFAULT_POLICIES = (
     ("verifier alone", "policy=ar"),
 )
 QUICK_POLICIES = (DEFAULT_POLICIES[0], DEFAULT_POLICIES[3])
+# --block: the bundled block-diffusion dLLM (apd_ext/tiny/assets/block_dllm) with the same verifier
+BLOCK_POLICIES = (
+    ("block k=1", "policy=dllm_fixed,k=1"),
+    ("block APD w=0.7", "policy=apd,mixture_weight=0.7"),
+    ("block APD w=0.9", "policy=apd,mixture_weight=0.9"),
+    ("block fast_dllm_v2", "policy=fast_dllm_v2"),
+    ("block threshold 0.9", "policy=threshold,threshold=0.9"),
+    ("verifier alone", "policy=ar"),
+)
 # set by this script's flags, not by a policy's model_args
 RESERVED = ("batch_size", "max_batch_size", "threads", "device")
 FIELDS = ("timestamp", "label", "model_args", "config", "baseline", "task", "limit", "answers", "batch_size",
@@ -148,6 +157,10 @@ def parse_args(argv=None):
                         '(default: the six policies of the module docstring)')
     p.add_argument("--out", default=None,
                    help="CSV to write (replaced; default bench/results/harness_tiny_<device>.csv)")
+    p.add_argument("--block", action="store_true",
+                   help="the bundled block-diffusion dLLM (assets/block_dllm) with the same verifier: its default "
+                        "policies (one token per step, APD, its own decoding, threshold, the verifier alone), CSV "
+                        "default bench/results/harness_tiny_block_<device>.csv")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: limit {QUICK_LIMIT}, two policies (dLLM k=1, APD w=0.9), CSV to "
                         f"bench/results/harness_tiny_<device>_quick.csv.tmp unless --out")
@@ -169,12 +182,19 @@ def parse_args(argv=None):
         except ValueError as e:
             p.error(str(e))
     else:
-        chosen = QUICK_POLICIES if a.quick else DEFAULT_POLICIES
+        chosen = (BLOCK_POLICIES[:2] if a.quick else BLOCK_POLICIES) if a.block else (
+            QUICK_POLICIES if a.quick else DEFAULT_POLICIES)
         a.policy_list = [(label, text, parse_policy(text)) for label, text in chosen]
+    if a.block:  # the directories in every policy's model_args (shown in the CSV)
+        from apd_ext.tiny import BLOCK_DLLM_DIR, VERIFIER_DIR
+
+        dirs = f"dllm={BLOCK_DLLM_DIR},verifier={VERIFIER_DIR}"
+        a.policy_list = [(label, f"{dirs},{text}", {"dllm": str(BLOCK_DLLM_DIR), "verifier": str(VERIFIER_DIR),
+                                                     **args}) for label, text, args in a.policy_list]
     if a.limit is None:
         a.limit = QUICK_LIMIT if a.quick else FULL_LIMIT
     if a.out is None:
-        name = f"harness_tiny_{dev.type}"
+        name = f"harness_tiny_block_{dev.type}" if a.block else f"harness_tiny_{dev.type}"
         a.out = common.RESULTS / (f"{name}_quick.csv.tmp" if a.quick else f"{name}.csv")
     a.out = Path(a.out)
     return a

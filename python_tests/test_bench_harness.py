@@ -61,3 +61,15 @@ def test_bench_harness_rejects_reserved_policy_args(tmp_path):
     r = _run("--quick", "--policies", "policy=apd,batch_size=4", "--out", str(tmp_path / "x.csv"), returncode=2)
     assert "batch_size" in r.stderr and "--batch-size" in r.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_bench_harness_block_quick(tmp_path):
+    """--block: the bundled block-diffusion dLLM's rows, its directories in each row's model_args."""
+    out = tmp_path / "block.csv"
+    _run("--quick", "--block", "--limit", "2", "--out", str(out))
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["label"] for row in rows] == ["block k=1", "block APD w=0.7"]
+    for row in rows:
+        assert "block_dllm" in row["model_args"] and int(row["answers"]) == 2
+        assert float(row["tokens_per_dllm_forward"]) > 0
