@@ -163,6 +163,49 @@ def test_gpu_geometry_on_meta_tensors():
     assert filter.filter_programs(5, 151936 * 2, common.META_GPU.l2_bytes) == 5
 
 
+BLOCK_STEP = '''
+import itertools, json, torch
+from apd_ext.backends import Filter, Noise
+from apd_ext.parallel import VocabShard
+from apd_ext.triton import aot, mixture_accept, mixture_accept_partial, sample_draft, sample_draft_partial
+
+meta, f64, i64 = dict(device="meta"), torch.float64, torch.int64
+V2 = 151936  # the verifier's (Qwen2.5 / Qwen3) vocabulary, shared
+with aot.capture(90) as found:
+    # the dLLM's logits row width and the window: Fast-dLLM v2 (152064, its block 32), SDAR (151936, 4)
+    for (W, K), B, dt, world in itertools.product([(152064, 32), (151936, 4)], (1, 8), (torch.bfloat16, torch.float32),
+                                                  (1, 2, 4)):
+        filt = Filter(torch.empty(B, dtype=f64, **meta), torch.empty(B, dtype=i64, **meta),
+                      torch.empty(B, dtype=f64, **meta))  # the steps pass State's per-row knobs
+        rng = Noise(torch.empty(B, dtype=i64, **meta), 0, torch.empty(B, dtype=i64, **meta), 0, None)
+        w, valid = torch.empty(B, dtype=f64, **meta), torch.empty(B, dtype=i64, **meta)
+        for rank in range(world):
+            d, v = VocabShard.of(W, V2, world, rank), VocabShard.of(V2, V2, world, rank)
+            D = torch.empty(B, K, d.rows, dtype=dt, **meta)  # DllmRunner.window_logits: contiguous
+            A = torch.empty(K + 1, B, v.rows, dtype=dt, **meta)[:K].transpose(0, 1)  # State.verifier_logits
+            if world == 1:
+                draft, _ = sample_draft(D, V2, filt, rng)
+                mixture_accept(D, A, draft, V2, w, False, valid, filt, rng)
+                continue
+            for tau in (None, torch.empty(B, K, **meta)):
+                draft, _ = sample_draft_partial(D, d.local_vocab, d.offset, filt, rng, tau)
+                mixture_accept_partial(D, A, draft, d.local_vocab, d.offset, w, False, valid, filt, rng, tau)
+for s in found.values():
+    print(json.dumps({"kernel": s.name, "desc": s.describe()}))
+'''
+
+
+def test_the_block_step_is_covered(listed):
+    """The sampling ops as the block-diffusion step calls them (decode/steps/window.py, native.py: a
+    window of the block, K = 32 for Fast-dLLM v2 over its 152064-wide rows, K = 4 for SDAR; per-row
+    knobs; B 1 and 8; bf16 and fp32; tensor parallel over 1, 2 and 4 ranks) launch only
+    specialisations that the check compiles."""
+    out = _python(BLOCK_STEP)
+    got = {(d["kernel"], d["desc"]) for d in map(json.loads, out.splitlines())}
+    have = {(k, s["desc"]) for k, specs in listed.items() for s in specs}
+    assert got and not got - have, sorted(got - have)[:5]
+
+
 BROKEN = '''
 import triton
 import triton.language as tl

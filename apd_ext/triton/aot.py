@@ -272,6 +272,13 @@ def launch_grid():
     yield from calls(odd, [(bf16, bf16), (f32, f32)], [(ROWS, ROWS)], rows_noises[:1], ["tensorB"], ["tensor"],
                      [ROWS], [False], [True])
     yield from calls([split], mixed, [(ROWS, ROWS)], rows_noises[:1], ["int"], ["int"], [ROWS], [False], [False])
+    # the block-diffusion step (Fast-dLLM v2: a window of its 32-position block over its 152064-wide
+    # logits rows, the shared vocabulary of 151936 read): the mixture finalize / stats kernels'
+    # BLOCK_K = 32, which the shapes above (K = 8, 64, 7, 1: BLOCK_K 16 and 64) do not reach; its
+    # integer/alignment attributes are split's. Every HAS_TAU / W_MODE / ROWS of the same dtypes.
+    block = ("block", (2, 32, 152064), None, 0, V)
+    yield from calls([block], same, [(0, 1.0), (ROWS, ROWS), (50, 0.9)], rows_noises, ["tensorB"], ["tensor"],
+                     [ROWS, 0.0, 0.5, 1.0], [False, True], [True])
 
 
 def enumerate_specs(archs) -> list[Spec]:
