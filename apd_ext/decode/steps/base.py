@@ -64,6 +64,8 @@ class StepBase:
         if self.block is not None and self.L % self.block:
             raise ValueError(f"the canvas ({self.L} positions) must be a multiple of the block size {self.block}")
         self.K = c.max_new_tokens if c.max_lookahead is None else min(c.max_lookahead, c.max_new_tokens)
+        if self.block is not None:  # a window never passes the block's end (StepBase.valid)
+            self.K = min(self.K, self.block)
         # the ops' own check (top_k >= vocab becomes 0); the released code drafts at T^2 (APD_SPEC, last section)
         self.filter = ops._check_filter(c.temperature, c.effective_top_k, c.top_p, self.vocab)
         draft_t = c.temperature * c.temperature if c.authors_compat else c.temperature
