@@ -172,9 +172,9 @@ from apd_ext.triton import aot, mixture_accept, mixture_accept_partial, sample_d
 meta, f64, i64 = dict(device="meta"), torch.float64, torch.int64
 V2 = 151936  # the verifier's (Qwen2.5 / Qwen3) vocabulary, shared
 with aot.capture(90) as found:
-    # the dLLM's logits row width and the window: Fast-dLLM v2 (152064, its block 32), SDAR (151936, 4)
-    for (W, K), B, dt, world in itertools.product([(152064, 32), (151936, 4)], (1, 8), (torch.bfloat16, torch.float32),
-                                                  (1, 2, 4)):
+    # the dLLM's logits row width and the window: Fast-dLLM v2 (152064, its block 32), SDAR (151936, 4), Dream (152064, 100 / 200)
+    for (W, K), B, dt, world in itertools.product([(152064, 32), (151936, 4), (152064, 100), (152064, 200)], (1, 8),
+                                                  (torch.bfloat16, torch.float32), (1, 2, 4)):
         filt = Filter(torch.empty(B, dtype=f64, **meta), torch.empty(B, dtype=i64, **meta),
                       torch.empty(B, dtype=f64, **meta))  # the steps pass State's per-row knobs
         rng = Noise(torch.empty(B, dtype=i64, **meta), 0, torch.empty(B, dtype=i64, **meta), 0, None)
@@ -197,7 +197,8 @@ for s in found.values():
 
 def test_the_block_step_is_covered(listed):
     """The sampling ops as the block-diffusion step calls them (decode/steps/window.py, native.py: a
-    window of the block, K = 32 for Fast-dLLM v2 over its 152064-wide rows, K = 4 for SDAR; per-row
+    window of the block, K = 32 for Fast-dLLM v2 over its 152064-wide rows, K = 4 for SDAR; and Dream's
+    steady APD step at max_lookahead 100 and 200 over its 152064-wide rows; per-row
     knobs; B 1 and 8; bf16 and fp32; tensor parallel over 1, 2 and 4 ranks) launch only
     specialisations that the check compiles."""
     out = _python(BLOCK_STEP)

@@ -279,6 +279,13 @@ def launch_grid():
     block = ("block", (2, 32, 152064), None, 0, V)
     yield from calls([block], same, [(0, 1.0), (ROWS, ROWS), (50, 0.9)], rows_noises, ["tensorB"], ["tensor"],
                      [ROWS, 0.0, 0.5, 1.0], [False, True], [True])
+    # Dream's steady step at the bench's and the paper's windows, max_lookahead 100 and 200: BLOCK_K
+    # 128 and 256, which no shape above reaches; only what generate launches (per-row knobs, tensor
+    # seeds and offsets, per-row weights, valid counts, the sampled target), with and without a
+    # global filter threshold (tensor parallelism)
+    dream = [("dream100", (1, 100, 152064), None, 0, V), ("dream200", (1, 200, 152064), None, 0, V)]
+    yield from calls(dream, same, [(0, 1.0), (ROWS, ROWS)], rows_noises[:1], ["tensorB"], ["tensor"], [ROWS],
+                     [False], [True])
 
 
 def enumerate_specs(archs) -> list[Spec]:
