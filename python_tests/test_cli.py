@@ -265,3 +265,31 @@ def test_generate_with_a_dllm_alone_for_dllm_only_policies(capsys):
     out = capsys.readouterr().out
     assert "dllm_fixed:k=2" in out and "dllm_fixed" in out.split("policy", 1)[1]
     _fails(["generate", "--dllm", dllm, "--prompt", "x"], capsys, 2, r"--dllm alone only with a dLLM-only --policy")
+
+
+def test_block_model_through_eval_tiny_sweep_and_generate(tmp_path, capsys):
+    """The bundled block-diffusion dLLM from the command line: eval-tiny --block (its JSON names the
+    family), sweep --block (block families in the CSV) and generate --dllm DIR with its own policy."""
+    from apd_ext.tiny import BLOCK_DLLM_DIR, VERIFIER_DIR
+
+    out = tmp_path / "e.json"
+    cli(["eval-tiny", "--block", "--num-problems", "2", "--quiet", "--json", str(out),
+         "--policies", "fast_dllm_v2", "apd:mixture_weight=0.7"])
+    doc = json.loads(out.read_text())
+    assert doc["dllm"] == "fast_dllm_qwen" and [r["name"] for r in doc["results"]] == ["fast_dllm_v2", "apd"]
+    assert all(r["dllm_forwards"] > 0 for r in doc["results"])
+    cli(["sweep", "--block", "--num-problems", "1", "--out", str(tmp_path / "s"), "--families", "block_ar",
+         "block_threshold", "--quick"])
+    with open(tmp_path / "s.csv") as f:
+        fams = [r["family"] for r in csv.DictReader(f)]
+    assert fams == ["ar", "threshold", "threshold"]
+    capsys.readouterr()
+    cli(["generate", "--dllm", str(BLOCK_DLLM_DIR), "--verifier", str(VERIFIER_DIR), "--policy", "fast_dllm_v2",
+         "--prompt", task_prompt(), "--max-new-tokens", "16"])
+    assert capsys.readouterr().out.strip()
+
+
+def task_prompt() -> str:
+    from apd_ext.tiny import task
+
+    return task.eval_problems(0, 1)[0].prompt

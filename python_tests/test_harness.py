@@ -472,3 +472,25 @@ def test_dllm_only_policy_runs_without_a_verifier(pair):
     texts = lm.generate_until(reqs, disable_tqdm=True)
     assert texts == [ev.decode(pair, p, "dllm_fixed:k=2", seed=i)[0] for i, p in enumerate(problems)]
     assert lm.summary()["t"]["verifier_forwards_per_answer"] == 0
+
+
+@pytest.mark.parametrize("policy,model_args", [
+    ("apd", {}),
+    ("fast_dllm_v2", {"policy": "fast_dllm_v2"}),
+])
+def test_harness_on_the_block_model_equals_eval_tiny(policy, model_args):
+    """The bundled block-diffusion dLLM (Fast-dLLM v2 layout) through the harness, by its directories:
+    answers, tokens and forwards equal eval-tiny --block's, problem by problem."""
+    from apd_ext.tiny import BLOCK_DLLM_DIR, VERIFIER_DIR
+
+    block = ev.load_pair(block=True)
+    n = 4
+    lm = ApdLM(device="cpu", dllm=str(BLOCK_DLLM_DIR), verifier=str(VERIFIER_DIR), **model_args)
+    assert lm.dllm.block_size == block.dllm.block_size
+    samples = {s["doc_id"]: s for s in _evaluate(lm, n)["samples"][TASK]}
+    forwards = 0
+    for i, p in enumerate(task.eval_problems(0, n)):
+        text, gen, stats = ev.decode(block, p, policy, seed=i)
+        assert samples[i]["resps"][0][0] == text, f"problem {i}"
+        forwards += stats["dllm_forwards"]
+    assert lm.summary()[TASK]["dllm_forwards_per_answer"] * n == forwards
