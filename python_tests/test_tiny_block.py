@@ -44,7 +44,8 @@ def test_training_mask_is_block_diff_mask(L, bd):
 
 def test_three_step_run_writes_a_loadable_block_checkpoint(tmp_path):
     torch.manual_seed(0)
-    cfg = tb.BlockConfig(ar_steps=3, steps=3, batch_size=4, probe_problems=0, log_every=1, warmup=1, ar_warmup=1)
+    cfg = tb.BlockConfig(ar_steps=3, steps=3, cont_steps=2, batch_size=4, probe_problems=0, log_every=1, warmup=1,
+                         ar_warmup=1, cont_warmup=1)
     out = tmp_path / "block_dllm"
     tb.run(cfg, out, log=lambda s: None)
     mc = ModelConfig.from_pretrained(out)
@@ -60,3 +61,4 @@ def test_three_step_run_writes_a_loadable_block_checkpoint(tmp_path):
     curve = info["stages"]["block_diffusion"]["loss_curves"]["curve"]
     assert len(curve) == 3 and all(math.isfinite(v) for row in curve for v in row[1:])
     assert all(math.isfinite(v) for _, v in info["stages"]["ar"]["loss_curves"]["causal"])
+    assert len(info["stages"]["block_diffusion_cont"]["loss_curves"]["curve"]) == 2

@@ -81,6 +81,18 @@ class BlockConfig:
     seed: int = 0
     log_every: int = 50
     probe_problems: int = 30
+    # stage 3: more adaptation steps, fresh optimizer and schedule (0: none); the shipped model's
+    # stage 3 ran as a second process (--init-from), the same computation
+    cont_steps: int = 300
+    cont_lr: float = 5e-4
+    cont_warmup: int = 20
+    cont_first_problem: int = 500_000
+
+
+def cont_recipe(cfg: BlockConfig) -> BlockConfig:
+    """Stage 3 as a BlockConfig for adapt()."""
+    return BlockConfig(**{**asdict(cfg), "steps": cfg.cont_steps, "lr": cfg.cont_lr, "warmup": cfg.cont_warmup,
+                          "first_problem": cfg.cont_first_problem, "cont_steps": 0})
 
 
 def ar_recipe(cfg: BlockConfig) -> TrainConfig:
@@ -354,10 +366,18 @@ def run(cfg: BlockConfig, out: str | Path, log=print, ar_dir: str | Path | None 
     for order in ("confidence", "left") if n_probe else ():
         probes[f"block_{order}"] = probe_accuracy(model, tok, n_probe, cfg.bd_size, order)
         log(f"[probe] block dLLM ({order}): {probes[f'block_{order}']['accuracy']:.2f}")
-    info = dict(recipe=asdict(cfg), stages={
-        "ar": {"recipe": ar_record["recipe"], "train_seconds": round(ar_seconds, 1),
-               "loss_curves": ar_record["loss_curves"]},
-        "block_diffusion": {"train_seconds": round(adapt_seconds, 1), "loss_curves": curves}},
+    stages = {"ar": {"recipe": ar_record["recipe"], "train_seconds": round(ar_seconds, 1),
+                     "loss_curves": ar_record["loss_curves"]},
+              "block_diffusion": {"train_seconds": round(adapt_seconds, 1), "loss_curves": curves}}
+    if cfg.cont_steps:
+        log(f"[block] stage 3: {cfg.cont_steps} more steps, lr {cfg.cont_lr}")
+        t0 = time.perf_counter()
+        curves = adapt(model, tok, cont_recipe(cfg), log)
+        stages["block_diffusion_cont"] = {"train_seconds": round(time.perf_counter() - t0, 1), "loss_curves": curves}
+        for order in ("confidence", "left") if n_probe else ():
+            probes[f"cont_{order}"] = probe_accuracy(model, tok, n_probe, cfg.bd_size, order)
+            log(f"[probe] block dLLM after stage 3 ({order}): {probes[f'cont_{order}']['accuracy']:.2f}")
+    info = dict(recipe=asdict(cfg), stages=stages,
         probe=probes, parameters=count_params(model), total_seconds=round(time.perf_counter() - t_all, 1),
         torch=torch.__version__, threads=torch.get_num_threads())
     model.config = mc
@@ -379,7 +399,7 @@ def _continue(cfg: BlockConfig, out: Path, init_from: Path, log) -> dict:
     t0 = time.perf_counter()
     curves = adapt(model, tok, cfg, log)
     adapt_seconds = time.perf_counter() - t0
-    probes = {}
+    probes = {}  # (cont_* fields unused here: --init-from runs cfg.steps, cfg.lr, cfg.first_problem)
     for order in ("confidence", "left") if cfg.probe_problems else ():
         probes[f"block_{order}"] = probe_accuracy(model, tok, cfg.probe_problems, cfg.bd_size, order)
         log(f"[probe] block dLLM ({order}): {probes[f'block_{order}']['accuracy']:.2f}")
@@ -400,6 +420,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     for f in ("bd_size", "ar_steps", "steps", "first_problem", "warmup", "batch_size", "probe_problems", "log_every"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=None)
+    p.add_argument("--cont-steps", type=int, default=None, help="stage 3 steps (0: none)")
     for f in ("ar_lr", "lr", "suffix_prob", "causal_mix"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=None)
     args = p.parse_args(argv)
