@@ -245,7 +245,8 @@ def test_the_cache_check_catches_a_span_that_starts_too_late(models, monkeypatch
     serves stale K/V: the spy sees it."""
     real = ThresholdStep.dllm_span
     monkeypatch.setattr(ThresholdStep, "dllm_span",
-                        lambda self, st, valid, first, back: real(self, st, valid, first, torch.ones_like(back)))
+                        lambda self, st, valid, first, back, *rest: real(self, st, valid, first, torch.ones_like(back),
+                                                                        *rest))
     spy = CacheSpy(models[0])
     generate(spy, models[1], _prompts(2, 12, 1), CACHE_SPECS[0], max_new_tokens=16, seed=4, temperature=1.0,
              eos_token_id=[])
