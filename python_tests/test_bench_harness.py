@@ -66,10 +66,10 @@ def test_bench_harness_rejects_reserved_policy_args(tmp_path):
 def test_bench_harness_block_quick(tmp_path):
     """--block: the bundled block-diffusion dLLM's rows, its directories in each row's model_args."""
     out = tmp_path / "block.csv"
-    _run("--quick", "--block", "--limit", "2", "--out", str(out))
+    _run("--block", "--limit", "2", "--policies", "policy=apd,mixture_weight=0.7", "--out", str(out))
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [row["label"] for row in rows] == ["block k=1", "block APD w=0.7"]
+    assert [row["label"] for row in rows] == ["policy=apd,mixture_weight=0.7"]
     for row in rows:
         assert "block_dllm" in row["model_args"] and int(row["answers"]) == 2
         assert float(row["tokens_per_dllm_forward"]) > 0

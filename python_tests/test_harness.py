@@ -474,13 +474,11 @@ def test_dllm_only_policy_runs_without_a_verifier(pair):
     assert lm.summary()["t"]["verifier_forwards_per_answer"] == 0
 
 
-@pytest.mark.parametrize("policy,model_args", [
-    ("apd", {}),
-    ("fast_dllm_v2", {"policy": "fast_dllm_v2"}),
-])
-def test_harness_on_the_block_model_equals_eval_tiny(policy, model_args):
-    """The bundled block-diffusion dLLM (Fast-dLLM v2 layout) through the harness, by its directories:
-    answers, tokens and forwards equal eval-tiny --block's, problem by problem."""
+def test_harness_on_the_block_model_equals_eval_tiny():
+    """The bundled block-diffusion dLLM (Fast-dLLM v2 layout) through the harness, by its directories,
+    with its own decoding: answers and forwards equal eval-tiny --block's, problem by problem (APD on
+    it runs through eval-tiny in test_cli and through the engine in test_serve_engine)."""
+    policy, model_args = "fast_dllm_v2", {"policy": "fast_dllm_v2"}
     from apd_ext.tiny import BLOCK_DLLM_DIR, VERIFIER_DIR
 
     block = ev.load_pair(block=True)
