@@ -188,7 +188,8 @@ def parse_args(argv=None):
     if a.block:  # the directories in every policy's model_args (shown in the CSV)
         from apd_ext.tiny import BLOCK_DLLM_DIR, VERIFIER_DIR
 
-        dirs = f"dllm={BLOCK_DLLM_DIR},verifier={VERIFIER_DIR}"
+        rel = lambda d: os.path.relpath(d, common.RESULTS.parents[1])  # noqa: E731  (repository-relative in the CSV)
+        dirs = f"dllm={rel(BLOCK_DLLM_DIR)},verifier={rel(VERIFIER_DIR)}"
         a.policy_list = [(label, f"{dirs},{text}", {"dllm": str(BLOCK_DLLM_DIR), "verifier": str(VERIFIER_DIR),
                                                      **args}) for label, text, args in a.policy_list]
     if a.limit is None:
