@@ -37,9 +37,21 @@ def _python(code: str | None = None, args=(), cwd=ROOT, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def listed():
-    """The specialisations the check compiles for sm_90, by kernel."""
-    out = _python(args=["-m", "apd_ext.triton.aot", "--arch", "90", "--list"])
+def listed(tmp_path_factory):
+    """The specialisations the check compiles for sm_90, by kernel. Enumerated once per test run:
+    the pytest-xdist workers share the listing through a file under the run's common temporary
+    directory (the enumeration takes tens of seconds; every worker that runs a test of this module
+    would otherwise repeat it)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the directory above every worker's own
+    path = shared / "triton_aot_sm90_list.jsonl"
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            path.write_text(_python(args=["-m", "apd_ext.triton.aot", "--arch", "90", "--list"]))
+        out = path.read_text()
     by_kernel = defaultdict(list)
     for line in out.splitlines():
         d = json.loads(line)
