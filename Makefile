@@ -33,7 +33,11 @@ $(VENV)/.editable: $(VENV)/.installed setup.py pyproject.toml
 	$(PY) -c "import apd_ext, os; assert os.path.dirname(apd_ext.__file__) == os.path.abspath('apd_ext'), apd_ext.__file__"
 	touch $@
 
-test: build cpp-test cuda-emu-test kernel-check pytest
+# The CUDA emulator's check needs neither the venv nor the extension: it runs beside the build (whose
+# cold pip install mostly waits on downloads and disk), its output kept together by --output-sync.
+test:
+	@$(MAKE) --no-print-directory -j2 --output-sync=target build cuda-emu-test
+	@$(MAKE) --no-print-directory cpp-test kernel-check pytest
 
 # Both cores (pytest-xdist: PYTEST_WORKERS processes stealing tests from each other, so that one long
 # file does not leave a core idle); every worker runs torch on one thread, so the workers do not

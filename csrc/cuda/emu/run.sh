@@ -16,12 +16,24 @@ CXX="${CXX:-g++}"
 FL=(-std=c++17 -O1 -ffp-contract=off -I"$HERE/include" -I"$CSRC/include" -I"$CSRC" -I"$CSRC/cuda")
 # -ffp-contract=off on both sides: the CPU backend's AVX2+FMA variant would otherwise contract
 # fast_log and make the noise differ from the emulated kernels' by an ulp (argmax near-ties).
-for f in "$CSRC"/cpu/*.cpp; do "$CXX" -std=c++17 -O2 -ffp-contract=off -I"$CSRC/include" -I"$CSRC" -c "$f" -o "$OUT/cpu_$(basename "${f%.cpp}").o"; done
-"$CXX" -std=c++17 -O2 -DAPD_WITH_CUDA -I"$CSRC/include" -c "$CSRC/capi/status.cpp" -o "$OUT/status.o"
-"$CXX" "${FL[@]}" -c "$HERE/emu_launch.cpp" -o "$OUT/emu_launch.o"
-"$CXX" "${FL[@]}" -x c++ -c "$CSRC/cuda/capi.cu" -o "$OUT/capi.o"
-"$CXX" "${FL[@]}" -mf16c "$HERE/test_vs_cpu.cpp" "$OUT"/emu_launch.o "$OUT"/capi.o "$OUT"/cpu_*.o "$OUT"/status.o -o "$OUT/test_vs_cpu"
-"$CXX" -std=c++17 -O2 -ffp-contract=off -I"$HERE/include" -I"$CSRC/include" -I"$CSRC/cuda" "$HERE/test_skip_bounds.cpp" -o "$OUT/test_skip_bounds"
+# The translation units compile in parallel (at most BUILD_JOBS at once, default the cores), then link.
+BUILD_JOBS="${BUILD_JOBS:-$(nproc)}"
+building=()
+build() {  # run one compile in the background, at most BUILD_JOBS at once; a failure fails the run
+  while [ "$(jobs -rp | wc -l)" -ge "$BUILD_JOBS" ]; do wait -n || exit 1; done
+  "$@" &
+  building+=($!)
+}
+for f in "$CSRC"/cpu/*.cpp; do
+  build "$CXX" -std=c++17 -O2 -ffp-contract=off -I"$CSRC/include" -I"$CSRC" -c "$f" -o "$OUT/cpu_$(basename "${f%.cpp}").o"
+done
+build "$CXX" -std=c++17 -O2 -DAPD_WITH_CUDA -I"$CSRC/include" -c "$CSRC/capi/status.cpp" -o "$OUT/status.o"
+build "$CXX" "${FL[@]}" -c "$HERE/emu_launch.cpp" -o "$OUT/emu_launch.o"
+build "$CXX" "${FL[@]}" -x c++ -c "$CSRC/cuda/capi.cu" -o "$OUT/capi.o"
+build "$CXX" "${FL[@]}" -mf16c -c "$HERE/test_vs_cpu.cpp" -o "$OUT/test_vs_cpu.o"
+build "$CXX" -std=c++17 -O2 -ffp-contract=off -I"$HERE/include" -I"$CSRC/include" -I"$CSRC/cuda" "$HERE/test_skip_bounds.cpp" -o "$OUT/test_skip_bounds"
+for pid in "${building[@]}"; do wait "$pid" || exit 1; done
+"$CXX" "$OUT/test_vs_cpu.o" "$OUT"/emu_launch.o "$OUT"/capi.o "$OUT"/cpu_*.o "$OUT"/status.o -o "$OUT/test_vs_cpu"
 "$OUT/test_skip_bounds"
 CASES="${1:-150}"
 SEED="${2:-12345}"
