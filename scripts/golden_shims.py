@@ -241,3 +241,42 @@ def released_config(saved: Path, keys: typing.Iterable[str], fixed: dict) -> Non
     gen = saved / "generation_config.json"
     if gen.exists():
         gen.unlink()
+
+
+def base_metadata(names: typing.Iterable[str], **extra: str) -> dict[str, str]:
+    """The metadata every reference.safetensors starts with: versions, dtype, device, threads, the
+    checkpoint names, and `extra`."""
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "dtype": "float32",
+            "device": "cpu", "threads": "1", **extra, "names": json.dumps(list(names))}
+
+
+def write_reference(out: Path, meta: dict, parts: typing.Iterable[tuple[dict, dict]]) -> None:
+    """out/reference.safetensors from each checkpoint's (tensors, metadata), after `meta`."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for t, m in parts:
+        tensors.update(t)
+        meta.update(m)
+    save_file(tensors, str(Path(out) / "reference.safetensors"), metadata=meta)
+    print(f"wrote {out} (torch {meta['torch']}, transformers {meta['transformers']})")
+
+
+def record_case(tensors: dict, meta: dict, name: str, i: int, prompt: torch.Tensor, output: torch.Tensor,
+                args: dict, **lists) -> None:
+    """Generate case i of checkpoint `name`: its prompt and output tensors, its arguments and the
+    JSON lists `lists` (commits, margins, ...) in the metadata."""
+    tensors[f"{name}.gen.{i}.prompt"] = prompt.clone()
+    tensors[f"{name}.gen.{i}.output"] = output.clone()
+    meta[f"{name}.gen.{i}.args"] = json.dumps(args, sort_keys=True)
+    for key, value in lists.items():
+        meta[f"{name}.gen.{i}.{key}"] = json.dumps(value)
+
+
+def check_cases(tensors: dict, meta: dict, name: str, count: int, eos: int) -> None:
+    """Case 0 ends on eos; some step commits several tokens and some exactly one."""
+    assert eos in tensors[f"{name}.gen.0.output"].tolist(), "case 0 must end on eos"
+    steps = [n for i in range(count) for block in json.loads(meta[f"{name}.gen.{i}.commits"]) for n in block]
+    assert max(steps) > 1 and min(steps) == 1, "no step committing several tokens, or none just one"

@@ -101,7 +101,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import golden_shims as shims  # noqa: E402
@@ -288,14 +287,8 @@ def build(cfg_mod, mod, name: str, out: Path) -> tuple[dict, dict]:
         print(f"  gen {i}: P={len(prompt)} thr={args['threshold']} small={args['small_block_size']} "
               f"N={args['max_new_tokens']} -> {len(output) - len(prompt)} tokens{' (eos)' if stopped else ''}; "
               f"commits per step {commits}; margins {margins}")
-        tensors[f"{name}.gen.{i}.prompt"] = prompt.clone()
-        tensors[f"{name}.gen.{i}.output"] = output.clone()
-        meta[f"{name}.gen.{i}.args"] = json.dumps(args, sort_keys=True)
-        meta[f"{name}.gen.{i}.commits"] = json.dumps(commits)
-        meta[f"{name}.gen.{i}.margins"] = json.dumps(margins)
-    assert eos in tensors[f"{name}.gen.0.output"].tolist(), "case 0 must end on eos"
-    steps = [n for i in range(len(cases)) for block in json.loads(meta[f"{name}.gen.{i}.commits"]) for n in block]
-    assert max(steps) > 1 and min(steps) == 1, "no step committing several tokens, or none just one"
+        shims.record_case(tensors, meta, name, i, prompt, output, args, commits=commits, margins=margins)
+    shims.check_cases(tensors, meta, name, len(cases), eos)
     return tensors, meta
 
 
@@ -308,18 +301,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     modeling = args.modeling.resolve()
     cfg_mod, mod, model_file = import_fastdllm(modeling)
-    import transformers
-
-    tensors = {}
-    meta = {"torch": torch.__version__, "transformers": transformers.__version__, "dtype": "float32",
-            "device": "cpu", "threads": "1", "modeling_file": model_file, "names": json.dumps(list(MODELS))}
+    meta = shims.base_metadata(MODELS, modeling_file=model_file)
     meta.update(shims.sha256(modeling, (model_file, CONFIG_FILE)))
-    for name in MODELS:
-        t, m = build(cfg_mod, mod, name, args.out)
-        tensors.update(t)
-        meta.update(m)
-    save_file(tensors, str(args.out / "reference.safetensors"), metadata=meta)
-    print(f"wrote {args.out} (torch {meta['torch']}, transformers {meta['transformers']})")
+    shims.write_reference(args.out, meta, (build(cfg_mod, mod, name, args.out) for name in MODELS))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import golden_shims as shims  # noqa: E402
@@ -108,16 +107,9 @@ def main(argv=None) -> None:
     import transformers
     import transformers.models.qwen3 as qwen3
 
-    tensors = {}
-    meta = {"torch": torch.__version__, "transformers": transformers.__version__, "dtype": "float32",
-            "device": "cpu", "threads": "1", "names": json.dumps(list(MODELS))}
+    meta = shims.base_metadata(MODELS)
     meta.update(shims.sha256(Path(qwen3.__file__).parent, ("modeling_qwen3.py", "configuration_qwen3.py")))
-    for name in MODELS:
-        t, m = build(name, args.out)
-        tensors.update(t)
-        meta.update(m)
-    save_file(tensors, str(args.out / "reference.safetensors"), metadata=meta)
-    print(f"wrote {args.out} (torch {meta['torch']}, transformers {meta['transformers']})")
+    shims.write_reference(args.out, meta, (build(name, args.out) for name in MODELS))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,6 @@ import types
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import golden_shims as shims  # noqa: E402
@@ -308,15 +307,9 @@ def build(cfg_mod, mod, gen, template: dict, name: str, out: Path) -> tuple[dict
               f"thr={args['confidence_threshold']} gen_length={args['gen_length']} -> {len(output)} positions, "
               f"{int((output[P:] == MASK).sum())} masks left{' (eos)' if stopped else ''}; commits per step {commits}"
               f"{'; overwrites ' + str(overwrites) if overwrites else ''}; margins {margins}")
-        tensors[f"{name}.gen.{i}.prompt"] = prompt.clone()
-        tensors[f"{name}.gen.{i}.output"] = output.clone()
-        meta[f"{name}.gen.{i}.args"] = json.dumps(args, sort_keys=True)
-        meta[f"{name}.gen.{i}.commits"] = json.dumps(commits)
-        meta[f"{name}.gen.{i}.overwrites"] = json.dumps(overwrites)
-        meta[f"{name}.gen.{i}.margins"] = json.dumps(margins)
-    assert eos in tensors[f"{name}.gen.0.output"].tolist(), "case 0 must end on eos"
-    steps = [n for i in range(len(cases)) for block in json.loads(meta[f"{name}.gen.{i}.commits"]) for n in block]
-    assert max(steps) > 1 and min(steps) == 1, "no step committing several tokens, or none just one"
+        shims.record_case(tensors, meta, name, i, prompt, output, args, commits=commits, overwrites=overwrites,
+                          margins=margins)
+    shims.check_cases(tensors, meta, name, len(cases), eos)
     return tensors, meta
 
 
@@ -331,19 +324,10 @@ def main(argv=None) -> None:
     modeling = args.modeling.resolve()
     cfg_mod, mod, gen = import_sdar(modeling)
     template = json.loads((modeling / "config.json").read_text())
-    import transformers
-
-    tensors = {}
-    meta = {"torch": torch.__version__, "transformers": transformers.__version__, "dtype": "float32",
-            "device": "cpu", "threads": "1", "names": json.dumps(list(MODELS)),
-            "sampler": "temperature 1.0, top_k 0, top_p 1.0, torch.multinomial -> argmax in generate.py's namespace"}
+    meta = shims.base_metadata(
+        MODELS, sampler="temperature 1.0, top_k 0, top_p 1.0, torch.multinomial -> argmax in generate.py's namespace")
     meta.update(shims.sha256(modeling, FILES))
-    for name in MODELS:
-        t, m = build(cfg_mod, mod, gen, template, name, args.out)
-        tensors.update(t)
-        meta.update(m)
-    save_file(tensors, str(args.out / "reference.safetensors"), metadata=meta)
-    print(f"wrote {args.out} (torch {meta['torch']}, transformers {meta['transformers']})")
+    shims.write_reference(args.out, meta, (build(cfg_mod, mod, gen, template, name, args.out) for name in MODELS))
 
 
 if __name__ == "__main__":
